@@ -1,0 +1,3 @@
+from binhoard.cli import main
+
+main()

@@ -1,0 +1,43 @@
+"""The ``binhoard`` command line: one module per command group, errors mapped once here."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from binhoard import __version__
+from binhoard.cli.config_cmd import config_group
+from binhoard.cli.keys import keys_group
+from binhoard.cli.sandbox import sandbox_group
+from binhoard.cli.status import status_command
+from binhoard.domain.errors import BinhoardError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="binhoard")
+def cli() -> None:
+    """Backup and point-in-time recovery of MariaDB to object storage."""
+
+
+cli.add_command(sandbox_group)
+cli.add_command(config_group)
+cli.add_command(keys_group)
+cli.add_command(status_command)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: runs a command; a ``BinhoardError`` becomes a message and its exit code."""
+    try:
+        cli.main(args=argv, prog_name="binhoard", standalone_mode=False)
+    except BinhoardError as exc:
+        click.echo(f"binhoard: error: {exc.message}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("binhoard: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)

@@ -1,0 +1,101 @@
+"""``binhoard sandbox``: a throw-away MariaDB in a directory, for trying binhoard out."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from binhoard.domain.errors import SandboxError
+from binhoard.server.sandbox import Sandbox
+
+_root_option = click.option(
+    "--root",
+    type=click.Path(path_type=Path),
+    default=Path(".sandbox"),
+    show_default=True,
+    help="Directory that holds sandboxes, one subdirectory each.",
+)
+_name_argument = click.argument("name", default="default")
+
+
+def _sandbox(root: Path, name: str) -> Sandbox:
+    if not name or "/" in name or name.startswith("."):
+        raise SandboxError(f"invalid sandbox name {name!r}")
+    return Sandbox(root / name)
+
+
+@click.group("sandbox")
+def sandbox_group() -> None:
+    """Manage sandbox MariaDB instances (./.sandbox/NAME, loopback only)."""
+
+
+@sandbox_group.command("start")
+@_name_argument
+@_root_option
+@click.option("--server-id", type=int, help="server_id of a new sandbox (default: its port).")
+@click.option("--port", type=int, help="TCP port of a new sandbox (default: a free one).")
+def start(name: str, root: Path, server_id: int | None, port: int | None) -> None:
+    """Create (first time) and start sandbox NAME."""
+    box = Sandbox(_sandbox(root, name).directory, server_id=server_id, port=port)
+    status = box.start()
+    click.echo(
+        f"sandbox {status.name} running: pid {status.pid}, 127.0.0.1:{status.port}, "
+        f"socket {status.socket}, server_id {status.server_id}"
+    )
+
+
+@sandbox_group.command("stop")
+@_name_argument
+@_root_option
+def stop(name: str, root: Path) -> None:
+    """Stop sandbox NAME (only that instance, by its pid)."""
+    box = _sandbox(root, name)
+    stopped = box.stop()
+    click.echo(f"sandbox {name} {'stopped' if stopped else 'was not running'}")
+
+
+@sandbox_group.command("status")
+@_name_argument
+@_root_option
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def status(name: str, root: Path, as_json: bool) -> None:
+    """Show whether sandbox NAME runs, and where. Exits 1 when it does not run."""
+    box = _sandbox(root, name)
+    if not box.exists:
+        raise SandboxError(f"no sandbox {name} in {root}")
+    info = box.status()
+    if as_json:
+        click.echo(json.dumps(info.as_dict()))
+    else:
+        state = f"running (pid {info.pid})" if info.running else "stopped"
+        click.echo(f"sandbox {info.name}: {state}")
+        click.echo(f"  directory {info.directory}")
+        click.echo(f"  address   127.0.0.1:{info.port}  socket {info.socket}")
+        click.echo(f"  server_id {info.server_id}")
+    if not info.running:
+        sys.exit(1)
+
+
+@sandbox_group.command("sql")
+@click.argument("statements", required=False)
+@click.option("--name", default="default", show_default=True, help="Sandbox name.")
+@_root_option
+def sql_command(statements: str | None, name: str, root: Path) -> None:
+    """Run STATEMENTS (or standard input) on a sandbox; print results tab-separated."""
+    box = _sandbox(root, name)
+    if box.pid() is None:
+        raise SandboxError(f"sandbox {name} is not running (binhoard sandbox start {name})")
+    text = statements if statements is not None else sys.stdin.read()
+    for columns, rows in box.execute_script(text):
+        click.echo("\t".join(columns))
+        for row in rows:
+            click.echo("\t".join("NULL" if v is None else _text(v) for v in row))
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bytes | bytearray):
+        return value.decode("utf-8", errors="replace")
+    return str(value)

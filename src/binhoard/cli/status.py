@@ -1,0 +1,59 @@
+"""``binhoard status``: is the configured server ready to be backed up?"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from binhoard.config import load_settings
+from binhoard.domain.errors import ServerError
+from binhoard.server import sql
+
+
+@click.command("status")
+@click.option(
+    "-c",
+    "--config",
+    "config_file",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Configuration file (.json or .toml).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def status_command(config_file: Path, as_json: bool) -> None:
+    """Show the server binhoard is configured for and whether it can be backed up."""
+    settings = load_settings(config_file)
+    conn = sql.connect(settings.mysql.client_params)
+    try:
+        facts = sql.server_facts(conn)
+    finally:
+        conn.close()
+    problems = facts.problems(expected_server_id=settings.server_id)
+    sites = {name: site.object_storage.storage_type for name, site in settings.backup_sites.items()}
+    report = {
+        "server": {
+            "version": facts.version,
+            "server_id": facts.server_id,
+            "read_only": facts.read_only,
+            "gtid_current_pos": facts.gtid_current_pos,
+            "gtid_binlog_pos": facts.gtid_binlog_pos,
+        },
+        "backup_sites": sites,
+        "upload_site": settings.backup_settings.upload_site,
+        "ready": not problems,
+        "problems": problems,
+    }
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        click.echo(f"server      MariaDB {facts.version}, server_id {facts.server_id}")
+        click.echo(f"gtid        {facts.gtid_current_pos or '(none yet)'}")
+        click.echo(f"sites       {', '.join(f'{k} ({v})' for k, v in sites.items())}")
+        click.echo(f"upload to   {settings.backup_settings.upload_site}")
+        click.echo("ready       yes" if not problems else "ready       NO")
+        for problem in problems:
+            click.echo(f"  - {problem}")
+    if problems:
+        raise ServerError("the server is not configured as binhoard requires")

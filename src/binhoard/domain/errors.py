@@ -1,0 +1,124 @@
+"""The one error hierarchy of binhoard.
+
+Every error a user can see is a ``BinhoardError``. Each class says whether retrying
+can help, which HTTP status the API answers with and which exit code the CLI ends
+with, so that those mappings live in one place and nowhere else.
+"""
+
+from __future__ import annotations
+
+
+class BinhoardError(Exception):
+    """Something went wrong."""
+
+    exit_code: int = 1
+    http_status: int = 500
+    retryable: bool = False
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or self.__class__.__name__).strip())
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+
+class UsageError(BinhoardError):
+    """The request or command line is not valid."""
+
+    exit_code = 2
+    http_status = 400
+
+
+class ConfigError(UsageError):
+    """The configuration is not valid.
+
+    ``problems`` lists every problem found, each as ``(key path, message)``, so that a
+    user fixes all of them in one pass instead of one per run.
+    """
+
+    def __init__(self, file: str, problems: list[tuple[str, str]]) -> None:
+        self.file = file
+        self.problems = list(problems)
+        lines = [f"{file}: {path}: {msg}" if path else f"{file}: {msg}" for path, msg in problems]
+        count = len(problems)
+        header = f"{file}: {count} configuration problem{'s' if count != 1 else ''}"
+        super().__init__("\n".join([header, *lines]))
+
+
+class NotFoundError(BinhoardError):
+    """The requested thing does not exist."""
+
+    exit_code = 3
+    http_status = 404
+
+
+class ConflictError(BinhoardError):
+    """The request conflicts with the current state."""
+
+    exit_code = 4
+    http_status = 409
+
+
+class ServerError(BinhoardError):
+    """The database server or one of its tools failed."""
+
+    exit_code = 5
+    http_status = 502
+    retryable = True
+
+
+class SandboxError(BinhoardError):
+    """A sandbox MariaDB instance could not be managed."""
+
+    exit_code = 6
+    http_status = 500
+
+
+class StorageError(BinhoardError):
+    """Object storage failed."""
+
+    exit_code = 7
+    http_status = 502
+
+
+class ObjectNotFoundError(StorageError, NotFoundError):
+    """An object does not exist in storage."""
+
+    exit_code = 7
+    http_status = 404
+
+    def __init__(self, key: str, detail: str = "") -> None:
+        self.key = key
+        super().__init__(f"object not found: {key}" + (f" ({detail})" if detail else ""))
+
+
+class TransientStorageError(StorageError):
+    """Object storage failed in a way that retrying may cure (5xx, reset, timeout)."""
+
+    retryable = True
+
+
+class PermanentStorageError(StorageError):
+    """Object storage refused the request; retrying will not help (auth, bad request)."""
+
+
+class PreconditionFailedError(StorageError, ConflictError):
+    """A conditional write found the object already there."""
+
+    exit_code = 4
+    http_status = 409
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        super().__init__(f"object already exists: {key}")
+
+
+class IntegrityError(StorageError):
+    """A stored object failed verification: it is corrupt, truncated or was tampered with."""
+
+    exit_code = 8
+
+    def __init__(self, key: str, detail: str) -> None:
+        self.key = key
+        super().__init__(f"object {key} failed verification: {detail}")
