@@ -264,14 +264,15 @@ def _semantic_problems(settings: Settings) -> list[tuple[str, str]]:
 
 def _format_loc(loc: tuple[int | str, ...]) -> str:
     parts: list[str] = []
+    previous: int | str | None = None
     for item in loc:
         if isinstance(item, int):
             parts.append(f"[{item}]")
-        elif item in ("local", "s3", "gcs", "azure") and parts and parts[-1] == "object_storage":
-            # pydantic puts the tagged-union branch in the path; the user never wrote it.
-            continue
+        elif previous == "object_storage" and item in ("local", "s3", "gcs", "azure"):
+            pass  # pydantic puts the tagged-union branch in the path; the user never wrote it.
         else:
             parts.append(("." if parts else "") + item)
+        previous = item
     return "".join(parts)
 
 

@@ -1,0 +1,161 @@
+"""Configuration parsing and validation: every problem named by key path and file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pyrage
+import pytest
+
+from binhoard.config import load_settings, parse_settings
+from binhoard.domain.errors import ConfigError
+
+IDENTITY = pyrage.x25519.Identity.generate()
+PUBLIC = str(IDENTITY.to_public())
+PRIVATE = str(IDENTITY)
+
+
+def minimal() -> dict[str, Any]:
+    return {
+        "backup_sites": {
+            "default": {
+                "object_storage": {"storage_type": "local", "directory": "site"},
+                "encryption_keys": {"public": PUBLIC, "private": PRIVATE},
+            }
+        },
+        "mysql": {
+            "config_file_name": "my.cnf",
+            "data_directory": "data",
+            "binlog_prefix": "binlogs/binlog",
+            "client_params": {"password": "hunter2-secret"},
+        },
+        "server_id": 1,
+        "state_directory": "state",
+        "temporary_directory": "tmp",
+    }
+
+
+def problems_of(data: dict[str, Any]) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        parse_settings(data, source="test.json")
+    return info.value
+
+
+def test_minimal_config_gets_documented_defaults() -> None:
+    settings = parse_settings(minimal(), source="x.json", base_dir=Path("/etc/binhoard"))
+    assert settings.http_port == 16001
+    assert settings.backup_settings.upload_site == "default"
+    assert settings.upload_site.compression.algorithm == "zstd"
+    assert settings.upload_site.encryption_keys.public == [PUBLIC]
+    # Relative paths are relative to the configuration file's directory.
+    assert settings.state_directory == Path("/etc/binhoard/state")
+    storage = settings.upload_site.object_storage
+    assert storage.storage_type == "local"
+    assert storage.directory == Path("/etc/binhoard/site")
+
+
+def test_three_mistakes_are_all_reported_with_their_paths() -> None:
+    data = minimal()
+    data["http_port"] = "not-a-port"
+    data["backup_settings"] = {"backup_hour": 25}
+    del data["mysql"]["data_directory"]
+    error = problems_of(data)
+    paths = {path for path, _ in error.problems}
+    assert paths == {"http_port", "backup_settings.backup_hour", "mysql.data_directory"}
+    text = str(error)
+    assert text.startswith("test.json: 3 configuration problems")
+    assert "test.json: mysql.data_directory: required key is missing" in text
+
+
+def test_unknown_keys_are_errors_not_silently_ignored() -> None:
+    data = minimal()
+    data["backup_setings"] = {}
+    data["backup_sites"]["default"]["compression"] = {"algoritm": "zstd"}
+    error = problems_of(data)
+    assert ("backup_setings", "unknown key") in error.problems
+    assert ("backup_sites.default.compression.algoritm", "unknown key") in error.problems
+
+
+def test_storage_errors_name_the_path_without_the_union_branch() -> None:
+    data = minimal()
+    data["backup_sites"]["default"]["object_storage"] = {"storage_type": "s3"}
+    error = problems_of(data)
+    assert error.problems == [
+        ("backup_sites.default.object_storage.bucket", "required key is missing")
+    ]
+
+
+def test_secrets_are_never_printed() -> None:
+    data = minimal()
+    data["mysql"]["client_params"]["password"] = 12345
+    data["backup_sites"]["default"]["encryption_keys"]["private"] = "AGE-SECRET-KEY-NOTVALID42"
+    data["http_port"] = "hunter2-secret"
+    error = problems_of(data)
+    text = str(error)
+    assert "NOTVALID42" not in text
+    assert "12345" not in text
+    assert "hunter2" not in text
+    assert "backup_sites.default.encryption_keys.private[0]" in text
+
+
+def test_cross_key_problems() -> None:
+    data = minimal()
+    data["backup_settings"] = {"upload_site": "elsewhere", "backup_count_min": 5}
+    data["statsd"] = {"host": "127.0.0.1"}
+    error = problems_of(data)
+    paths = [path for path, _ in error.problems]
+    assert paths == ["backup_settings.upload_site", "statsd"]
+
+
+def test_bad_weekday_schedule() -> None:
+    data = minimal()
+    data["backup_settings"] = {"incremental": {"full_backup_week_schedule": "sun,funday"}}
+    error = problems_of(data)
+    assert error.problems[0][0] == "backup_settings.incremental.full_backup_week_schedule"
+
+
+def test_invalid_public_key_is_named() -> None:
+    data = minimal()
+    data["backup_sites"]["default"]["encryption_keys"]["public"] = [PUBLIC, "age1nope"]
+    error = problems_of(data)
+    assert error.problems[0][0] == "backup_sites.default.encryption_keys.public[1]"
+
+
+def test_load_json_and_toml_files(tmp_path: Path) -> None:
+    json_file = tmp_path / "b.json"
+    json_file.write_text(json.dumps(minimal()))
+    toml_file = tmp_path / "b.toml"
+    toml_file.write_text(
+        f"""
+server_id = 1
+state_directory = "state"
+temporary_directory = "tmp"
+[mysql]
+config_file_name = "my.cnf"
+data_directory = "data"
+binlog_prefix = "binlogs/binlog"
+[backup_sites.default.object_storage]
+storage_type = "local"
+directory = "site"
+[backup_sites.default.encryption_keys]
+public = "{PUBLIC}"
+"""
+    )
+    for file in (json_file, toml_file):
+        settings = load_settings(file)
+        assert settings.state_directory == tmp_path / "state"
+
+
+def test_syntax_errors_and_missing_files_name_the_file(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.toml"
+    broken.write_text("server_id = = 1\n")
+    with pytest.raises(ConfigError, match=r"broken\.toml: not valid TOML"):
+        load_settings(broken)
+    with pytest.raises(ConfigError, match=r"missing\.json: cannot read"):
+        load_settings(tmp_path / "missing.json")
+    odd = tmp_path / "conf.yaml"
+    odd.write_text("{}")
+    with pytest.raises(ConfigError, match=r"must end in \.json or \.toml"):
+        load_settings(odd)
