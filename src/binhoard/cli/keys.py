@@ -33,6 +33,21 @@ def generate_key_file(path: Path) -> str:
     return recipient
 
 
+def read_identity_file(path: Path) -> pyrage.x25519.Identity:
+    """Reads an age identity file (comments allowed, as age-keygen writes them)."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise UsageError(f"cannot read key file {path}: {exc.strerror}") from None
+    keys = [line.strip() for line in lines if line.strip().startswith("AGE-SECRET-KEY-")]
+    if len(keys) != 1:
+        raise UsageError(f"{path}: expected exactly one AGE-SECRET-KEY line, found {len(keys)}")
+    try:
+        return pyrage.x25519.Identity.from_str(keys[0])
+    except Exception:  # noqa: BLE001 - pyrage raises its own types; never echo the key
+        raise UsageError(f"{path}: the AGE-SECRET-KEY line is not a valid age identity") from None
+
+
 @click.group("keys")
 def keys_group() -> None:
     """Manage encryption keys."""

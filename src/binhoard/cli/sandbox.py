@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 import click
 
+from binhoard.cli.keys import generate_key_file, read_identity_file
 from binhoard.domain.errors import SandboxError
 from binhoard.server.sandbox import Sandbox
 
@@ -99,3 +101,49 @@ def _text(value: object) -> str:
     if isinstance(value, bytes | bytearray):
         return value.decode("utf-8", errors="replace")
     return str(value)
+
+
+@sandbox_group.command("config")
+@_name_argument
+@_root_option
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Configuration file to write (.json).",
+)
+@click.option(
+    "--site",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Directory of the local backup site.",
+)
+@click.option(
+    "--key",
+    "key_file",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="age key file (binhoard keys generate); created if missing.",
+)
+def config_command(name: str, root: Path, output: Path, site: Path, key_file: Path) -> None:
+    """Write a binhoard configuration that backs sandbox NAME up to a local directory."""
+    box = _sandbox(root, name)
+    if not box.exists:
+        raise SandboxError(f"no sandbox {name} in {root} (binhoard sandbox start {name})")
+    if key_file.exists():
+        identity = read_identity_file(key_file)
+    else:
+        generate_key_file(key_file)
+        identity = read_identity_file(key_file)
+    data = box.binhoard_config(
+        site_directory=site.resolve(),
+        public_key=str(identity.to_public()),
+        private_key=str(identity),
+        work_dir=box.directory / "binhoard",
+    )
+    fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # holds a private key
+    with os.fdopen(fd, "w") as out:
+        json.dump(data, out, indent=2)
+        out.write("\n")
+    click.echo(f"wrote {output} (backup site {site})")

@@ -343,6 +343,33 @@ class Sandbox:
             socket=self.socket,
         )
 
+    def binhoard_config(
+        self, *, site_directory: Path, public_key: str, private_key: str | None, work_dir: Path
+    ) -> dict[str, Any]:
+        """A binhoard configuration (as data) that backs this sandbox up to a local directory."""
+        keys: dict[str, Any] = {"public": public_key}
+        if private_key is not None:
+            keys["private"] = private_key
+        return {
+            "server_id": self.server_id,
+            "state_directory": str(work_dir / "state"),
+            "temporary_directory": str(work_dir / "tmp"),
+            "mysql": {
+                "config_file_name": str(self.cnf),
+                "data_directory": str(self.datadir),
+                "binlog_prefix": str(self.binlog_prefix),
+                "relay_log_prefix": str(self.relay_dir / "relay"),
+                "relay_log_index_file": str(self.relay_dir / "relay.index"),
+                "client_params": {"user": "root", "unix_socket": str(self.socket)},
+            },
+            "backup_sites": {
+                "default": {
+                    "object_storage": {"storage_type": "local", "directory": str(site_directory)},
+                    "encryption_keys": keys,
+                }
+            },
+        }
+
     # --- SQL -------------------------------------------------------------------
     def connect(self, database: str | None = None) -> pymysql.connections.Connection[Any]:
         return pymysql.connect(
