@@ -18,14 +18,11 @@ Layout of a sandbox directory::
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +31,12 @@ from typing import Any
 import pymysql
 
 from binhoard.domain.errors import SandboxError
+from binhoard.server.process import (
+    DEFAULT_START_TIMEOUT,
+    DEFAULT_STOP_TIMEOUT,
+    ServerProcess,
+    find_executable,
+)
 
 # Settings binhoard requires of a server it backs up and restores into.
 REQUIRED_SETTINGS: Mapping[str, str] = {
@@ -42,21 +45,6 @@ REQUIRED_SETTINGS: Mapping[str, str] = {
     "gtid_strict_mode": "ON",
     "log_slave_updates": "ON",
 }
-
-_START_TIMEOUT = 60.0
-_STOP_TIMEOUT = 120.0
-
-
-def find_executable(*names: str) -> str:
-    for name in names:
-        for directory in (*os.environ.get("PATH", "").split(os.pathsep), "/usr/sbin", "/sbin"):
-            candidate = Path(directory) / name
-            if directory and candidate.is_file() and os.access(candidate, os.X_OK):
-                return str(candidate)
-    raise SandboxError(
-        f"{names[0]} not found: install MariaDB 10.11 (scripts/install does it: "
-        "apt-get install mariadb-server mariadb-client mariadb-backup)"
-    )
 
 
 def free_loopback_port() -> int:
@@ -227,105 +215,39 @@ class Sandbox:
             )
         self._meta_file.write_text(json.dumps({"port": port, "server_id": server_id}) + "\n")
 
-    def start(self, timeout: float = _START_TIMEOUT) -> SandboxStatus:
+    @property
+    def process(self) -> ServerProcess:
+        return ServerProcess(self.cnf, log_file=self.directory / "mariadbd.out")
+
+    def start(self, timeout: float = DEFAULT_START_TIMEOUT) -> SandboxStatus:
         """Starts the server (creating it first if needed); returns once it answers SQL."""
         self.create()
-        if self.pid() is not None:
-            self._wait_ready(timeout)
-            return self.status()
-        mariadbd = find_executable("mariadbd", "mysqld")
-        log = self.directory / "mariadbd.out"
-        with log.open("ab") as out:
-            process = subprocess.Popen(
-                [mariadbd, f"--defaults-file={self.cnf}"],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=out,
-                start_new_session=True,  # survives the CLI that started it; not our signals
-                cwd=self.directory,
-            )
-        try:
-            self._wait_ready(timeout, process)
-        except BaseException:
-            # Never leave a half-started server behind.
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            process.wait()
-            raise
+        self.process.start(
+            self._answers,
+            timeout=timeout,
+            describe_failure=lambda: f"error log {self.error_log}:\n{_tail_file(self.error_log)}",
+        )
         return self.status()
 
-    def _wait_ready(self, timeout: float, process: subprocess.Popen[bytes] | None = None) -> None:
-        deadline = time.monotonic() + timeout
-        last_error = ""
-        while time.monotonic() < deadline:
-            if process is not None and process.poll() is not None:
-                raise SandboxError(
-                    f"mariadbd of sandbox {self.name} exited with {process.returncode} "
-                    f"while starting; error log {self.error_log}:\n{_tail_file(self.error_log)}"
-                )
-            if self.socket.exists():
-                try:
-                    self.query("SELECT 1")
-                    return
-                except pymysql.err.MySQLError as exc:
-                    last_error = str(exc)
-            time.sleep(0.05)
-        raise SandboxError(
-            f"sandbox {self.name} did not answer within {timeout:.0f} s ({last_error}); "
-            f"error log {self.error_log}:\n{_tail_file(self.error_log)}"
-        )
+    def _answers(self) -> bool:
+        if not self.socket.exists():
+            return False
+        try:
+            self.query("SELECT 1")
+        except pymysql.err.MySQLError:
+            return False
+        return True
 
     def pid(self) -> int | None:
-        """The pid of this sandbox's running mariadbd, or None.
+        return self.process.pid()
 
-        A pid file can outlive its server and the pid can be reused; only a process
-        whose command line names this sandbox's my.cnf counts.
-        """
-        try:
-            pid = int(self.pid_file.read_text().strip())
-        except (FileNotFoundError, ValueError):
-            pid = None
-        if pid is not None and self._is_ours(pid):
-            return pid
-        return self._find_by_cmdline()
-
-    def _is_ours(self, pid: int) -> bool:
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            return False
-        return f"--defaults-file={self.cnf}".encode() in cmdline
-
-    def _find_by_cmdline(self) -> int | None:
-        # The pid file appears a moment after the process starts.
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit() and self._is_ours(int(entry.name)):
-                return int(entry.name)
-        return None
-
-    def stop(self, timeout: float = _STOP_TIMEOUT) -> bool:
-        """Stops this instance (SIGTERM to its pid, then waits). Returns False if not running."""
-        pid = self.pid()
-        if pid is None:
-            return False
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        if _wait_gone(pid, timeout):
-            return True
-        # A clean shutdown did not finish in time; the caller asked for it to stop.
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        if not _wait_gone(pid, 10):
-            raise SandboxError(f"mariadbd of sandbox {self.name} (pid {pid}) does not stop")
-        return True
+    def stop(self, timeout: float = DEFAULT_STOP_TIMEOUT) -> bool:
+        """Stops this instance only (SIGTERM to its pid). Returns False if not running."""
+        return self.process.stop(timeout)
 
     def kill(self) -> None:
         """SIGKILL, as a crash would: for tests of crash recovery."""
-        pid = self.pid()
-        if pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            _wait_gone(pid, 10)
+        self.process.kill()
 
     def destroy(self) -> None:
         """Stops the instance and removes its directory."""
@@ -412,22 +334,6 @@ class Sandbox:
         finally:
             conn.close()
         return results
-
-
-def _wait_gone(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        # Reap it if it is our child (tests start servers from this process).
-        with contextlib.suppress(ChildProcessError):
-            waited, _ = os.waitpid(pid, os.WNOHANG)
-            if waited == pid:
-                return True
-        time.sleep(0.05)
-    return False
 
 
 def _tail(text: str, lines: int = 15) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
@@ -100,3 +101,35 @@ def server_facts(conn: Connection) -> ServerFacts:
         gtid_binlog_pos=v["gtid_binlog_pos"],
         gtid_slave_pos=v["gtid_slave_pos"],
     )
+
+
+def flush_dirty_pages(conn: Connection, *, timeout: float = 60.0) -> bool:
+    """Writes InnoDB's dirty pages out so that the checkpoint LSN moves to now.
+
+    mariabackup records the *checkpoint* LSN at backup start as ``to_lsn``; on a quiet
+    server the checkpoint does not move, and the next incremental then copies every page
+    changed since the server started. Returns whether all pages were flushed in time;
+    the previous settings are restored either way.
+    """
+    before = variables(conn, "innodb_max_dirty_pages_pct", "innodb_max_dirty_pages_pct_lwm")
+    try:
+        query(conn, "SET GLOBAL innodb_max_dirty_pages_pct_lwm = 0")
+        query(conn, "SET GLOBAL innodb_max_dirty_pages_pct = 0")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            rows = query(conn, "SHOW GLOBAL STATUS LIKE 'Innodb_buffer_pool_pages_dirty'")
+            if int(rows[0][1]) == 0:
+                return True
+            time.sleep(0.05)
+        return False
+    finally:
+        query(
+            conn,
+            "SET GLOBAL innodb_max_dirty_pages_pct = %s",
+            (float(before["innodb_max_dirty_pages_pct"]),),
+        )
+        query(
+            conn,
+            "SET GLOBAL innodb_max_dirty_pages_pct_lwm = %s",
+            (float(before["innodb_max_dirty_pages_pct_lwm"]),),
+        )

@@ -1,0 +1,246 @@
+"""mariabackup and mbstream: take a streamed physical backup, extract, prepare, move back.
+
+Facts this relies on (proven in ../shared/notes/mariadb.md): ``--defaults-file`` must be
+the first argument; ``--extra-lsndir`` leaves ``xtrabackup_checkpoints`` and
+``xtrabackup_info`` on disk without extracting the stream; the snapshot position is
+printed on stderr as ``MySQL binlog position: filename 'F', position 'P', GTID of the
+last change 'G'``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import subprocess
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from binhoard.config import ClientParams
+from binhoard.domain.errors import ServerError
+from binhoard.domain.manifest import LsnRange, SnapshotPosition
+from binhoard.server.process import find_executable
+
+READ_SIZE = 1024 * 1024
+
+_POSITION = re.compile(
+    r"filename '(?P<file>[^']+)', position '(?P<pos>\d+)'"
+    r"(?:, GTID of the last change '(?P<gtid>[^']*)')?"
+)
+
+
+def parse_binlog_position(text: str) -> SnapshotPosition | None:
+    """The snapshot position from mariabackup's stderr or ``xtrabackup_info``; None if absent."""
+    matches = list(_POSITION.finditer(text))
+    if not matches:
+        return None
+    match = matches[-1]  # the last one printed is the consistent snapshot
+    return SnapshotPosition(
+        binlog_file=match["file"],
+        binlog_pos=int(match["pos"]),
+        gtid_position=match["gtid"] or "",
+    )
+
+
+def parse_checkpoints(text: str) -> LsnRange:
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            values[key.strip()] = value.strip()
+    try:
+        return LsnRange(
+            from_lsn=int(values["from_lsn"]),
+            to_lsn=int(values["to_lsn"]),
+            last_lsn=int(values["last_lsn"]),
+        )
+    except (KeyError, ValueError) as exc:
+        raise ServerError(f"xtrabackup_checkpoints is incomplete: {exc}") from None
+
+
+def write_client_defaults(path: Path, server_cnf: Path, client: ClientParams) -> None:
+    """A defaults file for mariabackup: the server's own my.cnf plus our credentials.
+
+    mariabackup accepts only one ``--defaults-file`` and refuses ``--defaults-extra-file``
+    after it, so the credentials go into a private file that ``!include``s the server's.
+    """
+    lines = [f"!include {server_cnf}", "[mariabackup]", f"user={client.user}"]
+    password = client.password.get_secret_value()
+    if password:
+        lines.append(f"password={password}")
+    if client.unix_socket is not None:
+        lines.append(f"socket={client.unix_socket}")
+    else:
+        lines += [f"host={client.host}", f"port={client.port}", "protocol=TCP"]
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write("\n".join(lines) + "\n")
+
+
+class BackupStream:
+    """The running ``mariabackup --backup --stream=xbstream``: iterate for its bytes, then
+    ``finish()`` for the snapshot position and LSN range."""
+
+    def __init__(self, process: subprocess.Popen[bytes], work_dir: Path, stderr: Path) -> None:
+        self._process = process
+        self._work_dir = work_dir
+        self._stderr = stderr
+        self.bytes_read = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        stdout = self._process.stdout
+        assert stdout is not None
+        while True:
+            chunk = stdout.read(READ_SIZE)
+            if not chunk:
+                return
+            self.bytes_read += len(chunk)
+            yield chunk
+
+    def finish(self) -> tuple[SnapshotPosition, LsnRange]:
+        code = self._process.wait()
+        log = self._stderr.read_text(errors="replace")
+        if code != 0:
+            raise ServerError(f"mariabackup failed (exit {code}):\n{_tail(log)}")
+        position = parse_binlog_position(log)
+        if position is None:
+            info = self._work_dir / "xtrabackup_info"
+            position = parse_binlog_position(info.read_text()) if info.exists() else None
+        if position is None:
+            raise ServerError("mariabackup did not report a binlog position: is log_bin ON?")
+        checkpoints = self._work_dir / "xtrabackup_checkpoints"
+        try:
+            lsn = parse_checkpoints(checkpoints.read_text())
+        except FileNotFoundError:
+            raise ServerError(f"mariabackup left no {checkpoints}") from None
+        return position, lsn
+
+    def kill(self) -> None:
+        if self._process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._process.kill()
+        self._process.wait()
+
+
+class MariaBackup:
+    """The ``mariabackup`` tool of the MariaDB flavour."""
+
+    def __init__(self, server_cnf: Path, client: ClientParams) -> None:
+        self.server_cnf = server_cnf
+        self.client = client
+        self.binary = find_executable("mariabackup", "mariadb-backup")
+
+    def version(self) -> str:
+        result = subprocess.run(
+            [self.binary, "--version"], capture_output=True, text=True, check=False
+        )
+        return (result.stdout + result.stderr).strip().splitlines()[0]
+
+    @contextlib.contextmanager
+    def backup(
+        self, work_dir: Path, *, incremental_lsn: int | None = None, parallel: int = 1
+    ) -> Iterator[BackupStream]:
+        """Starts a streamed backup; ``work_dir`` receives only the LSN files and logs.
+
+        Leaving the ``with`` block early (an exception in the consumer) kills mariabackup.
+        """
+        work_dir.mkdir(parents=True, exist_ok=True)
+        defaults = work_dir / "client.cnf"
+        write_client_defaults(defaults, self.server_cnf, self.client)
+        lsn_dir = work_dir / "lsn"
+        lsn_dir.mkdir(exist_ok=True)
+        args = [
+            self.binary,
+            f"--defaults-file={defaults}",
+            "--backup",
+            "--stream=xbstream",
+            f"--extra-lsndir={lsn_dir}",
+            f"--target-dir={lsn_dir}",
+            f"--parallel={parallel}",
+        ]
+        if incremental_lsn is not None:
+            args.append(f"--incremental-lsn={incremental_lsn}")
+        stderr_path = work_dir / "mariabackup.log"
+        with stderr_path.open("wb") as stderr:
+            process = subprocess.Popen(
+                args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr
+            )
+        stream = BackupStream(process, lsn_dir, stderr_path)
+        try:
+            yield stream
+        except BaseException:
+            stream.kill()
+            raise
+        finally:
+            if process.stdout is not None:
+                process.stdout.close()
+            defaults.unlink(missing_ok=True)  # holds the password
+
+    # --- restore side ------------------------------------------------------------
+    def extract(self, chunks: Iterable[bytes], target: Path) -> int:
+        """Feeds an xbstream into ``mbstream -x -C target``; returns the bytes fed."""
+        target.mkdir(parents=True, exist_ok=True)
+        mbstream = find_executable("mbstream")
+        log = target.parent / f"{target.name}.mbstream.log"
+        fed = 0
+        with log.open("wb") as err:
+            process = subprocess.Popen(
+                [mbstream, "-x", "-C", str(target)],
+                stdin=subprocess.PIPE,
+                stdout=err,
+                stderr=err,
+            )
+        assert process.stdin is not None
+        try:
+            for chunk in chunks:
+                process.stdin.write(chunk)
+                fed += len(chunk)
+            process.stdin.close()
+        except BrokenPipeError:
+            pass  # mbstream died; its exit code and log say why
+        except BaseException:
+            process.kill()
+            process.wait()
+            raise
+        code = process.wait()
+        if code != 0:
+            raise ServerError(f"mbstream -x failed (exit {code}):\n{_tail(_read(log))}")
+        return fed
+
+    def prepare(self, target: Path, incremental_dir: Path | None = None) -> None:
+        args = [self.binary, "--prepare", f"--target-dir={target}"]
+        if incremental_dir is not None:
+            args.append(f"--incremental-dir={incremental_dir}")
+        _run(args, "mariabackup --prepare")
+
+    def move_back(self, target: Path, datadir: Path) -> None:
+        """Moves a prepared backup into ``datadir`` (which must be empty)."""
+        _run(
+            [
+                self.binary,
+                f"--defaults-file={self.server_cnf}",
+                "--move-back",
+                f"--target-dir={target}",
+                f"--datadir={datadir}",
+            ],
+            "mariabackup --move-back",
+        )
+
+
+def _run(args: list[str], what: str) -> None:
+    result = subprocess.run(args, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise ServerError(
+            f"{what} failed (exit {result.returncode}):\n{_tail(result.stderr + result.stdout)}"
+        )
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def _tail(text: str, lines: int = 20) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
