@@ -6,6 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.support import s3server
+from tests.support.s3server import S3Server
 from tests.support.sandboxes import SandboxFactory, sandbox_factory
 
 
@@ -20,3 +22,11 @@ def sandboxes() -> Iterator[SandboxFactory]:
     """``sandboxes.new()`` starts a MariaDB sandbox; all are stopped and removed afterwards."""
     with sandbox_factory() as factory:
         yield factory
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """One SeaweedFS S3 server for the session (about a second to start); tests isolate
+    themselves with their own key prefixes (``s3_server.storage_config(prefix)``)."""
+    with s3server.s3_server(tmp_path_factory.mktemp("s3")) as server:
+        yield server
