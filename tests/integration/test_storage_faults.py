@@ -12,14 +12,27 @@ from __future__ import annotations
 import hashlib
 import http.client
 import random
+import secrets
 import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING
 
 import pytest
 
+from binhoard.domain.errors import PreconditionFailedError
+from binhoard.storage.backends import open_store
+from binhoard.storage.store import read_all
+from binhoard.storage.wrappers import RetryingStore
 from tests.support.faultproxy import FaultProxy, ProxyFaultPlan
+from tests.support.s3server import S3Server
+
+if TYPE_CHECKING:
+    from obstore.store import RetryConfig
 
 # ------------------------------------------------------------------ the proxy alone
 
@@ -244,3 +257,165 @@ def test_proxy_reports_an_unreachable_upstream_as_502() -> None:
 def test_proxy_plan_rejects_unknown_kinds() -> None:
     with pytest.raises(ValueError, match="unknown fault kinds"):
         ProxyFaultPlan(kinds={"explode": 1})
+
+
+# ------------------------------------------------------------------ S3 through the proxy
+
+PART_SIZE = 5 * 1024 * 1024  # the smallest S3 allows: multipart objects stay small
+
+
+@dataclass
+class Sample:
+    key: str
+    body: bytes
+    one_shot: bool = False  # put as a generator instead of a replayable list
+
+
+def _samples(rng: random.Random) -> list[Sample]:
+    """32 objects: empty and tiny ones, some around the chunk size, and multipart-sized ones."""
+    sizes = [0, 1, 17, 4096, 65_535, 65_536, 65_537, 1_048_576]
+    sizes += [rng.randrange(1, 1_500_000) for _ in range(16)]
+    sizes += [PART_SIZE - 1, PART_SIZE, PART_SIZE + 1, 2 * PART_SIZE + 12_345]
+    sizes += [rng.randrange(PART_SIZE, 3 * PART_SIZE) for _ in range(4)]
+    return [
+        Sample(f"obj/{i:02d}-{size}", rng.randbytes(size), one_shot=i % 5 == 4 and size < PART_SIZE)
+        for i, size in enumerate(sizes)
+    ]
+
+
+def _chunks(body: bytes, size: int) -> list[bytes]:
+    return [body[pos : pos + size] for pos in range(0, len(body), size)]
+
+
+def _one_shot(body: bytes) -> Iterator[bytes]:
+    yield from _chunks(body, 100_000)
+
+
+@dataclass
+class RoundTrip:
+    retries: int  # how many times RetryingStore backed off
+    seconds: float
+
+
+def _round_trip(
+    s3_server: S3Server, proxy: FaultProxy, *, retry: RetryConfig | None, attempts: int
+) -> RoundTrip:
+    """Puts the samples through ``RetryingStore(S3 via proxy)`` and reads each back, in full
+    and in ranges; all must come back byte-identical."""
+    started = time.monotonic()
+    config = s3_server.storage_config(prefix=f"faults-{secrets.token_hex(4)}")
+    config = config.model_copy(update={"endpoint_url": proxy.url})
+    backend = open_store(config, part_size=PART_SIZE, concurrency=2, retry=retry)
+    backoffs: list[float] = []
+    store = RetryingStore(
+        backend,
+        attempts=attempts,
+        base_delay=0.01,
+        max_delay=0.1,
+        replay_buffer=PART_SIZE,
+        sleep=backoffs.append,  # the faults are instant: no need to wait before retrying
+        rng=random.Random(3),
+    )
+    rng = random.Random(2024)
+    samples = _samples(rng)
+    ranges = {
+        s.key: [(rng.randrange(len(s.body) + 1), rng.randrange(200_000)) for _ in range(4)]
+        for s in samples
+    }
+
+    def put(sample: Sample) -> None:
+        data = _one_shot(sample.body) if sample.one_shot else _chunks(sample.body, 256 * 1024)
+        assert store.put(sample.key, data).size == len(sample.body)
+
+    def check(sample: Sample) -> None:
+        got = read_all(store, sample.key)
+        # Digests, not bytes: a failure must not print megabytes.
+        assert (len(got), _sha(got)) == (len(sample.body), _sha(sample.body)), sample.key
+        for offset, length in ranges[sample.key]:
+            part = b"".join(store.get(sample.key, offset=offset, length=length))
+            assert _sha(part) == _sha(sample.body[offset : offset + length]), (sample.key, offset)
+
+    with ThreadPoolExecutor(3) as pool:
+        list(pool.map(put, samples))
+        for i in range(3):  # small create-if-absent records, as ownership markers are
+            store.put(f"owner/{i}", [b"owner-%d" % i], if_absent=True)
+        list(pool.map(check, samples))
+
+    listed = {info.key: info.size for info in store.list("obj/")}
+    assert listed == {s.key: len(s.body) for s in samples}
+    with pytest.raises(PreconditionFailedError):
+        store.put("owner/0", [b"someone else"], if_absent=True)
+    for sample in samples:
+        store.delete(sample.key)
+    assert list(store.list("obj/")) == []
+    return RoundTrip(retries=len(backoffs), seconds=time.monotonic() - started)
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+TEN_PERCENT = ProxyFaultPlan(
+    rate=0.10, kinds={"slowdown": 1.0, "reset": 1.0, "truncate": 2.0}, seed=17
+)
+
+
+def test_s3_objects_survive_faults_with_only_our_retries(s3_server: S3Server) -> None:
+    """obstore's own retries off: every injected fault reaches RetryingStore and is cured."""
+    with FaultProxy(s3_server.endpoint_url, TEN_PERCENT) as proxy:
+        result = _round_trip(s3_server, proxy, retry={"max_retries": 0}, attempts=15)
+    counts = proxy.counts
+    assert counts["slowdown"] > 0
+    assert counts["reset"] > 0
+    assert counts["truncate"] > 0
+    # Each fault surfaced here (two parts of one upload failing together cost one retry).
+    assert result.retries > proxy.faults // 2
+
+
+def test_s3_objects_survive_faults_with_obstore_retries(s3_server: S3Server) -> None:
+    """As in production: obstore retries requests itself (here with millisecond backoff).
+
+    obstore cures most faults inside the call (503s, resets, and cut-off GET bodies,
+    which it resumes with a ranged request), so they never reach RetryingStore: the
+    proof that faults happened is the proxy's count.
+    """
+    quick: RetryConfig = {
+        "max_retries": 10,
+        "backoff": {
+            "init_backoff": timedelta(milliseconds=1),
+            "max_backoff": timedelta(milliseconds=20),
+            "base": 2,
+        },
+        "retry_timeout": timedelta(seconds=60),
+    }
+    with FaultProxy(s3_server.endpoint_url, TEN_PERCENT) as proxy:
+        result = _round_trip(s3_server, proxy, retry=quick, attempts=8)
+    assert proxy.faults > 10
+    assert proxy.counts["truncate"] > 0
+    assert result.retries < proxy.faults
+
+
+def test_s3_conditional_put_whose_answer_was_lost(s3_server: S3Server) -> None:
+    """The server stores an if-absent PUT but the answer never arrives; the retry meets
+    412 and must recognise the object as its own (and only its own)."""
+    config = s3_server.storage_config(prefix=f"ambiguous-{secrets.token_hex(4)}")
+    lose_first_put = ProxyFaultPlan(
+        rate=1.0, kinds={"reset_after": 1}, methods=frozenset({"PUT"}), max_faults=1
+    )
+    with FaultProxy(s3_server.endpoint_url, lose_first_put) as proxy:
+        backend = open_store(
+            config.model_copy(update={"endpoint_url": proxy.url}),
+            part_size=PART_SIZE,
+            concurrency=2,
+            retry={"max_retries": 0},
+        )
+        store = RetryingStore(backend, sleep=lambda _: None)
+        info = store.put("owner", [b"writer-1"], if_absent=True)
+        assert info.size == len(b"writer-1")
+        assert proxy.counts["reset_after"] == 1
+
+        proxy.set_plan(lose_first_put)
+        with pytest.raises(PreconditionFailedError):
+            store.put("owner", [b"writer-2"], if_absent=True)
+        assert proxy.counts["reset_after"] == 2
+    assert read_all(backend, "owner") == b"writer-1"

@@ -59,7 +59,9 @@ class ProxyFaultPlan:
       before resetting. Only for requests whose response has a body (GET); a request
       that draws it but gets an empty response is forwarded unharmed.
 
-    ``methods`` restricts faults to those HTTP methods (None: all).
+    ``methods`` restricts faults to those HTTP methods (None: all); after ``max_faults``
+    faults drawn (None: no limit) every request is forwarded unharmed, which makes "the first
+    PUT loses its answer" expressible with ``rate=1.0, max_faults=1``.
     """
 
     rate: float = 0.0
@@ -69,6 +71,7 @@ class ProxyFaultPlan:
     seed: int = 0
     stall_seconds: float = 0.2
     methods: frozenset[str] | None = None
+    max_faults: int | None = None
 
     def __post_init__(self) -> None:
         unknown = set(self.kinds) - set(FAULT_KINDS)
@@ -103,6 +106,7 @@ class FaultProxy:
         with self._lock:
             self.plan = plan
             self._rng = random.Random(plan.seed)  # reproducible faults, not crypto
+            self._drawn = 0  # faults chosen under this plan, for max_faults
 
     @property
     def counts(self) -> dict[str, int]:
@@ -127,6 +131,8 @@ class FaultProxy:
             plan = self.plan
             if plan.methods is not None and method not in plan.methods:
                 return None
+            if plan.max_faults is not None and self._drawn >= plan.max_faults:
+                return None
             if self._rng.random() >= plan.rate:
                 return None
             kinds = {k: w for k, w in plan.kinds.items() if w > 0}
@@ -134,6 +140,7 @@ class FaultProxy:
                 kinds.pop("truncate", None)
             if not kinds:
                 return None
+            self._drawn += 1
             return self._rng.choices(list(kinds), weights=list(kinds.values()))[0]
 
     def cut_point(self, length: int) -> int:
