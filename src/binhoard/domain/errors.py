@@ -122,3 +122,21 @@ class IntegrityError(StorageError):
     def __init__(self, key: str, detail: str) -> None:
         self.key = key
         super().__init__(f"object {key} failed verification: {detail}")
+
+
+class CorruptBinlogError(BinhoardError):
+    """A binlog file is corrupt, truncated or not a binlog this reader understands.
+
+    ``file`` and ``offset`` (the byte offset of the offending event, or of the point
+    where the file ends too early) say where to look, e.g. with
+    ``mariadb-binlog --start-position``.
+    """
+
+    exit_code = 8
+    http_status = 500
+
+    def __init__(self, file: str, offset: int, detail: str) -> None:
+        self.file = file
+        self.offset = offset
+        self.detail = detail
+        super().__init__(f"binlog {file} at byte offset {offset}: {detail}")
