@@ -7,8 +7,10 @@ import sys
 import click
 
 from binhoard import __version__
+from binhoard.cli.backup import backup_group
 from binhoard.cli.config_cmd import config_group
 from binhoard.cli.keys import keys_group
+from binhoard.cli.restore import restore_command
 from binhoard.cli.sandbox import sandbox_group
 from binhoard.cli.status import status_command
 from binhoard.domain.errors import BinhoardError
@@ -24,6 +26,8 @@ cli.add_command(sandbox_group)
 cli.add_command(config_group)
 cli.add_command(keys_group)
 cli.add_command(status_command)
+cli.add_command(backup_group)
+cli.add_command(restore_command)
 
 
 def main(argv: list[str] | None = None) -> None:

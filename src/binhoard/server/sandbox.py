@@ -186,9 +186,12 @@ class Sandbox:
         self.cnf.write_text("\n".join(lines) + "\n")
 
     # --- lifecycle -------------------------------------------------------------
-    def create(self) -> None:
-        """Writes the configuration and initialises the datadir (once)."""
-        if self.exists:
+    def create(self, *, initialize: bool = True) -> None:
+        """Writes the configuration and initialises the datadir (once).
+
+        ``initialize=False`` leaves the datadir empty, for a restore to move a backup into.
+        """
+        if self.exists or (not initialize and self._meta_file.exists()):
             return
         for sub in ("", "data", "binlogs", "relay", "tmp"):
             (self.directory / sub).mkdir(parents=True, exist_ok=True)
@@ -196,6 +199,9 @@ class Sandbox:
         port = meta.get("port") or self._requested_port or free_loopback_port()
         server_id = meta.get("server_id") or self._requested_server_id or port
         self._write_cnf(port, server_id)
+        if not initialize:
+            self._meta_file.write_text(json.dumps({"port": port, "server_id": server_id}) + "\n")
+            return
         install_db = find_executable("mariadb-install-db", "mysql_install_db")
         result = subprocess.run(
             [
