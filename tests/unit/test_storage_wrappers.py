@@ -583,3 +583,22 @@ def test_faulty_store_put_modes_and_permanent_errors() -> None:
             faulty.put(mode, data())
         assert len(consumed) == pulled
         assert (mode in [i.key for i in memory.list()]) == stored
+
+
+def test_the_wrappers_stack_as_documented() -> None:
+    """Metrics(Retrying(RateLimited(Faulty(memory)))): one report per call, retries inside."""
+    clock = FakeClock()
+    observer = RecordingObserver()
+    faulty = FaultyStore(MemoryStore(), FaultPlan(seed=1, fail_rate=0.3, put_fault="mixed"))
+    limited = RateLimitedStore(faulty, 1_000_000, clock=clock, sleep=clock.sleep)
+    store = MetricsStore(retrying(limited, clock, attempts=20), observer, clock=clock)
+    body = random.Random(2).randbytes(600_000)
+    for i in range(10):
+        store.put(f"k{i}", chunked(body))
+        assert read_all(store, f"k{i}") == body
+    assert [(op, n, err) for op, _, _, n, err in observer.calls] == [
+        (op, len(body), None) for _ in range(10) for op in ("put", "get")
+    ]
+    assert faulty.injected["fail"] > 0
+    # The limiter paced at least the bytes stored (and those of retried puts on top).
+    assert clock.now >= 0.95 * 10 * len(body) / 1_000_000

@@ -63,6 +63,33 @@ class Replayable:
         return iter(self._factory())
 
 
+def replayable(data: Iterable[bytes]) -> Iterable[bytes] | None:
+    """``data`` in a form that can be iterated again from the start, or None if it cannot.
+
+    ``bytes`` (which iterate as ints) become a one-chunk tuple.
+    """
+    if isinstance(data, bytes | bytearray | memoryview):
+        return (bytes(data),)
+    if isinstance(data, Sequence | Replayable):
+        return data
+    return None
+
+
+def transform_chunks(
+    data: Iterable[bytes], transform: Callable[[Iterable[bytes]], Iterator[bytes]]
+) -> Iterable[bytes]:
+    """``transform(data)``, kept replayable if ``data`` was.
+
+    Wrappers that sit above ``RetryingStore`` and wrap the put data (metrics counting,
+    pacing) must use this: a generator around a list would hide from ``RetryingStore``
+    that the data can be sent again.
+    """
+    again = replayable(data)
+    if again is None:
+        return transform(data)
+    return Replayable(lambda: transform(again))
+
+
 class TruncatedBodyError(TransientStorageError):
     """A get body ended before the expected length: the connection dropped without an error."""
 
@@ -145,8 +172,9 @@ class RetryingStore:
       ``Replayable``; or
     * the failure came before any chunk was pulled from a one-shot iterator; or
     * every chunk pulled so far fits in ``replay_buffer`` bytes, kept in memory for that
-      purpose (0 disables it; setting it to the backend's part size makes every object
-      small enough for a single PUT retryable, at the cost of a copy of that much data).
+      purpose (0 disables it). ``ObstoreStore`` reads up to one part before it decides
+      between a single PUT and a multipart upload, so ``part_size`` plus one chunk
+      makes every single-PUT object retryable, at the cost of a copy of that much data.
 
     Otherwise the original error is raised: the caller must produce the data again
     (for example, by redoing the backup step). Multipart backends retry individual
@@ -219,13 +247,11 @@ class RetryingStore:
     # -- the port
 
     def put(self, key: str, data: Iterable[bytes], *, if_absent: bool = False) -> ObjectInfo:
-        replayable: Iterable[bytes] | None = None
+        reusable = replayable(data)
         tracker: _TrackingIterator | None = None
         attempt_data: Iterable[bytes]
-        if isinstance(data, bytes | bytearray | memoryview):
-            replayable = attempt_data = (bytes(data),)
-        elif isinstance(data, Sequence | Replayable):
-            replayable = attempt_data = data
+        if reusable is not None:
+            attempt_data = reusable
         else:
             tracker = attempt_data = _TrackingIterator(iter(data), self.replay_buffer)
 
@@ -237,7 +263,7 @@ class RetryingStore:
                 if failures == 0:
                     raise
                 # An earlier attempt may have stored the object and lost the answer.
-                retry_data = replayable if replayable is not None else _buffered(tracker)
+                retry_data = reusable if reusable is not None else _buffered(tracker)
                 if retry_data is None or not self._same_content(key, retry_data):
                     raise
                 log.info("put %s: an earlier attempt had stored it", key)
@@ -438,7 +464,7 @@ class RateLimitedStore:
                 yield bytes(piece)
 
     def put(self, key: str, data: Iterable[bytes], *, if_absent: bool = False) -> ObjectInfo:
-        return self.inner.put(key, self._paced(data), if_absent=if_absent)
+        return self.inner.put(key, transform_chunks(data, self._paced), if_absent=if_absent)
 
     def get(self, key: str, *, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
         return self.inner.get(key, offset=offset, length=length)
@@ -513,14 +539,15 @@ class MetricsStore:
         start = self._clock()
         sent = 0
 
-        def counted() -> Iterator[bytes]:
+        def counted(chunks: Iterable[bytes]) -> Iterator[bytes]:
             nonlocal sent
-            for chunk in data:
+            sent = 0  # a replay starts over
+            for chunk in chunks:
                 sent += len(chunk)
                 yield chunk
 
         try:
-            info = self.inner.put(key, counted(), if_absent=if_absent)
+            info = self.inner.put(key, transform_chunks(data, counted), if_absent=if_absent)
         except BaseException as exc:
             self.observer.on_call("put", key, self._clock() - start, sent, exc)
             raise
@@ -596,6 +623,10 @@ class FaultPlan:
       without an error / have one byte flipped (decided separately from failures).
     * ``delay`` seconds are slept (through ``sleep``) before a fraction ``delay_rate``
       of calls.
+
+    A get body that is damaged (midstream failure, truncation, corruption) is read
+    whole into memory first, so the damage lands on real bytes; undamaged bodies
+    stream through untouched. Keep damaged objects to test-sized ones.
     """
 
     seed: int = 0
