@@ -10,7 +10,8 @@ from binhoard.app import open_site, site_name
 from binhoard.cli.common import config_option, site_option
 from binhoard.cli.progress import ByteProgress
 from binhoard.config import load_settings
-from binhoard.ops.restore_backup import RestoreProgress, restore_backup
+from binhoard.domain.errors import UsageError
+from binhoard.ops.restore_backup import RestoreProgress, restore_backup, start_restored_server
 
 
 @click.command("restore")
@@ -24,8 +25,13 @@ from binhoard.ops.restore_backup import RestoreProgress, restore_backup
     type=click.Path(path_type=Path),
     help="Empty directory to restore into (default: mysql.data_directory).",
 )
+@click.option(
+    "--start",
+    is_flag=True,
+    help="Then start the configured server on it, with the snapshot's GTID state.",
+)
 def restore_command(
-    config_file: Path, site: str | None, backup_id: str, datadir: Path | None
+    config_file: Path, site: str | None, backup_id: str, datadir: Path | None, start: bool
 ) -> None:
     """Restore a backup (with its incremental chain) into an empty datadir.
 
@@ -46,6 +52,11 @@ def restore_command(
         manifest = restore_backup(
             settings, open_site(settings, name), backup_id, target, site_name=name, progress=show
         )
+    if start:
+        if target != settings.mysql.data_directory.resolve():
+            raise UsageError("--start needs the restore to go to mysql.data_directory")
+        start_restored_server(settings, manifest)
+        click.echo(f"server started on {target}")
     click.echo(
         f"backup {manifest.backup_id} restored into {target}; its snapshot GTID position is "
         f"{manifest.snapshot.gtid_position or '(empty)'}"

@@ -49,6 +49,18 @@ def start(name: str, root: Path, server_id: int | None, port: int | None) -> Non
     )
 
 
+@sandbox_group.command("create")
+@_name_argument
+@_root_option
+@click.option("--server-id", type=int, help="server_id (default: its port).")
+@click.option("--empty", is_flag=True, help="Leave the datadir empty, to restore a backup into.")
+def create(name: str, root: Path, server_id: int | None, empty: bool) -> None:
+    """Create sandbox NAME without starting it."""
+    box = Sandbox(_sandbox(root, name).directory, server_id=server_id)
+    box.create(initialize=not empty)
+    click.echo(f"sandbox {name} created in {box.directory}" + (" (empty datadir)" if empty else ""))
+
+
 @sandbox_group.command("stop")
 @_name_argument
 @_root_option
@@ -129,7 +141,7 @@ def _text(value: object) -> str:
 def config_command(name: str, root: Path, output: Path, site: Path, key_file: Path) -> None:
     """Write a binhoard configuration that backs sandbox NAME up to a local directory."""
     box = _sandbox(root, name)
-    if not box.exists:
+    if not box.created:
         raise SandboxError(f"no sandbox {name} in {root} (binhoard sandbox start {name})")
     if key_file.exists():
         identity = read_identity_file(key_file)

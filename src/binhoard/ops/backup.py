@@ -96,8 +96,11 @@ def choose_parent(backups: list[BackupManifest], server_id: int) -> BackupManife
 
 
 def _datadir_size(datadir: Path) -> int:
+    """Roughly what mariabackup will stream: the datadir without the redo log."""
     total = 0
     for path in datadir.rglob("*"):
+        if path.name.startswith(("ib_logfile", "ibtmp")):
+            continue
         try:
             if path.is_file():
                 total += path.stat().st_size

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import subprocess
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,11 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from binhoard.config import Settings
-from binhoard.domain.errors import UsageError
+from binhoard.domain.errors import ServerError, UsageError
 from binhoard.domain.manifest import BackupManifest, ObjectRef
 from binhoard.ops.site import list_backups, read_manifest
 from binhoard.server import sql
 from binhoard.server.backup_tool import MariaBackup
+from binhoard.server.process import ServerProcess
 from binhoard.storage.pipeline import ObjectDigest, decryption_identities, download
 from binhoard.storage.store import ObjectStore
 
@@ -154,3 +156,29 @@ def set_gtid_state(conn: sql.Connection, gtid_position: str) -> None:
     sql.query(conn, "RESET MASTER")
     sql.query(conn, "SET GLOBAL gtid_binlog_state = %s", (gtid_position,))
     sql.query(conn, "SET GLOBAL gtid_slave_pos = %s", (gtid_position,))
+
+
+def start_restored_server(settings: Settings, manifest: BackupManifest) -> None:
+    """Starts the server on its restored datadir and gives it the snapshot's GTID state.
+
+    ``start_command`` when configured, else ``mariadbd --defaults-file=<config_file_name>``.
+    """
+    params = settings.mysql.client_params
+
+    def answers() -> bool:
+        try:
+            sql.connect(params, timeout=2).close()
+        except ServerError:
+            return False
+        return True
+
+    if settings.start_command:
+        subprocess.run(settings.start_command, check=True)
+        ServerProcess(settings.mysql.config_file_name).wait_until(answers)
+    else:
+        ServerProcess(settings.mysql.config_file_name).start(answers)
+    conn = sql.connect(params)
+    try:
+        set_gtid_state(conn, manifest.snapshot.gtid_position)
+    finally:
+        conn.close()

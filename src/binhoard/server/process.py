@@ -106,6 +106,12 @@ class ServerProcess:
             f"{describe_failure()}"
         )
 
+    def wait_until(
+        self, ready: Callable[[], bool], *, timeout: float = DEFAULT_START_TIMEOUT
+    ) -> None:
+        """Waits for a server started by someone else (``start_command``) to be ready."""
+        self._wait(ready, timeout, None, lambda: "")
+
     def stop(self, timeout: float = DEFAULT_STOP_TIMEOUT) -> bool:
         """SIGTERM to this server's pid, then waits. Returns False if it was not running."""
         pid = self.pid()

@@ -149,6 +149,11 @@ class Sandbox:
         return self._meta().get("server_id") or self._requested_server_id or 0
 
     @property
+    def created(self) -> bool:
+        """Configured (my.cnf written), whether or not its datadir is initialised."""
+        return self._meta_file.exists()
+
+    @property
     def exists(self) -> bool:
         return self._meta_file.exists() and (self.datadir / "mysql").is_dir()
 
