@@ -363,6 +363,9 @@ SegmentProblem = GtidGap | GtidOverlap | GtidDivergence | DomainDropped | OutOfO
 STREAM_START = "(stream start)"
 """The ``before`` of problems found between the given start position and the first segment."""
 
+STREAM_END = "(stream end)"
+"""The ``after`` of problems found between the last segment and the given end position."""
+
 
 def compare_positions(
     before_name: str, before: GtidPosition, after_name: str, after: GtidPosition
@@ -391,13 +394,17 @@ def compare_positions(
 
 
 def check_chain(
-    segments: Sequence[BinlogSegment], start: GtidPosition | None = None
+    segments: Sequence[BinlogSegment],
+    start: GtidPosition | None = None,
+    end: GtidPosition | None = None,
 ) -> list[SegmentProblem]:
     """Every problem that keeps ``segments`` (in the given order) from being one
     gap-free stream; an empty list means they chain.
 
-    Each segment's Gtid_list must equal the end position of the one before it and, if
-    ``start`` is given, the first segment's Gtid_list must equal ``start``. Names must
+    Each segment's Gtid_list must equal the end position of the one before it. If
+    ``start`` is given, the first segment's Gtid_list must equal it; if ``end`` is
+    given (e.g. the Gtid_list of the server's next, not yet archived, file), the last
+    segment must end there: without it a lost *last* file cannot be seen. Names must
     strictly increase in binlog order. A missing file *number* whose neighbours still
     chain is not a problem: no transaction can be missing there (every MariaDB
     transaction has a GTID), the file held none.
@@ -413,6 +420,13 @@ def check_chain(
         problems += compare_positions(
             before.name, before.end_position, after.name, after.gtid_list_at_start
         )
+    if end is not None:
+        last_name, last_end = (
+            (segments[-1].name, segments[-1].end_position)
+            if segments
+            else (STREAM_START, start or GtidPosition())
+        )
+        problems += compare_positions(last_name, last_end, STREAM_END, end)
     return problems
 
 

@@ -15,7 +15,8 @@ Format (MariaDB 10.x, binlog version 4), as used here:
 * The first event is the Format_description (15). Its last 5 bytes are the checksum
   algorithm (0 none, 1 CRC32) and a CRC32 that is present even when checksums are
   off; with CRC32 every other event also ends in 4 CRC bytes. Its header flag
-  ``0x1`` (LOG_EVENT_BINLOG_IN_USE_F) stays set while the server has the file open.
+  ``0x1`` (LOG_EVENT_BINLOG_IN_USE_F) stays set while the server has the file open;
+  the CRC is computed with that flag clear.
 * Gtid_list (163) follows: the binlog state before this file.
 * A transaction (event group) starts with a GTID event (162: ``seq_no u64,
   domain_id u32, flags2 u8``; the server_id is the header's). With flags2 bit 0
@@ -269,8 +270,13 @@ class _Reader:
         if not HEADER_LEN + _FDE_FIXED + 5 <= length <= 64 * 1024 or next_pos != 4 + length:
             raise self.fail(4, f"Format_description event has a bad length {length}")
         event = head[4:] + self._read_exactly(length - HEADER_LEN, 4 + HEADER_LEN)
-        # MariaDB >= 5.3 always checksums this event, whatever binlog_checksum says.
-        if zlib.crc32(event) != CRC32_RESIDUE:
+        # MariaDB >= 5.3 always checksums this event, whatever binlog_checksum says, but
+        # the CRC is of the event as it is once *closed*: the server sets the in-use
+        # flag in place when it opens the file and clears it at close, without
+        # recomputing the CRC. So check it with the flag cleared.
+        closed_form = bytearray(event)
+        closed_form[17] &= ~LOG_EVENT_BINLOG_IN_USE_F & 0xFF
+        if zlib.crc32(closed_form) != CRC32_RESIDUE:
             raise self.fail(4, "Format_description event fails its CRC32 check")
         binlog_version = _U16.unpack_from(event, HEADER_LEN)[0]
         version = event[HEADER_LEN + 2 : HEADER_LEN + 52].split(b"\0", 1)[0]
