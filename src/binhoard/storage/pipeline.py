@@ -1,0 +1,973 @@
+"""The streaming pipeline between plaintext and stored objects.
+
+Upload: plaintext chunks -> sha256 -> compress -> age-encrypt -> sha256 -> object store.
+Download: object store -> sha256 -> age-decrypt -> decompress -> sha256 -> plaintext.
+
+A stored object is a standard age file (binary, X25519 recipients) whose plaintext is the
+compressed stream (docs/format.md, "Object framing"), so an operator can always fall back
+to ``age -d -i key.txt obj | zstd -d``. The sizes and sha256 of both the stored bytes and
+the plaintext are returned as an ``ObjectDigest``; the caller records them in whatever
+references the object (manifest, catalog) and hands them back to ``download``.
+
+Memory stays bounded (a few MiB plus the compressor's window) whatever the object size:
+nothing is ever collected whole; chunks flow through bounded queues.
+
+Threads. pyrage only offers ``encrypt_io`` / ``decrypt_io``, which *pull* from a reader
+and *push* to a writer until the end, while an ``ObjectStore`` pulls from (``put``) or
+pushes to (``get``) the other side. Both calls stream (measured: 1 GiB through either in
+12 MiB of RSS; they read 8 KiB and write one 64 KiB age chunk at a time), so each
+transfer runs pyrage in one worker thread joined to the caller by a bounded queue. The
+worker is told to stop (through its reader and writer, the only places pyrage calls back
+into Python) when the consumer goes away early, and its exceptions are re-raised in the
+consumer's thread as the original exception, not as pyrage's wrapper of it.
+
+Verification on download: age authenticates every 64 KiB chunk before it releases it and
+detects truncation at the end, so only authenticated bytes reach the decompressor; the
+recorded sizes and sha256 are checked at the end. The last plaintext chunk is held back
+until every check has passed, so a consumer that stops at a format's own end marker (a tar
+or xbstream reader) never completes on unverified data. Everything before it has been
+handed on already: a streaming consumer must be able to roll back (extract into a
+directory that is discarded on failure). Consumers that cannot, use ``download_to_file``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import lzma
+import os
+import queue
+import tempfile
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Final, Literal, Protocol, cast, get_args
+
+import cramjam
+import pyrage
+import zstandard
+
+from binhoard.domain.errors import IntegrityError, UsageError
+from binhoard.storage.store import ObjectStore
+
+Algorithm = Literal["zstd", "snappy", "lzma", "none"]
+ALGORITHMS: Final[tuple[Algorithm, ...]] = get_args(Algorithm)
+
+# Plaintext chunk types accepted by ``encode``; anything with the buffer protocol that
+# hashlib and the compressors take.
+Chunk = bytes | bytearray | memoryview
+
+_SUFFIXES: Final[dict[Algorithm, str]] = {
+    "zstd": ".zst.age",
+    "snappy": ".snappy.age",
+    "lzma": ".xz.age",
+    "none": ".age",
+}
+_DEFAULT_LEVELS: Final[dict[Algorithm, int]] = {"zstd": 3, "lzma": 6}
+_ZSTD_MIN_LEVEL: Final = -(1 << 17)
+
+# Sizes. Large enough that per-chunk Python overhead is negligible next to the C work,
+# small enough that a handful of them in flight is still "a few MiB".
+_MIB: Final = 1024 * 1024
+_PLAIN_SLICE: Final = _MIB  # the most plaintext fed to a compressor in one call
+_STORED_CHUNK: Final = _MIB  # encrypted output is coalesced to this before it is queued
+_DECRYPTED_CHUNK: Final = 256 * 1024  # decrypted (compressed) bytes, coalesced likewise
+_PLAIN_OUT: Final = 512 * 1024  # the most plaintext one decompression step produces
+_QUEUE_DEPTH: Final = 4
+_POLL_SECONDS: Final = 0.1  # how quickly a blocked worker notices that it was cancelled
+_JOIN_SECONDS: Final = 10.0
+
+_SNAPPY_STREAM_ID: Final = b"\xff\x06\x00\x00sNaPpY"
+_SNAPPY_BATCH: Final = 16  # chunks (data ones hold <= 64 KiB of plaintext) per decompress call
+
+
+def suffix(algorithm: Algorithm) -> str:
+    """The key suffix of an object stored with ``algorithm``: ``.zst.age``, ``.age``, ..."""
+    return _SUFFIXES[algorithm]
+
+
+def algorithm_for_key(key: str) -> Algorithm:
+    """The compression of an object, from its key's suffix (see ``suffix``)."""
+    for algorithm, ending in _SUFFIXES.items():
+        if algorithm != "none" and key.endswith(ending):
+            return algorithm
+    if key.endswith(_SUFFIXES["none"]):
+        return "none"
+    raise UsageError(f"cannot tell the compression of {key}: its name does not end in .age")
+
+
+@dataclass(frozen=True)
+class ObjectDigest:
+    """Sizes and sha256 (lowercase hex) of an object's stored bytes and of its plaintext."""
+
+    plain_size: int
+    plain_sha256: str
+    stored_size: int
+    stored_sha256: str
+
+
+# Structural views of the settings (``binhoard.config``): storage may import only the
+# domain (docs/architecture.md), and these are all the pipeline needs of them.
+class CompressionSettingsLike(Protocol):
+    @property
+    def algorithm(self) -> str: ...
+    @property
+    def level(self) -> int | None: ...
+    @property
+    def threads(self) -> int: ...
+
+
+class SecretLike(Protocol):
+    def get_secret_value(self) -> str: ...
+
+
+class EncryptionKeysLike(Protocol):
+    @property
+    def public(self) -> Sequence[str]: ...
+    @property
+    def private(self) -> Sequence[SecretLike]: ...
+
+
+class BackupSiteLike(Protocol):
+    @property
+    def compression(self) -> CompressionSettingsLike: ...
+    @property
+    def encryption_keys(self) -> EncryptionKeysLike: ...
+
+
+@dataclass(frozen=True)
+class Codec:
+    """How new objects are written: compression and the age recipients to encrypt to.
+
+    ``level`` None means the algorithm's default (zstd 3, lzma 6). ``threads`` follows
+    ``compression.threads``: 0 = one zstd worker per usable core, -1 = no worker threads,
+    n = n workers. Invalid combinations fail here, before any data is read.
+    """
+
+    algorithm: Algorithm
+    recipients: tuple[str, ...]
+    level: int | None = None
+    threads: int = 0
+    _parsed: tuple[Any, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise UsageError(f"unknown compression algorithm {self.algorithm!r}")
+        if not self.recipients:
+            raise UsageError("at least one age recipient (public key) is needed to encrypt")
+        if self.threads < -1:
+            raise UsageError(f"compression threads must be -1, 0 or more; got {self.threads}")
+        _check_level(self.algorithm, self.level)
+        parsed: list[Any] = []
+        for recipient in self.recipients:
+            try:
+                parsed.append(pyrage.x25519.Recipient.from_str(recipient))
+            except pyrage.RecipientError as exc:
+                raise UsageError(f"not an age X25519 recipient: {recipient!r}") from exc
+        object.__setattr__(self, "_parsed", tuple(parsed))
+
+    @classmethod
+    def from_site(cls, site: BackupSiteLike) -> Codec:
+        """The codec of a backup site's ``compression`` and ``encryption_keys.public``."""
+        compression = site.compression
+        return cls(
+            algorithm=cast(Algorithm, compression.algorithm),
+            recipients=tuple(site.encryption_keys.public),
+            level=compression.level,
+            threads=compression.threads,
+        )
+
+    @property
+    def suffix(self) -> str:
+        return suffix(self.algorithm)
+
+    @property
+    def zstd_workers(self) -> int:
+        """zstd worker threads, in zstandard's terms (0 = compress in the calling thread)."""
+        if self.threads == -1:
+            return 0
+        if self.threads == 0:
+            return _usable_cores()
+        return self.threads
+
+    @property
+    def age_recipients(self) -> tuple[Any, ...]:
+        """The recipients as pyrage objects (parsed once, when the codec was made)."""
+        return self._parsed
+
+
+def decryption_identities(keys: EncryptionKeysLike) -> list[Any]:
+    """The age identities (``pyrage.x25519.Identity``) of ``encryption_keys.private``."""
+    identities = []
+    for position, secret in enumerate(keys.private):
+        try:
+            identities.append(pyrage.x25519.Identity.from_str(secret.get_secret_value().strip()))
+        except pyrage.IdentityError as exc:
+            # Never show the value: it is a private key.
+            raise UsageError(
+                f"encryption_keys.private[{position}] is not an age X25519 identity"
+            ) from exc
+    return identities
+
+
+def identities_from_site(site: BackupSiteLike) -> list[Any]:
+    """The age identities a site's objects are decrypted with (may be empty)."""
+    return decryption_identities(site.encryption_keys)
+
+
+def _check_level(algorithm: Algorithm, level: int | None) -> None:
+    if level is None:
+        return
+    if algorithm == "zstd" and not _ZSTD_MIN_LEVEL <= level <= zstandard.MAX_COMPRESSION_LEVEL:
+        raise UsageError(
+            f"zstd compression level must be {_ZSTD_MIN_LEVEL}..{zstandard.MAX_COMPRESSION_LEVEL};"
+            f" got {level}"
+        )
+    if algorithm == "lzma" and not 0 <= level <= 9:
+        raise UsageError(f"lzma compression level must be 0..9; got {level}")
+    if algorithm in ("snappy", "none"):
+        # Ignoring it would hide a mistake: the operator expected a level to matter.
+        raise UsageError(f"compression {algorithm!r} has no levels; remove compression.level")
+
+
+def _usable_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+# --------------------------------------------------------------------------------------
+# Worker plumbing shared by both directions
+
+
+class _CancelledError(Exception):
+    """Raised in a worker's callbacks so that pyrage returns once the consumer has gone."""
+
+
+@dataclass
+class _Finished:
+    error: BaseException | None
+
+
+class _Pump:
+    """One worker thread feeding one consumer through a bounded queue.
+
+    The worker blocks when the queue is full (that is the memory bound) but polls the
+    cancel flag meanwhile, so a consumer that stops early never leaves it stuck. Whatever
+    the worker raises is delivered after the chunks it produced and re-raised by ``take``.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.cancelled = threading.Event()
+        self._queue: queue.Queue[bytes | _Finished] = queue.Queue(maxsize=_QUEUE_DEPTH)
+        self._thread: threading.Thread | None = None
+        self._finished = False
+
+    def start(self, work: Callable[[], None]) -> None:
+        self._thread = threading.Thread(target=self._run, args=(work,), name=self.name)
+        self._thread.daemon = True  # a worker stuck in the caller's input must not block exit
+        self._thread.start()
+
+    def emit(self, chunk: bytes) -> None:
+        """Called by the worker: hands a chunk to the consumer (blocking while it is busy)."""
+        self._put(chunk)
+
+    def take(self) -> bytes | None:
+        """Called by the consumer: the next chunk, or None at the end; re-raises errors."""
+        if self._finished:
+            return None
+        item = self._queue.get()
+        if isinstance(item, _Finished):
+            self._finished = True
+            if item.error is not None:
+                raise item.error
+            return None
+        return item
+
+    def chunks(self) -> Iterator[bytes]:
+        while (chunk := self.take()) is not None:
+            yield chunk
+
+    def cancel(self) -> None:
+        """Stops the worker and waits (a bounded time) for it to end."""
+        self.cancelled.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(_JOIN_SECONDS)
+
+    def _run(self, work: Callable[[], None]) -> None:
+        try:
+            work()
+        except _CancelledError:
+            return  # the consumer is gone; nobody is waiting for a result
+        except BaseException as exc:  # noqa: BLE001 - not swallowed: re-raised by take()
+            with contextlib.suppress(_CancelledError):
+                self._put(_Finished(exc))
+            return
+        with contextlib.suppress(_CancelledError):
+            self._put(_Finished(None))
+
+    def _put(self, item: bytes | _Finished) -> None:
+        while True:
+            if self.cancelled.is_set():
+                raise _CancelledError
+            try:
+                self._queue.put(item, timeout=_POLL_SECONDS)
+            except queue.Full:
+                continue
+            return
+
+
+class _Coalescer:
+    """The writer pyrage writes to: gathers its small writes into chunks for the pump."""
+
+    def __init__(self, pump: _Pump, target: int) -> None:
+        self._pump = pump
+        self._target = target
+        self._parts: list[bytes] = []
+        self._size = 0
+        self.error: BaseException | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            self._parts.append(bytes(data))
+            self._size += len(data)
+            if self._size >= self._target:
+                self._emit()
+            return len(data)
+        except BaseException as exc:
+            self.error = exc  # pyrage replaces it by its own error; keep the original
+            raise
+
+    def flush(self) -> None:
+        """pyrage flushes at the end; chunks are emitted by ``close`` so that stays cheap."""
+
+    def close(self) -> None:
+        if self._parts:
+            self._emit()
+
+    def _emit(self) -> None:
+        chunk = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
+        self._parts = []
+        self._size = 0
+        self._pump.emit(chunk)
+
+
+def _original_error(*adapters: _PlainReader | _StoredReader | _Coalescer) -> BaseException | None:
+    for adapter in adapters:
+        if adapter.error is not None:
+            return adapter.error
+    return None
+
+
+# --------------------------------------------------------------------------------------
+# Compressors (plaintext -> compressed stream), each fed at most _PLAIN_SLICE at a time
+
+
+class _Compressor(Protocol):
+    def compress(self, data: bytes) -> bytes: ...
+    def flush(self) -> bytes: ...
+
+
+class _ZstdCompressor:
+    def __init__(self, level: int, workers: int) -> None:
+        cctx = zstandard.ZstdCompressor(
+            level=level, threads=workers, write_checksum=True, write_content_size=False
+        )
+        self._obj = cctx.compressobj()
+
+    def compress(self, data: bytes) -> bytes:
+        return self._obj.compress(data)
+
+    def flush(self) -> bytes:
+        return self._obj.flush()
+
+
+class _SnappyCompressor:
+    """The snappy *framing* format (CRC32C per chunk), which ``snzip``/python-snappy read."""
+
+    def __init__(self) -> None:
+        self._obj = cramjam.snappy.Compressor()
+        self._written = False
+
+    def compress(self, data: bytes) -> bytes:
+        self._obj.compress(data)
+        out = bytes(self._obj.flush())
+        self._written = self._written or bool(out)
+        return out
+
+    def flush(self) -> bytes:
+        out = bytes(self._obj.finish())
+        if not self._written and not out:
+            # cramjam writes nothing for empty input; a framed stream needs its identifier.
+            return _SNAPPY_STREAM_ID
+        return out
+
+
+class _LzmaCompressor:
+    def __init__(self, level: int) -> None:
+        self._obj = lzma.LZMACompressor(format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC64, preset=level)
+
+    def compress(self, data: bytes) -> bytes:
+        return self._obj.compress(data)
+
+    def flush(self) -> bytes:
+        return self._obj.flush()
+
+
+class _NoCompressor:
+    def compress(self, data: bytes) -> bytes:
+        return data
+
+    def flush(self) -> bytes:
+        return b""
+
+
+def _compressor(codec: Codec) -> _Compressor:
+    level = codec.level if codec.level is not None else _DEFAULT_LEVELS.get(codec.algorithm, 0)
+    if codec.algorithm == "zstd":
+        return _ZstdCompressor(level, codec.zstd_workers)
+    if codec.algorithm == "snappy":
+        return _SnappyCompressor()
+    if codec.algorithm == "lzma":
+        return _LzmaCompressor(level)
+    return _NoCompressor()
+
+
+# --------------------------------------------------------------------------------------
+# Encode
+
+
+class _PlainReader:
+    """The reader pyrage encrypts from: the caller's chunks, hashed, then compressed.
+
+    Runs in the worker thread, so the caller's iterable is consumed there; it is closed
+    there too (``close()``, if it has one) when the stream is abandoned, so a generator's
+    ``finally`` runs.
+    """
+
+    def __init__(
+        self, chunks: Iterable[Chunk], compressor: _Compressor, cancelled: threading.Event
+    ):
+        self._chunks = iter(chunks)
+        self._compressor = compressor
+        self._cancelled = cancelled
+        self._slices: Iterator[bytes] = iter(())
+        self._out = b""
+        self._pos = 0
+        self._done = False
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+        self.error: BaseException | None = None
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self._read(size)
+        except BaseException as exc:
+            self.error = exc  # pyrage replaces it by its own error; keep the original
+            raise
+
+    def close_input(self) -> None:
+        close = getattr(self._chunks, "close", None)
+        if callable(close):
+            close()
+
+    def _read(self, size: int) -> bytes:
+        while self._pos >= len(self._out):
+            if self._done:
+                return b""
+            if self._cancelled.is_set():
+                raise _CancelledError
+            self._out = self._refill()
+            self._pos = 0
+        if self._pos == 0 and (size < 0 or len(self._out) <= size):
+            self._pos = len(self._out)
+            return self._out
+        end = len(self._out) if size < 0 else self._pos + size
+        piece = self._out[self._pos : end]
+        self._pos += len(piece)
+        return piece
+
+    def _refill(self) -> bytes:
+        piece = next(self._slices, None)
+        while piece is None:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                self._done = True
+                return self._compressor.flush()
+            self._slices = _slices(chunk)
+            piece = next(self._slices, None)
+        self.sha256.update(piece)
+        self.size += len(piece)
+        return self._compressor.compress(piece)
+
+
+def _slices(chunk: Chunk) -> Iterator[bytes]:
+    """``chunk`` as bytes of at most _PLAIN_SLICE, copying only when it must."""
+    if isinstance(chunk, bytes) and len(chunk) <= _PLAIN_SLICE:
+        if chunk:
+            yield chunk
+        return
+    view = memoryview(chunk).cast("B")
+    for start in range(0, len(view), _PLAIN_SLICE):
+        yield view[start : start + _PLAIN_SLICE].tobytes()
+
+
+class EncodedStream(Iterator[bytes]):
+    """The stored bytes of one object, produced while it is iterated.
+
+    Iterate it exactly once, from one thread at a time (an ``ObjectStore.put`` does);
+    ``digest`` is available once it is exhausted. ``close()`` (or leaving a ``with``
+    block) stops the worker if the consumer gives up early.
+    """
+
+    def __init__(self, chunks: Iterable[Chunk], codec: Codec) -> None:
+        self._codec = codec
+        self._pump = _Pump("binhoard-encode")
+        self._reader = _PlainReader(chunks, _compressor(codec), self._pump.cancelled)
+        self._writer = _Coalescer(self._pump, _STORED_CHUNK)
+        self._sha256 = hashlib.sha256()
+        self._size = 0
+        self._started = False
+        self._digest: ObjectDigest | None = None
+        self._failed = False
+
+    @property
+    def digest(self) -> ObjectDigest:
+        if self._digest is None:
+            raise RuntimeError("the encoded stream has not been read to its end")
+        return self._digest
+
+    def __next__(self) -> bytes:
+        if self._digest is not None or self._failed:
+            raise StopIteration
+        if not self._started:
+            self._started = True
+            self._pump.start(self._work)
+        try:
+            chunk = self._pump.take()
+        except BaseException:
+            self._failed = True
+            raise
+        if chunk is None:
+            self._digest = ObjectDigest(
+                plain_size=self._reader.size,
+                plain_sha256=self._reader.sha256.hexdigest(),
+                stored_size=self._size,
+                stored_sha256=self._sha256.hexdigest(),
+            )
+            raise StopIteration
+        self._sha256.update(chunk)
+        self._size += len(chunk)
+        return chunk
+
+    def close(self) -> None:
+        """Stops the worker (if the stream was not read to its end) and closes the input."""
+        if self._digest is None:
+            self._failed = True
+        self._pump.cancel()
+
+    def __enter__(self) -> EncodedStream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # An abandoned stream must not leave its worker blocked on a full queue forever.
+        pump = getattr(self, "_pump", None)
+        if pump is not None:
+            pump.cancelled.set()
+
+    def _work(self) -> None:
+        try:
+            pyrage.encrypt_io(self._reader, self._writer, list(self._codec.age_recipients))
+        except Exception:
+            original = _original_error(self._reader, self._writer)
+            if original is not None:
+                raise original from None
+            raise
+        finally:
+            if self._pump.cancelled.is_set() or self._reader.error is not None:
+                self._reader.close_input()
+        self._writer.close()
+
+
+def encode(chunks: Iterable[Chunk], codec: Codec) -> EncodedStream:
+    """Compresses, encrypts and hashes ``chunks`` into the bytes to store, lazily.
+
+    Nothing happens until the result is iterated. The plaintext is consumed in a worker
+    thread (see the module's docstring).
+    """
+    return EncodedStream(chunks, codec)
+
+
+def upload(
+    store: ObjectStore,
+    key: str,
+    chunks: Iterable[Chunk],
+    codec: Codec,
+    *,
+    if_absent: bool = False,
+) -> ObjectDigest:
+    """Encodes ``chunks`` and stores them under ``key``; returns what to record of it."""
+    with encode(chunks, codec) as stream:
+        info = store.put(key, stream, if_absent=if_absent)
+        digest = stream.digest
+    if info.size != digest.stored_size:
+        raise IntegrityError(
+            key, f"the store reports {info.size} bytes stored, but {digest.stored_size} were sent"
+        )
+    return digest
+
+
+# --------------------------------------------------------------------------------------
+# Decode
+
+
+class _FormatError(Exception):
+    """The decrypted compressed stream is malformed (mapped to IntegrityError)."""
+
+
+class _StoredReader:
+    """The reader pyrage decrypts from: the stored bytes, counted and hashed as they pass.
+
+    Stops as soon as the object grows past its recorded size: there is no point in
+    downloading the rest of an object already known to be wrong.
+    """
+
+    def __init__(
+        self, key: str, chunks: Iterator[bytes], limit: int, cancelled: threading.Event
+    ) -> None:
+        self._key = key
+        self._chunks = chunks
+        self._limit = limit
+        self._cancelled = cancelled
+        self._buf = b""
+        self._pos = 0
+        self._eof = False
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+        self.error: BaseException | None = None
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self._read(size)
+        except BaseException as exc:
+            self.error = exc  # pyrage replaces it by its own error; keep the original
+            raise
+
+    def close_input(self) -> None:
+        close = getattr(self._chunks, "close", None)
+        if callable(close):
+            close()
+
+    def _read(self, size: int) -> bytes:
+        while self._pos >= len(self._buf):
+            if self._eof:
+                return b""
+            if self._cancelled.is_set():
+                raise _CancelledError
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                self._eof = True
+                return b""
+            chunk = bytes(chunk)
+            self.size += len(chunk)
+            if self.size > self._limit:
+                raise IntegrityError(
+                    self._key, f"it is larger than the recorded {self._limit} bytes"
+                )
+            self.sha256.update(chunk)
+            self._buf = chunk
+            self._pos = 0
+        if self._pos == 0 and (size < 0 or len(self._buf) <= size):
+            self._pos = len(self._buf)
+            return self._buf
+        end = len(self._buf) if size < 0 else self._pos + size
+        piece = self._buf[self._pos : end]
+        self._pos += len(piece)
+        return piece
+
+
+def _decrypt_failure(key: str, exc: Exception, identities: int) -> IntegrityError:
+    text = str(exc).strip() or type(exc).__name__
+    if "No matching keys" in text:
+        return IntegrityError(
+            key,
+            f"none of the {identities} configured private key(s) can decrypt it: it was"
+            " encrypted to other public keys, or its age header is corrupt",
+        )
+    return IntegrityError(key, f"age decryption failed, the object is corrupt or truncated: {text}")
+
+
+class _ChunkReader:
+    """A ``read(n)`` view of an iterator of chunks, for zstandard's ``read_to_iter``."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._buf = b""
+        self._pos = 0
+        self.eof = False
+
+    def read(self, size: int = -1) -> bytes:
+        while self._pos >= len(self._buf):
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                self.eof = True
+                return b""
+            self._buf = chunk
+            self._pos = 0
+        end = len(self._buf) if size < 0 else self._pos + size
+        piece = self._buf[self._pos : end] if self._pos or end < len(self._buf) else self._buf
+        self._pos += len(piece)
+        return piece
+
+    def buffered(self) -> bool:
+        return self._pos < len(self._buf)
+
+
+def _zstd_decode(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    reader = _ChunkReader(chunks)
+    dctx = zstandard.ZstdDecompressor()
+    # read_to_iter bounds each output piece (a frame of zeros expands ~30000-fold: a
+    # whole-input decompress() could need gigabytes), and checks the frame's checksum.
+    yield from dctx.read_to_iter(
+        cast(BinaryIO, reader), read_size=_DECRYPTED_CHUNK, write_size=_PLAIN_OUT
+    )
+    if reader.eof:
+        # read_to_iter asked for more input, so the frame had not ended.
+        raise _FormatError("the zstd frame is truncated")
+    if reader.buffered():
+        raise _FormatError("data follows the end of the zstd frame")
+    # Bytes after the frame inside the last piece read are not visible here; the stored
+    # sha256 check covers them.
+
+
+def _lzma_decode(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    obj = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+    for chunk in chunks:
+        if not chunk:
+            continue
+        if obj.eof:
+            raise _FormatError("data follows the end of the xz stream")
+        yield obj.decompress(chunk, max_length=_PLAIN_OUT)
+        while not obj.eof and not obj.needs_input:
+            yield obj.decompress(b"", max_length=_PLAIN_OUT)
+        if obj.eof and obj.unused_data:
+            raise _FormatError("data follows the end of the xz stream")
+    if not obj.eof:
+        raise _FormatError("the xz stream is truncated")
+
+
+def _snappy_decode(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """Splits the framing format into whole chunks and decompresses a few at a time.
+
+    cramjam's streaming decompressor needs the whole stream; its one-shot ``decompress``
+    verifies CRC32C and takes any run of whole chunks after a stream identifier, which
+    bounds each output to _SNAPPY_BATCH x 64 KiB.
+    """
+    buf = bytearray()
+    pos = 0
+    batch: list[bytes] = []
+    seen_header = False
+    for chunk in chunks:
+        buf += chunk
+        while len(buf) - pos >= 4:
+            length = int.from_bytes(buf[pos + 1 : pos + 4], "little")
+            end = pos + 4 + length
+            if end > len(buf):
+                break
+            frame = bytes(buf[pos:end])
+            pos = end
+            if not seen_header:
+                if frame != _SNAPPY_STREAM_ID:
+                    raise _FormatError("not a snappy framed stream (no stream identifier)")
+                seen_header = True
+                continue
+            batch.append(frame)
+            if len(batch) >= _SNAPPY_BATCH:
+                yield _snappy_batch(batch)
+                batch = []
+        del buf[:pos]
+        pos = 0
+    if buf:
+        raise _FormatError("the snappy stream is truncated")
+    if not seen_header:
+        raise _FormatError("not a snappy framed stream (empty)")
+    if batch:
+        yield _snappy_batch(batch)
+
+
+def _snappy_batch(frames: list[bytes]) -> bytes:
+    return bytes(cramjam.snappy.decompress(b"".join([_SNAPPY_STREAM_ID, *frames])))
+
+
+def _raw_decode(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    return chunks
+
+
+_DECODERS: Final[dict[Algorithm, Callable[[Iterator[bytes]], Iterator[bytes]]]] = {
+    "zstd": _zstd_decode,
+    "snappy": _snappy_decode,
+    "lzma": _lzma_decode,
+    "none": _raw_decode,
+}
+_DECODE_ERRORS: Final = (
+    _FormatError,
+    zstandard.ZstdError,
+    lzma.LZMAError,
+    cramjam.DecompressionError,
+)
+
+
+def download(
+    store: ObjectStore,
+    key: str,
+    *,
+    expected: ObjectDigest,
+    identities: Sequence[Any],
+    compression: Algorithm | None = None,
+) -> Iterator[bytes]:
+    """The plaintext of ``key``, verified against ``expected`` while it streams.
+
+    ``identities`` are ``pyrage.x25519.Identity`` objects (``decryption_identities``);
+    ``compression`` defaults to what the key's suffix says. A missing object raises
+    ``ObjectNotFoundError`` here, if the store reports it eagerly (MemoryStore does),
+    else on the first ``next()``.
+
+    Raises ``IntegrityError`` naming ``key`` if anything does not match: decryption
+    (wrong key, corruption, truncation), decompression, or the recorded sizes and
+    sha256. Only plaintext from authenticated age chunks is yielded, and the last chunk
+    only after every check has passed; the chunks before it may already have been
+    consumed, so a streaming consumer must be able to discard its output when this
+    raises (else use ``download_to_file``). Storage errors propagate unchanged (a
+    ``TransientStorageError`` may be retried, with a new call).
+    """
+    algorithm = compression if compression is not None else algorithm_for_key(key)
+    if algorithm not in _DECODERS:
+        raise UsageError(f"unknown compression algorithm {algorithm!r}")
+    ids = list(identities)
+    if not ids:
+        raise UsageError(
+            f"cannot decrypt {key}: no private key is configured (encryption_keys.private)"
+        )
+    source = iter(store.get(key))
+    return _download(key, source, expected, ids, algorithm)
+
+
+def _download(
+    key: str,
+    source: Iterator[bytes],
+    expected: ObjectDigest,
+    identities: list[Any],
+    algorithm: Algorithm,
+) -> Iterator[bytes]:
+    pump = _Pump("binhoard-decode")
+    reader = _StoredReader(key, source, expected.stored_size, pump.cancelled)
+    writer = _Coalescer(pump, _DECRYPTED_CHUNK)
+
+    def work() -> None:
+        try:
+            pyrage.decrypt_io(reader, writer, identities)
+            # age stops after its last chunk; read on so the stored digest covers it all.
+            if reader.read(1):
+                raise IntegrityError(key, "data follows the end of the age stream")
+        except Exception as exc:
+            original = _original_error(reader, writer)
+            if original is not None:
+                raise original from None
+            if isinstance(exc, IntegrityError):
+                raise
+            raise _decrypt_failure(key, exc, len(identities)) from None
+        finally:
+            if pump.cancelled.is_set() or reader.error is not None:
+                reader.close_input()
+        writer.close()
+
+    pump.start(work)
+    try:
+        compressed = pump.chunks()
+        plain_sha256 = hashlib.sha256()
+        plain_size = 0
+        held: bytes | None = None
+        try:
+            for piece in _DECODERS[algorithm](compressed):
+                if not piece:
+                    continue
+                plain_size += len(piece)
+                if plain_size > expected.plain_size:
+                    raise IntegrityError(
+                        key,
+                        f"its plaintext is larger than the recorded {expected.plain_size} bytes",
+                    )
+                plain_sha256.update(piece)
+                if held is not None:
+                    yield held
+                held = piece
+            for extra in compressed:
+                if extra:
+                    raise _FormatError(f"data follows the end of the {algorithm} stream")
+        except _DECODE_ERRORS as exc:
+            raise IntegrityError(key, f"{algorithm} decompression failed: {exc}") from exc
+        stored = (reader.size, reader.sha256.hexdigest())
+        _check(key, "stored", (expected.stored_size, expected.stored_sha256), stored)
+        plain = (plain_size, plain_sha256.hexdigest())
+        _check(key, "plaintext", (expected.plain_size, expected.plain_sha256), plain)
+        if held is not None:
+            yield held
+    finally:
+        pump.cancel()
+
+
+def _check(key: str, what: str, recorded: tuple[int, str], got: tuple[int, str]) -> None:
+    if got[0] != recorded[0]:
+        raise IntegrityError(key, f"{what} size is {got[0]} bytes, {recorded[0]} were recorded")
+    if got[1] != recorded[1].lower():
+        raise IntegrityError(key, f"{what} sha256 is {got[1]}, {recorded[1]} was recorded")
+
+
+def download_to_file(
+    store: ObjectStore,
+    key: str,
+    path: Path | str,
+    *,
+    expected: ObjectDigest,
+    identities: Sequence[Any],
+    compression: Algorithm | None = None,
+) -> None:
+    """Writes the plaintext of ``key`` to ``path`` only once it is verified whole.
+
+    For consumers that cannot roll back: the data goes to a temporary file beside
+    ``path`` (same filesystem, so the rename is atomic), which is fsynced, verified and
+    only then renamed over ``path``; on any failure it is removed and ``path`` is left
+    as it was. The file is created with mode 0600 (backups hold database content).
+    """
+    path = Path(path)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for chunk in download(
+                store, key, expected=expected, identities=identities, compression=compression
+            ):
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Makes a rename in ``directory`` durable (POSIX needs the directory synced too)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
