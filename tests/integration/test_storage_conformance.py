@@ -13,8 +13,9 @@ import threading
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -23,10 +24,15 @@ from binhoard.domain.errors import (
     ObjectNotFoundError,
     PermanentStorageError,
     PreconditionFailedError,
+    TransientStorageError,
 )
 from binhoard.storage.backends import open_store
 from binhoard.storage.store import DEFAULT_CHUNK, MemoryStore, ObjectStore, read_all
+from tests.support.faultproxy import FaultProxy, ProxyFaultPlan
 from tests.support.s3server import S3Server
+
+if TYPE_CHECKING:
+    from obstore.store import RetryConfig
 
 MiB = 1024 * 1024
 PART = 5 * MiB  # the smallest part S3 allows, so multipart tests stay small
@@ -403,3 +409,30 @@ def test_s3_missing_bucket_is_a_permanent_error(s3_server: S3Server) -> None:
     assert "does not exist" in str(raised.value)
     with pytest.raises(PermanentStorageError):
         list(store.list())
+
+
+def test_s3_conditional_put_whose_answer_was_lost_is_a_transient_error(
+    s3_server: S3Server,
+) -> None:
+    """The server stores an if-absent PUT but the connection drops before the answer.
+    obstore does not retry that (the request was sent), so the backend must call it
+    transient, never "already exists" nor success: ``RetryingStore`` then retries and
+    recognises its own bytes (tests/integration/test_storage_faults.py)."""
+    lose_first_put = ProxyFaultPlan(
+        rate=1.0, kinds={"reset_after": 1}, methods=frozenset({"PUT"}), max_faults=1
+    )
+    quick: RetryConfig = {"max_retries": 3, "backoff": {"init_backoff": timedelta(milliseconds=10)}}
+    config = s3_server.storage_config(f"lost-answer/{uuid.uuid4().hex[:12]}")
+    with FaultProxy(s3_server.endpoint_url, lose_first_put) as proxy:
+        store = open_store(
+            config.model_copy(update={"endpoint_url": proxy.url}),
+            part_size=PART,
+            concurrency=CONCURRENCY,
+            retry=quick,
+        )
+        with pytest.raises(TransientStorageError):
+            store.put("owner", [b"writer-1"], if_absent=True)
+        assert proxy.counts["reset_after"] == 1
+        with pytest.raises(PreconditionFailedError):
+            store.put("owner", [b"writer-1"], if_absent=True)
+    assert read_all(store, "owner") == b"writer-1"

@@ -380,6 +380,7 @@ _MESSAGE_RE = re.compile(r"<Message>([^<]{1,300})</Message>|\"message\":\s*\"([^
 _OS_MESSAGE_RE = re.compile(r'message: "([^"]{1,200})"')
 _URL_QUERY_RE = re.compile(r"(https?://[^\s?\"'<>]*)\?[^\s\"'<>]*")
 _URL_USERINFO_RE = re.compile(r"(https?://)[^/\s@\"'<>]*@")
+_RETRIES_RE = re.compile(r"\bretries: (\d+)")
 _MISSING_CONTAINER = ("NoSuchBucket", "ContainerNotFound", "bucket does not exist")
 # Errors obstore raises: its own hierarchy, plus builtins for "not found" and bad arguments.
 _NATIVE_ERRORS = (obe.BaseError, OSError, ValueError)
@@ -501,7 +502,10 @@ class ObstoreStore:
 
     ``put(if_absent=True)`` is one PUT with ``If-None-Match: *`` (S3; the equivalents on
     GCS and Azure), decided atomically by the server, so its body is held in memory and
-    limited to ``conditional_put_limit`` bytes: it is meant for small records.
+    limited to ``conditional_put_limit`` bytes: it is meant for small records. A lost
+    answer (connection dropped after sending) is a ``TransientStorageError``, never a
+    guess; ``RetryingStore`` retries and compares. If obstore's own retry met the write
+    of its first attempt, the stored bytes decide (``_own_lost_answer``).
 
     ``list`` collects the whole listing and sorts it before yielding: S3-compatible
     servers do not all sort as S3 does (SeaweedFS lists ``a/b/c`` before ``a/b c``).
@@ -583,6 +587,8 @@ class ObstoreStore:
                     key, body, mode="create" if if_absent else "overwrite", use_multipart=False
                 )
             except _NATIVE_ERRORS as exc:
+                if if_absent and self._own_lost_answer(exc, key, body):
+                    return self.stat(key)
                 self.raise_mapped(exc, "put", key)
             return ObjectInfo(key=key, size=size, etag=result["e_tag"])
         if if_absent:
@@ -606,6 +612,26 @@ class ObstoreStore:
                 self.raise_mapped(exc, "put", key)
             raise
         return ObjectInfo(key=key, size=source.size, etag=result["e_tag"])
+
+    def _own_lost_answer(self, exc: BaseException, key: str, body: bytes) -> bool:
+        """True if a conditional PUT failed only because obstore's retry met our own write.
+
+        obstore retries a PUT whose answer was lost (connection reset after sending); if
+        the first attempt had been stored, the retry meets 412. Only then (obstore says how
+        many retries it made) is the stored object compared with ours: identical bytes
+        mean the write was ours. A first attempt that meets 412 is never second-guessed,
+        so two writers of the same bytes still see exactly one winner.
+        """
+        if not isinstance(exc, obe.AlreadyExistsError | obe.PreconditionError):
+            return False
+        retries = _RETRIES_RE.search(str(exc))
+        if retries is None or int(retries.group(1)) == 0:
+            return False
+        try:
+            stored = self.native.get(key).bytes()
+        except _NATIVE_ERRORS as check:
+            self.raise_mapped(check, "put", key)
+        return bytes(stored) == bytes(body)
 
     def get(self, key: str, *, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
         validate_key(key)
@@ -682,11 +708,13 @@ class ObstoreStore:
 
 
 # One overall deadline per request would cut off a long download (one GET streams the
-# whole object): make it generous, and detect stalls with the read timeout instead.
+# whole object): make it generous, and detect stalls with the read timeout instead. An
+# hour still bounds a part upload the server stopped reading; a download that takes
+# longer fails as transient and ``RetryingStore`` resumes it from the byte it reached.
 _CLIENT_OPTIONS: ClientConfig = {
     "connect_timeout": "10s",
     "read_timeout": "120s",
-    "timeout": "24h",
+    "timeout": "1h",
     "user_agent": f"binhoard/{__version__}",
 }
 
@@ -721,7 +749,8 @@ def _virtual_hosted_endpoint(endpoint: str, bucket: str) -> str:
     parts = urlsplit(endpoint)
     if not parts.hostname or parts.hostname.startswith(f"{bucket}."):
         return endpoint
-    return urlunsplit(parts._replace(netloc=f"{bucket}.{parts.netloc}"))
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    return urlunsplit(parts._replace(netloc=f"{userinfo}{at}{bucket}.{hostport}"))
 
 
 def _open_s3(config: S3Storage, retry: RetryConfig | None) -> tuple[NativeStore, str, list[str]]:
