@@ -208,23 +208,23 @@ class _State:
     """A GTID position being advanced over many transactions, as plain integers:
     building a GtidPosition per transaction would cost more than reading the file."""
 
-    __slots__ = ("_last",)
+    __slots__ = ("last",)
 
     def __init__(self, start: GtidPosition) -> None:
-        self._last = {g.domain_id: (g.server_id, g.seq_no) for g in start.values()}
+        self.last = {g.domain_id: (g.server_id, g.seq_no) for g in start.values()}
 
     def advance(self, domain: int, server: int, seq: int, where: str) -> None:
-        before = self._last.get(domain)
+        before = self.last.get(domain)
         if before is not None and seq <= before[1]:
             raise GtidOrderError(
                 f"GTID {domain}-{server}-{seq} ({where}) does not follow "
                 f"{domain}-{before[0]}-{before[1]}: a duplicate or out-of-order transaction "
                 "(gtid_strict_mode forbids it)"
             )
-        self._last[domain] = (server, seq)
+        self.last[domain] = (server, seq)
 
     def position(self) -> GtidPosition:
-        return GtidPosition(Gtid(d, s, q) for d, (s, q) in self._last.items())
+        return GtidPosition(Gtid(d, s, q) for d, (s, q) in self.last.items())
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,37 +265,36 @@ class BinlogSegment:
         past ``size``.
         """
         binlog_sort_key(name)
+        if not transactions:
+            return cls(name, size, gtid_list_at_start, gtid_list_at_start, 0, *(None,) * 5)
         state = _State(gtid_list_at_start)
+        last_seq = {domain: seq for domain, (_, seq) in state.last.items()}
         previous_end = 4
-        max_time = -1
-        first_row: tuple[int, int, int, int, int, int] | None = None
-        row: tuple[int, int, int, int, int, int] | None = None
-        for row in _rows_of(transactions):
-            domain, server, seq, commit_time, start, end = row
-            if first_row is None:
-                first_row = row
+        # The loop runs once per transaction of a file (millions for a big one): plain
+        # integers and dicts only, and only the failing case does any formatting.
+        for domain, server, seq, _, start, end in _rows_of(transactions):
             if start < previous_end or end <= start or end > size:
                 raise ValueError(
                     f"{name}: transaction {domain}-{server}-{seq} at {start}..{end} overlaps "
                     f"the previous one (ends {previous_end}) or the file end ({size})"
                 )
             previous_end = end
-            state.advance(domain, server, seq, f"{name} at offset {start}")
-            max_time = max(max_time, commit_time)
-        end_position = state.position()
-        if first_row is None or row is None:
-            return cls(name, size, gtid_list_at_start, end_position, 0, *(None,) * 5)
+            if seq <= last_seq.get(domain, -1):
+                state.advance(domain, server, seq, f"{name} at offset {start}")  # raises
+            last_seq[domain] = seq
+            state.last[domain] = (server, seq)
+        first, last = transactions[0], transactions[-1]
         return cls(
             name=name,
             size=size,
             gtid_list_at_start=gtid_list_at_start,
-            end_position=end_position,
+            end_position=state.position(),
             transaction_count=len(transactions),
-            first_gtid=Gtid(*first_row[:3]),
-            last_gtid=Gtid(*row[:3]),
-            first_commit_time=first_row[3],
-            last_commit_time=row[3],
-            max_commit_time=max_time,
+            first_gtid=first.gtid,
+            last_gtid=last.gtid,
+            first_commit_time=first.commit_time,
+            last_commit_time=last.commit_time,
+            max_commit_time=max(_commit_times_of(transactions)),
         )
 
 

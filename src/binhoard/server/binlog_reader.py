@@ -321,8 +321,9 @@ class _Reader:
         slow = self._slow_path
         rows = self.rows
         append = rows.append
-        in_transaction = _IN_TRANSACTION
-        table = _ALL_SLOW  # until the Gtid_list event
+        in_transaction, between_groups, all_slow = _IN_TRANSACTION, _BETWEEN_GROUPS, _ALL_SLOW
+        opens, closes = _OPEN, _CLOSE
+        table = all_slow  # until the Gtid_list event
         group: tuple[int, int, int, int, int] | None = None
         base = start  # file offset of buf[0]
         buf = b""
@@ -338,8 +339,9 @@ class _Reader:
             self.base = base
             pos = 0
             size = len(buf)
+            last_header = size - HEADER_LEN
             need = HEADER_LEN
-            while pos + HEADER_LEN <= size:
+            while pos <= last_header:
                 timestamp, event_type, length, next_pos = unpack(buf, pos)
                 end = pos + length
                 if end > size:
@@ -347,28 +349,29 @@ class _Reader:
                     break
                 if (
                     (checksum and crc32(buf[pos:end]) != residue)
-                    or next_pos != base + end
+                    or next_pos - base != end
                     or length < min_length
                 ):
                     self._bad_event(buf, pos)
                 action = table[event_type]
-                if action == _OPEN and length >= gtid_min_length:
-                    server_id, seq_no, domain_id, flags2 = unpack_gtid(buf, pos + 5)
-                    group = (domain_id, server_id, seq_no, timestamp, base + pos)
-                    if flags2 & FL_STANDALONE:
-                        self.group = group
-                        self.standalone = True
-                        table = _ALL_SLOW
+                if action:
+                    if action == opens and length >= gtid_min_length:
+                        server_id, seq_no, domain_id, flags2 = unpack_gtid(buf, pos + 5)
+                        group = (domain_id, server_id, seq_no, timestamp, base + pos)
+                        if flags2 & FL_STANDALONE:
+                            self.group = group
+                            self.standalone = True
+                            table = all_slow
+                        else:
+                            table = in_transaction
+                    elif action == closes:
+                        append((*group, base + end))  # type: ignore[misc]  # a group is open
+                        group = None
+                        table = between_groups
                     else:
-                        table = in_transaction
-                elif action == _CLOSE:
-                    append((*group, base + end))  # type: ignore[misc]  # a group is open here
-                    group = None
-                    table = _BETWEEN_GROUPS
-                elif action:
-                    self.group = group
-                    table = slow(buf, pos, end, event_type)
-                    group = self.group
+                        self.group = group
+                        table = slow(buf, pos, end, event_type)
+                        group = self.group
                 pos = end
             self.table.extend_rows(rows)
             rows.clear()
