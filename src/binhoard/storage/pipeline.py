@@ -704,47 +704,117 @@ def _decrypt_failure(key: str, exc: Exception, identities: int) -> IntegrityErro
     return IntegrityError(key, f"age decryption failed, the object is corrupt or truncated: {text}")
 
 
-class _ChunkReader:
-    """A ``read(n)`` view of an iterator of chunks, for zstandard's ``read_to_iter``."""
+_ZSTD_MAGIC: Final = b"\x28\xb5\x2f\xfd"
+_ZSTD_MAX_BLOCK: Final = 128 * 1024
+
+
+class _ZstdFrameEnd:
+    """Finds where a zstd frame ends by walking its block headers, without decoding.
+
+    zstandard's bounded-output API (``read_to_iter``) does not say how much of its last
+    input it used, so on its own it cannot tell a frame followed by extra bytes from a
+    clean end. The frame structure can: a header, then blocks each announcing its size
+    and whether it is the last (3 bytes per <= 128 KiB block), then an optional checksum.
+    """
+
+    def __init__(self) -> None:
+        self._header = bytearray()
+        self._want = 5  # bytes to collect into _header: magic + frame header descriptor
+        self._skip = 0  # bytes to pass over: header fields, block contents, checksum
+        self._last_block_seen = False
+        self._checksum = False
+        self.done = False
+
+    def feed(self, data: bytes) -> int:
+        """How many leading bytes of ``data`` belong to the frame (all, until it ends)."""
+        pos = 0
+        while pos < len(data) and not self.done:
+            if self._skip:
+                step = min(self._skip, len(data) - pos)
+                pos += step
+                self._skip -= step
+                self.done = self._last_block_seen and not self._skip
+                continue
+            take = min(self._want - len(self._header), len(data) - pos)
+            self._header += data[pos : pos + take]
+            pos += take
+            if len(self._header) == self._want:
+                self._parse()
+        return pos
+
+    def _parse(self) -> None:
+        header = bytes(self._header)
+        self._header.clear()
+        if self._want == 5:
+            if header[:4] != _ZSTD_MAGIC:
+                raise _FormatError("not a zstd frame")
+            descriptor = header[4]
+            if descriptor & 0x08:
+                raise _FormatError("zstd frame header uses a reserved bit")
+            single_segment = bool(descriptor & 0x20)
+            self._checksum = bool(descriptor & 0x04)
+            content_size_bytes = (int(single_segment), 2, 4, 8)[descriptor >> 6]
+            self._skip = (0 if single_segment else 1) + (0, 1, 2, 4)[descriptor & 3]
+            self._skip += content_size_bytes
+            self._want = 3
+            return
+        value = int.from_bytes(header, "little")
+        block_type = (value >> 1) & 3
+        size = value >> 3
+        if block_type == 3 or size > _ZSTD_MAX_BLOCK:
+            raise _FormatError("corrupt zstd block header")
+        self._skip = 1 if block_type == 1 else size  # an RLE block stores one byte
+        if value & 1:
+            self._last_block_seen = True
+            self._skip += 4 if self._checksum else 0
+            self.done = not self._skip
+
+
+class _ZstdFrameReader:
+    """``read(n)`` over the decrypted chunks for ``read_to_iter``, ending with the frame."""
 
     def __init__(self, chunks: Iterator[bytes]) -> None:
         self._chunks = chunks
+        self._frame = _ZstdFrameEnd()
         self._buf = b""
         self._pos = 0
-        self.eof = False
+        self.starved = False  # read_to_iter asked for more than the frame holds
+        self.trailing = False  # bytes were seen after the end of the frame
 
     def read(self, size: int = -1) -> bytes:
         while self._pos >= len(self._buf):
-            chunk = next(self._chunks, None)
+            chunk = next(self._chunks, None) if not self._frame.done else None
             if chunk is None:
-                self.eof = True
+                self.starved = True
                 return b""
             self._buf = chunk
             self._pos = 0
         end = len(self._buf) if size < 0 else self._pos + size
         piece = self._buf[self._pos : end] if self._pos or end < len(self._buf) else self._buf
         self._pos += len(piece)
+        used = self._frame.feed(piece)
+        if used < len(piece):
+            self.trailing = True
+            piece = piece[:used]
         return piece
 
-    def buffered(self) -> bool:
-        return self._pos < len(self._buf)
+    def rest_is_empty(self) -> bool:
+        return not self.trailing and self._pos >= len(self._buf)
 
 
 def _zstd_decode(chunks: Iterator[bytes]) -> Iterator[bytes]:
-    reader = _ChunkReader(chunks)
+    reader = _ZstdFrameReader(chunks)
     dctx = zstandard.ZstdDecompressor()
     # read_to_iter bounds each output piece (a frame of zeros expands ~30000-fold: a
-    # whole-input decompress() could need gigabytes), and checks the frame's checksum.
+    # whole-input decompress() could need gigabytes) and checks the frame's checksum;
+    # it returns at the end of the frame, without asking for more input.
     yield from dctx.read_to_iter(
         cast(BinaryIO, reader), read_size=_DECRYPTED_CHUNK, write_size=_PLAIN_OUT
     )
-    if reader.eof:
-        # read_to_iter asked for more input, so the frame had not ended.
+    if reader.starved:
         raise _FormatError("the zstd frame is truncated")
-    if reader.buffered():
+    if not reader.rest_is_empty():
         raise _FormatError("data follows the end of the zstd frame")
-    # Bytes after the frame inside the last piece read are not visible here; the stored
-    # sha256 check covers them.
 
 
 def _lzma_decode(chunks: Iterator[bytes]) -> Iterator[bytes]:
