@@ -25,4 +25,6 @@ def open_site(settings: Settings, name: str | None = None) -> ObjectStore:
     )
     if site.upload_rate_limit is not None:
         store = RateLimitedStore(store, site.upload_rate_limit)
-    return RetryingStore(store)
+    # A put smaller than one part is sent whole and can be replayed from this buffer;
+    # larger ones are multipart, whose parts the backend retries itself.
+    return RetryingStore(store, replay_buffer=site.part_size + 1024 * 1024)
