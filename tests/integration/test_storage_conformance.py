@@ -497,3 +497,30 @@ def test_s3_streamed_upload_memory_is_bounded_by_parts(s3_server: S3Server) -> N
     result = json.loads(done.stdout)
     assert result["size"] == 150 * MiB
     assert result["grew_kib"] * 1024 < 8 * PART, result
+
+
+def test_s3_one_shot_multipart_upload_survives_failing_parts(s3_server: S3Server) -> None:
+    """A generator cannot be replayed, so failed parts must be retried below the port:
+    obstore does it (parts are idempotent), for 503s and connections reset before or
+    after the part was sent."""
+    plan = ProxyFaultPlan(
+        rate=0.3,
+        kinds={"slowdown": 1, "reset": 1, "reset_after": 1},
+        methods=frozenset({"PUT"}),
+        seed=7,
+    )
+    quick: RetryConfig = {"max_retries": 5, "backoff": {"init_backoff": timedelta(milliseconds=10)}}
+    config = s3_server.storage_config(f"part-faults/{uuid.uuid4().hex[:12]}")
+    with FaultProxy(s3_server.endpoint_url, plan) as proxy:
+        store = open_store(
+            config.model_copy(update={"endpoint_url": proxy.url}),
+            part_size=PART,
+            concurrency=CONCURRENCY,
+            retry=quick,
+        )
+        sent = hashlib.sha256()
+        info = store.put("big", stream(6 * PART + 123, seed=11, digest=sent))
+        assert proxy.faults >= 2, proxy.counts
+    assert info.size == 6 * PART + 123
+    direct = open_store(config, part_size=PART, concurrency=CONCURRENCY)
+    assert sha256_of(direct.get("big")) == (sent.hexdigest(), 6 * PART + 123)

@@ -497,15 +497,16 @@ class ObstoreStore:
     PUT (cheapest, and the only form a conditional write can take); otherwise it becomes
     a multipart upload of ``part_size`` parts, ``concurrency`` of them in flight, so a
     stream of any length needs about ``part_size x (concurrency + 1)`` bytes of memory.
-    obstore retries failed requests (5xx, resets, timeouts) itself, per part, which is
-    what makes a long one-shot stream survivable: the layer above could not replay it.
+    obstore retries failed part uploads (5xx, resets, even a reset after the part was
+    sent: parts are idempotent) itself, which is what makes a long one-shot stream
+    survivable: the layer above could not replay it.
 
     ``put(if_absent=True)`` is one PUT with ``If-None-Match: *`` (S3; the equivalents on
     GCS and Azure), decided atomically by the server, so its body is held in memory and
     limited to ``conditional_put_limit`` bytes: it is meant for small records. A lost
     answer (connection dropped after sending) is a ``TransientStorageError``, never a
-    guess; ``RetryingStore`` retries and compares. If obstore's own retry met the write
-    of its first attempt, the stored bytes decide (``_own_lost_answer``).
+    guess: obstore does not retry it, ``RetryingStore`` does and compares. If obstore's
+    own retry (after a 5xx) met the write of its first attempt, the stored bytes decide.
 
     ``list`` collects the whole listing and sorts it before yielding: S3-compatible
     servers do not all sort as S3 does (SeaweedFS lists ``a/b/c`` before ``a/b c``).
@@ -616,11 +617,12 @@ class ObstoreStore:
     def _own_lost_answer(self, exc: BaseException, key: str, body: bytes) -> bool:
         """True if a conditional PUT failed only because obstore's retry met our own write.
 
-        obstore retries a PUT whose answer was lost (connection reset after sending); if
-        the first attempt had been stored, the retry meets 412. Only then (obstore says how
-        many retries it made) is the stored object compared with ours: identical bytes
-        mean the write was ours. A first attempt that meets 412 is never second-guessed,
-        so two writers of the same bytes still see exactly one winner.
+        obstore does not retry a conditional PUT after a transport error (it is not
+        idempotent), but does after a 5xx answer; if the first attempt was stored anyway
+        (a gateway that answered 502 after its backend stored it), the retry meets 412.
+        Only then (obstore says how many retries it made) is the stored object compared
+        with ours: identical bytes mean the write was ours. A first attempt that meets
+        412 is never second-guessed, so two writers of the same bytes see one winner.
         """
         if not isinstance(exc, obe.AlreadyExistsError | obe.PreconditionError):
             return False
