@@ -2,7 +2,7 @@
 
 Backends (``backends.py``) implement it; cross-cutting behaviour (retry, bandwidth
 limit, metrics, fault injection) wraps it (``wrappers.py``); one conformance suite
-(``tests/conformance``) runs against every backend.
+(``tests/integration/test_storage_conformance.py``) runs against every backend.
 
 Keys are ``/``-separated relative paths without a leading slash. Objects are
 immutable once written: binhoard never overwrites a key with different content.
