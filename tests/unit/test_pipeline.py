@@ -617,3 +617,29 @@ def test_the_zstd_frame_walker_finds_the_exact_end(
         used += walker.feed(piece)
     assert walker.done
     assert used == len(frame)
+
+
+def test_an_abandoned_stream_stops_its_worker() -> None:
+    closed = threading.Event()
+
+    def endless() -> Iterator[bytes]:
+        try:
+            while True:
+                yield os.urandom(1 << 20)
+        finally:
+            closed.set()
+
+    stream = encode(endless(), codec_for("zstd"))
+    next(stream)
+    del stream  # neither closed nor exhausted
+    wait_for_no_workers()
+    assert closed.is_set()
+
+
+@pytest.mark.parametrize(("level", "threads"), [(-5, 0), (1, -1), (19, 2), (3, 1)])
+def test_zstd_levels_and_worker_counts(level: int, threads: int) -> None:
+    store = MemoryStore()
+    data = backup_like(3_000_000)
+    codec = Codec("zstd", (PUBLIC,), level=level, threads=threads)
+    digest = upload(store, "l.zst.age", [data], codec)
+    assert b"".join(download(store, "l.zst.age", expected=digest, identities=[IDENTITY])) == data
