@@ -23,7 +23,8 @@ Each measurement runs in a fresh child process so that its peak RSS is its own (
 ``zstd-cli`` it is the child's plus zstd's). Throughput is the uncompressed size over
 wall-clock seconds for every mode; the best of ``--repeat`` rounds is reported (other
 engineers' jobs share the machine; the best round is the least disturbed), the median
-too. The last line is one JSON object::
+too, and the CPU seconds used (user + system, zstd's included), which other jobs on the
+machine disturb less than wall-clock time. The last line is one JSON object::
 
     {"bench": "storage", "ours_mbps": ..., "zstd_cli_mbps": ..., "ratio": ...}
 
@@ -272,6 +273,7 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
     store = _open_destination(spec["dest"])
     result: dict[str, Any] = {}
     helper_rss = 0
+    cpu_before = os.times()
     started = time.perf_counter()
     if spec["mode"] == "idle":
         pass
@@ -280,6 +282,8 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
     else:
         helper_rss = _download(store, spec)
     result["seconds"] = time.perf_counter() - started
+    cpu_after = os.times()
+    result["cpu_seconds"] = sum(cpu_after[:4]) - sum(cpu_before[:4])  # zstd's included
     result["rss_kib"] = _peak_rss_kib() + helper_rss
     return result
 
@@ -317,6 +321,7 @@ def bench_destination(
         {"dest": dest, "data": str(data), "mode": "idle", "direction": "up", "key": "-"}, secret
     )
     times: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
     rss: dict[str, int] = {}
     stored: dict[str, int] = {}
     for round_no in range(1, repeat + 1):
@@ -341,10 +346,12 @@ def bench_destination(
             for direction, result in (("up", up), ("down", down)):
                 label = f"{direction} {mode}"
                 times.setdefault(label, []).append(result["seconds"])
+                cpu.setdefault(label, []).append(result["cpu_seconds"])
                 rss[label] = max(rss.get(label, 0), result["rss_kib"])
                 _log(
                     f"  [{name} round {round_no}] {label:14}"
                     f" {size / result['seconds'] / 1e6:8.1f} MB/s"
+                    f"  CPU {result['cpu_seconds']:5.2f} s"
                     f"  peak RSS {result['rss_kib'] / 1024:6.1f} MiB"
                 )
     summary: dict[str, Any] = {
@@ -356,16 +363,24 @@ def bench_destination(
         f" peak RSS includes {summary['idle_child_rss_mib']} MiB of interpreter and imports",
         flush=True,
     )
-    print(f"  {'':16}{'best MB/s':>10}{'median MB/s':>13}{'peak RSS MiB':>14}", flush=True)
+    print(
+        f"  {'':16}{'best MB/s':>10}{'median MB/s':>13}{'median CPU s':>14}{'peak RSS MiB':>14}",
+        flush=True,
+    )
     for label, seconds in times.items():
         best = size / min(seconds) / 1e6
         median = size / statistics.median(seconds) / 1e6
+        cpu_median = statistics.median(cpu[label])
         summary[label] = {
             "best_mbps": round(best, 1),
             "median_mbps": round(median, 1),
+            "median_cpu_s": round(cpu_median, 2),
             "peak_rss_mib": round(rss[label] / 1024, 1),
         }
-        print(f"  {label:16}{best:10.1f}{median:13.1f}{rss[label] / 1024:14.1f}", flush=True)
+        print(
+            f"  {label:16}{best:10.1f}{median:13.1f}{cpu_median:14.2f}{rss[label] / 1024:14.1f}",
+            flush=True,
+        )
     return summary
 
 
@@ -448,6 +463,10 @@ def main() -> None:
         "ratio": round(ours / cli, 3),
         "ratio_median": round(
             local_results["up ours"]["median_mbps"] / local_results["up zstd-cli"]["median_mbps"],
+            3,
+        ),
+        "cpu_ratio": round(
+            local_results["up zstd-cli"]["median_cpu_s"] / local_results["up ours"]["median_cpu_s"],
             3,
         ),
         "copy_mbps": local_results["up copy"]["best_mbps"],
