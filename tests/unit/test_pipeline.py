@@ -643,3 +643,23 @@ def test_zstd_levels_and_worker_counts(level: int, threads: int) -> None:
     codec = Codec("zstd", (PUBLIC,), level=level, threads=threads)
     digest = upload(store, "l.zst.age", [data], codec)
     assert b"".join(download(store, "l.zst.age", expected=digest, identities=[IDENTITY])) == data
+
+
+FLIP_DATA = os.urandom(6 * AGE_CHUNK + 333)
+
+
+@settings(max_examples=60, deadline=None)
+@given(where=st.floats(0, 1, exclude_max=True), bit=st.integers(0, 7))
+def test_any_flipped_bit_is_caught_and_only_earlier_chunks_were_handed_on(
+    where: float, bit: int
+) -> None:
+    store, key, digest, stored = stored_object("none", FLIP_DATA)
+    position = int(where * len(stored))
+    changed = bytearray(stored)
+    changed[position] ^= 1 << bit
+    store.replace_raw(key, bytes(changed))
+    received, _ = assert_rejected(store, key, digest, FLIP_DATA)
+    start = body_start(stored)
+    # Chunks wholly before the damaged one may have been handed on; nothing from it or after.
+    intact_chunks = (position - start) // AGE_STORED_CHUNK if position >= start else 0
+    assert len(received) <= intact_chunks * AGE_CHUNK
