@@ -89,6 +89,7 @@ _QUEUE_DEPTH: Final = 4
 _POLL_SECONDS: Final = 0.1  # how quickly a blocked worker notices that it was cancelled
 _JOIN_SECONDS: Final = 10.0
 
+_XZ_MEMLIMIT: Final = 256 * 1024 * 1024
 _SNAPPY_STREAM_ID: Final = b"\xff\x06\x00\x00sNaPpY"
 _SNAPPY_BATCH: Final = 16  # chunks (data ones hold <= 64 KiB of plaintext) per decompress call
 
@@ -869,7 +870,9 @@ def _zstd_decode(chunks: Iterator[bytes]) -> Iterator[bytes]:
 
 
 def _lzma_decode(chunks: Iterator[bytes]) -> Iterator[bytes]:
-    obj = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+    # xz -9e needs 65 MiB; a stream asking for more was not written by us (the format
+    # allows dictionaries of up to 4 GiB).
+    obj = lzma.LZMADecompressor(format=lzma.FORMAT_XZ, memlimit=_XZ_MEMLIMIT)
     for chunk in chunks:
         if not chunk:
             continue
@@ -957,8 +960,8 @@ def download(
 
     ``identities`` are ``pyrage.x25519.Identity`` objects (``decryption_identities``);
     ``compression`` defaults to what the key's suffix says. A missing object raises
-    ``ObjectNotFoundError`` here, if the store reports it eagerly (MemoryStore does),
-    else on the first ``next()``.
+    ``ObjectNotFoundError`` here, if the store reports it eagerly (the stores in this
+    package do), else on the first ``next()``.
 
     Raises ``IntegrityError`` naming ``key`` if anything does not match: decryption
     (wrong key, corruption, truncation), decompression, or the recorded sizes and
