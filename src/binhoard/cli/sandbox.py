@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from binhoard.cli.common import json_option
 from binhoard.cli.keys import generate_key_file, read_identity_file
 from binhoard.domain.errors import SandboxError
 from binhoard.server.sandbox import Sandbox
@@ -74,7 +75,7 @@ def stop(name: str, root: Path) -> None:
 @sandbox_group.command("status")
 @_name_argument
 @_root_option
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@json_option
 def status(name: str, root: Path, as_json: bool) -> None:
     """Show whether sandbox NAME runs, and where. Exits 1 when it does not run."""
     box = _sandbox(root, name)

@@ -7,21 +7,15 @@ from pathlib import Path
 
 import click
 
+from binhoard.cli.common import config_option, json_option
 from binhoard.config import load_settings
 from binhoard.domain.errors import ServerError
 from binhoard.server import sql
 
 
 @click.command("status")
-@click.option(
-    "-c",
-    "--config",
-    "config_file",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="Configuration file (.json or .toml).",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@config_option
+@json_option
 def status_command(config_file: Path, as_json: bool) -> None:
     """Show the server binhoard is configured for and whether it can be backed up."""
     settings = load_settings(config_file)
