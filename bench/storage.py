@@ -21,7 +21,8 @@ installed), times in rounds:
 
 Each measurement runs in a fresh child process so that its peak RSS is its own (for
 ``zstd-cli`` it is the child's plus zstd's). Throughput is the uncompressed size over
-wall-clock seconds for every mode; the best of ``--repeat`` rounds is reported (other
+wall-clock seconds for every mode; the modes alternate their order from round to round,
+and the best of ``--repeat`` rounds is reported (other
 engineers' jobs share the machine; the best round is the least disturbed), the median
 too, and the CPU seconds used (user + system, zstd's included), which other jobs on the
 machine disturb less than wall-clock time. The last line is one JSON object::
@@ -325,7 +326,9 @@ def bench_destination(
     rss: dict[str, int] = {}
     stored: dict[str, int] = {}
     for round_no in range(1, repeat + 1):
-        for mode in MODES:
+        # Alternate the order, so that no mode always follows the same one (the deletion
+        # of the previous object, the state of the page cache) or always runs last.
+        for mode in MODES if round_no % 2 else reversed(MODES):
             key = (
                 f"bench/{mode}-{round_no}"
                 + {"copy": "", "zstd-cli": ".zst", "ours": ".zst.age"}[mode]

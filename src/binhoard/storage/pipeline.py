@@ -351,6 +351,8 @@ class _Coalescer:
         self._target = target
         self._parts: list[bytes] = []
         self._size = 0
+        self.sha256 = hashlib.sha256()
+        self.size = 0
         self.error: BaseException | None = None
 
     def write(self, data: bytes) -> int:
@@ -375,6 +377,8 @@ class _Coalescer:
         chunk = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
         self._parts = []
         self._size = 0
+        self.sha256.update(chunk)
+        self.size += len(chunk)
         self._pump.emit(chunk)
 
 
@@ -586,8 +590,6 @@ class EncodedStream(Iterator[bytes]):
 
     def __init__(self, chunks: Iterable[Chunk], codec: Codec) -> None:
         self._worker = _EncodeWorker(chunks, codec)
-        self._sha256 = hashlib.sha256()
-        self._size = 0
         self._started = False
         self._digest: ObjectDigest | None = None
         self._failed = False
@@ -611,16 +613,14 @@ class EncodedStream(Iterator[bytes]):
             self._failed = True
             raise
         if chunk is None:
-            reader = self._worker.reader
+            reader, writer = self._worker.reader, self._worker.writer
             self._digest = ObjectDigest(
                 plain_size=reader.size,
                 plain_sha256=reader.sha256.hexdigest(),
-                stored_size=self._size,
-                stored_sha256=self._sha256.hexdigest(),
+                stored_size=writer.size,
+                stored_sha256=writer.sha256.hexdigest(),
             )
             raise StopIteration
-        self._sha256.update(chunk)
-        self._size += len(chunk)
         return chunk
 
     def close(self) -> None:
