@@ -21,11 +21,11 @@ installed), times in rounds:
 
 Each measurement runs in a fresh child process so that its peak RSS is its own (for
 ``zstd-cli`` it is the child's plus zstd's). Throughput is the uncompressed size over
-wall-clock seconds for every mode; the modes alternate their order from round to round,
-and the best of ``--repeat`` rounds is reported (other
-engineers' jobs share the machine; the best round is the least disturbed), the median
-too, and the CPU seconds used (user + system, zstd's included), which other jobs on the
-machine disturb less than wall-clock time. The last line is one JSON object::
+wall-clock seconds for every mode. The modes alternate their order from round to round;
+the best of ``--repeat`` rounds is reported (other engineers' jobs share the machine;
+the best round is the least disturbed), the median too, and the CPU seconds used (user
++ system, zstd's included), which other jobs disturb less than wall-clock time.
+The last line is one JSON object::
 
     {"bench": "storage", "ours_mbps": ..., "zstd_cli_mbps": ..., "ratio": ...}
 
