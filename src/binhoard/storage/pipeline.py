@@ -11,7 +11,7 @@ references the object (manifest, catalog) and hands them back to ``download``.
 
 Memory stays bounded whatever the object size: nothing is collected whole, chunks of at
 most a few MiB flow through bounded queues. zstd's worker threads add their own buffers
-(about 25 MiB at level 3 with two workers, see ``_ZstdCompressor``).
+(about 35 MiB at level 3 with two workers, see ``_ZstdCompressor``).
 
 Threads. pyrage only offers ``encrypt_io`` / ``decrypt_io``, which *pull* from a reader
 and *push* to a writer until the end, while an ``ObjectStore`` pulls from (``put``) or
@@ -20,8 +20,8 @@ in 12 MiB of RSS; they read 8 KiB and write one 64 KiB age chunk at a time), so 
 runs in a worker thread joined to the caller by a bounded queue:
 
 * upload: the worker iterates the caller's chunks, hashes, compresses (zstd in its own
-  worker threads) and encrypts; the caller's thread (the store's ``put``) hashes the
-  stored bytes and writes them;
+  worker threads), encrypts and hashes the result; the caller's thread (the store's
+  ``put``) only writes it;
 * download: one worker fetches, hashes and decrypts, a second decompresses, and the
   caller's thread hashes the plaintext and uses it: three stages of similar cost.
 
