@@ -19,6 +19,7 @@ from binhoard.storage.store import DEFAULT_CHUNK, MemoryStore, ObjectInfo, Objec
 from binhoard.storage.wrappers import (
     FaultPlan,
     FaultyStore,
+    ForwardingStore,
     MetricsStore,
     PutFault,
     RateLimitedStore,
@@ -44,11 +45,11 @@ class FakeClock:
         self.now += seconds
 
 
-class RecordingStore:
+class RecordingStore(ForwardingStore):
     """Passes calls through and records them, to see what a wrapper asked of its inner store."""
 
     def __init__(self, inner: ObjectStore) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.gets: list[tuple[str, int, int | None]] = []
         self.puts: list[str] = []
 
@@ -59,15 +60,6 @@ class RecordingStore:
     def get(self, key: str, *, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
         self.gets.append((key, offset, length))
         return self.inner.get(key, offset=offset, length=length)
-
-    def stat(self, key: str) -> ObjectInfo:
-        return self.inner.stat(key)
-
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        return self.inner.list(prefix)
-
-    def delete(self, key: str) -> None:
-        self.inner.delete(key)
 
     def describe(self) -> str:
         return "recording"

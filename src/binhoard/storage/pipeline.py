@@ -478,7 +478,32 @@ def _compressor(codec: Codec) -> _Compressor:
 # Encode
 
 
-class _PlainReader:
+class _ChunkSource:
+    """A file-like reader over an iterator of chunks, for pyrage, which reads from a worker
+    thread: it keeps the original exception (pyrage replaces it by its own) and can close
+    the caller's iterable so that a generator's ``finally`` runs when a stream is abandoned.
+    """
+
+    _chunks: Iterator[bytes] | Iterator[Chunk]
+    error: BaseException | None
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self._read(size)
+        except BaseException as exc:
+            self.error = exc  # pyrage replaces it by its own error; keep the original
+            raise
+
+    def close_input(self) -> None:
+        close = getattr(self._chunks, "close", None)
+        if callable(close):
+            close()
+
+    def _read(self, size: int) -> bytes:
+        raise NotImplementedError
+
+
+class _PlainReader(_ChunkSource):
     """The reader pyrage encrypts from: the caller's chunks, hashed, then compressed.
 
     Runs in the worker thread, so the caller's iterable is consumed there; it is closed
@@ -499,18 +524,6 @@ class _PlainReader:
         self.sha256 = hashlib.sha256()
         self.size = 0
         self.error: BaseException | None = None
-
-    def read(self, size: int = -1) -> bytes:
-        try:
-            return self._read(size)
-        except BaseException as exc:
-            self.error = exc  # pyrage replaces it by its own error; keep the original
-            raise
-
-    def close_input(self) -> None:
-        close = getattr(self._chunks, "close", None)
-        if callable(close):
-            close()
 
     def _read(self, size: int) -> bytes:
         while self._pos >= len(self._out):
@@ -682,7 +695,7 @@ class _FormatError(Exception):
     """The decrypted compressed stream is malformed (mapped to IntegrityError)."""
 
 
-class _StoredReader:
+class _StoredReader(_ChunkSource):
     """The reader pyrage decrypts from: the stored bytes, counted and hashed as they pass.
 
     Stops as soon as the object grows past its recorded size: there is no point in
@@ -702,18 +715,6 @@ class _StoredReader:
         self.sha256 = hashlib.sha256()
         self.size = 0
         self.error: BaseException | None = None
-
-    def read(self, size: int = -1) -> bytes:
-        try:
-            return self._read(size)
-        except BaseException as exc:
-            self.error = exc  # pyrage replaces it by its own error; keep the original
-            raise
-
-    def close_input(self) -> None:
-        close = getattr(self._chunks, "close", None)
-        if callable(close):
-            close()
 
     def _read(self, size: int) -> bytes:
         while self._pos >= len(self._buf):

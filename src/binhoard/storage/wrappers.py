@@ -407,7 +407,32 @@ def _close(stream: Iterator[bytes] | None) -> None:
 # --------------------------------------------------------------------------- rate limit
 
 
-class RateLimitedStore:
+class ForwardingStore:
+    """Passes every call to ``inner``: a base for wrappers that change only some calls."""
+
+    def __init__(self, inner: ObjectStore) -> None:
+        self.inner = inner
+
+    def put(self, key: str, data: Iterable[bytes], *, if_absent: bool = False) -> ObjectInfo:
+        return self.inner.put(key, data, if_absent=if_absent)
+
+    def get(self, key: str, *, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
+        return self.inner.get(key, offset=offset, length=length)
+
+    def stat(self, key: str) -> ObjectInfo:
+        return self.inner.stat(key)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        return self.inner.list(prefix)
+
+    def delete(self, key: str) -> None:
+        self.inner.delete(key)
+
+    def describe(self) -> str:
+        return self.inner.describe()
+
+
+class RateLimitedStore(ForwardingStore):
     """Limits the bytes uploaded by ``put`` to ``bytes_per_second``, across all concurrent puts.
 
     A token bucket holding at most ``burst`` seconds' worth of bytes. Chunks larger than
@@ -431,7 +456,7 @@ class RateLimitedStore:
     ) -> None:
         if bytes_per_second <= 0:
             raise ValueError("bytes_per_second must be positive")
-        self.inner = inner
+        super().__init__(inner)
         self.rate = float(bytes_per_second)
         self.capacity = max(1.0, self.rate * burst)
         self._slice = max(1, int(self.capacity))
@@ -465,21 +490,6 @@ class RateLimitedStore:
 
     def put(self, key: str, data: Iterable[bytes], *, if_absent: bool = False) -> ObjectInfo:
         return self.inner.put(key, transform_chunks(data, self._paced), if_absent=if_absent)
-
-    def get(self, key: str, *, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
-        return self.inner.get(key, offset=offset, length=length)
-
-    def stat(self, key: str) -> ObjectInfo:
-        return self.inner.stat(key)
-
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        return self.inner.list(prefix)
-
-    def delete(self, key: str) -> None:
-        self.inner.delete(key)
-
-    def describe(self) -> str:
-        return self.inner.describe()
 
 
 # --------------------------------------------------------------------------- metrics
