@@ -1,0 +1,212 @@
+"""A stream's binlog catalog: the records of archived binlog files (docs/format.md).
+
+A *stream* is a backup plus the binlogs that follow its snapshot. Each archived file gets
+one record, ``streams/<backup_id>/binlogs/<seq>.json``, written create-if-absent in
+``seq`` order after its data object is stored, so the record is the proof the file is
+archived. Records are pure data; reading and writing them is in ``ops/catalog.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from binhoard.domain.binlog import BinlogSegment, SegmentProblem, check_chain
+from binhoard.domain.documents import CorruptDocumentError, seal, unseal
+from binhoard.domain.gtid import Gtid, GtidPosition
+from binhoard.domain.manifest import ObjectRef
+
+SEQ_DIGITS = 10
+
+
+def stream_prefix(stream_id: str) -> str:
+    return f"streams/{stream_id}/"
+
+
+def binlog_records_prefix(stream_id: str) -> str:
+    return f"streams/{stream_id}/binlogs/"
+
+
+def binlog_record_key(stream_id: str, seq: int) -> str:
+    return f"{binlog_records_prefix(stream_id)}{seq:0{SEQ_DIGITS}d}.json"
+
+
+def completed_key(stream_id: str) -> str:
+    return f"streams/{stream_id}/completed.json"
+
+
+def closed_key(stream_id: str) -> str:
+    return f"streams/{stream_id}/closed.json"
+
+
+def binlog_data_key(server_id: int, name: str, created: int, start_digest: str, suffix: str) -> str:
+    """Key of an archived binlog's data object: unique per file across servers and
+    ``RESET MASTER`` (name, Format_description time and a digest of its Gtid_list)."""
+    return f"binlogs/{server_id}/{name}-{created}-{start_digest[:12]}.binlog{suffix}.age"
+
+
+def seq_of_record_key(key: str) -> int:
+    """The ``seq`` of a record key; :class:`ValueError` for any other key."""
+    name = key.rsplit("/", 1)[-1]
+    if not name.endswith(".json") or len(name) != SEQ_DIGITS + 5:
+        raise ValueError(f"not a binlog record key: {key}")
+    return int(name[:SEQ_DIGITS])
+
+
+def _opt_gtid(value: object) -> Gtid | None:
+    return None if value is None else Gtid.parse(str(value))
+
+
+def _opt_int(value: object) -> int | None:
+    return None if value is None else int(str(value))
+
+
+@dataclass(frozen=True)
+class BinlogRecord:
+    """One archived binlog file of a stream."""
+
+    stream_id: str
+    seq: int
+    server_id: int
+    name: str
+    object: ObjectRef
+    gtid_list_at_start: GtidPosition
+    gtid_position_at_end: GtidPosition
+    first_gtid: Gtid | None
+    last_gtid: Gtid | None
+    first_commit_time: int | None
+    last_commit_time: int | None
+    min_commit_time: int | None
+    max_commit_time: int | None
+    transactions: int
+    start_offset: int
+    archived_at: datetime
+
+    @property
+    def key(self) -> str:
+        return binlog_record_key(self.stream_id, self.seq)
+
+    @property
+    def size(self) -> int:
+        return self.object.plain_size
+
+    def segment(self) -> BinlogSegment:
+        """The record as a segment, for gap checks (``check_chain``)."""
+        return BinlogSegment(
+            name=self.name,
+            size=self.size,
+            gtid_list_at_start=self.gtid_list_at_start,
+            end_position=self.gtid_position_at_end,
+            transaction_count=self.transactions,
+            first_gtid=self.first_gtid,
+            last_gtid=self.last_gtid,
+            first_commit_time=self.first_commit_time,
+            last_commit_time=self.last_commit_time,
+            max_commit_time=self.max_commit_time,
+        )
+
+    def to_bytes(self) -> bytes:
+        return seal(
+            {
+                "stream_id": self.stream_id,
+                "seq": self.seq,
+                "server_id": self.server_id,
+                "name": self.name,
+                "object": self.object.to_dict(),
+                "gtid_list_at_start": self.gtid_list_at_start.format(),
+                "gtid_position_at_end": self.gtid_position_at_end.format(),
+                "first_gtid": None if self.first_gtid is None else self.first_gtid.format(),
+                "last_gtid": None if self.last_gtid is None else self.last_gtid.format(),
+                "first_commit_time": self.first_commit_time,
+                "last_commit_time": self.last_commit_time,
+                "min_commit_time": self.min_commit_time,
+                "max_commit_time": self.max_commit_time,
+                "transactions": self.transactions,
+                "start_offset": self.start_offset,
+                "archived_at": self.archived_at.isoformat(),
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, raw: bytes, *, key: str) -> BinlogRecord:
+        doc = unseal(raw, key=key)
+        try:
+            record = cls(
+                stream_id=str(doc["stream_id"]),
+                seq=int(doc["seq"]),
+                server_id=int(doc["server_id"]),
+                name=str(doc["name"]),
+                object=ObjectRef.from_dict(doc["object"]),
+                gtid_list_at_start=GtidPosition.parse(str(doc["gtid_list_at_start"])),
+                gtid_position_at_end=GtidPosition.parse(str(doc["gtid_position_at_end"])),
+                first_gtid=_opt_gtid(doc["first_gtid"]),
+                last_gtid=_opt_gtid(doc["last_gtid"]),
+                first_commit_time=_opt_int(doc["first_commit_time"]),
+                last_commit_time=_opt_int(doc["last_commit_time"]),
+                min_commit_time=_opt_int(doc["min_commit_time"]),
+                max_commit_time=_opt_int(doc["max_commit_time"]),
+                transactions=int(doc["transactions"]),
+                start_offset=int(doc["start_offset"]),
+                archived_at=datetime.fromisoformat(str(doc["archived_at"])),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptDocumentError(key, f"missing or invalid field: {exc}") from None
+        if record.key != key:
+            raise CorruptDocumentError(key, f"names stream {record.stream_id} seq {record.seq}")
+        return record
+
+
+@dataclass(frozen=True)
+class StreamMarker:
+    """``completed.json`` or ``closed.json`` of a stream."""
+
+    stream_id: str
+    at: datetime
+    seq: int | None  # the last record's seq when written; None if the stream had none
+    successor: str | None = None  # closed.json: the stream that took over
+
+    def to_bytes(self) -> bytes:
+        body: dict[str, Any] = {
+            "stream_id": self.stream_id,
+            "at": self.at.isoformat(),
+            "seq": self.seq,
+        }
+        if self.successor is not None:
+            body["successor"] = self.successor
+        return seal(body)
+
+    @classmethod
+    def from_bytes(cls, raw: bytes, *, key: str) -> StreamMarker:
+        doc = unseal(raw, key=key)
+        try:
+            return cls(
+                stream_id=str(doc["stream_id"]),
+                at=datetime.fromisoformat(str(doc["at"])),
+                seq=_opt_int(doc["seq"]),
+                successor=None if doc.get("successor") is None else str(doc["successor"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptDocumentError(key, f"missing or invalid field: {exc}") from None
+
+
+def chain_problems(
+    records: Sequence[BinlogRecord], end: GtidPosition | None = None
+) -> list[SegmentProblem]:
+    """Every gap, overlap or divergence between a stream's records (in ``seq`` order).
+
+    Each record's Gtid_list must equal the state after the record before it. ``end``
+    (e.g. the Gtid_list of the server's first file not yet archived) also catches a
+    lost last file. Where the first record stands against the snapshot is checked by
+    :func:`snapshot_inside`.
+    """
+    return check_chain([r.segment() for r in records], end=end)
+
+
+def snapshot_inside(first: BinlogRecord, snapshot: GtidPosition) -> bool:
+    """True if the backup's snapshot lies within the first record's file: every domain of
+    the file's start state is at or before the snapshot, and the snapshot at or before
+    the file's end state. (The archiver also checks it exactly, by replaying the file's
+    index up to the snapshot's byte offset.)"""
+    return snapshot.covers(first.gtid_list_at_start) and first.gtid_position_at_end.covers(snapshot)
