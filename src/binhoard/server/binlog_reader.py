@@ -146,13 +146,16 @@ class BinlogIndex:
     open: the end of the file for a whole file; for a partial read
     (``allow_partial=True``) it is where the unfinished part begins. ``in_use`` is the
     server's "still open" header flag; ``closed`` says a Rotate or Stop event ended
-    the file (``next_file`` names the Rotate's target). ``incident_offsets`` lists
-    Incident events: the server lost events there, so replay must not cross them.
+    the file (``next_file`` names the Rotate's target). ``created`` is the
+    Format_description event's timestamp: when the server opened the file (unix
+    seconds). ``incident_offsets`` lists Incident events: the server lost events
+    there, so replay must not cross them.
     """
 
     name: str
     size: int
     server_version: str
+    created: int
     checksum: bool
     in_use: bool
     closed: bool
@@ -211,6 +214,7 @@ class _Reader:
         self.crc_len = 0
         self.query_post_header = 13
         self.server_version = ""
+        self.created = 0
         self.in_use = False
         self.gtid_list: tuple[Gtid, ...] | None = None
         self.closed = False
@@ -252,6 +256,7 @@ class _Reader:
             name=self.name,
             size=size,
             server_version=self.server_version,
+            created=self.created,
             checksum=self.checksum,
             in_use=self.in_use,
             closed=self.closed,
@@ -271,7 +276,7 @@ class _Reader:
         return data
 
     def _read_format_description(self, head: bytes) -> int:
-        _, event_type, _, length, next_pos, flags = _HEADER.unpack_from(head, 4)
+        timestamp, event_type, _, length, next_pos, flags = _HEADER.unpack_from(head, 4)
         if event_type != FORMAT_DESCRIPTION_EVENT:
             raise self.fail(4, f"first event is type {event_type}, not Format_description (15)")
         if not HEADER_LEN + _FDE_FIXED + 5 <= length <= 64 * 1024 or next_pos != 4 + length:
@@ -306,6 +311,7 @@ class _Reader:
         if len(post_headers) >= QUERY_EVENT:
             self.query_post_header = post_headers[QUERY_EVENT - 1]
         self.in_use = bool(flags & LOG_EVENT_BINLOG_IN_USE_F)
+        self.created = int(timestamp)
         return 4 + int(length)
 
     def _scan(self, start: int) -> tuple[int, bytes, int]:  # noqa: PLR0915 - one hot loop

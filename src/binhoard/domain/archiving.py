@@ -1,0 +1,129 @@
+"""Pure decisions of binlog archiving: which file a stream needs next, whether a file
+starts where the stream ends, where a snapshot sits in its file, and when to rotate.
+
+No I/O here; ``ops/archive.py`` feeds these functions with what it reads from the
+server and the site.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from binhoard.domain.binlog import TransactionIndexEntry, binlog_sort_key
+from binhoard.domain.gtid import GtidPosition
+
+
+@dataclass(frozen=True)
+class Archive:
+    """Archive ``name`` next, from ``start_offset`` (the snapshot's position for a
+    stream's first file, else 4)."""
+
+    name: str
+    start_offset: int
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Nothing to do until the server closes ``name`` (its active file)."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class Missing:
+    """The file the stream needs is not on the server any more (or never was).
+
+    ``needed`` names it; ``detail`` says why it cannot be archived. The stream cannot
+    continue: a restore past this point would silently miss transactions.
+    """
+
+    needed: str
+    detail: str
+
+
+NextStep = Archive | Wait | Missing
+
+
+def next_step(  # noqa: PLR0911 - one return per case, each documented by its value
+    last_archived: str | None,
+    snapshot_file: str,
+    snapshot_pos: int,
+    server_files: Sequence[str],
+    active: str,
+) -> NextStep:
+    """What a stream archives next.
+
+    ``server_files`` are the names in the server's binlog index, oldest first (the
+    active one included); ``last_archived`` is the name of the stream's last record,
+    ``None`` if it has none (then the file holding the snapshot comes first).
+    """
+    key = binlog_sort_key
+    if last_archived is None:
+        if snapshot_file == active:
+            return Wait(active)
+        if snapshot_file in server_files:
+            return Archive(snapshot_file, snapshot_pos)
+        return Missing(
+            snapshot_file,
+            f"the backup's snapshot file {snapshot_file} is not in the server's binlog "
+            f"index (oldest there: {server_files[0] if server_files else '(none)'}): "
+            "purged before it was archived, or the binlogs were reset",
+        )
+    later = [name for name in server_files if key(name) > key(last_archived)]
+    if not later:
+        if last_archived not in server_files and server_files:
+            return Missing(
+                "(the file after " + last_archived + ")",
+                f"the server's binlog index ({server_files[0]}..{server_files[-1]}) does not "
+                f"continue from {last_archived}: the binlogs were reset (RESET MASTER?)",
+            )
+        return Wait(active)
+    following = later[0]
+    if following == active:
+        return Wait(active)
+    return Archive(following, 4)
+
+
+def state_at_offset(
+    gtid_list_at_start: GtidPosition,
+    transactions: Sequence[TransactionIndexEntry],
+    offset: int,
+) -> GtidPosition | None:
+    """The GTID state at byte ``offset`` of a file: its Gtid_list advanced by every
+    transaction ending at or before ``offset``. ``None`` if ``offset`` falls inside a
+    transaction (not a position a snapshot or a replica can stand at)."""
+    state = gtid_list_at_start
+    for entry in transactions:
+        if entry.end_offset <= offset:
+            state = state.advance(entry.gtid, strict=False)
+        elif entry.start_offset < offset:
+            return None
+        else:
+            break
+    return state
+
+
+class RotationTimer:
+    """When to ``FLUSH BINARY LOGS`` so that transactions reach storage in time.
+
+    Transactions wait in the server's active binlog until it is closed. The timer
+    starts when waiting transactions are first seen and fires ``interval`` seconds
+    later; it is reset when nothing waits (the archive caught up with the server).
+    """
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.waiting_since: float | None = None
+
+    def due(self, *, waiting: bool, now: float) -> bool:
+        """Whether to rotate now; call once per check with whether transactions wait."""
+        if not waiting:
+            self.waiting_since = None
+            return False
+        if self.waiting_since is None:
+            self.waiting_since = now
+        return now - self.waiting_since >= self.interval
+
+    def rotated(self) -> None:
+        self.waiting_since = None
