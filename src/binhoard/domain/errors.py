@@ -140,3 +140,28 @@ class CorruptBinlogError(BinhoardError):
         self.offset = offset
         self.detail = detail
         super().__init__(f"binlog {file} at byte offset {offset}: {detail}")
+
+
+class ApplyError(ServerError):
+    """The server's replication applier could not apply binlogs, or ended elsewhere than
+    expected.
+
+    ``gtid`` is the transaction it failed on when known; ``server_errno`` and
+    ``server_message`` are the SQL thread's ``Last_SQL_Errno``/``Last_SQL_Error``.
+    Retrying the same apply fails the same way.
+    """
+
+    retryable = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        gtid: str | None = None,
+        server_errno: int = 0,
+        server_message: str = "",
+    ) -> None:
+        self.gtid = gtid
+        self.server_errno = server_errno
+        self.server_message = server_message
+        super().__init__(message)
