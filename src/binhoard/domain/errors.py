@@ -30,6 +30,11 @@ class UsageError(BinhoardError):
     http_status = 400
 
 
+class PlanError(UsageError):
+    """A restore cannot be planned as asked: the target lies outside what the backups and
+    the binlog archive can reproduce exactly (the message says why and what would work)."""
+
+
 class ConfigError(UsageError):
     """The configuration is not valid.
 
