@@ -9,9 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
-import pyrage
 import pytest
 
 from binhoard.app import open_site
@@ -22,24 +20,9 @@ from binhoard.ops.restore_backup import restore_backup, set_gtid_state
 from binhoard.ops.site import find_leftovers, list_backups
 from binhoard.server.sandbox import Sandbox
 from binhoard.storage.store import ObjectStore
+from tests.support.configs import config_for, settings_for
 from tests.support.sandboxes import SandboxFactory
 from tests.support.workload import checksums, create_schema, write_rows
-
-
-def config_for(box: Sandbox, site: Path, **site_overrides: Any) -> dict[str, Any]:
-    identity = pyrage.x25519.Identity.generate()
-    data = box.binhoard_config(
-        site_directory=site,
-        public_key=str(identity.to_public()),
-        private_key=str(identity),
-        work_dir=box.directory / "binhoard",
-    )
-    data["backup_sites"]["default"].update(site_overrides)
-    return data
-
-
-def settings_for(box: Sandbox, site: Path, **site_overrides: Any) -> Settings:
-    return parse_settings(config_for(box, site, **site_overrides), source="test")
 
 
 def restore_into_new_sandbox(

@@ -8,6 +8,7 @@ import click
 
 from binhoard import __version__
 from binhoard.cli.backup import backup_group
+from binhoard.cli.binlog import binlog_group
 from binhoard.cli.config_cmd import config_group
 from binhoard.cli.keys import keys_group
 from binhoard.cli.restore import restore_command
@@ -28,6 +29,7 @@ cli.add_command(keys_group)
 cli.add_command(status_command)
 cli.add_command(backup_group)
 cli.add_command(restore_command)
+cli.add_command(binlog_group)
 
 
 def main(argv: list[str] | None = None) -> None:

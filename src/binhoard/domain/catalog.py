@@ -44,7 +44,7 @@ def closed_key(stream_id: str) -> str:
 def binlog_data_key(server_id: int, name: str, created: int, start_digest: str, suffix: str) -> str:
     """Key of an archived binlog's data object: unique per file across servers and
     ``RESET MASTER`` (name, Format_description time and a digest of its Gtid_list)."""
-    return f"binlogs/{server_id}/{name}-{created}-{start_digest[:12]}.binlog{suffix}.age"
+    return f"binlogs/{server_id}/{name}-{created}-{start_digest[:12]}.binlog{suffix}"
 
 
 def seq_of_record_key(key: str) -> int:

@@ -26,12 +26,20 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from binhoard.config import Settings
-from binhoard.domain.archiving import Archive, Missing, NextStep, Wait, next_step, state_at_offset
+from binhoard.domain.archiving import (
+    Archive,
+    Missing,
+    NextStep,
+    RotationTimer,
+    Wait,
+    next_step,
+    state_at_offset,
+)
 from binhoard.domain.binlog import binlog_sort_key, compare_positions
 from binhoard.domain.catalog import (
     BinlogRecord,
@@ -48,13 +56,15 @@ from binhoard.domain.errors import (
     PreconditionFailedError,
     UsageError,
 )
+from binhoard.domain.gtid import GtidPosition
 from binhoard.domain.manifest import ObjectRef
 from binhoard.localstate import StateFile, exclusive
+from binhoard.metrics import Metrics
 from binhoard.ops.backup import object_ref
 from binhoard.ops.catalog import StreamState, describe_problem, read_streams
 from binhoard.server import sql
 from binhoard.server.binlog_reader import BinlogIndex, read_binlog
-from binhoard.storage.pipeline import Codec, upload
+from binhoard.storage.pipeline import Codec, suffix, upload
 from binhoard.storage.store import ObjectStore
 
 log = logging.getLogger("binhoard.archive")
@@ -94,6 +104,7 @@ class StreamReport:
     newest_commit_time: int | None
     completed: bool
     closed: bool
+    caught_up: bool  # every closed file of the server it needs is archived
     problems: list[str] = field(default_factory=list)
 
 
@@ -209,12 +220,12 @@ class BinlogArchiver:
         for stream in streams:
             for problem in stream.problems:
                 log.error("stream %s: %s", stream.stream_id, problem)
-            report.streams.append(self._stream_report(stream))
+            report.streams.append(self._stream_report(stream, server))
         times = [s.newest_commit_time for s in report.streams if s.newest_commit_time is not None]
         report.newest_stored_commit_time = max(times) if times else None
         return report
 
-    def _stream_report(self, stream: _Stream) -> StreamReport:
+    def _stream_report(self, stream: _Stream, server: ServerBinlogs) -> StreamReport:
         records = stream.records
         times = [r.max_commit_time for r in records if r.max_commit_time is not None]
         end = records[-1].gtid_position_at_end if records else stream.state.snapshot_gtid
@@ -225,6 +236,7 @@ class BinlogArchiver:
             newest_commit_time=max(times) if times else None,
             completed=stream.completed,
             closed=stream.closed,
+            caught_up=isinstance(stream.next(server), Wait),
             problems=list(stream.problems),
         )
 
@@ -247,7 +259,11 @@ class BinlogArchiver:
         if not accepted:
             return
         key = binlog_data_key(
-            self.settings.server_id, name, index.created, _start_digest(index), self.codec.suffix
+            self.settings.server_id,
+            name,
+            index.created,
+            _start_digest(index),
+            suffix(self.codec.algorithm),
         )
         ref = refs.get(key)
         if ref is None or ref.plain_size != index.size:
@@ -414,3 +430,66 @@ def _stored(store: ObjectStore, server_id: int, name: str) -> bool:
         if stream.records and binlog_sort_key(stream.records[-1].name) >= binlog_sort_key(name):
             return True
     return False
+
+
+class ArchiveLoop:
+    """What the daemon (and ``binhoard binlog archive --follow``) runs periodically:
+    one archive pass, status and metrics, and the forced rotation that bounds how long
+    a committed transaction waits in the server's active binlog (the RPO)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        archiver: BinlogArchiver,
+        metrics: Metrics,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.archiver = archiver
+        self.metrics = metrics
+        self.clock = clock
+        self.timer = RotationTimer(settings.backup_settings.forced_binlog_rotation_interval)
+
+    def tick(self) -> ArchiveReport:
+        report = self.archiver.archive_once()
+        if self._rotate_if_due(report):
+            report = self.archiver.archive_once()
+        publish(self.settings, report, self.metrics)
+        return report
+
+    def _rotate_if_due(self, report: ArchiveReport) -> bool:
+        conn = sql.connect(self.settings.mysql.client_params)
+        try:
+            binlog_pos = GtidPosition.parse(
+                sql.variables(conn, "gtid_binlog_pos")["gtid_binlog_pos"]
+            )
+            waiting = any(
+                s.caught_up
+                and not s.problems
+                and not s.closed
+                and not GtidPosition.parse(s.end_position).covers(binlog_pos)
+                for s in report.streams
+            )
+            if not self.timer.due(waiting=waiting, now=self.clock()):
+                return False
+            sql.query(conn, "FLUSH BINARY LOGS")
+        finally:
+            conn.close()
+        self.timer.rotated()
+        self.metrics.increment("binhoard.binlog.forced_rotations")
+        log.info(
+            "rotated the binlog: transactions waited %.0f s or more",
+            self.settings.backup_settings.forced_binlog_rotation_interval,
+        )
+        return True
+
+
+def publish(settings: Settings, report: ArchiveReport, metrics: Metrics) -> None:
+    """Writes the pass's report for ``binhoard binlog status`` and sets the metrics
+    operators alarm on: the newest stored commit time (RPO) and the problem count."""
+    status_file(settings).write({**asdict(report), "problems": report.problems})
+    if report.newest_stored_commit_time is not None:
+        metrics.gauge("binhoard.binlog.newest_stored_commit_time", report.newest_stored_commit_time)
+    metrics.gauge("binhoard.binlog.archive_problems", len(report.problems))
+    metrics.increment("binhoard.binlog.files_uploaded", len(report.uploaded))

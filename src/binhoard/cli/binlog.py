@@ -1,0 +1,179 @@
+"""``binhoard binlog``: archive binlogs, rotate and wait, list a stream's archive."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from binhoard.app import open_site, site_name
+from binhoard.cli.common import config_option, json_option, site_option
+from binhoard.config import load_settings
+from binhoard.domain.errors import BinhoardError, NotFoundError
+from binhoard.metrics import Metrics
+from binhoard.ops.archive import ArchiveLoop, ArchiveReport, BinlogArchiver, flush_and_wait, publish
+from binhoard.ops.catalog import StreamState, read_streams
+
+
+@click.group("binlog")
+def binlog_group() -> None:
+    """Archive the server's binlogs and inspect the archive."""
+
+
+def _print_report(report: ArchiveReport) -> None:
+    for name in report.uploaded:
+        click.echo(f"archived {name}")
+    for stream in report.streams:
+        state = "closed" if stream.closed else "completed" if stream.completed else "open"
+        click.echo(
+            f"stream {stream.stream_id}: {stream.records} files, {state}, "
+            f"archive reaches {stream.end_position or '(empty)'}"
+        )
+    for problem in report.problems:
+        click.echo(f"PROBLEM: {problem}", err=True)
+
+
+@binlog_group.command("archive")
+@config_option
+@click.option("--follow", is_flag=True, help="Keep archiving (and rotating) until interrupted.")
+@click.option(
+    "--interval", default=2.0, show_default=True, help="Seconds between passes with --follow."
+)
+def archive(config_file: Path, follow: bool, interval: float) -> None:
+    """Archive the server's closed binlogs into every open stream of the upload site.
+
+    Exits with status 9 if any stream has a gap or cannot continue.
+    """
+    settings = load_settings(config_file)
+    archiver = BinlogArchiver(settings, open_site(settings))
+    metrics = Metrics(settings.statsd)
+    if not follow:
+        report = archiver.archive_once()
+        publish(settings, report, metrics)
+        _print_report(report)
+        if report.problems:
+            sys.exit(9)
+        return
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    loop = ArchiveLoop(settings, archiver, metrics)
+    while True:
+        try:
+            loop.tick()
+        except BinhoardError as exc:
+            logging.getLogger("binhoard.archive").error("archive pass failed: %s", exc.message)
+        time.sleep(interval)
+
+
+@binlog_group.command("flush")
+@config_option
+@click.option(
+    "--wait",
+    "wait_seconds",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait for the closed file to be stored.",
+)
+def flush(config_file: Path, wait_seconds: float) -> None:
+    """Rotate the binlog now and return once the file just closed is stored."""
+    settings = load_settings(config_file)
+    archiver = BinlogArchiver(settings, open_site(settings))
+    started = time.monotonic()
+    name, report = flush_and_wait(settings, archiver, timeout=wait_seconds)
+    if report is not None:
+        publish(settings, report, Metrics(settings.statsd))
+    click.echo(f"{name} is stored ({time.monotonic() - started:.1f} s)")
+
+
+def _time(value: int | None) -> str:
+    if value is None:
+        return "-"
+    return f"{datetime.fromtimestamp(value, UTC):%Y-%m-%d %H:%M:%S}"
+
+
+def _stream_json(stream: StreamState) -> dict[str, Any]:
+    return {
+        "stream_id": stream.stream_id,
+        "snapshot_gtid": stream.backup.snapshot.gtid_position,
+        "completed_at": stream.completed.at.isoformat() if stream.completed else None,
+        "closed_at": stream.closed.at.isoformat() if stream.closed else None,
+        "successor": stream.closed.successor if stream.closed else None,
+        "problems": stream.problems(),
+        "binlogs": [
+            {
+                "seq": r.seq,
+                "name": r.name,
+                "server_id": r.server_id,
+                "size": r.size,
+                "stored_size": r.object.stored_size,
+                "gtid_list_at_start": r.gtid_list_at_start.format(),
+                "gtid_position_at_end": r.gtid_position_at_end.format(),
+                "first_gtid": r.first_gtid.format() if r.first_gtid else None,
+                "last_gtid": r.last_gtid.format() if r.last_gtid else None,
+                "first_commit_time": r.first_commit_time,
+                "last_commit_time": r.last_commit_time,
+                "transactions": r.transactions,
+                "start_offset": r.start_offset,
+                "key": r.object.key,
+            }
+            for r in stream.records
+        ],
+    }
+
+
+@binlog_group.command("list")
+@config_option
+@site_option
+@click.option("--stream", "stream_id", help="Only this stream (a backup id, or 'latest').")
+@json_option
+def list_command(config_file: Path, site: str | None, stream_id: str | None, as_json: bool) -> None:
+    """List the archived binlogs of each stream, with GTID ranges and commit times.
+
+    Exits with status 9 if a stream has a gap.
+    """
+    settings = load_settings(config_file)
+    streams = read_streams(open_site(settings, site_name(settings, site)))
+    if stream_id == "latest":
+        streams = streams[-1:]
+    elif stream_id is not None:
+        streams = [s for s in streams if s.stream_id == stream_id]
+        if not streams:
+            raise NotFoundError(f"no stream {stream_id}")
+    problems = [p for s in streams for p in s.problems()]
+    if as_json:
+        click.echo(json.dumps([_stream_json(s) for s in streams], indent=2))
+    else:
+        console = Console(width=200)
+        for stream in streams:
+            state = "closed" if stream.closed else "completed" if stream.completed else "open"
+            console.print(
+                f"stream {stream.stream_id} ({state}), snapshot "
+                f"{stream.backup.snapshot.binlog_file}:{stream.backup.snapshot.binlog_pos} "
+                f"GTID {stream.backup.snapshot.gtid_position or '(empty)'}"
+            )
+            table = Table(show_edge=False)
+            for column in ("seq", "file", "size", "trx", "first GTID", "last GTID", "commits"):
+                table.add_column(column)
+            for r in stream.records:
+                table.add_row(
+                    str(r.seq),
+                    r.name,
+                    f"{r.size / 1e6:.1f} MB",
+                    str(r.transactions),
+                    r.first_gtid.format() if r.first_gtid else "-",
+                    r.last_gtid.format() if r.last_gtid else "-",
+                    f"{_time(r.first_commit_time)} .. {_time(r.last_commit_time)}",
+                )
+            console.print(table)
+            for problem in stream.problems():
+                console.print(f"[red]PROBLEM[/red]: {problem}")
+    if problems:
+        sys.exit(9)

@@ -1,0 +1,27 @@
+"""binhoard settings for a sandbox, with a fresh age key pair and a local site."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pyrage
+
+from binhoard.config import Settings, parse_settings
+from binhoard.server.sandbox import Sandbox
+
+
+def config_for(box: Sandbox, site: Path, **site_overrides: Any) -> dict[str, Any]:
+    identity = pyrage.x25519.Identity.generate()
+    data = box.binhoard_config(
+        site_directory=site,
+        public_key=str(identity.to_public()),
+        private_key=str(identity),
+        work_dir=box.directory / "binhoard",
+    )
+    data["backup_sites"]["default"].update(site_overrides)
+    return data
+
+
+def settings_for(box: Sandbox, site: Path, **site_overrides: Any) -> Settings:
+    return parse_settings(config_for(box, site, **site_overrides), source="test")
