@@ -8,10 +8,11 @@ import sys
 from pathlib import Path
 
 import click
+import pymysql
 
 from binhoard.cli.common import json_option
 from binhoard.cli.keys import generate_key_file, read_identity_file
-from binhoard.domain.errors import SandboxError
+from binhoard.domain.errors import SandboxError, ServerError
 from binhoard.server.sandbox import Sandbox
 
 _root_option = click.option(
@@ -104,7 +105,11 @@ def sql_command(statements: str | None, name: str, root: Path) -> None:
     if box.pid() is None:
         raise SandboxError(f"sandbox {name} is not running (binhoard sandbox start {name})")
     text = statements if statements is not None else sys.stdin.read()
-    for columns, rows in box.execute_script(text):
+    try:
+        results = box.execute_script(text)
+    except pymysql.err.MySQLError as exc:
+        raise ServerError(f"sandbox {name}: {exc}") from None
+    for columns, rows in results:
         click.echo("\t".join(columns))
         for row in rows:
             click.echo("\t".join("NULL" if v is None else _text(v) for v in row))
