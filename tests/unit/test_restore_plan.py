@@ -1,0 +1,662 @@
+"""Restore planning: backup choice, files to apply, exact stops, refusals (pure)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from binhoard.domain.binlog import (
+    BinlogSegment,
+    GtidGap,
+    TransactionIndexEntry,
+    TransactionTable,
+    stop_for_time,
+)
+from binhoard.domain.catalog import BinlogRecord
+from binhoard.domain.errors import PlanError, UsageError
+from binhoard.domain.gtid import Gtid, GtidPosition
+from binhoard.domain.manifest import BackupManifest, LsnRange, ObjectRef, SnapshotPosition
+from binhoard.domain.restore_plan import (
+    ArchiveGapError,
+    ArchiveInconsistentError,
+    FilePosTarget,
+    GtidTarget,
+    Latest,
+    NoBackupError,
+    ResolvedStop,
+    RestorePlan,
+    Target,
+    TargetBeforeSnapshotError,
+    TargetBeyondArchiveError,
+    TargetSyntaxError,
+    TargetUnreachableError,
+    TimeTarget,
+    exact_stop,
+    parse_gtid_target,
+    parse_position_target,
+    parse_target,
+    parse_time_target,
+    plan_restore,
+)
+
+P = GtidPosition.parse
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+# --- building streams --------------------------------------------------------------------
+def trx_table(specs: Sequence[tuple[str, int]]) -> TransactionTable:
+    """Transactions back to back from offset 256, 100 bytes each: ``(gtid, commit time)``."""
+    rows = []
+    for i, (text, commit_time) in enumerate(specs):
+        gtid = Gtid.parse(text)
+        rows.append(
+            (gtid.domain_id, gtid.server_id, gtid.seq_no, commit_time, 256 + 100 * i, 356 + 100 * i)
+        )
+    return TransactionTable(rows)
+
+
+def object_ref(key: str, size: int) -> ObjectRef:
+    return ObjectRef(key, "none", (), size, "0" * 64, size, "0" * 64)
+
+
+@dataclass
+class Stream:
+    backup: BackupManifest
+    records: list[BinlogRecord]
+    tables: list[TransactionTable]
+
+    def catalog(self) -> dict[str, list[BinlogRecord]]:
+        return {self.backup.backup_id: self.records}
+
+
+def build_stream(
+    backup_id: str,
+    files: Sequence[Sequence[tuple[str, int]]],
+    *,
+    first: int = 1,
+    start: str = "",
+    in_snapshot: int = 0,
+    completed: int = 0,
+    gtid_lists: dict[int, str] | None = None,
+    snapshot_pos: int | None = None,
+    snapshot_gtid: str | None = None,
+) -> Stream:
+    """A backup whose snapshot follows the first ``in_snapshot`` transactions of the first
+    of ``files`` (named ``binlog.<first>``, ...), and its stream's records. Each file
+    starts where the previous one ended unless ``gtid_lists`` says otherwise (gaps)."""
+    records: list[BinlogRecord] = []
+    tables: list[TransactionTable] = []
+    state = P(start)
+    for seq, specs in enumerate(files):
+        table = trx_table(specs)
+        name = f"binlog.{first + seq:06d}"
+        at_start = P(gtid_lists[seq]) if gtid_lists and seq in gtid_lists else state
+        segment = BinlogSegment.from_transactions(name, 266 + 100 * len(table), at_start, table)
+        records.append(
+            BinlogRecord(
+                stream_id=backup_id,
+                seq=seq,
+                server_id=1,
+                name=name,
+                object=object_ref(f"binlogs/1/{name}", segment.size),
+                gtid_list_at_start=segment.gtid_list_at_start,
+                gtid_position_at_end=segment.end_position,
+                first_gtid=segment.first_gtid,
+                last_gtid=segment.last_gtid,
+                first_commit_time=segment.first_commit_time,
+                last_commit_time=segment.last_commit_time,
+                min_commit_time=min(table.commit_times, default=None),
+                max_commit_time=segment.max_commit_time,
+                transactions=segment.transaction_count,
+                start_offset=4,
+                archived_at=EPOCH,
+            )
+        )
+        tables.append(table)
+        state = segment.end_position
+    first_table = tables[0] if tables else TransactionTable()
+    pos = 256 + 100 * in_snapshot if snapshot_pos is None else snapshot_pos
+    gtid = P(start)
+    for entry in first_table[:in_snapshot]:
+        gtid = gtid.advance(entry.gtid)
+    if records:
+        records[0] = replace(records[0], start_offset=pos)
+    when = datetime.fromtimestamp(completed, UTC)
+    backup = BackupManifest(
+        backup_id=backup_id,
+        backup_type="full",
+        parent_backup_id=None,
+        chain=(backup_id,),
+        server_id=1,
+        flavour="mariadb",
+        server_version="10.11.19-MariaDB",
+        tool_version="mariabackup",
+        started_at=when,
+        completed_at=when,
+        snapshot=SnapshotPosition(
+            f"binlog.{first:06d}", pos, gtid.format() if snapshot_gtid is None else snapshot_gtid
+        ),
+        lsn=LsnRange(0, 0, 0),
+        data=object_ref(f"backups/{backup_id}/data.xbstream", 1),
+        my_cnf=object_ref(f"backups/{backup_id}/my.cnf", 1),
+    )
+    return Stream(backup, records, tables)
+
+
+def tables_of(*streams: Stream) -> dict[tuple[str, int], TransactionTable]:
+    return {(s.backup.backup_id, i): t for s in streams for i, t in enumerate(s.tables)}
+
+
+def resolve(plan: RestorePlan, tables: dict[tuple[str, int], TransactionTable]) -> ResolvedStop:
+    """What a restore does once the plan's files are downloaded and indexed."""
+    if not plan.records:
+        return exact_stop(plan, TransactionTable())
+    first, last = plan.records[0], plan.records[-1]
+    return exact_stop(
+        plan,
+        tables[last.stream_id, last.seq],
+        tables[first.stream_id, first.seq] if len(plan.records) > 1 else None,
+    )
+
+
+def applied(
+    resolved: ResolvedStop, tables: dict[tuple[str, int], TransactionTable]
+) -> list[TransactionIndexEntry]:
+    """The transactions replay applies: from the snapshot offset to the end offset."""
+    out: list[TransactionIndexEntry] = []
+    for i, record in enumerate(resolved.records):
+        entries = [
+            e for e in tables[record.stream_id, record.seq] if e.start_offset >= record.start_offset
+        ]
+        if i == len(resolved.records) - 1:
+            assert entries, "a resolved stop never ends with a file with nothing to apply"
+            if resolved.end_offset is not None:
+                assert resolved.end_offset in {e.end_offset for e in entries}
+                entries = [e for e in entries if e.end_offset <= resolved.end_offset]
+            else:
+                assert i > 0, "only a middle file's end offset is left to the caller"
+        out += entries
+    return out
+
+
+def seqs(entries: Sequence[TransactionIndexEntry]) -> list[int]:
+    return [e.gtid.seq_no for e in entries]
+
+
+# --- a site with two backups -------------------------------------------------------------
+# A completed at 1000, snapshot after 0-1-2 at binlog.000001:456.
+# B completed at 1025, snapshot after 0-1-8 at binlog.000004:356.
+# Commit times are not monotonic (0-1-6 before 0-1-5); binlog.000003 holds no transaction.
+F1 = [("0-1-1", 990), ("0-1-2", 995), ("0-1-3", 1001), ("0-1-4", 1003)]
+F2 = [("0-1-5", 1010), ("0-1-6", 1008), ("0-1-7", 1012)]
+F3: list[tuple[str, int]] = []
+F4 = [("0-1-8", 1020), ("0-1-9", 1030)]
+F5 = [("0-1-10", 1040)]
+A = build_stream("A", [F1, F2, F3, F4], in_snapshot=2, completed=1000)
+B = build_stream("B", [F4, F5], first=4, start="0-1-7", in_snapshot=1, completed=1025)
+BACKUPS = [A.backup, B.backup]
+CATALOG = {**A.catalog(), **B.catalog()}
+TABLES = tables_of(A, B)
+
+
+def run(
+    target: Target,
+    *,
+    approximate: bool = False,
+    backups: Sequence[BackupManifest] = BACKUPS,
+    catalog: dict[str, list[BinlogRecord]] = CATALOG,
+    tables: dict[tuple[str, int], TransactionTable] = TABLES,
+    backup_id: str | None = None,
+) -> tuple[RestorePlan, ResolvedStop]:
+    plan = plan_restore(backups, catalog, target, approximate_ok=approximate, backup_id=backup_id)
+    return plan, resolve(plan, tables)
+
+
+T = TimeTarget
+
+
+def gtid(text: str) -> GtidTarget:
+    return GtidTarget(P(text))
+
+
+def pos(text: str) -> FilePosTarget:
+    return parse_position_target(text)
+
+
+@pytest.mark.parametrize(
+    ("target", "approximate", "shape", "expected"),
+    [
+        (Latest(), False, ("B", 2, "end_of_file"), [9, 10]),
+        # time: stop before the first transaction (in binlog order) committed at or after T
+        (T(1002), False, ("A", 1, "exact"), [3]),
+        (T(1001), False, ("A", 1, "exact"), []),
+        (T(1009), False, ("A", 2, "exact"), [3, 4]),  # 0-1-5 (1010) stops it, 0-1-6 (1008) too
+        (T(1011), False, ("A", 2, "exact"), [3, 4, 5, 6]),
+        (T(1013), False, ("A", 4, "exact"), [3, 4, 5, 6, 7]),  # stop at binlog.000004's start
+        (T(1025), False, ("B", 1, "exact"), []),  # B completed at 1025: its snapshot precedes
+        (T(1035), False, ("B", 2, "exact"), [9]),
+        # approximate: whole files whose transactions all committed before T
+        (T(1011), True, ("A", 1, "end_of_file"), [3, 4]),
+        (T(1013), True, ("A", 2, "end_of_file"), [3, 4, 5, 6, 7]),  # empty binlog.000003 dropped
+        (T(1002), True, ("A", 0, "snapshot"), []),
+        # GTID
+        (gtid("0-1-6"), False, ("A", 2, "exact"), [3, 4, 5, 6]),
+        (gtid("0-1-7"), False, ("A", 2, "end_of_file"), [3, 4, 5, 6, 7]),
+        (gtid("0-1-2"), False, ("A", 0, "snapshot"), []),
+        (gtid("0-1-8"), False, ("B", 0, "snapshot"), []),
+        (gtid("0-1-9"), False, ("B", 1, "end_of_file"), [9]),
+        (gtid("0-1-10"), False, ("B", 2, "end_of_file"), [9, 10]),
+        # file:position: transactions ending at or before it, and everything before the file
+        (pos("binlog.000002:456"), False, ("A", 2, "exact"), [3, 4, 5, 6]),
+        (pos("binlog.000002:455"), False, ("A", 2, "exact"), [3, 4, 5]),
+        (pos("binlog.000002:300"), False, ("A", 2, "exact"), [3, 4]),
+        (pos("binlog.000003:4"), False, ("A", 2, "end_of_file"), [3, 4, 5, 6, 7]),
+        (pos("binlog.000004:300"), False, ("A", 4, "exact"), [3, 4, 5, 6, 7]),
+        (pos("binlog.000004:356"), False, ("B", 0, "snapshot"), []),
+        (pos("binlog.000004:457"), False, ("B", 1, "exact"), [9]),
+        (pos("binlog.000005:99999"), False, ("B", 2, "exact"), [9, 10]),
+    ],
+)
+def test_plans(
+    target: Target, approximate: bool, shape: tuple[str, int, str], expected: list[int]
+) -> None:
+    backup, files, stop = shape
+    plan, resolved = run(target, approximate=approximate)
+    assert plan.backup.backup_id == backup
+    assert len(plan.records) == files
+    assert plan.stop.kind == stop
+    assert plan.approximate == (approximate and isinstance(target, TimeTarget))
+    assert seqs(applied(resolved, TABLES)) == expected
+    assert resolved.transactions == len(expected)
+    last = f"0-1-{expected[-1]}" if expected else plan.backup.snapshot.gtid_position
+    assert resolved.gtid_position == P(last)
+
+
+def test_stop_after_a_middle_file_leaves_its_end_offset_to_the_caller() -> None:
+    plan, resolved = run(T(1013))
+    assert [r.name for r in resolved.records] == ["binlog.000001", "binlog.000002"]
+    assert resolved.end_offset is None
+    assert resolved.stop_before is not None
+    assert resolved.stop_before.gtid == Gtid(0, 1, 8)
+    # The planned files end with the one holding the stop; nothing after it.
+    assert plan.records[-1].name == "binlog.000004"
+
+
+def test_exact_stop_end_offsets_point_after_the_last_applied_transaction() -> None:
+    _, resolved = run(T(1002))
+    assert (resolved.records[-1].name, resolved.end_offset) == ("binlog.000001", 556)
+    _, resolved = run(T(1009))
+    assert (resolved.records[-1].name, resolved.end_offset) == ("binlog.000001", 656)
+    _, resolved = run(gtid("0-1-6"))
+    assert (resolved.records[-1].name, resolved.end_offset) == ("binlog.000002", 456)
+
+
+def test_progress_facts() -> None:
+    plan, resolved = run(T(1013))
+    assert plan.total_bytes == sum(r.size for r in A.records) == 666 + 566 + 266 + 466
+    assert plan.transactions_upper_bound == 9
+    assert resolved.transactions == 5
+
+
+def test_a_chosen_backup() -> None:
+    _, resolved = run(Latest(), backup_id="A")
+    assert seqs(applied(resolved, TABLES)) == [3, 4, 5, 6, 7, 8, 9]
+    with pytest.raises(TargetBeforeSnapshotError, match="backup B"):
+        plan_restore(BACKUPS, CATALOG, T(1010), backup_id="B")
+    with pytest.raises(NoBackupError, match="no backup nope"):
+        plan_restore(BACKUPS, CATALOG, Latest(), backup_id="nope")
+
+
+@pytest.mark.parametrize(
+    ("target", "error", "words"),
+    [
+        (T(999), TargetBeforeSnapshotError, ["no backup precedes", "oldest is A", "completed"]),
+        (gtid("0-1-1"), TargetBeforeSnapshotError, ["no backup precedes", "0-1-1"]),
+        (pos("binlog.000001:100"), TargetBeforeSnapshotError, ["binlog.000001:456"]),
+        (pos("other.000002:500"), TargetBeforeSnapshotError, ["no backup precedes"]),
+        (T(1041), TargetBeyondArchiveError, ["--to-latest", "binlog.000005", "00:17:20Z"]),
+        (gtid("0-1-11"), TargetBeyondArchiveError, ["--to-latest", "missing 0-1-11", "0-1-10"]),
+        (gtid("0-1-5,1-1-1"), TargetBeyondArchiveError, ["1-1-1", "nothing in domain 1"]),
+        (pos("binlog.000006:4"), TargetBeyondArchiveError, ["not archived yet", "binlog.000005"]),
+        (gtid("0-2-7"), TargetUnreachableError, ["not in this history", "0-1-7"]),
+    ],
+)
+def test_refusals(target: Target, error: type[Exception], words: list[str]) -> None:
+    with pytest.raises(error) as caught:
+        plan_restore(BACKUPS, CATALOG, target)
+    for word in words:
+        assert word in str(caught.value)
+    assert isinstance(caught.value, PlanError)
+    assert isinstance(caught.value, UsageError)
+
+
+def test_gtid_of_another_history_is_refused_once_the_file_is_read() -> None:
+    plan = plan_restore(BACKUPS, CATALOG, gtid("0-2-6"))
+    with pytest.raises(TargetUnreachableError, match="0-1-6 where the target names 0-2-6"):
+        resolve(plan, TABLES)
+
+
+def test_no_backups() -> None:
+    with pytest.raises(NoBackupError, match="no backup"):
+        plan_restore([], {}, Latest())
+
+
+# --- gaps --------------------------------------------------------------------------------
+C = build_stream(
+    "C",
+    [[("0-1-1", 1001)], [("0-1-4", 1010)], [("0-1-5", 1020)]],
+    gtid_lists={1: "0-1-3"},  # 0-1-2..0-1-3 were never archived
+    completed=1000,
+)
+
+
+@pytest.mark.parametrize(
+    ("target", "approximate", "expected"),
+    [
+        (T(1001), False, []),
+        (T(1002), True, [1]),  # whole files before binlog.000002: the gap comes after
+        (gtid("0-1-1"), False, [1]),
+        (pos("binlog.000001:356"), False, [1]),
+    ],
+)
+def test_a_gap_after_the_stop_does_not_matter(
+    target: Target, approximate: bool, expected: list[int]
+) -> None:
+    _, resolved = run(
+        target,
+        approximate=approximate,
+        backups=[C.backup],
+        catalog=C.catalog(),
+        tables=tables_of(C),
+    )
+    assert seqs(applied(resolved, tables_of(C))) == expected
+
+
+@pytest.mark.parametrize(
+    "target", [T(1002), T(1020), gtid("0-1-4"), Latest(), pos("binlog.000002:4")]
+)
+def test_a_gap_before_the_stop_refuses(target: Target) -> None:
+    with pytest.raises(ArchiveGapError) as caught:
+        plan_restore([C.backup], C.catalog(), target)
+    message = str(caught.value)
+    assert "0-*-2..0-*-3 of domain 0 are missing between binlog.000001 and binlog.000002" in message
+    assert "reaches the end of binlog.000001 (GTID 0-1-1" in message
+    assert caught.value.problems == (GtidGap("binlog.000001", "binlog.000002", 0, 2, 3),)
+
+
+# --- a stream without binlogs ------------------------------------------------------------
+D = build_stream("D", [], first=3, start="0-1-5", completed=1000, snapshot_pos=1234)
+
+
+@pytest.mark.parametrize("target", [Latest(), gtid("0-1-5"), pos("binlog.000003:1234")])
+def test_an_empty_stream_restores_the_backup_alone(target: Target) -> None:
+    plan = plan_restore([D.backup], D.catalog(), target)
+    assert plan.records == ()
+    assert plan.stop.kind == "snapshot"
+    resolved = exact_stop(plan, TransactionTable())
+    assert resolved.records == ()
+    assert resolved.gtid_position == P("0-1-5")
+
+
+@pytest.mark.parametrize("target", [T(1000), T(5000), gtid("0-1-6"), pos("binlog.000003:2000")])
+def test_an_empty_stream_cannot_prove_a_later_target(target: Target) -> None:
+    with pytest.raises(TargetBeyondArchiveError, match="holds no binlog after its snapshot"):
+        plan_restore([D.backup], {}, target)
+
+
+# --- records and files that disagree -----------------------------------------------------
+def test_first_record_must_hold_the_snapshot() -> None:
+    broken = replace(A.records[0], start_offset=4)
+    with pytest.raises(ArchiveInconsistentError, match="does not hold its snapshot"):
+        plan_restore([A.backup], {"A": [broken, *A.records[1:]]}, Latest())
+
+
+def test_snapshot_inside_a_transaction() -> None:
+    odd = build_stream("O", [F1], in_snapshot=1, snapshot_pos=400)
+    plan = plan_restore([odd.backup], odd.catalog(), Latest())
+    with pytest.raises(ArchiveInconsistentError, match=r"binlog\.000001:400 lies inside"):
+        resolve(plan, tables_of(odd))
+
+
+def test_snapshot_gtid_must_match_the_state_at_its_offset() -> None:
+    odd = build_stream("O", [F1], in_snapshot=2, snapshot_gtid="0-1-1")
+    plan = plan_restore([odd.backup], odd.catalog(), Latest())
+    with pytest.raises(ArchiveInconsistentError, match="is 0-1-2, not its snapshot 0-1-1"):
+        resolve(plan, tables_of(odd))
+
+
+def test_index_must_match_the_record() -> None:
+    plan = plan_restore(BACKUPS, CATALOG, gtid("0-1-6"))
+    with pytest.raises(ArchiveInconsistentError, match=r"index of binlog\.000002"):
+        exact_stop(plan, trx_table(F2[:2]), A.tables[0])
+    with pytest.raises(ValueError, match="first file's index"):
+        exact_stop(plan, A.tables[1])
+
+
+def test_a_transaction_in_the_snapshot_at_or_after_the_target_time_refuses() -> None:
+    # Clocks disagreed: the snapshot holds 0-1-1 committed at 1005, yet the backup
+    # completed at 1000.
+    skewed = build_stream("S", [[("0-1-1", 1005), ("0-1-2", 999)]], in_snapshot=1, completed=1000)
+    plan = plan_restore([skewed.backup], skewed.catalog(), T(1003))
+    with pytest.raises(TargetBeforeSnapshotError, match="holds 0-1-1, committed at"):
+        resolve(plan, tables_of(skewed))
+
+
+def test_interleaved_domains_can_make_a_gtid_unreachable() -> None:
+    across = build_stream("X", [[("0-1-1", 1), ("1-1-1", 2)], [("0-1-2", 3)]])
+    with pytest.raises(TargetUnreachableError, match=r"binlog\.000001 holds transactions beyond"):
+        plan_restore([across.backup], across.catalog(), gtid("0-1-2"))
+    within = build_stream("Y", [[("1-1-1", 1), ("0-1-1", 2)]])
+    plan = plan_restore([within.backup], within.catalog(), gtid("0-1-1"))
+    with pytest.raises(TargetUnreachableError, match="without 0-1-1"):
+        resolve(plan, tables_of(within))
+
+
+# --- parsing targets ---------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2024-05-01T12:00:00Z", 1714564800),
+        ("2024-05-01T14:00:00+02:00", 1714564800),
+        ("2024-05-01 12:00:00+00:00", 1714564800),
+        ("@1714564800", 1714564800),
+        (" @0 ", 0),
+    ],
+)
+def test_parse_time(text: str, expected: int) -> None:
+    assert parse_time_target(text) == TimeTarget(expected)
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("2024-05-01T12:00:00", "no time zone"),
+        ("2024-05-01", "no time zone"),
+        ("2024-05-01T12:00:00.5Z", "fraction of a second"),
+        ("yesterday", "not a time"),
+        ("@-5", "not a time"),
+        ("@12a", "not a time"),
+    ],
+)
+def test_parse_time_refuses(text: str, words: str) -> None:
+    with pytest.raises(TargetSyntaxError, match=f"--to-time: .*{words}"):
+        parse_time_target(text)
+
+
+def test_time_target_from_datetime() -> None:
+    assert TimeTarget.from_datetime(datetime(2024, 5, 1, 12, tzinfo=UTC)).at == 1714564800
+    with pytest.raises(ValueError, match="no time zone"):
+        TimeTarget.from_datetime(datetime(2024, 5, 1, 12))
+    assert "2024-05-01T12:00:00Z (@1714564800)" in TimeTarget(1714564800).describe()
+
+
+def test_parse_gtid_and_position() -> None:
+    assert parse_gtid_target("0-1-100,1-2-7") == GtidTarget(P("1-2-7,0-1-100"))
+    assert parse_position_target("binlog.000042:1234") == FilePosTarget("binlog.000042", 1234)
+    assert parse_position_target("my:host-bin.000001:4") == FilePosTarget("my:host-bin.000001", 4)
+    for bad in ("", "0-1-x", "0-1-1,0-1-2"):
+        with pytest.raises(TargetSyntaxError, match="--to-gtid"):
+            parse_gtid_target(bad)
+    for bad in ("binlog.000001", "binlog.000001:3", "binlog:100", "binlog.000001:-4"):
+        with pytest.raises(TargetSyntaxError, match="--to-position"):
+            parse_position_target(bad)
+
+
+def test_parse_target_takes_exactly_one() -> None:
+    assert parse_target(to_latest=True) == Latest()
+    assert parse_target(to_time="@5") == TimeTarget(5)
+    assert parse_target(to_gtid="0-1-5") == gtid("0-1-5")
+    assert parse_target(to_position="binlog.000001:4") == pos("binlog.000001:4")
+    with pytest.raises(TargetSyntaxError, match="exactly one"):
+        parse_target()
+    with pytest.raises(TargetSyntaxError, match="given: --to-time, --to-gtid"):
+        parse_target(to_time="@5", to_gtid="0-1-5")
+
+
+# --- properties --------------------------------------------------------------------------
+times = st.integers(0, 30)
+time_files = st.lists(st.lists(times, max_size=4), min_size=1, max_size=5)
+domain_files = st.lists(
+    st.lists(st.tuples(st.integers(0, 1), times), max_size=4), min_size=1, max_size=5
+)
+
+
+def stream_of_times(files: list[list[int]], in_snapshot: int) -> Stream:
+    seq = iter(range(1, 1000))
+    specs = [[(f"0-1-{next(seq)}", t) for t in file] for file in files]
+    return build_stream("P", specs, in_snapshot=in_snapshot)
+
+
+def stream_of_domains(files: list[list[tuple[int, int]]], in_snapshot: int) -> Stream:
+    counters = {0: 0, 1: 0}
+    specs = []
+    for file in files:
+        spec = []
+        for domain, t in file:
+            counters[domain] += 1
+            spec.append((f"{domain}-1-{counters[domain]}", t))
+        specs.append(spec)
+    return build_stream("P", specs, start="0-1-0", in_snapshot=in_snapshot)
+
+
+def split_at_snapshot(
+    stream: Stream,
+) -> tuple[list[TransactionIndexEntry], list[tuple[int, TransactionIndexEntry]]]:
+    """(transactions in the snapshot, (file index, transaction) after it, in order)."""
+    start = stream.records[0].start_offset
+    before = [e for e in stream.tables[0] if e.start_offset < start]
+    after = [
+        (i, e)
+        for i, table in enumerate(stream.tables)
+        for e in table
+        if i or e.start_offset >= start
+    ]
+    return before, after
+
+
+def position_after(start: GtidPosition, entries: Sequence[TransactionIndexEntry]) -> GtidPosition:
+    for entry in entries:
+        start = start.advance(entry.gtid)
+    return start
+
+
+@given(time_files, st.data())
+def test_time_plan_applies_exactly_what_stop_for_time_gives(
+    files: list[list[int]], data: st.DataObject
+) -> None:
+    stream = stream_of_times(files, data.draw(st.integers(0, len(files[0]))))
+    target = data.draw(st.integers(0, 32))
+    tables = tables_of(stream)
+    before, numbered = split_at_snapshot(stream)
+    after = [e for _, e in numbered]
+    if all(e.commit_time < target for e in before + after):
+        with pytest.raises(TargetBeyondArchiveError):
+            plan_restore([stream.backup], stream.catalog(), TimeTarget(target))
+        return
+    plan = plan_restore([stream.backup], stream.catalog(), TimeTarget(target))
+    assert plan.stop.kind == "exact"
+    if any(e.commit_time >= target for e in before):
+        with pytest.raises(TargetBeforeSnapshotError):
+            resolve(plan, tables)
+        return
+    expected = stop_for_time(after, target)
+    assert expected.stop_before is not None
+    # The last planned file holds the stop; no planned file comes after it.
+    stop_file = next(i for i, e in numbered if e == expected.stop_before)
+    assert plan.records[-1].seq == stop_file
+    resolved = resolve(plan, tables)
+    assert applied(resolved, tables) == after[: expected.count]
+    assert resolved.transactions == expected.count
+    assert resolved.stop_before == expected.stop_before
+    assert resolved.gtid_position == position_after(plan.snapshot, after[: expected.count])
+
+
+@given(time_files, st.data())
+def test_approximate_time_applies_whole_files_before_the_target(
+    files: list[list[int]], data: st.DataObject
+) -> None:
+    stream = stream_of_times(files, data.draw(st.integers(0, len(files[0]))))
+    target = data.draw(st.integers(0, 32))
+    tables = tables_of(stream)
+    if all(t < target for file in files for t in file):
+        with pytest.raises(TargetBeyondArchiveError):
+            plan_restore([stream.backup], stream.catalog(), TimeTarget(target), approximate_ok=True)
+        return
+    plan = plan_restore([stream.backup], stream.catalog(), TimeTarget(target), approximate_ok=True)
+    assert plan.stop.kind in {"snapshot", "end_of_file"}
+    whole = 0
+    while all(t < target for t in files[whole]):
+        whole += 1
+    _, numbered = split_at_snapshot(stream)
+    expected = [e for i, e in numbered if i < whole]
+    resolved = resolve(plan, tables)
+    assert applied(resolved, tables) == expected
+    assert all(e.commit_time < target for e in expected)
+
+
+@given(domain_files, st.data())
+def test_gtid_plan_ends_exactly_at_the_target(
+    files: list[list[tuple[int, int]]], data: st.DataObject
+) -> None:
+    stream = stream_of_domains(files, data.draw(st.integers(0, len(files[0]))))
+    tables = tables_of(stream)
+    _, numbered = split_at_snapshot(stream)
+    after = [e for _, e in numbered]
+    count = data.draw(st.integers(0, len(after)))
+    target = position_after(P(stream.backup.snapshot.gtid_position), after[:count])
+    plan = plan_restore([stream.backup], stream.catalog(), GtidTarget(target))
+    if count:
+        assert plan.records[-1].seq == numbered[count - 1][0]
+    else:
+        assert plan.records == ()
+    resolved = resolve(plan, tables)
+    assert applied(resolved, tables) == after[:count]
+    assert resolved.gtid_position == target
+    assert resolved.transactions == count
+
+
+@given(time_files, st.data())
+def test_position_plan_applies_everything_before_the_position(
+    files: list[list[int]], data: st.DataObject
+) -> None:
+    stream = stream_of_times(files, data.draw(st.integers(0, len(files[0]))))
+    tables = tables_of(stream)
+    index = data.draw(st.integers(0, len(files) - 1))
+    record = stream.records[index]
+    offset = data.draw(st.integers(4, record.size + 20))
+    target = FilePosTarget(record.name, offset)
+    if index == 0 and offset < record.start_offset:
+        with pytest.raises(TargetBeforeSnapshotError):
+            plan_restore([stream.backup], stream.catalog(), target)
+        return
+    plan = plan_restore([stream.backup], stream.catalog(), target)
+    assert all(r.seq <= index for r in plan.records)
+    _, numbered = split_at_snapshot(stream)
+    expected = [e for i, e in numbered if i < index or (i == index and e.end_offset <= offset)]
+    resolved = resolve(plan, tables)
+    assert applied(resolved, tables) == expected
