@@ -1,0 +1,820 @@
+"""Point-in-time apply: local binlog files replayed by the restored server's SQL thread.
+
+The copied binlogs of the source are presented to the restored server as its relay
+logs, and its own replication applier (the SQL thread) executes them, in *batches* of
+a few files so that disk use stays bounded. The recipe and its traps are in
+``notes/mariadb.md`` ("Point-in-time apply: binlogs presented as relay logs"); per
+batch:
+
+1. ``STOP SLAVE; RESET SLAVE`` (keeps ``gtid_slave_pos``, deletes old relay logs);
+2. hard-link (or copy/move) the batch's files into the relay directory as
+   ``relay.000001...`` and write the relay index;
+3. ``CHANGE MASTER TO ... MASTER_USE_GTID=no, MASTER_LOG_FILE=<original name>,
+   MASTER_LOG_POS=<start>, RELAY_LOG_FILE=relay.000001, RELAY_LOG_POS=<start>``;
+4. ``START SLAVE SQL_THREAD UNTIL RELAY_LOG_FILE=<last>, RELAY_LOG_POS=<end offset of
+   the last transaction to apply>``;
+5. poll until the SQL thread stops; require ``Last_SQL_Errno=0`` and
+   ``gtid_slave_pos`` exactly equal to the position computed from the index.
+
+What is decided (which files, offsets and GTID states; the applied prefix after a
+crash) is in pure functions: :func:`plan_batch`, :func:`applied_prefix`,
+:func:`relay_file_name`, :func:`relay_index_text`.
+
+``UNTIL`` only fires when the SQL thread reads an event *after* the stop position: at
+the end of a file (a copy of a binlog that was still open, without its closing Rotate)
+it moves on to the empty relay log the server created and waits forever. The waiting
+loop therefore also ends the batch once ``gtid_slave_pos`` equals the expected state
+(then ``STOP SLAVE``), which is exact: commits are in binlog order within a domain.
+
+Resuming: binhoard may die at any moment; the server keeps applying and stops at
+``UNTIL``. :meth:`RelayApplier.resume_point` waits for that (using the expected state
+recorded in a small state file next to the relay logs), then finds the longest prefix
+of the transactions (in binlog order) that ``gtid_slave_pos`` contains; a later
+transaction also contained means the state is not a prefix, which is an error. The
+state file also keeps the server's durability settings from before the apply, so
+that :meth:`RelayApplier.finish` restores them even after a crash.
+
+Measured (``slave_parallel_threads`` with ``slave_parallel_mode=optimistic`` vs serial,
+relaxed durability, ``log_slave_updates=ON``, 2 cores, this module's integration test
+workload): MEASUREMENTS
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import errno
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from array import array
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+from binhoard.domain.binlog import TransactionTable, binlog_sort_key
+from binhoard.domain.errors import ApplyError, ConflictError, UsageError
+from binhoard.domain.gtid import Gtid, GtidPosition
+from binhoard.server import sql
+from binhoard.server.binlog_reader import BinlogIndex, read_binlog
+from binhoard.server.sandbox import free_loopback_port
+
+log = logging.getLogger("binhoard.restore")
+
+FIRST_EVENT_OFFSET: Final = 4
+"""Where the events of a binlog file begin (after the magic number)."""
+
+DEFAULT_PARALLEL_THREADS: Final = 0
+"""Measured: see the module docstring."""
+
+STATE_FILE_NAME: Final = "binhoard-apply.json"
+
+# Settings changed while applying, restored by finish().
+_SAVED_SETTINGS: Final = (
+    "sync_binlog",
+    "innodb_flush_log_at_trx_commit",
+    "slave_parallel_threads",
+    "slave_parallel_mode",
+)
+_RELAXED_DURABILITY: Final = (("sync_binlog", 0), ("innodb_flush_log_at_trx_commit", 2))
+
+
+class IndexedBinlog(Protocol):
+    """What the planning functions need of a binlog file (a ``BinlogIndex`` has it)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def gtid_list_at_start(self) -> GtidPosition: ...
+
+    @property
+    def transactions(self) -> TransactionTable: ...
+
+
+@dataclass(frozen=True)
+class BatchFile:
+    """A local copy of one source binlog (with its original name) and its index."""
+
+    path: Path
+    index: IndexedBinlog
+
+    @classmethod
+    def read(cls, path: Path | str) -> BatchFile:
+        """Indexes the file at ``path`` (verifying every event checksum on the way)."""
+        path = Path(path)
+        index: BinlogIndex = read_binlog(path)
+        return cls(path, index)
+
+    @property
+    def name(self) -> str:
+        return self.index.name
+
+    @property
+    def size(self) -> int:
+        return self.index.size
+
+    @property
+    def gtid_list_at_start(self) -> GtidPosition:
+        return self.index.gtid_list_at_start
+
+    @property
+    def transactions(self) -> TransactionTable:
+        return self.index.transactions
+
+
+# --- pure decisions ----------------------------------------------------------------------
+def relay_file_name(basename: str, number: int) -> str:
+    """The name of the ``number``-th relay log (1-based): ``relay.000001``."""
+    if number < 1:
+        raise ValueError(f"relay log numbers start at 1, not {number}")
+    return f"{basename}.{number:06d}"
+
+
+def relay_index_text(relay_dir: Path, names: Sequence[str]) -> str:
+    """The relay index file's content: one absolute path per line."""
+    return "".join(f"{relay_dir / name}\n" for name in names)
+
+
+@dataclass(frozen=True)
+class PlannedFile:
+    """One file of a batch as it will be applied.
+
+    ``source`` is its position in the list given to :func:`plan_batch`; transactions
+    ``first .. first + count - 1`` of it are applied.
+    """
+
+    source: int
+    name: str
+    relay_name: str
+    first: int
+    count: int
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """What one batch does, decided from the files' indexes and the server's position.
+
+    ``start_offset`` is the position in the first planned file, ``stop_offset`` the end
+    offset of the last transaction applied in the last one. ``stop_at_file_end`` says
+    that offset is the file's size: ``UNTIL`` cannot fire there, the batch ends when
+    the server's ``gtid_slave_pos`` reaches ``expected_position``.
+    """
+
+    files: tuple[PlannedFile, ...]
+    start_offset: int
+    stop_offset: int
+    stop_at_file_end: bool
+    transactions: int
+    start_position: GtidPosition
+    expected_position: GtidPosition
+
+    @property
+    def until_file(self) -> str:
+        return self.files[-1].relay_name
+
+
+def _fold(gtids: dict[int, tuple[int, int]], base: GtidPosition) -> GtidPosition:
+    merged = {g.domain_id: g for g in base.values()}
+    for domain, (server, seq) in gtids.items():
+        merged[domain] = Gtid(domain, server, seq)
+    return GtidPosition(merged.values())
+
+
+def _check_offsets(
+    files: Sequence[IndexedBinlog], start_offset: int, stop_offset: int | None
+) -> tuple[int, int]:
+    """(transactions of the first file before ``start_offset``, transactions of the last
+    file up to ``stop_offset``), raising :class:`UsageError` for offsets that are not
+    transaction boundaries."""
+    first, last = files[0], files[-1]
+    if not FIRST_EVENT_OFFSET <= start_offset <= first.size:
+        raise UsageError(f"start offset {start_offset} is outside {first.name} (4..{first.size})")
+    starts = first.transactions.start_offsets
+    ends = first.transactions.end_offsets
+    skip = bisect.bisect_left(starts, start_offset)  # transactions before the start
+    if skip > 0 and ends[skip - 1] > start_offset:
+        raise UsageError(
+            f"start offset {start_offset} is inside transaction "
+            f"{first.transactions[skip - 1].gtid} of {first.name}"
+        )
+    last_count = len(last.transactions)
+    if stop_offset is not None:
+        last_ends = last.transactions.end_offsets
+        found = bisect.bisect_left(last_ends, stop_offset)
+        if found == len(last_ends) or last_ends[found] != stop_offset:
+            raise UsageError(
+                f"stop offset {stop_offset} is not the end of a transaction in {last.name}"
+            )
+        last_count = found + 1
+        if len(files) == 1 and last_count < skip:
+            raise UsageError(
+                f"stop offset {stop_offset} is before start offset {start_offset} in {first.name}"
+            )
+    return skip, last_count
+
+
+def plan_batch(
+    files: Sequence[IndexedBinlog],
+    start_offset: int,
+    stop_offset: int | None,
+    position: GtidPosition,
+    relay_basename: str = "relay",
+) -> BatchPlan | None:
+    """Plans the apply of ``files`` (in binlog order) from ``start_offset`` in the first
+    to ``stop_offset`` in the last (``None``: its last transaction), on a server whose
+    ``gtid_slave_pos`` is ``position``. Returns ``None`` when there is nothing to apply.
+
+    Leading and trailing files without a transaction to apply are left out (``UNTIL``
+    at the end of a file never fires; a first file applied to its end is simply
+    skipped), so the first planned file may start at offset 4. Raises
+    :class:`UsageError` for offsets that are not transaction boundaries and
+    :class:`ApplyError` when ``position`` does not fit the start: a transaction before
+    the start is not applied (a gap), or one after it already is (MariaDB does not skip
+    applied transactions: the start must be exact).
+    """
+    if not files:
+        return None
+    first = files[0]
+    skip, last_count = _check_offsets(files, start_offset, stop_offset)
+
+    # The state the binlog is in at the start offset must be the server's.
+    at_start: dict[int, tuple[int, int]] = {
+        g.domain_id: (g.server_id, g.seq_no)
+        for g in GtidPosition.from_binlog_state(first.gtid_list_at_start.values()).values()
+    }
+    for domain, server, seq, _, _, _ in first.transactions[:skip].rows():
+        at_start[domain] = (server, seq)
+    state_at_start = _fold(at_start, GtidPosition())
+    if not position.covers(state_at_start):
+        raise ApplyError(
+            f"the server's gtid_slave_pos {position or '(empty)'} lacks transactions that "
+            f"precede offset {start_offset} of {first.name} (binlog state there: "
+            f"{state_at_start}): applying from there would leave a gap"
+        )
+
+    ranges = []
+    for k, file in enumerate(files):
+        lo = skip if k == 0 else 0
+        hi = last_count if k == len(files) - 1 else len(file.transactions)
+        ranges.append((lo, max(lo, hi)))
+    used = [k for k, (lo, hi) in enumerate(ranges) if hi > lo]
+    if not used:
+        return None
+    a, b = used[0], used[-1]
+
+    planned: list[PlannedFile] = []
+    last_gtid: dict[int, tuple[int, int]] = {}
+    total = 0
+    for number, k in enumerate(range(a, b + 1), start=1):
+        lo, hi = ranges[k]
+        file = files[k]
+        for domain, server, seq, _, offset, _ in file.transactions[lo:hi].rows():
+            if domain not in last_gtid and position.contains(Gtid(domain, server, seq)):
+                raise ApplyError(
+                    f"transaction {domain}-{server}-{seq} at offset {offset} of {file.name} "
+                    f"is already applied (gtid_slave_pos {position}): the start offset "
+                    "must follow the server's position exactly",
+                    gtid=f"{domain}-{server}-{seq}",
+                )
+            last_gtid[domain] = (server, seq)
+        total += hi - lo
+        planned.append(
+            PlannedFile(k, file.name, relay_file_name(relay_basename, number), lo, hi - lo)
+        )
+    stop_file = files[b]
+    stop = stop_file.transactions[ranges[b][1] - 1].end_offset
+    return BatchPlan(
+        files=tuple(planned),
+        start_offset=start_offset if a == 0 else FIRST_EVENT_OFFSET,
+        stop_offset=stop,
+        stop_at_file_end=stop >= stop_file.size,
+        transactions=total,
+        start_position=position,
+        expected_position=_fold(last_gtid, position),
+    )
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where apply continues: ``file_index`` into the files given, at ``offset``.
+
+    ``applied`` of the ``total`` transactions of those files are contained in the
+    server's position (those before a first batch's start offset included);
+    ``next_gtid`` is the first one that is not. When all are, ``done`` is true and
+    ``file_index`` is ``len(files)``. ``server_error`` is the SQL thread's last error,
+    if it stopped on one (the next apply clears it).
+    """
+
+    file_index: int
+    offset: int
+    applied: int
+    total: int
+    last_applied: Gtid | None
+    next_gtid: Gtid | None
+    position: GtidPosition
+    server_error: str = ""
+
+    @property
+    def done(self) -> bool:
+        return self.applied == self.total
+
+
+def applied_prefix(files: Sequence[IndexedBinlog], position: GtidPosition) -> ResumePoint:
+    """The longest prefix (in binlog order) of the transactions of ``files`` that
+    ``position`` contains, and where to continue after it.
+
+    Continue at the end offset of the last applied transaction in its file, or at
+    offset 4 of the next file if it was its file's last. Raises :class:`ApplyError` if a
+    transaction after the prefix is contained too: the server's state is then not a
+    prefix of the binlog (out-of-order commits, or files of another history).
+    """
+    limits = {g.domain_id: g.seq_no for g in position.values()}
+    applied = total = 0
+    last: tuple[int, int, int, Gtid] | None = None  # file, transaction, end offset, gtid
+    missing: tuple[str, Gtid] | None = None
+    for fi, file in enumerate(files):
+        for ti, (domain, server, seq, _, _, end) in enumerate(file.transactions.rows()):
+            total += 1
+            contained = seq <= limits.get(domain, -1)
+            if missing is None:
+                if contained:
+                    applied += 1
+                    last = (fi, ti, end, Gtid(domain, server, seq))
+                else:
+                    missing = (file.name, Gtid(domain, server, seq))
+            elif contained:
+                raise ApplyError(
+                    f"gtid_slave_pos {position} contains {domain}-{server}-{seq} "
+                    f"({file.name}) but not {missing[1]} ({missing[0]}), which comes before "
+                    "it: the applied transactions are not a prefix of the binlog",
+                    gtid=str(missing[1]),
+                )
+    next_gtid = None if missing is None else missing[1]
+    if missing is None:
+        return ResumePoint(
+            len(files), FIRST_EVENT_OFFSET, applied, total, last and last[3], None, position
+        )
+    if last is None:
+        return ResumePoint(0, FIRST_EVENT_OFFSET, 0, total, None, next_gtid, position)
+    fi, ti, end, gtid = last
+    if ti == len(files[fi].transactions) - 1:
+        return ResumePoint(fi + 1, FIRST_EVENT_OFFSET, applied, total, gtid, next_gtid, position)
+    return ResumePoint(fi, end, applied, total, gtid, next_gtid, position)
+
+
+class _AppliedCounter:
+    """Counts the transactions of a plan that a position contains, by bisection per
+    domain (sequence numbers grow within a domain in binlog order)."""
+
+    def __init__(self, files: Sequence[IndexedBinlog], plan: BatchPlan) -> None:
+        self.seqs: dict[int, array[int]] = {}
+        self.file_ends: list[int] = []
+        total = 0
+        for planned in plan.files:
+            table = files[planned.source].transactions[
+                planned.first : planned.first + planned.count
+            ]
+            for domain, _, seq, _, _, _ in table.rows():
+                self.seqs.setdefault(domain, array("Q")).append(seq)
+            total += planned.count
+            self.file_ends.append(total)
+
+    def applied(self, position: GtidPosition) -> int:
+        return sum(
+            bisect.bisect_right(seqs, position.seq_no(domain)) for domain, seqs in self.seqs.items()
+        )
+
+    def files_done(self, applied: int) -> int:
+        return bisect.bisect_right(self.file_ends, applied)
+
+
+# --- progress and results ------------------------------------------------------------------
+@dataclass(frozen=True)
+class ApplyProgress:
+    """One report of a batch in progress."""
+
+    transactions_applied: int
+    transactions_total: int
+    files_applied: int
+    files_total: int
+    current_file: str  # original name of the file being applied
+    position: GtidPosition  # gtid_slave_pos
+    elapsed: float  # seconds since START SLAVE
+
+    @property
+    def rate(self) -> float:
+        """Transactions per second so far."""
+        return self.transactions_applied / self.elapsed if self.elapsed > 0 else 0.0
+
+
+ProgressCallback = Callable[[ApplyProgress], None]
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """A batch applied: ``transactions`` from ``files`` in ``seconds``; the server is at
+    ``position``. ``plan`` is ``None`` when the batch held nothing to apply."""
+
+    plan: BatchPlan | None
+    position: GtidPosition
+    transactions: int
+    files: int
+    seconds: float
+
+
+# --- the adapter -----------------------------------------------------------------------------
+ConnectionFactory = Callable[[], sql.Connection]
+
+
+class RelayApplier:
+    """Applies batches of local binlog files through a running server's SQL thread.
+
+    ``conn_factory`` opens a connection to the restored server (as a user with SUPER /
+    REPLICATION privileges). ``relay_dir``, ``relay_index`` and ``relay_basename`` must
+    be the server's ``relay_log``/``relay_log_index`` settings (checked against the
+    server). ``parallel_threads`` sets ``slave_parallel_threads`` (optimistic mode) for
+    the apply; 0 applies serially. ``state_file`` (default: in ``relay_dir``) keeps the
+    server's settings from before the apply and the running batch's expected end state,
+    so that another process can resume and finish after a crash.
+    """
+
+    def __init__(
+        self,
+        conn_factory: ConnectionFactory,
+        relay_dir: Path,
+        relay_index: Path,
+        relay_basename: str = "relay",
+        parallel_threads: int = DEFAULT_PARALLEL_THREADS,
+        *,
+        state_file: Path | None = None,
+        poll_interval: float = 0.25,
+    ) -> None:
+        if parallel_threads < 0:
+            raise UsageError(f"parallel_threads must be >= 0, not {parallel_threads}")
+        self.conn_factory = conn_factory
+        self.relay_dir = Path(relay_dir)
+        self.relay_index = Path(relay_index)
+        self.relay_basename = relay_basename
+        self.parallel_threads = parallel_threads
+        self.state_file = state_file or self.relay_dir / STATE_FILE_NAME
+        self.poll_interval = poll_interval
+
+    # --- public API ----------------------------------------------------------------------
+    def apply_batch(
+        self,
+        files: Sequence[BatchFile],
+        *,
+        start_offset: int = FIRST_EVENT_OFFSET,
+        stop_offset: int | None = None,
+        progress: ProgressCallback | None = None,
+        move: bool = False,
+    ) -> BatchResult:
+        """Applies ``files`` (in binlog order) from ``start_offset`` in the first to
+        ``stop_offset`` (the end offset of a transaction) in the last; ``None`` = all.
+
+        Files are hard-linked into the relay directory (copied across file systems);
+        with ``move`` they are moved instead, so that the server deletes them as it
+        finishes each one (``relay_log_purge``). Raises :class:`ApplyError` if the SQL
+        thread fails (naming the GTID) or ends anywhere but the expected state, and
+        :class:`ConflictError` if the SQL thread is already running (call
+        :meth:`resume_point` first).
+        """
+        conn = self.conn_factory()
+        try:
+            self._check_relay_settings(conn)
+            status = _slave_status(conn)
+            if status is not None and _sql_running(status):
+                raise ConflictError(
+                    "the server's SQL thread is running (an earlier apply may still be going "
+                    "on): call resume_point() first"
+                )
+            sql.query(conn, "STOP SLAVE")
+            sql.query(conn, "RESET SLAVE")
+            self._remove_relay_files()
+            position = _slave_pos(conn)
+            plan = plan_batch(files, start_offset, stop_offset, position, self.relay_basename)
+            if plan is None:
+                log.info("nothing to apply in %s", ", ".join(f.name for f in files) or "no files")
+                return BatchResult(None, position, 0, 0, 0.0)
+            self._prepare_server(conn)
+            self._place_files(files, plan, move=move)
+            self._save_state(batch={"expected": plan.expected_position.format()})
+            counter = _AppliedCounter(files, plan)
+            started = time.monotonic()
+            self._start(conn, plan)
+
+            def on_poll(pos: GtidPosition) -> None:
+                if progress is None:
+                    return
+                applied = counter.applied(pos)
+                done = counter.files_done(applied)
+                current = plan.files[min(done, len(plan.files) - 1)].name
+                elapsed = time.monotonic() - started
+                progress(
+                    ApplyProgress(
+                        applied, plan.transactions, done, len(plan.files), current, pos, elapsed
+                    )
+                )
+
+            status = self._wait(conn, plan.expected_position, on_poll)
+            seconds = time.monotonic() - started
+            position = _slave_pos(conn)
+            self._check_stopped_cleanly(status, [files[p.source] for p in plan.files], position)
+            if position != plan.expected_position:
+                raise ApplyError(
+                    f"the SQL thread stopped at gtid_slave_pos {position}, expected "
+                    f"{plan.expected_position} (relay log {plan.until_file} "
+                    f"offset {plan.stop_offset})"
+                )
+            sql.query(conn, "STOP SLAVE")
+            sql.query(conn, "RESET SLAVE")
+            self._save_state(batch=None)
+            on_poll(position)
+            log.info(
+                "applied %d transactions from %s..%s in %.1f s (%.0f/s), now at %s",
+                plan.transactions,
+                plan.files[0].name,
+                plan.files[-1].name,
+                seconds,
+                plan.transactions / seconds if seconds > 0 else 0.0,
+                position,
+            )
+            return BatchResult(plan, position, plan.transactions, len(plan.files), seconds)
+        finally:
+            conn.close()
+
+    def resume_point(self, files: Sequence[IndexedBinlog]) -> ResumePoint:
+        """Where to continue applying ``files`` after an interrupted run.
+
+        If the SQL thread is still running it is waited for (it stops at the batch's
+        ``UNTIL``, or at the expected state recorded when the batch started; without
+        that record it is stopped, at a consistent point). Then the longest prefix of
+        the files' transactions contained in ``gtid_slave_pos`` says where to continue
+        (see :func:`applied_prefix`).
+        """
+        conn = self.conn_factory()
+        try:
+            status = _slave_status(conn)
+            if status is not None and _sql_running(status):
+                batch = self._load_state().get("batch")
+                expected = (
+                    GtidPosition.parse(str(batch["expected"])) if isinstance(batch, dict) else None
+                )
+                if expected is None:
+                    log.warning("SQL thread running without a recorded batch: stopping it")
+                    sql.query(conn, "STOP SLAVE")
+                else:
+                    log.info("waiting for the SQL thread to reach %s", expected)
+                status = self._wait(conn, expected, None)
+            sql.query(conn, "STOP SLAVE")
+            position = _slave_pos(conn)
+            point = applied_prefix(files, position)
+            if status is not None and int(status["Last_SQL_Errno"] or 0):
+                error = f"{status['Last_SQL_Errno']}: {status['Last_SQL_Error']}"
+                point = dataclasses.replace(point, server_error=error)
+            return point
+        finally:
+            conn.close()
+
+    def finish(
+        self,
+        log_slave_updates_was_off: bool | None = None,
+        *,
+        expected: GtidPosition | None = None,
+    ) -> GtidPosition:
+        """Ends the apply: ``STOP SLAVE; RESET SLAVE ALL``, the binlog GTID state made
+        the applied one when ``log_slave_updates`` was OFF (``None``: ask the server),
+        durability and parallel settings restored, ``read_only=ON``.
+
+        Returns the server's position; raises :class:`ApplyError` unless
+        ``gtid_binlog_pos``, ``gtid_slave_pos`` and ``gtid_current_pos`` are equal (and
+        equal ``expected``, if given).
+        """
+        conn = self.conn_factory()
+        try:
+            sql.query(conn, "STOP SLAVE")
+            sql.query(conn, "RESET SLAVE ALL")
+            self._remove_relay_files()
+            if log_slave_updates_was_off is None:
+                log_slave_updates_was_off = (
+                    sql.variables(conn, "log_slave_updates")["log_slave_updates"] != "ON"
+                )
+            if log_slave_updates_was_off:
+                # Never SET GLOBAL gtid_binlog_state=@@global.gtid_slave_pos directly: it
+                # deadlocked the server (notes/mariadb.md).
+                sql.query(conn, "SET @binhoard_g = @@global.gtid_slave_pos")
+                sql.query(conn, "RESET MASTER")
+                sql.query(conn, "SET GLOBAL gtid_binlog_state = @binhoard_g")
+            saved = self._load_state().get("saved_settings")
+            if isinstance(saved, dict):
+                self._set_globals(conn, [(str(k), v) for k, v in saved.items()])
+            sql.query(conn, "SET GLOBAL read_only = ON")
+            row = sql.query(
+                conn,
+                "SELECT @@global.gtid_binlog_pos, @@global.gtid_slave_pos, "
+                "@@global.gtid_current_pos",
+            )[0]
+            binlog_pos, slave_pos, current_pos = (GtidPosition.parse(str(v or "")) for v in row)
+            if not binlog_pos == slave_pos == current_pos or (
+                expected is not None and slave_pos != expected
+            ):
+                raise ApplyError(
+                    f"after apply gtid_binlog_pos={binlog_pos} gtid_slave_pos={slave_pos} "
+                    f"gtid_current_pos={current_pos}"
+                    + (f", expected {expected}" if expected is not None else "")
+                    + ": they must all be equal"
+                )
+            self.state_file.unlink(missing_ok=True)
+            log.info("apply finished at %s; server is read-only", slave_pos)
+            return slave_pos
+        finally:
+            conn.close()
+
+    # --- steps -------------------------------------------------------------------------
+    def _check_relay_settings(self, conn: sql.Connection) -> None:
+        v = sql.variables(conn, "relay_log_basename", "relay_log_index")
+        wanted = (self.relay_dir / self.relay_basename, self.relay_index)
+        actual = (Path(v["relay_log_basename"]), Path(v["relay_log_index"]))
+        for want, have, name in zip(wanted, actual, ("relay_log", "relay_log_index"), strict=True):
+            if want.resolve() != have.resolve():
+                raise UsageError(
+                    f"the server's {name} is {have}, but binhoard was told {want}: "
+                    "set relay_log_prefix / relay_log_index_file to the server's values"
+                )
+
+    def _prepare_server(self, conn: sql.Connection) -> None:
+        """Relaxes durability and sets parallel apply (the slave is stopped). The
+        previous values are saved first, once, so a crash cannot lose them."""
+        state = self._load_state()
+        if "saved_settings" not in state:
+            before = sql.variables(conn, *_SAVED_SETTINGS)
+            self._save_state(saved_settings=before)
+        threads = self.parallel_threads
+        changes: list[tuple[str, object]] = [*_RELAXED_DURABILITY]
+        changes.append(("slave_parallel_threads", threads))
+        if threads:
+            changes.append(("slave_parallel_mode", "optimistic"))
+        self._set_globals(conn, changes)
+        # The SQL thread ignores read_only; clients must not write while we apply.
+        sql.query(conn, "SET GLOBAL read_only = ON")
+
+    def _set_globals(self, conn: sql.Connection, changes: Sequence[tuple[str, object]]) -> None:
+        for name, value in changes:
+            if not re.fullmatch(r"[a-z_]+", name):
+                raise UsageError(f"not a server variable name: {name!r}")
+            number = isinstance(value, str) and re.fullmatch(r"-?[0-9]+", value)
+            sql.query(conn, f"SET GLOBAL {name} = %s", (int(str(value)) if number else value,))
+
+    def _remove_relay_files(self) -> None:
+        """Deletes relay logs of ours that the server's RESET SLAVE did not (files a
+        crashed run placed before writing the index), and the index."""
+        pattern = re.compile(re.escape(self.relay_basename) + r"\.[0-9]{6,}")
+        if self.relay_dir.is_dir():
+            for path in self.relay_dir.iterdir():
+                if pattern.fullmatch(path.name):
+                    path.unlink(missing_ok=True)
+
+    def _place_files(self, files: Sequence[BatchFile], plan: BatchPlan, *, move: bool) -> None:
+        self.relay_dir.mkdir(parents=True, exist_ok=True)
+        for planned in plan.files:
+            source = files[planned.source].path
+            target = self.relay_dir / planned.relay_name
+            _place(source, target, move=move)
+        text = relay_index_text(self.relay_dir, [p.relay_name for p in plan.files])
+        tmp = self.relay_index.with_name(self.relay_index.name + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(self.relay_index)
+
+    def _start(self, conn: sql.Connection, plan: BatchPlan) -> None:
+        first = plan.files[0]
+        binlog_sort_key(first.name)  # a real binlog name, nothing else goes into SQL
+        sql.query(
+            conn,
+            "CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT=%s, MASTER_USER='none', "
+            "MASTER_USE_GTID=no, MASTER_LOG_FILE=%s, MASTER_LOG_POS=%s, "
+            "RELAY_LOG_FILE=%s, RELAY_LOG_POS=%s",
+            (
+                free_loopback_port(),
+                first.name,
+                plan.start_offset,
+                first.relay_name,
+                plan.start_offset,
+            ),
+        )
+        sql.query(
+            conn,
+            "START SLAVE SQL_THREAD UNTIL RELAY_LOG_FILE=%s, RELAY_LOG_POS=%s",
+            (plan.until_file, plan.stop_offset),
+        )
+
+    def _wait(
+        self,
+        conn: sql.Connection,
+        expected: GtidPosition | None,
+        on_poll: Callable[[GtidPosition], None] | None,
+    ) -> dict[str, Any] | None:
+        """Polls until the SQL thread stops, or until it reached ``expected`` (then
+        stops it: UNTIL at a file's end never fires). Returns the last slave status."""
+        delay = 0.01
+        while True:
+            status = _slave_status(conn)
+            position = _slave_pos(conn)
+            if on_poll is not None:
+                on_poll(position)
+            if status is None or not _sql_running(status):
+                return status
+            if expected is not None and position == expected:
+                sql.query(conn, "STOP SLAVE")
+                return _slave_status(conn)
+            time.sleep(delay)
+            delay = min(delay * 2, self.poll_interval)
+
+    def _check_stopped_cleanly(
+        self,
+        status: dict[str, Any] | None,
+        files: Sequence[IndexedBinlog],
+        position: GtidPosition,
+    ) -> None:
+        if status is None:
+            raise ApplyError("the server has no replication configured any more (RESET SLAVE?)")
+        code = int(status["Last_SQL_Errno"] or 0)
+        if not code:
+            return
+        message = str(status["Last_SQL_Error"] or "")
+        try:
+            failed = applied_prefix(files, position).next_gtid
+        except ApplyError:
+            failed = None
+        where = f" on transaction {failed}" if failed is not None else ""
+        raise ApplyError(
+            f"the SQL thread failed{where} (relay log {status['Relay_Log_File']}, "
+            f"source {status['Relay_Master_Log_File']} offset "
+            f"{status['Exec_Master_Log_Pos']}): error {code}: {message}",
+            gtid=None if failed is None else str(failed),
+            server_errno=code,
+            server_message=message,
+        )
+
+    # --- state file --------------------------------------------------------------------
+    def _load_state(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.state_file.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise ApplyError(f"cannot read apply state {self.state_file}: {exc}") from exc
+        return data if isinstance(data, dict) else {}
+
+    def _save_state(self, **changes: Any) -> None:
+        state = self._load_state()
+        for key, value in changes.items():
+            if value is None:
+                state.pop(key, None)
+            else:
+                state[key] = value
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_file.with_name(self.state_file.name + ".tmp")
+        with tmp.open("w") as out:
+            json.dump(state, out, indent=2, sort_keys=True)
+            out.flush()
+            os.fsync(out.fileno())
+        tmp.replace(self.state_file)
+
+
+def _place(source: Path, target: Path, *, move: bool) -> None:
+    target.unlink(missing_ok=True)
+    if move:
+        shutil.move(source, target)
+        return
+    try:
+        os.link(source, target)
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+            raise
+        shutil.copyfile(source, target)
+
+
+def _slave_status(conn: sql.Connection) -> dict[str, Any] | None:
+    with conn.cursor() as cursor:
+        cursor.execute("SHOW SLAVE STATUS")
+        row = cursor.fetchone()
+        if row is None:
+            return None
+        return {d[0]: value for d, value in zip(cursor.description, row, strict=True)}
+
+
+def _sql_running(status: dict[str, Any]) -> bool:
+    return str(status.get("Slave_SQL_Running")) != "No"
+
+
+def _slave_pos(conn: sql.Connection) -> GtidPosition:
+    value = sql.query(conn, "SELECT @@global.gtid_slave_pos")[0][0]
+    return GtidPosition.parse(str(value or ""))
