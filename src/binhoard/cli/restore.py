@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from binhoard.app import open_site, site_name
 from binhoard.cli.common import config_option, site_option
 from binhoard.cli.progress import ByteProgress
-from binhoard.config import load_settings
+from binhoard.config import Settings, load_settings
 from binhoard.domain.errors import UsageError
+from binhoard.ops.pitr import PitrProgress, PitrRequest, PointInTimeRestore
 from binhoard.ops.restore_backup import RestoreProgress, restore_backup, start_restored_server
 
 
@@ -30,15 +32,57 @@ from binhoard.ops.restore_backup import RestoreProgress, restore_backup, start_r
     is_flag=True,
     help="Then start the configured server on it, with the snapshot's GTID state.",
 )
-def restore_command(
-    config_file: Path, site: str | None, backup_id: str, datadir: Path | None, start: bool
+@click.option("--to-latest", is_flag=True, help="Apply archived binlogs to the newest one.")
+@click.option("--to-time", help="Stop before the first transaction committed at or after this.")
+@click.option("--to-gtid", help="Stop once this GTID position is reached (0-1-100[,1-2-7]).")
+@click.option("--to-position", help="Stop after the transactions up to FILE:POS of the source.")
+@click.option(
+    "--approximate",
+    is_flag=True,
+    help="With --to-time: apply whole binlog files up to the time (faster, not exact).",
+)
+@click.option("--resume", is_flag=True, help="Continue the interrupted point-in-time restore.")
+def restore_command(  # noqa: PLR0917 - click passes one parameter per option
+    config_file: Path,
+    site: str | None,
+    backup_id: str,
+    datadir: Path | None,
+    start: bool,
+    to_latest: bool,
+    to_time: str | None,
+    to_gtid: str | None,
+    to_position: str | None,
+    approximate: bool,
+    resume: bool,
 ) -> None:
-    """Restore a backup (with its incremental chain) into an empty datadir.
+    """Restore a backup (with its incremental chain) into an empty datadir; with a --to-*
+    option, then apply archived binlogs up to that point (point-in-time restore).
 
-    The datadir is then ready for mariadbd; binhoard never overwrites a non-empty one.
+    Point-in-time restore goes into mysql.data_directory and leaves the configured server
+    running, read-only, with its GTID state exactly the target's. Killed, it continues
+    with --resume. Plain restore leaves the datadir ready for mariadbd (--start starts it).
+    binhoard never overwrites a non-empty datadir.
     """
     settings = load_settings(config_file)
     name = site_name(settings, site)
+    targets = {
+        "to_latest": to_latest,
+        "to_time": to_time,
+        "to_gtid": to_gtid,
+        "to_position": to_position,
+    }
+    if resume or any(targets.values()):
+        if datadir is not None and datadir.resolve() != settings.mysql.data_directory.resolve():
+            raise UsageError("point-in-time restore goes into mysql.data_directory only")
+        _point_in_time(
+            settings,
+            name,
+            None if backup_id == "latest" else backup_id,
+            {k: v for k, v in targets.items() if v},
+            approximate=approximate,
+            resume=resume,
+        )
+        return
     target = (datadir or settings.mysql.data_directory).resolve()
     with ByteProgress("restore") as bar:
 
@@ -60,4 +104,45 @@ def restore_command(
     click.echo(
         f"backup {manifest.backup_id} restored into {target}; its snapshot GTID position is "
         f"{manifest.snapshot.gtid_position or '(empty)'}"
+    )
+
+
+def _point_in_time(
+    settings: Settings,
+    name: str,
+    backup_id: str | None,
+    target_args: dict[str, Any],
+    *,
+    approximate: bool,
+    resume: bool,
+) -> None:
+    store = open_site(settings, name)
+    with ByteProgress("restore") as bar:
+
+        def show(p: PitrProgress) -> None:
+            phase = p.phase
+            if p.phase in ("applying_binlogs", "finalizing"):
+                phase = (
+                    f"{p.phase} {p.binlogs_restored}/{p.binlogs_total} files, "
+                    f"{p.transactions_applied}/{p.transactions_total} trx, "
+                    f"{p.transactions_per_second:.0f} trx/s"
+                )
+            bar.update(
+                phase,
+                p.basebackup_compressed_bytes_downloaded + p.binlog_bytes_applied,
+                p.basebackup_compressed_bytes_total + p.binlog_bytes_total,
+            )
+
+        restore = PointInTimeRestore(settings, store, progress=show)
+        if resume:
+            if target_args:
+                raise UsageError("--resume continues the recorded target; give no --to-* option")
+            result = restore.resume()
+        else:
+            request = PitrRequest(name, target_args, backup_id, approximate_ok=approximate)
+            result = restore.start(request)
+    click.echo(
+        f"restored backup {result.backup_id} and {result.binlogs_restored} binlog files "
+        f"({result.transactions_applied} transactions) to {result.target}; the server is "
+        f"running read-only at GTID {restore.state.get('final_gtid_position') or '(empty)'}"
     )

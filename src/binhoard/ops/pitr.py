@@ -1,0 +1,591 @@
+"""Point-in-time restore: a backup chain, then archived binlogs applied as relay logs.
+
+A persisted phase machine (``<state_directory>/restore.json``), so that a restore killed
+at any moment continues where it was when started again (``binhoard restore --resume``):
+
+    getting_backup_info -> restoring_basebackup -> basebackup_restored
+        -> applying_binlogs -> finalizing -> completed          (or failed)
+
+* **getting_backup_info**: the site's backups and binlog records are read and planned
+  (``domain/restore_plan.py``); the plan (backup id, record keys, target) is saved.
+* **restoring_basebackup**: the chain is restored into the (empty) datadir. Meanwhile
+  the plan's binlogs are downloaded (verified, decrypted, decompressed) into the
+  temporary directory, never more than ``restore_max_binlog_bytes`` at a time. A crash
+  here wipes the datadir this restore filled and starts the phase again.
+* **basebackup_restored**: the server is started and given the snapshot's GTID state.
+* **applying_binlogs**: downloaded files are handed to the server's SQL thread in
+  batches (``server/relay_apply.py``); after each batch the number of records applied
+  is saved. After a crash the server's ``gtid_slave_pos`` says exactly how far it got
+  (``RelayApplier.resume_point``): nothing is applied twice or skipped.
+* **finalizing**: replication configuration is removed, durability restored, GTID
+  state checked equal to the target's, and the server left running read-only.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from binhoard.config import Settings
+from binhoard.domain.binlog import TransactionTable
+from binhoard.domain.catalog import BinlogRecord
+from binhoard.domain.errors import BinhoardError, ConflictError, ServerError, UsageError
+from binhoard.domain.gtid import GtidPosition
+from binhoard.domain.manifest import BackupManifest
+from binhoard.domain.restore_plan import (
+    ResolvedStop,
+    RestorePlan,
+    Target,
+    exact_stop,
+    parse_target,
+    plan_restore,
+)
+from binhoard.localstate import StateFile, exclusive
+from binhoard.ops.catalog import read_records
+from binhoard.ops.restore_backup import (
+    RestoreProgress,
+    check_empty_datadir,
+    digest_of,
+    restore_backup,
+    set_gtid_state,
+)
+from binhoard.ops.site import list_backups
+from binhoard.server import sql
+from binhoard.server.binlog_reader import read_binlog
+from binhoard.server.process import ServerProcess
+from binhoard.server.relay_apply import ApplyProgress, BatchFile, RelayApplier
+from binhoard.storage.pipeline import decryption_identities, download_to_file
+from binhoard.storage.store import ObjectStore
+
+log = logging.getLogger("binhoard.restore")
+
+PHASES = (
+    "getting_backup_info",
+    "restoring_basebackup",
+    "basebackup_restored",
+    "applying_binlogs",
+    "finalizing",
+    "completed",
+    "failed",
+)
+
+
+@dataclass
+class PitrProgress(RestoreProgress):
+    """Restore progress with binlog apply (MyHoard's ``GET /status/restore`` fields)."""
+
+    target: str = ""
+    binlogs_total: int = 0
+    binlogs_restored: int = 0
+    binlogs_being_restored: int = 0
+    binlogs_pending: int = 0
+    binlog_bytes_total: int = 0
+    binlog_bytes_downloaded: int = 0
+    binlog_bytes_applied: int = 0
+    transactions_applied: int = 0
+    transactions_total: int = 0  # an upper bound until the stop is resolved
+    transactions_per_second: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if not k.startswith("_")}
+
+
+PitrCallback = Callable[[PitrProgress], None]
+
+
+def restore_state(settings: Settings) -> StateFile:
+    return StateFile(settings.state_directory / "restore.json")
+
+
+@dataclass(frozen=True)
+class PitrRequest:
+    """What to restore: ``target_args`` are :func:`parse_target`'s keyword arguments
+    (``to_latest``, ``to_time``, ``to_gtid``, ``to_position``), kept as given so that a
+    resumed restore plans exactly the same target."""
+
+    site: str
+    target_args: dict[str, Any]
+    backup_id: str | None = None
+    approximate_ok: bool = False
+
+    @property
+    def target(self) -> Target:
+        return parse_target(**self.target_args)
+
+
+# --- the download side ---------------------------------------------------------------
+class BinlogPrefetcher:
+    """Downloads the plan's binlogs in order into ``directory``, keeping the bytes on
+    local disk (being downloaded, waiting, or being applied) under ``budget``.
+
+    The applier takes ready files with :meth:`take` and gives their bytes back with
+    :meth:`release` once the server has consumed them.
+    """
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        records: Sequence[BinlogRecord],
+        directory: Path,
+        budget: int,
+        identities: Sequence[Any],
+        *,
+        first: int = 0,
+        on_downloaded: Callable[[BinlogRecord], None] | None = None,
+    ) -> None:
+        too_big = [r for r in records if r.size > budget]
+        if too_big:
+            raise UsageError(
+                f"restore_max_binlog_bytes ({budget}) is smaller than binlog {too_big[0].name} "
+                f"({too_big[0].size} bytes): raise it to at least the largest binlog file"
+            )
+        self.store = store
+        self.records = list(records)
+        self.directory = directory
+        self.budget = budget
+        self.identities = identities
+        self.on_downloaded = on_downloaded
+        self._cond = threading.Condition()
+        self._used = 0
+        self._ready: dict[int, Path] = {}
+        self._next = first
+        self._error: BaseException | None = None
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="binlog-prefetch", daemon=True)
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+        self._thread.join()
+
+    @property
+    def used(self) -> int:
+        with self._cond:
+            return self._used
+
+    def path(self, index: int) -> Path:
+        return self.directory / self.records[index].name
+
+    def _run(self) -> None:
+        try:
+            for index in range(self._next, len(self.records)):
+                record = self.records[index]
+                with self._cond:
+                    while not self._stopped and self._used + record.size > self.budget:
+                        self._cond.wait()
+                    if self._stopped:
+                        return
+                    self._used += record.size
+                download_to_file(
+                    self.store,
+                    record.object.key,
+                    self.path(index),
+                    expected=digest_of(record.object),
+                    identities=self.identities,
+                )
+                if self.on_downloaded is not None:
+                    self.on_downloaded(record)
+                with self._cond:
+                    self._ready[index] = self.path(index)
+                    self._cond.notify_all()
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread
+            with self._cond:
+                self._error = exc
+                self._cond.notify_all()
+
+    def take(self, first: int, limit: int) -> list[int]:
+        """Indexes ``first, first+1, ...`` (below ``limit``) that are downloaded; waits
+        for at least ``first``. Raises what the download raised."""
+        with self._cond:
+            while first not in self._ready and self._error is None:
+                self._cond.wait()
+            if first not in self._ready and self._error is not None:
+                raise self._error
+            taken = []
+            index = first
+            while index < limit and index in self._ready:
+                taken.append(index)
+                index += 1
+            return taken
+
+    def release(self, indexes: Sequence[int]) -> None:
+        with self._cond:
+            for index in indexes:
+                path = self._ready.pop(index, None)
+                if path is not None:
+                    path.unlink(missing_ok=True)
+                    self._used -= self.records[index].size
+            self._cond.notify_all()
+
+
+# --- the phase machine ------------------------------------------------------------------
+class PointInTimeRestore:
+    def __init__(
+        self,
+        settings: Settings,
+        store: ObjectStore,
+        *,
+        progress: PitrCallback | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.state_file = restore_state(settings)
+        self.state: dict[str, Any] = {}
+        self.progress = PitrProgress()
+        self.callback = progress
+        self.first_table: TransactionTable | None = None
+        self.resolved: ResolvedStop | None = None
+        self.trx_before = 0  # transactions applied by earlier batches of this run
+
+    # --- entry points -------------------------------------------------------------------
+    def start(self, request: PitrRequest) -> PitrProgress:
+        """A new restore into ``mysql.data_directory``, to ``request.target``."""
+        with exclusive(self.settings.state_directory / "restore.lock", "a restore"):
+            existing = self.state_file.read()
+            if existing and existing.get("phase") not in ("completed", "failed"):
+                raise ConflictError(
+                    f"an unfinished restore (phase {existing.get('phase')}, target "
+                    f"{existing.get('target_text')}) is recorded in {self.state_file.path}: "
+                    "continue it with `binhoard restore --resume`, or delete that file to "
+                    "start over"
+                )
+            check_empty_datadir(self.settings.mysql.data_directory)
+            target = request.target
+            self.state = {
+                "phase": "getting_backup_info",
+                "site": request.site,
+                "target_args": request.target_args,
+                "target_text": target.describe(),
+                "approximate_ok": request.approximate_ok,
+                "started_at": datetime.now(UTC).isoformat(),
+            }
+            self._save()
+            self._report()
+            plan = self._plan(request)
+            self.state.update(
+                backup_id=plan.backup.backup_id,
+                records=len(plan.records),
+                stop=plan.stop.detail,
+                applied_records=0,
+            )
+            self._set_phase("restoring_basebackup")
+            return self._run(plan)
+
+    def _plan(self, request: PitrRequest) -> RestorePlan:
+        plan = plan_restore(
+            list_backups(self.store),
+            _catalog(self.store),
+            request.target,
+            approximate_ok=request.approximate_ok,
+            backup_id=request.backup_id,
+        )
+        log.info(
+            "plan: backup %s, %d binlog files (%d bytes), stop: %s",
+            plan.backup.backup_id,
+            len(plan.records),
+            plan.total_bytes,
+            plan.stop.detail,
+        )
+        return plan
+
+    def resume(self) -> PitrProgress:
+        """Continues the restore recorded in the state file."""
+        with exclusive(self.settings.state_directory / "restore.lock", "a restore"):
+            state = self.state_file.read()
+            if not state or state.get("phase") in ("completed", "failed", None):
+                raise UsageError(f"no unfinished restore recorded in {self.state_file.path}")
+            self.state = state
+            if state["phase"] == "getting_backup_info":
+                raise UsageError(
+                    "the restore stopped before it had a plan; nothing was changed: start it "
+                    f"again (delete {self.state_file.path} first)"
+                )
+            # The same target and base backup give the same files: records are immutable
+            # and a stream only grows at its end (a "latest" restore may now go further).
+            request = PitrRequest(
+                site=str(state["site"]),
+                target_args=dict(state["target_args"]),
+                backup_id=str(state["backup_id"]),
+                approximate_ok=bool(state.get("approximate_ok", False)),
+            )
+            plan = self._plan(request)
+            if len(plan.records) < int(state["records"]):
+                raise ConflictError(
+                    f"the plan changed since the restore began ({state['records']} binlog files "
+                    f"then, {len(plan.records)} now): binlog records were removed from the site"
+                )
+            log.info("resuming the restore at phase %s", state["phase"])
+            return self._run(plan)
+
+    # --- the phases -------------------------------------------------------------------
+    def _run(self, plan: RestorePlan) -> PitrProgress:
+        p = self.progress
+        p.backup_id = plan.backup.backup_id
+        p.target = str(self.state["target_text"])
+        p.binlogs_total = len(plan.records)
+        p.binlog_bytes_total = plan.total_bytes
+        p.transactions_total = plan.transactions_upper_bound
+        applied = int(self.state.get("applied_records", 0))
+        p.binlogs_restored = applied
+        site = self.settings.backup_sites[str(self.state["site"])]
+        prefetcher = BinlogPrefetcher(
+            self.store,
+            plan.records,
+            self.settings.temporary_directory / "restore-binlogs",
+            self.settings.restore_max_binlog_bytes,
+            decryption_identities(site.encryption_keys),
+            first=applied,
+            on_downloaded=self._downloaded,
+        )
+        shutil.rmtree(prefetcher.directory, ignore_errors=True)
+        prefetcher.start()
+        try:
+            if self.state["phase"] == "restoring_basebackup":
+                self._restore_basebackup(plan.backup)
+                self._set_phase("basebackup_restored")
+            if self.state["phase"] == "basebackup_restored":
+                _ensure_server_running(self.settings)
+                conn = sql.connect(self.settings.mysql.client_params)
+                try:
+                    set_gtid_state(conn, plan.backup.snapshot.gtid_position)
+                finally:
+                    conn.close()
+                self._set_phase("applying_binlogs")
+            if self.state["phase"] == "applying_binlogs":
+                _ensure_server_running(self.settings)
+                self._apply(plan, prefetcher)
+                self._set_phase("finalizing")
+            if self.state["phase"] == "finalizing":
+                _ensure_server_running(self.settings)
+                position = self._applier().finish(expected=self._expected_end(plan))
+                self.state["final_gtid_position"] = position.format()
+                self._set_phase("completed")
+        except BinhoardError as exc:
+            self.state["error"] = exc.message
+            self._save()
+            raise
+        finally:
+            prefetcher.stop()
+            shutil.rmtree(prefetcher.directory, ignore_errors=True)
+        return self.progress
+
+    def _restore_basebackup(self, backup: BackupManifest) -> None:
+        datadir = self.settings.mysql.data_directory
+        if ServerProcess(self.settings.mysql.config_file_name).pid() is not None:
+            raise ConflictError(
+                f"a server runs with {self.settings.mysql.config_file_name} while its datadir "
+                "is being restored: stop it first"
+            )
+        # This restore checked the datadir was empty when it began: whatever is there now
+        # is its own unfinished work.
+        if datadir.exists():
+            shutil.rmtree(datadir)
+
+        def on_restore(state: RestoreProgress) -> None:
+            self.progress.basebackup_compressed_bytes_downloaded = (
+                state.basebackup_compressed_bytes_downloaded
+            )
+            self.progress.basebackup_compressed_bytes_total = (
+                state.basebackup_compressed_bytes_total
+            )
+            self._report()
+
+        restore_backup(
+            self.settings,
+            self.store,
+            backup.backup_id,
+            datadir,
+            site_name=str(self.state["site"]),
+            progress=on_restore,
+        )
+
+    def _applier(self) -> RelayApplier:
+        mysql = self.settings.mysql
+        relay_prefix = mysql.relay_log_prefix
+        if relay_prefix is None or mysql.relay_log_index_file is None:
+            raise UsageError(
+                "mysql.relay_log_prefix and mysql.relay_log_index_file must be configured "
+                "(the server's relay_log and relay_log_index) for point-in-time restore"
+            )
+        params = mysql.client_params
+        return RelayApplier(
+            lambda: sql.connect(params),
+            relay_prefix.parent,
+            mysql.relay_log_index_file,
+            relay_prefix.name,
+            self.settings.restore_parallel_threads,
+            state_file=self.settings.state_directory / "restore-apply.json",
+        )
+
+    def _apply(self, plan: RestorePlan, prefetcher: BinlogPrefetcher) -> None:
+        records = plan.records
+        applier = self._applier()
+        first_batch = True
+        while int(self.state["applied_records"]) < self._record_limit(plan):
+            start = int(self.state["applied_records"])
+            indexes = prefetcher.take(start, self._record_limit(plan))
+            files = [BatchFile.read(prefetcher.path(i)) for i in indexes]
+            if 0 in indexes:
+                self.first_table = files[0].transactions
+            last_file_index = len(records) - 1
+            if last_file_index in indexes and self.resolved is None:
+                self._resolve(plan, files[indexes.index(last_file_index)].transactions, prefetcher)
+                limit = self._record_limit(plan)
+                kept = [(i, f) for i, f in zip(indexes, files, strict=True) if i < limit]
+                prefetcher.release([i for i in indexes if i >= limit])
+                indexes, files = [i for i, _ in kept], [f for _, f in kept]
+                if not indexes:
+                    break
+            start_offset = records[0].start_offset if start == 0 else 4
+            if first_batch:
+                # After a crash the server may have got anywhere inside these files; its
+                # gtid_slave_pos says where (nothing is applied twice or skipped).
+                first_batch = False
+                point = applier.resume_point(files)
+                if point.server_error:
+                    log.warning("the SQL thread had stopped on: %s", point.server_error)
+                if point.file_index >= len(files):
+                    self._applied(indexes, prefetcher)
+                    continue
+                skip = point.file_index
+                if skip:
+                    self._applied(indexes[:skip], prefetcher)
+                    indexes, files = indexes[skip:], files[skip:]
+                    start_offset = point.offset
+                else:
+                    start_offset = max(start_offset, point.offset)
+            stop_offset = None
+            if self.resolved is not None and indexes[-1] == len(self.resolved.records) - 1:
+                stop_offset = self.resolved.end_offset
+            self.progress.phase = "applying_binlogs"
+            self.progress.binlogs_being_restored = len(indexes)
+            self._report()
+            result = applier.apply_batch(
+                files,
+                start_offset=start_offset,
+                stop_offset=stop_offset,
+                progress=self._on_apply,
+                move=True,
+            )
+            self.trx_before += result.transactions
+            self.progress.transactions_applied = self.trx_before
+            self._applied(indexes, prefetcher)
+
+    def _record_limit(self, plan: RestorePlan) -> int:
+        return len(plan.records) if self.resolved is None else len(self.resolved.records)
+
+    def _resolve(
+        self, plan: RestorePlan, last_table: TransactionTable, prefetcher: BinlogPrefetcher
+    ) -> None:
+        first_table = self.first_table
+        if len(plan.records) > 1 and first_table is None:
+            # Resumed after the first file was applied and deleted: index it again.
+            path = prefetcher.directory / f"first-{plan.records[0].name}"
+            download_to_file(
+                self.store,
+                plan.records[0].object.key,
+                path,
+                expected=digest_of(plan.records[0].object),
+                identities=prefetcher.identities,
+            )
+            try:
+                first_table = read_binlog(path).transactions
+            finally:
+                path.unlink(missing_ok=True)
+        self.resolved = exact_stop(plan, last_table, first_table)
+        self.progress.transactions_total = self.resolved.transactions
+        log.info(
+            "the restore stops at %s (%d files, %d transactions)",
+            self.resolved.gtid_position,
+            len(self.resolved.records),
+            self.resolved.transactions,
+        )
+
+    def _expected_end(self, plan: RestorePlan) -> GtidPosition | None:
+        if self.resolved is not None:
+            return self.resolved.gtid_position
+        if not plan.records:
+            return plan.snapshot
+        return None
+
+    def _applied(self, indexes: Sequence[int], prefetcher: BinlogPrefetcher) -> None:
+        prefetcher.release(indexes)
+        self.progress.binlog_bytes_applied += sum(prefetcher.records[i].size for i in indexes)
+        self.state["applied_records"] = indexes[-1] + 1
+        self.progress.binlogs_restored = indexes[-1] + 1
+        self.progress.binlogs_being_restored = 0
+        self._save()
+        self._report()
+
+    def _on_apply(self, state: ApplyProgress) -> None:
+        self.progress.transactions_applied = self.trx_before + state.transactions_applied
+        self.progress.transactions_per_second = state.rate
+        self._report()
+
+    def _downloaded(self, record: BinlogRecord) -> None:
+        self.progress.binlog_bytes_downloaded += record.size
+        self.progress.binlogs_pending = max(
+            0,
+            self.progress.binlogs_total
+            - self.progress.binlogs_restored
+            - self.progress.binlogs_being_restored,
+        )
+        self._report()
+
+    # --- state -------------------------------------------------------------------------
+    def _set_phase(self, phase: str) -> None:
+        self.state["phase"] = phase
+        self._save()
+        self._report()
+
+    def _save(self) -> None:
+        self.state["updated_at"] = datetime.now(UTC).isoformat()
+        self.state_file.write(self.state)
+
+    def _report(self) -> None:
+        self.progress.phase = str(self.state.get("phase", self.progress.phase))
+        if self.callback is not None:
+            self.callback(self.progress)
+
+
+def _catalog(store: ObjectStore) -> dict[str, list[BinlogRecord]]:
+    return {b.backup_id: read_records(store, b.backup_id) for b in list_backups(store)}
+
+
+def _ensure_server_running(settings: Settings) -> None:
+    """Starts the restored server if it is not running (after a crash of the host)."""
+    params = settings.mysql.client_params
+
+    def answers() -> bool:
+        try:
+            sql.connect(params, timeout=2).close()
+        except ServerError:
+            return False
+        return True
+
+    if answers():
+        return
+    process = ServerProcess(settings.mysql.config_file_name)
+    if settings.start_command:
+        subprocess.run(settings.start_command, check=True)
+        process.wait_until(answers)
+    else:
+        process.start(answers)
+    deadline = time.monotonic() + 60
+    while not answers():
+        if time.monotonic() > deadline:
+            raise ServerError("the restored server did not answer within 60 s")
+        time.sleep(0.2)
