@@ -246,10 +246,7 @@ def plan_batch(
     skip, last_count = _check_offsets(files, start_offset, stop_offset)
 
     # The state the binlog is in at the start offset must be the server's.
-    at_start: dict[int, tuple[int, int]] = {
-        g.domain_id: (g.server_id, g.seq_no)
-        for g in GtidPosition.from_binlog_state(first.gtid_list_at_start.values()).values()
-    }
+    at_start = {g.domain_id: (g.server_id, g.seq_no) for g in first.gtid_list_at_start.values()}
     for domain, server, seq, _, _, _ in first.transactions[:skip].rows():
         at_start[domain] = (server, seq)
     state_at_start = _fold(at_start, GtidPosition())
