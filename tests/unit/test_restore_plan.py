@@ -341,6 +341,15 @@ def test_gtid_of_another_history_is_refused_once_the_file_is_read() -> None:
         resolve(plan, TABLES)
 
 
+def test_latest_when_the_first_file_ends_at_the_snapshot() -> None:
+    done = build_stream("L", [F1[:2]], in_snapshot=2)
+    plan = plan_restore([done.backup], done.catalog(), Latest())
+    assert plan.stop.kind == "end_of_file"  # the record cannot tell: its 2 are in the snapshot
+    resolved = resolve(plan, tables_of(done))
+    assert (resolved.records, resolved.transactions) == ((), 0)
+    assert resolved.gtid_position == P("0-1-2")
+
+
 def test_no_backups() -> None:
     with pytest.raises(NoBackupError, match="no backup"):
         plan_restore([], {}, Latest())
@@ -594,6 +603,21 @@ def test_time_plan_applies_exactly_what_stop_for_time_gives(
     assert resolved.transactions == expected.count
     assert resolved.stop_before == expected.stop_before
     assert resolved.gtid_position == position_after(plan.snapshot, after[: expected.count])
+
+
+@given(time_files, st.data())
+def test_latest_applies_every_archived_transaction(
+    files: list[list[int]], data: st.DataObject
+) -> None:
+    stream = stream_of_times(files, data.draw(st.integers(0, len(files[0]))))
+    tables = tables_of(stream)
+    plan = plan_restore([stream.backup], stream.catalog(), Latest())
+    _, numbered = split_at_snapshot(stream)
+    after = [e for _, e in numbered]
+    assert not plan.records or plan.records[-1].transactions  # trailing empty files dropped
+    resolved = resolve(plan, tables)
+    assert applied(resolved, tables) == after
+    assert resolved.gtid_position == stream.records[-1].gtid_position_at_end
 
 
 @given(time_files, st.data())

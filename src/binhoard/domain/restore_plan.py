@@ -25,11 +25,12 @@ Rules (each one is tested in ``tests/unit/test_restore_plan.py``):
   when the stream has no binlogs at all.
 * **Backup for a time target**: the newest backup with ``completed_at <= T``. The
   snapshot is taken (under ``BACKUP STAGE BLOCK_COMMIT``) before the backup completes,
-  and a transaction's timestamp is taken when it starts, before it commits; so every
+  and a transaction's binlog timestamp is taken no later than its commit (a replicated
+  one carries its primary's, earlier, time), truncated to the second; so every
   transaction in the snapshot has a commit time ``< completed_at <= T`` and cannot be
   the stop: the stop lies after the snapshot. This assumes the database server's clock
   and the clock that wrote ``completed_at`` agree (binhoard runs on the database host)
-  and no ``SET TIMESTAMP`` in the past. It is conservative: a backup that completed
+  and no ``SET TIMESTAMP`` into the future. It is conservative: a backup that completed
   after T may still have its snapshot before the stop, but nothing recorded proves it.
   :func:`exact_stop` re-checks what it can see: a transaction of the first file that
   is in the snapshot and has a commit time ``>= T`` refuses the plan.
@@ -713,10 +714,12 @@ def _split(
 
 
 def _advance(start: GtidPosition, table: TransactionTable) -> GtidPosition:
-    state = {g.domain_id: g for g in start.values()}
+    """``start`` moved past every transaction of ``table`` (plain integers in the loop:
+    the part of a first file before the snapshot can hold millions)."""
+    state = {g.domain_id: (g.server_id, g.seq_no) for g in start.values()}
     for domain, server, seq, *_ in table.rows():
-        state[domain] = Gtid(domain, server, seq)
-    return GtidPosition(state.values())
+        state[domain] = (server, seq)
+    return GtidPosition(Gtid(d, server, seq) for d, (server, seq) in state.items())
 
 
 def _check_snapshot(plan: RestorePlan, first: BinlogRecord, in_snapshot: TransactionTable) -> None:
