@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import click
@@ -19,8 +20,13 @@ from binhoard.domain.errors import BinhoardError
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="binhoard")
-def cli() -> None:
+@click.option("-v", "--verbose", is_flag=True, help="Log what is done (INFO) on stderr.")
+def cli(verbose: bool) -> None:
     """Backup and point-in-time recovery of MariaDB to object storage."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
 
 
 cli.add_command(sandbox_group)

@@ -451,15 +451,16 @@ class PointInTimeRestore:
                     break
             start_offset = records[0].start_offset if start == 0 else 4
             if first_batch:
-                # After a crash the server may have got anywhere inside these files; its
-                # gtid_slave_pos says where (nothing is applied twice or skipped).
-                first_batch = False
+                # After a crash the server may have got anywhere in the files still to
+                # apply (an interrupted batch can span more files than are downloaded
+                # now); its gtid_slave_pos says where: nothing is applied twice or skipped.
                 point = applier.resume_point(files)
                 if point.server_error:
                     log.warning("the SQL thread had stopped on: %s", point.server_error)
                 if point.file_index >= len(files):
                     self._applied(indexes, prefetcher)
-                    continue
+                    continue  # these were all applied: look at the next ones the same way
+                first_batch = False
                 skip = point.file_index
                 if skip:
                     self._applied(indexes[:skip], prefetcher)
