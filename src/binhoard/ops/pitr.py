@@ -508,6 +508,7 @@ class PointInTimeRestore:
                 path.unlink(missing_ok=True)
         self.resolved = exact_stop(plan, last_table, first_table)
         self.progress.transactions_total = self.resolved.transactions
+        self.progress.binlogs_total = len(self.resolved.records)
         log.info(
             "the restore stops at %s (%d files, %d transactions)",
             self.resolved.gtid_position,
