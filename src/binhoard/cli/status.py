@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
+from typing import Any
 
 import click
 
 from binhoard.cli.common import config_option, json_option
-from binhoard.config import load_settings
+from binhoard.config import Settings, load_settings
 from binhoard.domain.errors import ServerError
+from binhoard.ops.archive import status_file
 from binhoard.server import sql
+
+
+def _archive_status(settings: Settings) -> dict[str, Any] | None:
+    """The last archive pass on this host (``binlog-archive.json``), if any."""
+    return status_file(settings).read()
 
 
 @click.command("status")
@@ -26,7 +34,7 @@ def status_command(config_file: Path, as_json: bool) -> None:
         conn.close()
     problems = facts.problems(expected_server_id=settings.server_id)
     sites = {name: site.object_storage.storage_type for name, site in settings.backup_sites.items()}
-    report = {
+    report: dict[str, Any] = {
         "server": {
             "version": facts.version,
             "server_id": facts.server_id,
@@ -38,6 +46,7 @@ def status_command(config_file: Path, as_json: bool) -> None:
         "upload_site": settings.backup_settings.upload_site,
         "ready": not problems,
         "problems": problems,
+        "binlog_archive": _archive_status(settings),
     }
     if as_json:
         click.echo(json.dumps(report, indent=2))
@@ -49,5 +58,14 @@ def status_command(config_file: Path, as_json: bool) -> None:
         click.echo("ready       yes" if not problems else "ready       NO")
         for problem in problems:
             click.echo(f"  - {problem}")
+        archive = _archive_status(settings)
+        if archive is None:
+            click.echo("archive     no archive pass yet (binhoard binlog archive)")
+        else:
+            newest = archive.get("newest_stored_commit_time")
+            lag = f", newest stored commit {time.time() - newest:.0f} s ago" if newest else ""
+            click.echo(f"archive     last pass {archive.get('at')}{lag}")
+            for problem in archive.get("problems", []):
+                click.echo(f"  - GAP: {problem}")
     if problems:
         raise ServerError("the server is not configured as binhoard requires")
