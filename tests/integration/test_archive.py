@@ -14,11 +14,11 @@ import time
 from pathlib import Path
 
 from binhoard.app import open_site
-from binhoard.config import Settings, load_settings
+from binhoard.config import Settings, load_settings, parse_settings
 from binhoard.domain.catalog import BinlogRecord
 from binhoard.domain.gtid import GtidPosition
 from binhoard.metrics import Metrics
-from binhoard.ops.archive import BinlogArchiver, flush_and_wait, publish
+from binhoard.ops.archive import ArchiveLoop, BinlogArchiver, flush_and_wait, publish
 from binhoard.ops.backup import create_backup
 from binhoard.ops.catalog import StreamState, read_streams
 from binhoard.ops.restore_backup import digest_of
@@ -208,3 +208,34 @@ def test_killing_the_archiver_at_random_moments_loses_and_repeats_nothing(
     named = {r.object.key for r in stream.records}
     stored = {info.key for info in store.list("binlogs/")}
     assert stored == named
+
+
+def test_forced_rotation_brings_a_waiting_transaction_to_storage(
+    sandboxes: SandboxFactory,
+) -> None:
+    source = sandboxes.new("source")
+    create_schema(source)
+    config = config_for(source, sandboxes.root / "site")
+    config.setdefault("backup_settings", {})["forced_binlog_rotation_interval"] = 1.0
+    settings = parse_settings(config, source="test")
+    store = open_site(settings)
+    create_backup(settings, store)
+    source.query("FLUSH BINARY LOGS")  # the snapshot's file is closed: the stream is caught up
+    metrics = Metrics()
+    loop = ArchiveLoop(settings, BinlogArchiver(settings, store), metrics)
+    assert loop.tick().problems == []
+    write_rows(source, 50, seed=1)  # one transaction, waiting in the active binlog
+    committed = binlog_pos(source)
+    started = time.monotonic()
+    while read_streams(store)[0].end_position != committed:
+        assert time.monotonic() - started < 10, "the waiting transaction never got stored"
+        loop.tick()
+        time.sleep(0.1)
+    # Not before the interval (the transaction waited at least that long), and only once.
+    assert time.monotonic() - started >= 1.0
+    assert metrics.value("binhoard.binlog.forced_rotations") == 1
+    newest = metrics.value("binhoard.binlog.newest_stored_commit_time")
+    assert newest is not None and abs(newest - time.time()) < 30
+    for _ in range(3):
+        loop.tick()  # nothing waits any more: no further rotation
+    assert metrics.value("binhoard.binlog.forced_rotations") == 1
