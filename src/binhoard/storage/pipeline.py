@@ -344,14 +344,18 @@ class _Pump:
 
 
 class _Coalescer:
-    """The writer pyrage writes to: gathers its small writes into chunks for the pump."""
+    """The writer pyrage writes to: gathers its small writes into chunks for the pump.
 
-    def __init__(self, pump: _Pump, target: int) -> None:
+    ``hashed``: whether to keep the sha256 of what passes (the stored bytes, on upload;
+    on download the decrypted stream needs none, its plaintext is hashed further on).
+    """
+
+    def __init__(self, pump: _Pump, target: int, *, hashed: bool) -> None:
         self._pump = pump
         self._target = target
         self._parts: list[bytes] = []
         self._size = 0
-        self.sha256 = hashlib.sha256()
+        self.sha256 = hashlib.sha256() if hashed else None
         self.size = 0
         self.error: BaseException | None = None
 
@@ -377,7 +381,8 @@ class _Coalescer:
         chunk = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
         self._parts = []
         self._size = 0
-        self.sha256.update(chunk)
+        if self.sha256 is not None:
+            self.sha256.update(chunk)
         self.size += len(chunk)
         self._pump.emit(chunk)
 
@@ -576,7 +581,7 @@ class _EncodeWorker:
     def __init__(self, chunks: Iterable[Chunk], codec: Codec) -> None:
         self.pump = _Pump("binhoard-encode")
         self.reader = _PlainReader(chunks, _compressor(codec), self.pump.cancelled)
-        self.writer = _Coalescer(self.pump, _STORED_CHUNK)
+        self.writer = _Coalescer(self.pump, _STORED_CHUNK, hashed=True)
         self.recipients = list(codec.age_recipients)
 
     def run(self) -> None:
@@ -627,6 +632,7 @@ class EncodedStream(Iterator[bytes]):
             raise
         if chunk is None:
             reader, writer = self._worker.reader, self._worker.writer
+            assert writer.sha256 is not None  # the upload's writer hashes
             self._digest = ObjectDigest(
                 plain_size=reader.size,
                 plain_sha256=reader.sha256.hexdigest(),
@@ -1006,7 +1012,7 @@ class _DownloadStages:
         self.decrypting = _Pump("binhoard-decrypt")
         self.decompressing = _Pump("binhoard-decompress")
         self.reader = _StoredReader(key, source, expected.stored_size, self.decrypting.cancelled)
-        self.writer = _Coalescer(self.decrypting, _DECRYPTED_CHUNK)
+        self.writer = _Coalescer(self.decrypting, _DECRYPTED_CHUNK, hashed=False)
 
     def start(self) -> Iterator[bytes]:
         """Starts both workers; returns the plaintext pieces."""
