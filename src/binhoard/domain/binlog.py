@@ -429,6 +429,34 @@ def check_chain(
     return problems
 
 
+def describe_problem(problem: SegmentProblem) -> str:
+    """One sentence naming the files and the GTIDs concerned."""
+    where = f"between {problem.before} and {problem.after}"
+    if isinstance(problem, GtidGap):
+        d = problem.domain_id
+        return (
+            f"gap {where}: transactions {d}-*-{problem.first_missing_seq}.."
+            f"{d}-*-{problem.last_missing_seq} of domain {d} are not archived"
+        )
+    if isinstance(problem, GtidOverlap):
+        d = problem.domain_id
+        return (
+            f"overlap {where}: transactions of domain {d} seq {problem.first_seq}.."
+            f"{problem.last_seq} appear twice"
+        )
+    if isinstance(problem, GtidDivergence):
+        return (
+            f"divergence {where}: domain {problem.domain_id} expected {problem.expected}, "
+            f"found {problem.found} (two histories)"
+        )
+    if isinstance(problem, DomainDropped):
+        return (
+            f"reset {where}: domain {problem.domain_id} (last {problem.last}) disappears "
+            "(RESET MASTER or another server)"
+        )
+    return f"out of order {where}: file names do not increase"
+
+
 # --- stop points -----------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class StopPoint:

@@ -73,14 +73,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from binhoard.domain.binlog import (
-    DomainDropped,
-    GtidDivergence,
-    GtidGap,
-    GtidOverlap,
     SegmentProblem,
     TransactionIndexEntry,
     TransactionTable,
     binlog_sort_key,
+    describe_problem,
     stop_for_gtid,
     stop_for_time,
 )
@@ -441,32 +438,6 @@ def choose_backup(
 
 
 # --- describing the archive --------------------------------------------------------------
-def _describe_problem(problem: SegmentProblem) -> str:
-    where = f"between {problem.before} and {problem.after}"
-    if isinstance(problem, GtidGap):
-        d = problem.domain_id
-        return (
-            f"transactions {d}-*-{problem.first_missing_seq}..{d}-*-{problem.last_missing_seq} "
-            f"of domain {d} are missing {where}"
-        )
-    if isinstance(problem, GtidOverlap):
-        return (
-            f"transactions of domain {problem.domain_id} seq {problem.first_seq}.."
-            f"{problem.last_seq} appear twice {where}"
-        )
-    if isinstance(problem, GtidDivergence):
-        return (
-            f"two histories meet {where}: domain {problem.domain_id} ends at "
-            f"{problem.expected}, then continues from {problem.found}"
-        )
-    if isinstance(problem, DomainDropped):
-        return (
-            f"domain {problem.domain_id} (last {problem.last}) disappears {where} "
-            "(RESET MASTER, or another server's files)"
-        )
-    return f"file names do not increase {where}"
-
-
 def _reach(backup: BackupManifest, records: Sequence[BinlogRecord]) -> str:
     """How far a stream's archive goes, in words."""
     if not records:
@@ -508,7 +479,7 @@ def _check_prefix(
     complete = records[: names.index(problems[0].before) + 1]
     raise ArchiveGapError(
         f"cannot restore to {target.describe()}: the archive is not continuous before "
-        f"that point: {'; '.join(_describe_problem(p) for p in problems)}. "
+        f"that point: {'; '.join(describe_problem(p) for p in problems)}. "
         f"Up to the first problem, {_reach(backup, complete)}: choose a target before it.",
         problems,
     )

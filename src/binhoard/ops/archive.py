@@ -40,7 +40,7 @@ from binhoard.domain.archiving import (
     next_step,
     state_at_offset,
 )
-from binhoard.domain.binlog import binlog_sort_key, compare_positions
+from binhoard.domain.binlog import binlog_sort_key, compare_positions, describe_problem
 from binhoard.domain.catalog import (
     BinlogRecord,
     StreamMarker,
@@ -61,7 +61,7 @@ from binhoard.domain.manifest import ObjectRef
 from binhoard.localstate import StateFile, exclusive
 from binhoard.metrics import Metrics
 from binhoard.ops.backup import object_ref
-from binhoard.ops.catalog import StreamState, describe_problem, read_streams
+from binhoard.ops.catalog import StreamState, read_streams
 from binhoard.server import sql
 from binhoard.server.binlog_reader import BinlogIndex, read_binlog
 from binhoard.storage.pipeline import Codec, suffix, upload
