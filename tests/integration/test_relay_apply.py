@@ -40,7 +40,8 @@ class Scenario:
     site: Path
     store: ObjectStore
     backup: BackupManifest
-    files: list[BatchFile]  # copies of the source's binlogs from the snapshot's file on
+    all_files: list[BatchFile]  # copies of all the source's binlogs
+    files: list[BatchFile]  # those from the snapshot's file on
     mid_gtid: Gtid
     mid_sums: dict[str, int]
     final_gtid: GtidPosition
@@ -120,12 +121,12 @@ def scenario() -> Iterator[Scenario]:
         final_sums, final_gtid = checksums(source), GtidPosition.parse(gtid_current_pos(source))
 
         names = [Path(p).name for p in (source.binlog_dir / "binlog.index").read_text().split()]
-        names = names[names.index(backup.snapshot.binlog_file) :]
         copies = factory.root / "copies"
         copies.mkdir()
         for name in names:
             shutil.copyfile(source.binlog_dir / name, copies / name)
-        files = [BatchFile.read(copies / name) for name in names]
+        all_files = [BatchFile.read(copies / name) for name in names]
+        files = all_files[names.index(backup.snapshot.binlog_file) :]
         assert len(files) >= 5
         snapshot_file = files[0].transactions
         assert snapshot_file[-1].end_offset > backup.snapshot.binlog_pos  # mid-file
@@ -137,6 +138,7 @@ def scenario() -> Iterator[Scenario]:
             site,
             store,
             backup,
+            all_files,
             files,
             mid_gtid,
             mid_sums,
@@ -165,6 +167,10 @@ def write_rows_without_payload(box: Sandbox, count: int, *, seed: int) -> None:
 
 
 def restored(scenario: Scenario, name: str) -> Sandbox:
+    return restored_with_settings(scenario, name)[0]
+
+
+def restored_with_settings(scenario: Scenario, name: str) -> tuple[Sandbox, Settings]:
     target = scenario.factory.new(name, start=False, server_id=2)
     target.create(initialize=False)
     settings = settings_for(target, scenario.site, scenario.identity)
@@ -172,7 +178,7 @@ def restored(scenario: Scenario, name: str) -> Sandbox:
         settings, scenario.store, scenario.backup.backup_id, target.datadir, site_name="default"
     )
     start_restored_server(settings, manifest)
-    return target
+    return target, settings
 
 
 def applier_for(box: Sandbox, parallel_threads: int = 0) -> RelayApplier:
@@ -218,11 +224,13 @@ def locate(files: Sequence[BatchFile], gtid: Gtid) -> tuple[int, int]:
 
 
 def test_apply_to_a_gtid_in_the_middle_then_to_the_end(scenario: Scenario) -> None:
-    target = restored(scenario, "pitr")
+    target, settings = restored_with_settings(scenario, "pitr")
     files = scenario.files
     snapshot = scenario.backup.snapshot
     assert slave_pos(target) == GtidPosition.parse(snapshot.gtid_position)
-    applier = applier_for(target)
+    serial = settings.model_copy(update={"restore_parallel_threads": 0})
+    applier = RelayApplier.from_settings(serial)
+    assert applier.parallel_threads == 0
 
     mid_file, mid_end = locate(files, scenario.mid_gtid)
     reports = apply_in_batches(applier, files[: mid_file + 1], snapshot.binlog_pos, mid_end)
@@ -304,3 +312,27 @@ def test_a_failing_transaction_is_named(scenario: Scenario) -> None:
     point = applier_for(target).resume_point(files)
     assert "1032" in point.server_error
     assert point.next_gtid is not None and str(point.next_gtid) == error.gtid
+
+
+def test_parallel_apply_without_log_slave_updates(scenario: Scenario) -> None:
+    # A fresh server (no backup) replays the whole history from the first binlog, with
+    # four optimistic parallel workers and no binlogging of what it applies.
+    target = scenario.factory.new("fresh", server_id=3, options={"log_slave_updates": "OFF"})
+    durability = target.query("SELECT @@sync_binlog, @@innodb_flush_log_at_trx_commit")
+    applier = applier_for(target, parallel_threads=4)
+    reports = apply_in_batches(applier, scenario.all_files, 4, size=3)
+    # Parallel workers and relaxed durability stay between batches, until finish().
+    assert target.query("SELECT @@slave_parallel_threads, @@innodb_flush_log_at_trx_commit") == [
+        (4, 2)
+    ]
+    assert reports[-1].transactions_applied == reports[-1].transactions_total > 0
+    assert target.query("SELECT @@gtid_binlog_pos")[0][0] == ""
+    position = applier.finish(expected=scenario.final_gtid)  # log_slave_updates read: OFF
+    assert position == scenario.final_gtid
+    final = scenario.final_gtid.format()
+    assert target.query("SELECT @@gtid_binlog_pos, @@gtid_slave_pos, @@gtid_current_pos") == [
+        (final, final, final)
+    ]
+    assert target.query("SELECT @@sync_binlog, @@innodb_flush_log_at_trx_commit") == durability
+    assert target.query("SELECT @@slave_parallel_threads, @@read_only") == [(0, 1)]
+    assert checksums(target) == scenario.final_sums
