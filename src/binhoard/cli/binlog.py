@@ -62,7 +62,7 @@ def archive(config_file: Path, follow: bool, interval: float) -> None:
         if report.problems:
             sys.exit(9)
         return
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger().setLevel(logging.INFO)  # a long-running process: say what it does
     loop = ArchiveLoop(settings, archiver, metrics)
     while True:
         try:
