@@ -413,21 +413,8 @@ class PointInTimeRestore:
         )
 
     def _applier(self) -> RelayApplier:
-        mysql = self.settings.mysql
-        relay_prefix = mysql.relay_log_prefix
-        if relay_prefix is None or mysql.relay_log_index_file is None:
-            raise UsageError(
-                "mysql.relay_log_prefix and mysql.relay_log_index_file must be configured "
-                "(the server's relay_log and relay_log_index) for point-in-time restore"
-            )
-        params = mysql.client_params
-        return RelayApplier(
-            lambda: sql.connect(params),
-            relay_prefix.parent,
-            mysql.relay_log_index_file,
-            relay_prefix.name,
-            self.settings.restore_parallel_threads,
-            state_file=self.settings.state_directory / "restore-apply.json",
+        return RelayApplier.from_settings(
+            self.settings, state_file=self.settings.state_directory / "restore-apply.json"
         )
 
     def _apply(self, plan: RestorePlan, prefetcher: BinlogPrefetcher) -> None:

@@ -488,7 +488,7 @@ class RelayApplier:
         self.poll_interval = poll_interval
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> RelayApplier:
+    def from_settings(cls, settings: Settings, *, state_file: Path | None = None) -> RelayApplier:
         """The applier for the server of ``settings`` (``mysql.relay_log_prefix``,
         ``mysql.relay_log_index_file``, ``restore_parallel_threads``)."""
         mysql = settings.mysql
@@ -505,6 +505,7 @@ class RelayApplier:
             Path(index),
             Path(prefix).name,
             settings.restore_parallel_threads,
+            state_file=state_file,
         )
 
     # --- public API ----------------------------------------------------------------------
