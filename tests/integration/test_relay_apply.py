@@ -14,7 +14,7 @@ import pyrage
 import pytest
 
 from binhoard.app import open_site
-from binhoard.config import Settings, parse_settings
+from binhoard.config import Settings
 from binhoard.domain.errors import ApplyError
 from binhoard.domain.gtid import Gtid, GtidPosition
 from binhoard.domain.manifest import BackupManifest
@@ -28,6 +28,7 @@ from binhoard.server.relay_apply import (
 )
 from binhoard.server.sandbox import Sandbox
 from binhoard.storage.store import ObjectStore
+from tests.support.configs import settings_for
 from tests.support.sandboxes import SandboxFactory, sandbox_factory
 from tests.support.workload import checksums, create_schema, write_rows
 
@@ -48,16 +49,6 @@ class Scenario:
     final_sums: dict[str, int]
 
 
-def settings_for(box: Sandbox, site: Path, identity: pyrage.x25519.Identity) -> Settings:
-    data = box.binhoard_config(
-        site_directory=site,
-        public_key=str(identity.to_public()),
-        private_key=str(identity),
-        work_dir=box.directory / "binhoard",
-    )
-    return parse_settings(data, source="test")
-
-
 def gtid_current_pos(box: Sandbox) -> str:
     return str(box.query("SELECT @@gtid_current_pos")[0][0])
 
@@ -73,7 +64,7 @@ def scenario() -> Iterator[Scenario]:
         write_rows(source, 200, seed=2)
         identity = pyrage.x25519.Identity.generate()
         site = factory.root / "site"
-        settings = settings_for(source, site, identity)
+        settings = settings_for(source, site, identity=identity)
         store = open_site(settings)
         # Writes go on while the backup runs: the snapshot lands between transactions of
         # a file that keeps growing after it.
@@ -173,7 +164,7 @@ def restored(scenario: Scenario, name: str) -> Sandbox:
 def restored_with_settings(scenario: Scenario, name: str) -> tuple[Sandbox, Settings]:
     target = scenario.factory.new(name, start=False, server_id=2)
     target.create(initialize=False)
-    settings = settings_for(target, scenario.site, scenario.identity)
+    settings = settings_for(target, scenario.site, identity=scenario.identity)
     manifest = restore_backup(
         settings, scenario.store, scenario.backup.backup_id, target.datadir, site_name="default"
     )

@@ -1,4 +1,4 @@
-"""binhoard settings for a sandbox, with a fresh age key pair and a local site."""
+"""binhoard settings for a sandbox with a local site, encrypted to an age key pair."""
 
 from __future__ import annotations
 
@@ -11,8 +11,16 @@ from binhoard.config import Settings, parse_settings
 from binhoard.server.sandbox import Sandbox
 
 
-def config_for(box: Sandbox, site: Path, **site_overrides: Any) -> dict[str, Any]:
-    identity = pyrage.x25519.Identity.generate()
+def config_for(
+    box: Sandbox,
+    site: Path,
+    *,
+    identity: pyrage.x25519.Identity | None = None,
+    **site_overrides: Any,
+) -> dict[str, Any]:
+    """The configuration as data; a new key pair unless ``identity`` is given (servers
+    that share a site, e.g. a source and its restore, must share the key)."""
+    identity = identity or pyrage.x25519.Identity.generate()
     data = box.binhoard_config(
         site_directory=site,
         public_key=str(identity.to_public()),
@@ -23,5 +31,11 @@ def config_for(box: Sandbox, site: Path, **site_overrides: Any) -> dict[str, Any
     return data
 
 
-def settings_for(box: Sandbox, site: Path, **site_overrides: Any) -> Settings:
-    return parse_settings(config_for(box, site, **site_overrides), source="test")
+def settings_for(
+    box: Sandbox,
+    site: Path,
+    *,
+    identity: pyrage.x25519.Identity | None = None,
+    **site_overrides: Any,
+) -> Settings:
+    return parse_settings(config_for(box, site, identity=identity, **site_overrides), source="test")
