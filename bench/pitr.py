@@ -15,7 +15,8 @@ several files; all are archived with ``BinlogArchiver``. Then, each into a fresh
 sandbox with the same server options:
 
 * binhoard: ``PointInTimeRestore.start(PitrRequest(site, {"to_latest": True}))``, once
-  with ``restore_parallel_threads`` 0 and once with 4 (the default). The apply part
+  with ``restore_parallel_threads`` 0 and once with 4 (the default picks by core count).
+  The apply part
   is timed from the phase ``applying_binlogs`` to ``completed`` (server already started
   and given the snapshot's GTID state; includes indexing the downloaded files and the
   finalizing step), reported separately from the base restore before it. binhoard
@@ -487,8 +488,7 @@ def main(argv: list[str] | None = None) -> int:
         relaxed = bench.baseline(manifest, files, expected, gtid, relaxed=True)
         ours0 = bench.ours(0, expected, gtid)
         durable = bench.baseline(manifest, files, expected, gtid, relaxed=False)
-        default_threads = binhoard.config.Settings.model_fields["restore_parallel_threads"].default
-        ours = ours4 if default_threads == 4 else ours0
+        ours = ours4 if binhoard.config.default_apply_threads() == 4 else ours0
         _log(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         result = {
             "bench": "pitr",

@@ -9,6 +9,7 @@ default, in ``docs/configuration.md``.
 from __future__ import annotations
 
 import json
+import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -219,7 +220,7 @@ class Settings(_Section):
     http_port: int = Field(default=16001, ge=1, le=65535)
     mysql: MySQLSettings
     restore_max_binlog_bytes: int = Field(default=4 * 1024**3, ge=1024 * 1024)
-    restore_parallel_threads: int = Field(default=4, ge=0, le=256)
+    restore_parallel_threads: int | None = Field(default=None, ge=0, le=256)
     sentry_dsn: SecretStr | None = None
     server_id: int = Field(ge=1, le=2**32 - 1)
     start_command: list[str] | None = None
@@ -230,6 +231,20 @@ class Settings(_Section):
     @property
     def upload_site(self) -> BackupSite:
         return self.backup_sites[self.backup_settings.upload_site]
+
+    @property
+    def apply_threads(self) -> int:
+        """``slave_parallel_threads`` for binlog apply: as configured, else 0 (serial) on
+        a host with two cores or fewer, where bench/pitr.py measured serial apply faster
+        in every run (docs/benchmarks.md), and 4 on larger hosts."""
+        if self.restore_parallel_threads is not None:
+            return self.restore_parallel_threads
+        return default_apply_threads()
+
+
+def default_apply_threads() -> int:
+    """``restore_parallel_threads`` when unset: serial on two cores or fewer."""
+    return 0 if len(os.sched_getaffinity(0)) <= 2 else 4
 
 
 def _semantic_problems(settings: Settings) -> list[tuple[str, str]]:

@@ -47,11 +47,12 @@ OFF                6.5-9.1k/s  8.0-8.9k/s  10.2k/s
 
 3k large transactions (50 statements each, 36 MB): serial 0.95-1.9k/s, 4 threads
 1.1-1.9k/s, 8 threads 1.3k/s: no difference beyond the noise. So optimistic parallel
-apply helps small transactions 1.5-1.9x with ``log_slave_updates=ON`` (probably by
-group-committing the restored server's own binlog writes; ``notes/mariadb.md`` saw
-gains only when fsync-bound) and never made things slower: the default is 4 threads, as
-``restore_parallel_threads``. (The integration tests' data, ~80 transactions, is too
-small to measure anything: batches take 10-60 ms.)
+apply helped small transactions 1.5-1.9x with ``log_slave_updates=ON`` here.
+``bench/pitr.py`` (50k OLTP transactions, docs/benchmarks.md) measured the opposite on
+the same 2 cores: serial was 1.05-2.2x faster in every run, at half the server CPU. So
+``restore_parallel_threads`` defaults to serial on hosts with two cores or fewer and to
+4 threads on larger ones (``Settings.apply_threads``). (The integration tests' data,
+~80 transactions, is too small to measure anything: batches take 10-60 ms.)
 """
 
 from __future__ import annotations
@@ -504,7 +505,7 @@ class RelayApplier:
             Path(prefix).parent,
             Path(index),
             Path(prefix).name,
-            settings.restore_parallel_threads,
+            settings.apply_threads,
             state_file=state_file,
         )
 
