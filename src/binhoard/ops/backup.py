@@ -34,6 +34,10 @@ from binhoard.storage.store import ObjectStore
 log = logging.getLogger("binhoard.backup")
 
 LEFTOVER_GRACE = timedelta(hours=24)
+# mariabackup's copy threads (--parallel). They mostly wait for O_DIRECT reads; with two,
+# one reads while the other writes to the stream, which keeps the compressor busy
+# (bench/basebackup.py: -7% wall time against one).
+COPY_THREADS = 2
 
 
 @dataclass
@@ -187,7 +191,9 @@ class _BackupRun:
         try:
             self.report("streaming")
             incremental_lsn = parent.lsn.to_lsn if parent else None
-            with tool.backup(work_dir, incremental_lsn=incremental_lsn) as stream:
+            with tool.backup(
+                work_dir, incremental_lsn=incremental_lsn, parallel=COPY_THREADS
+            ) as stream:
                 data_digest = upload(store, data_key, self._counted(stream), codec)
                 snapshot, lsn = stream.finish()
         finally:
