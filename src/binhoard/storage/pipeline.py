@@ -20,8 +20,8 @@ in 12 MiB of RSS; they read 8 KiB and write one 64 KiB age chunk at a time), so 
 runs in a worker thread joined to the caller by a bounded queue:
 
 * upload: the worker iterates the caller's chunks, hashes, compresses (zstd in its own
-  worker threads), encrypts and hashes the result; the caller's thread (the store's
-  ``put``) only writes it;
+  worker threads) and encrypts; the caller's thread (the store's ``put``) hashes the
+  result and writes it;
 * download: one worker fetches, hashes and decrypts, a second decompresses, and the
   caller's thread hashes the plaintext and uses it: three stages of similar cost.
 
@@ -345,19 +345,13 @@ class _Pump:
 
 
 class _Coalescer:
-    """The writer pyrage writes to: gathers its small writes into chunks for the pump.
+    """The writer pyrage writes to: gathers its small writes into chunks for the pump."""
 
-    ``hashed``: whether to keep the sha256 of what passes (the stored bytes, on upload;
-    on download the decrypted stream needs none, its plaintext is hashed further on).
-    """
-
-    def __init__(self, pump: _Pump, target: int, *, hashed: bool) -> None:
+    def __init__(self, pump: _Pump, target: int) -> None:
         self._pump = pump
         self._target = target
         self._parts: list[bytes] = []
         self._size = 0
-        self.sha256 = hashlib.sha256() if hashed else None
-        self.size = 0
         self.error: BaseException | None = None
 
     def write(self, data: bytes) -> int:
@@ -382,9 +376,6 @@ class _Coalescer:
         chunk = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
         self._parts = []
         self._size = 0
-        if self.sha256 is not None:
-            self.sha256.update(chunk)
-        self.size += len(chunk)
         self._pump.emit(chunk)
 
 
@@ -585,7 +576,7 @@ class _EncodeWorker:
     def __init__(self, chunks: Iterable[Chunk], codec: Codec) -> None:
         self.pump = _Pump("binhoard-encode")
         self.reader = _PlainReader(chunks, _compressor(codec), self.pump.cancelled)
-        self.writer = _Coalescer(self.pump, _STORED_CHUNK, hashed=True)
+        self.writer = _Coalescer(self.pump, _STORED_CHUNK)
         self.recipients = list(codec.age_recipients)
 
     def run(self) -> None:
@@ -607,7 +598,9 @@ class EncodedStream(Iterator[bytes]):
 
     Iterate it once, from one thread at a time (an ``ObjectStore.put`` does); ``digest``
     is available once it is exhausted. ``close()`` (or leaving a ``with`` block) stops
-    the worker if the consumer gives up early.
+    the worker if the consumer gives up early. The stored bytes are hashed here, in the
+    consumer's thread, which otherwise only writes them: that takes work off the worker,
+    which feeds the compressor.
     """
 
     def __init__(self, chunks: Iterable[Chunk], codec: Codec) -> None:
@@ -615,6 +608,8 @@ class EncodedStream(Iterator[bytes]):
         self._started = False
         self._digest: ObjectDigest | None = None
         self._failed = False
+        self._sha256 = hashlib.sha256()
+        self._size = 0
 
     @property
     def digest(self) -> ObjectDigest:
@@ -635,15 +630,18 @@ class EncodedStream(Iterator[bytes]):
             self._failed = True
             raise
         if chunk is None:
-            reader, writer = self._worker.reader, self._worker.writer
-            assert writer.sha256 is not None  # the upload's writer hashes
+            # The worker has ended without error (its end was queued after its data), so
+            # the plaintext digest is complete.
+            reader = self._worker.reader
             self._digest = ObjectDigest(
                 plain_size=reader.size,
                 plain_sha256=reader.sha256.hexdigest(),
-                stored_size=writer.size,
-                stored_sha256=writer.sha256.hexdigest(),
+                stored_size=self._size,
+                stored_sha256=self._sha256.hexdigest(),
             )
             raise StopIteration
+        self._sha256.update(chunk)
+        self._size += len(chunk)
         return chunk
 
     def close(self) -> None:
@@ -1016,7 +1014,7 @@ class _DownloadStages:
         self.decrypting = _Pump("binhoard-decrypt")
         self.decompressing = _Pump("binhoard-decompress")
         self.reader = _StoredReader(key, source, expected.stored_size, self.decrypting.cancelled)
-        self.writer = _Coalescer(self.decrypting, _DECRYPTED_CHUNK, hashed=False)
+        self.writer = _Coalescer(self.decrypting, _DECRYPTED_CHUNK)
 
     def start(self) -> Iterator[bytes]:
         """Starts both workers; returns the plaintext pieces."""
