@@ -12,8 +12,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import queue
 import re
 import subprocess
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -23,6 +25,12 @@ from binhoard.domain.manifest import LsnRange, SnapshotPosition
 from binhoard.server.process import find_executable
 
 READ_SIZE = 1024 * 1024
+# mariabackup reads the data files with O_DIRECT, 10 MiB at a time, and writes nothing
+# while it waits for the disk. Reading its output ahead into this many chunks (of at most
+# READ_SIZE) lets it go back to the disk at once while the compressor works on what came
+# before; with only the pipe in between, disk and CPU took turns more often.
+READ_AHEAD = 24
+_POLL_SECONDS = 0.1
 # Pipes to and from mariabackup and mbstream are enlarged from Linux's 64 KiB to this, so
 # that neither side waits for the other at every 64 KiB (two cores: every wake-up of the
 # other side preempts a compression thread). 1 MiB is the unprivileged maximum.
@@ -97,17 +105,31 @@ class BackupStream:
         self.bytes_read = 0
 
     def __iter__(self) -> Iterator[bytes]:
+        """mariabackup's output, read ahead by a thread of its own (see READ_AHEAD)."""
         stdout = self._process.stdout
         assert stdout is not None
-        fd = stdout.fileno()
-        while True:
-            # Whatever the pipe holds, up to READ_SIZE: one system call, no waiting for
-            # mariabackup to fill a whole chunk while the pipe could be refilling.
-            chunk = os.read(fd, READ_SIZE)
-            if not chunk:
-                return
-            self.bytes_read += len(chunk)
-            yield chunk
+        ahead: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=READ_AHEAD)
+        stop = threading.Event()
+        # The thread reads its own descriptor and closes it: ``backup()`` may close
+        # ``stdout`` while the thread is still inside a read.
+        reader = threading.Thread(
+            target=_read_ahead,
+            args=(os.dup(stdout.fileno()), ahead, stop),
+            name="mariabackup-read-ahead",
+            daemon=True,  # blocked in read() only until mariabackup writes or exits
+        )
+        reader.start()
+        try:
+            while True:
+                item = ahead.get()
+                if isinstance(item, BaseException):
+                    raise item
+                if not item:
+                    return
+                self.bytes_read += len(item)
+                yield item
+        finally:
+            stop.set()
 
     def finish(self) -> tuple[SnapshotPosition, LsnRange]:
         code = self._process.wait()
@@ -240,6 +262,31 @@ class MariaBackup:
             ],
             "mariabackup --move-back",
         )
+
+
+def _read_ahead(fd: int, ahead: queue.Queue[bytes | BaseException], stop: threading.Event) -> None:
+    """Reads ``fd`` into ``ahead`` until its end (an empty chunk), an error or ``stop``;
+    closes ``fd``."""
+    try:
+        while not stop.is_set():
+            item: bytes | BaseException
+            try:
+                # Whatever the pipe holds, up to READ_SIZE: one system call.
+                item = os.read(fd, READ_SIZE)
+            except Exception as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+                item = exc
+            while True:
+                if stop.is_set():
+                    return
+                try:
+                    ahead.put(item, timeout=_POLL_SECONDS)
+                    break
+                except queue.Full:
+                    continue
+            if not isinstance(item, bytes) or not item:
+                return
+    finally:
+        os.close(fd)
 
 
 def _enlarge_pipe(fd: int) -> None:
