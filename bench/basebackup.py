@@ -2,20 +2,28 @@
 
 Usage::
 
-    .venv/bin/python bench/basebackup.py [--size-mb 1024] [--keep]
+    .venv/bin/python bench/basebackup.py [--size-mb 1024] [--rounds 3] [--no-warm] [--keep]
 
-Generates a dataset of ``--size-mb`` MiB (InnoDB files) in a sandbox MariaDB, then times
+Generates a dataset of ``--size-mb`` MiB (InnoDB files) in a sandbox MariaDB, then, in
+each of ``--rounds`` rounds, times
 
 * baseline backup: ``mariabackup --backup --stream=xbstream | zstd -3 -T2 > file``
 * binhoard backup: ``create_backup`` into a local-directory site (zstd + age encryption)
 * baseline restore: ``zstd -d | mbstream -x``, ``mariabackup --prepare``, ``--move-back``
 * binhoard restore: ``restore_backup`` (download, verify, decrypt, decompress, mbstream,
-  prepare, move-back)
+  prepare, move-back), then starts the restored server and checks the row counts
 
-Throughput is the uncompressed stream size (the manifest's ``plain_size``) over the
-wall-clock seconds, for both. Page caches are not dropped between runs (that needs root
-and a quiet machine): the dataset is freshly written, so both runs read it mostly from
-the page cache. The last line printed is one JSON object with the figures.
+The two tools alternate which goes first from round to round. Before every timed step
+an untimed warm-up writes and deletes a scratch file (``warm_memory``: on the virtual
+development machines, memory left free for a few seconds is handed back to the host and
+costs ~2 CPU s/GiB to touch again). Throughput is the uncompressed stream size (the
+manifest's ``plain_size``) over the wall-clock seconds; CPU is user + system seconds of
+the bench process and its children (mariabackup, zstd, mbstream) per GiB of stream. The
+source server stays up, idle, during the restores. Page caches are not dropped (that
+needs root and a quiet machine): both tools read the freshly written dataset from the
+page cache. The last line printed is one JSON object: best-of-rounds throughputs and
+``*_ratio`` (baseline's best seconds / ours), ``*_ratio_median`` (of the medians) and
+the ratio of each round.
 """
 
 from __future__ import annotations
@@ -24,11 +32,14 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pyrage
@@ -37,6 +48,7 @@ import binhoard.app
 import binhoard.config
 import binhoard.ops.backup
 import binhoard.ops.restore_backup
+from binhoard.domain.manifest import BackupManifest
 from binhoard.server import sql
 from binhoard.server.sandbox import Sandbox
 
@@ -207,17 +219,115 @@ def _mbps(size: int, seconds: float) -> float:
     return round(size / MIB / seconds, 1)
 
 
-def _measure(
-    src: Sandbox, tmp: Path, boxes: list[Sandbox], source_counts: list[int]
-) -> dict[str, float]:
-    """Backs ``src`` up and restores it, baseline first each time; returns the figures."""
-    base_work = tmp / "base"
-    base_work.mkdir()
-    t0 = time.perf_counter()
-    archive = baseline_backup(src, base_work)
-    base_backup_s = time.perf_counter() - t0
-    base_stored = archive.stat().st_size
+def _cpu_seconds() -> float:
+    """User + system seconds of this process and of its waited-for children."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
+
+def warm_memory(directory: Path, size: int) -> None:
+    """Writes ``size`` bytes to a scratch file and deletes it, untimed, before each step.
+
+    The development machines are virtual machines that hand free memory back to the host
+    a few seconds after it is freed (free page reporting); touching such memory again
+    costs ~2 CPU s per GiB more (writing 1 GiB into the page cache: 0.2 s just after a
+    deletion, 1.9-2.3 s after 15 s of idleness). Without this, whichever step runs right
+    after another step's files were deleted gets the cheap memory (the first restore of a
+    round paid up to 2 s more than the second, whichever tool it was).
+    """
+    path = directory / "warm-up.tmp"
+    block = bytes(MIB)
+    with path.open("wb") as out:
+        for _ in range(size // MIB):
+            out.write(block)
+    path.unlink()
+
+
+class _Timer:
+    """Wall-clock and CPU seconds of one step, after an untimed memory warm-up."""
+
+    def __init__(self, tmp: Path, warm_bytes: int) -> None:
+        self._tmp = tmp
+        self._warm_bytes = warm_bytes
+
+    def run(self, step: Callable[[], object]) -> tuple[float, float]:
+        if self._warm_bytes:
+            warm_memory(self._tmp, self._warm_bytes)
+        cpu = _cpu_seconds()
+        started = time.perf_counter()
+        step()
+        return time.perf_counter() - started, _cpu_seconds() - cpu
+
+
+def _round(
+    round_no: int,
+    *,
+    src: Sandbox,
+    tmp: Path,
+    timer: _Timer,
+    settings: binhoard.config.Settings,
+    boxes: list[Sandbox],
+    source_counts: list[int],
+) -> dict[str, tuple[float, float]]:
+    """One round: both backups, then both restores, in an order that alternates by round."""
+    work = tmp / f"round{round_no}"
+    base_work = work / "base"
+    base_work.mkdir(parents=True)
+    store = binhoard.app.open_site(settings)
+    order = ("baseline", "binhoard") if round_no % 2 else ("binhoard", "baseline")
+    times: dict[str, tuple[float, float]] = {}
+    archive = base_work / "backup.xbstream.zst"
+    manifests: list[BackupManifest] = []
+    for tool in order:
+        if tool == "baseline":
+            times["backup baseline"] = timer.run(lambda: baseline_backup(src, base_work))
+        else:
+            times["backup binhoard"] = timer.run(
+                lambda: manifests.append(binhoard.ops.backup.create_backup(settings, store))
+            )
+    manifest = manifests[0]
+    for tool in order:
+        dst = Sandbox(work / f"dst-{tool}", server_id=2 if tool == "binhoard" else 3)
+        boxes.append(dst)
+        dst.create(initialize=False)
+        if tool == "baseline":
+            times["restore baseline"] = timer.run(
+                lambda: baseline_restore(archive, dst, base_work)  # noqa: B023 - called at once
+            )
+        else:
+            times["restore binhoard"] = timer.run(
+                lambda: binhoard.ops.restore_backup.restore_backup(
+                    settings,
+                    store,
+                    manifest.backup_id,
+                    dst.datadir,  # noqa: B023 - called at once
+                    site_name="default",
+                )
+            )
+            dst.start()
+            restored_counts = _counts(dst)
+            dst.stop()
+            if restored_counts != source_counts:
+                raise RuntimeError(f"row counts differ: {source_counts} vs {restored_counts}")
+        shutil.rmtree(dst.directory, ignore_errors=True)
+        boxes.remove(dst)
+    times["stored"] = (float(manifest.data.stored_size), float(archive.stat().st_size))
+    times["plain"] = (float(manifest.data.plain_size), 0.0)
+    shutil.rmtree(work, ignore_errors=True)
+    return times
+
+
+def _measure(
+    src: Sandbox,
+    tmp: Path,
+    boxes: list[Sandbox],
+    source_counts: list[int],
+    *,
+    rounds: int,
+    warm_bytes: int,
+) -> dict[str, object]:
+    """``rounds`` rounds of both backups and both restores; returns the figures."""
     identity = pyrage.x25519.Identity.generate()
     data = src.binhoard_config(
         site_directory=tmp / "site",
@@ -226,64 +336,64 @@ def _measure(
         work_dir=tmp / "bh",
     )
     settings = binhoard.config.parse_settings(data, source="bench")
-    store = binhoard.app.open_site(settings)
-    t0 = time.perf_counter()
-    manifest = binhoard.ops.backup.create_backup(settings, store)
-    ours_backup_s = time.perf_counter() - t0
-    plain = manifest.data.plain_size
-    stored = manifest.data.stored_size
-    _log(f"stream size {plain / MIB:.1f} MiB (mariabackup xbstream, uncompressed)")
+    timer = _Timer(tmp, warm_bytes)
+    seconds: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
+    plain = stored = base_stored = 0
+    for round_no in range(1, rounds + 1):
+        times = _round(
+            round_no,
+            src=src,
+            tmp=tmp,
+            timer=timer,
+            settings=settings,
+            boxes=boxes,
+            source_counts=source_counts,
+        )
+        plain = int(times.pop("plain")[0])
+        stored, base_stored = (int(x) for x in times.pop("stored"))
+        for label, (wall, used) in times.items():
+            seconds.setdefault(label, []).append(wall)
+            cpu.setdefault(label, []).append(used / (plain / 2**30))
+            _log(
+                f"round {round_no}  {label:17} {wall:6.2f} s {_mbps(plain, wall):7.1f} MiB/s"
+                f"  CPU {used / (plain / 2**30):5.2f} s/GiB"
+            )
     _log(
-        f"backup   baseline {base_backup_s:6.1f}s {_mbps(plain, base_backup_s):7.1f} MiB/s "
-        f"stored {base_stored / MIB:.1f} MiB (ratio {plain / base_stored:.2f})"
+        f"stream {plain / MIB:.1f} MiB; stored: binhoard {stored / MIB:.1f} MiB, baseline"
+        f" {base_stored / MIB:.1f} MiB (ratio {plain / base_stored:.2f})"
     )
-    _log(
-        f"backup   binhoard {ours_backup_s:6.1f}s {_mbps(plain, ours_backup_s):7.1f} MiB/s "
-        f"stored {stored / MIB:.1f} MiB (ratio {plain / stored:.2f})"
-    )
-    src.stop()  # the source is not read any more; restores get the whole machine
-
-    base_dst = Sandbox(tmp / "bdst", server_id=3)
-    boxes.append(base_dst)
-    base_dst.create(initialize=False)
-    t0 = time.perf_counter()
-    baseline_restore(archive, base_dst, base_work)
-    base_restore_s = time.perf_counter() - t0
-    shutil.rmtree(base_work, ignore_errors=True)
-    shutil.rmtree(base_dst.directory, ignore_errors=True)
-    _log(f"restore  baseline {base_restore_s:6.1f}s {_mbps(plain, base_restore_s):7.1f} MiB/s")
-
-    dst = Sandbox(tmp / "dst", server_id=2)
-    boxes.append(dst)
-    dst.create(initialize=False)
-    t0 = time.perf_counter()
-    binhoard.ops.restore_backup.restore_backup(
-        settings, store, manifest.backup_id, dst.datadir, site_name="default"
-    )
-    ours_restore_s = time.perf_counter() - t0
-    _log(f"restore  binhoard {ours_restore_s:6.1f}s {_mbps(plain, ours_restore_s):7.1f} MiB/s")
-    dst.start()
-    restored_counts = _counts(dst)
-    if restored_counts != source_counts:
-        raise RuntimeError(f"row counts differ: {source_counts} vs {restored_counts}")
-    _log(f"restored server answers; row counts match ({sum(restored_counts)} rows)")
-    _log("page caches were not dropped: both runs read a freshly written, cached dataset")
-    return {
-        "ours_backup_mbps": _mbps(plain, ours_backup_s),
-        "baseline_backup_mbps": _mbps(plain, base_backup_s),
-        "backup_ratio": round(base_backup_s / ours_backup_s, 3),
-        "ours_restore_mbps": _mbps(plain, ours_restore_s),
-        "baseline_restore_mbps": _mbps(plain, base_restore_s),
-        "restore_ratio": round(base_restore_s / ours_restore_s, 3),
-        "stored_mb": round(stored / MIB, 1),
-        "baseline_stored_mb": round(base_stored / MIB, 1),
-    }
+    _log(f"restored servers answer; row counts match ({sum(source_counts)} rows)")
+    figures: dict[str, object] = {}
+    for kind in ("backup", "restore"):
+        ours, base = seconds[f"{kind} binhoard"], seconds[f"{kind} baseline"]
+        per_round = [round(b / o, 3) for b, o in zip(base, ours, strict=True)]
+        figures |= {
+            f"ours_{kind}_mbps": _mbps(plain, min(ours)),
+            f"baseline_{kind}_mbps": _mbps(plain, min(base)),
+            f"{kind}_ratio": round(min(base) / min(ours), 3),
+            f"{kind}_ratio_median": round(statistics.median(base) / statistics.median(ours), 3),
+            f"{kind}_ratio_rounds": per_round,
+            f"ours_{kind}_cpu_s_per_gib": round(statistics.median(cpu[f"{kind} binhoard"]), 2),
+            f"baseline_{kind}_cpu_s_per_gib": round(statistics.median(cpu[f"{kind} baseline"]), 2),
+        }
+    figures["stored_mb"] = round(stored / MIB, 1)
+    figures["baseline_stored_mb"] = round(base_stored / MIB, 1)
+    figures["rounds"] = rounds
+    figures["warm_up"] = bool(warm_bytes)
+    return figures
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--size-mb", type=int, default=1024, help="dataset size (MiB)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of each step (default 3)")
+    parser.add_argument(
+        "--no-warm",
+        action="store_true",
+        help="skip the untimed memory warm-up before each step (see warm_memory)",
+    )
     args = parser.parse_args(argv)
     if args.size_mb < 16:
         parser.error("--size-mb must be at least 16")
@@ -313,7 +423,17 @@ def main(argv: list[str] | None = None) -> int:
             f"({sum(source_counts)} rows) in {time.perf_counter() - started:.1f}s"
         )
 
-        timings = _measure(src, tmp, boxes, source_counts)
+        load_before = os.getloadavg()[0]
+        timings = _measure(
+            src,
+            tmp,
+            boxes,
+            source_counts,
+            rounds=args.rounds,
+            warm_bytes=0 if args.no_warm else args.size_mb * MIB * 3 // 2,
+        )
+        # Other jobs share the development machines: say how busy it was.
+        timings["load_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
         print(json.dumps({"bench": "basebackup", "size_mb": args.size_mb, **timings}), flush=True)
         return 0
     finally:
