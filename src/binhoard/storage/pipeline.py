@@ -11,7 +11,7 @@ references the object (manifest, catalog) and hands them back to ``download``.
 
 Memory stays bounded whatever the object size: nothing is collected whole, chunks of at
 most a few MiB flow through bounded queues. zstd's worker threads add their own buffers
-(about 70 MiB at level 3 with two workers, see ``_ZstdCompressor``).
+(about 55 MiB at level 3 with two workers, see ``_ZstdCompressor``).
 
 Threads. pyrage only offers ``encrypt_io`` / ``decrypt_io``, which *pull* from a reader
 and *push* to a writer until the end, while an ``ObjectStore`` pulls from (``put``) or
@@ -398,19 +398,21 @@ class _Compressor(Protocol):
 class _ZstdCompressor:
     """A zstd frame with content checksum, compressed by ``workers`` threads of zstd's own.
 
-    With workers, zstd cuts the input into jobs of 4 x its window (8 MiB at level 3)
-    and keeps several in flight. Half that size saved ~35 MiB of RSS (peak 83 instead of
-    118 MiB for a 1 GiB upload) but cost ~5% of upload speed and 2-4% of CPU: with less
-    input buffered, the workers idled more often when the feeding thread was busy
-    encrypting or hashing. Jobs are capped at 16 MiB so that high levels (large windows)
-    stay within the memory bound.
+    With workers, zstd cuts the input into jobs of 4 x its window by default (8 MiB at
+    level 3) and keeps several in flight; the peak RSS of a 1 GiB upload grows with the
+    job size (bench/storage.py, local directory: 83 MiB at 2 x window, 100 MiB at 3 x,
+    116 MiB at 4 x; to S3 with 16 MiB parts x 4, 4 x reached 183 MiB, close to the
+    200 MB bound). 2 x window left the workers idle more often while the feeding thread
+    hashed or encrypted (base backup: 3 x is 3-6% faster); 3 x is as fast as 4 x within
+    the noise of a shared machine. Jobs are capped at 16 MiB so that high levels (large
+    windows) stay within the memory bound.
     """
 
     def __init__(self, level: int, workers: int) -> None:
         options: dict[str, int] = {}
         if workers > 0:
             window_log = zstandard.ZstdCompressionParameters.from_level(level).window_log
-            options["job_size"] = min(_ZSTD_MAX_JOB, max(_ZSTD_MIN_JOB, 4 << window_log))
+            options["job_size"] = min(_ZSTD_MAX_JOB, max(_ZSTD_MIN_JOB, 3 << window_log))
         params = zstandard.ZstdCompressionParameters.from_level(
             level, threads=workers, write_checksum=1, write_content_size=0, **options
         )
