@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-import subprocess
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -37,7 +35,7 @@ from typing import Any
 from binhoard.config import Settings
 from binhoard.domain.binlog import TransactionTable
 from binhoard.domain.catalog import BinlogRecord
-from binhoard.domain.errors import BinhoardError, ConflictError, ServerError, UsageError
+from binhoard.domain.errors import BinhoardError, ConflictError, UsageError
 from binhoard.domain.gtid import GtidPosition
 from binhoard.domain.manifest import BackupManifest
 from binhoard.domain.restore_plan import (
@@ -54,6 +52,7 @@ from binhoard.ops.restore_backup import (
     RestoreProgress,
     check_empty_datadir,
     digest_of,
+    ensure_server_running,
     restore_backup,
     set_gtid_state,
 )
@@ -357,7 +356,7 @@ class PointInTimeRestore:
                 self._restore_basebackup(plan.backup)
                 self._set_phase("basebackup_restored")
             if self.state["phase"] == "basebackup_restored":
-                _ensure_server_running(self.settings)
+                ensure_server_running(self.settings)
                 conn = sql.connect(self.settings.mysql.client_params)
                 try:
                     set_gtid_state(conn, plan.backup.snapshot.gtid_position)
@@ -365,11 +364,11 @@ class PointInTimeRestore:
                     conn.close()
                 self._set_phase("applying_binlogs")
             if self.state["phase"] == "applying_binlogs":
-                _ensure_server_running(self.settings)
+                ensure_server_running(self.settings)
                 self._apply(plan, prefetcher)
                 self._set_phase("finalizing")
             if self.state["phase"] == "finalizing":
-                _ensure_server_running(self.settings)
+                ensure_server_running(self.settings)
                 position = self._applier().finish(expected=self._expected_end(plan))
                 self.state["final_gtid_position"] = position.format()
                 self._set_phase("completed")
@@ -552,29 +551,3 @@ class PointInTimeRestore:
 
 def _catalog(store: ObjectStore) -> dict[str, list[BinlogRecord]]:
     return {b.backup_id: read_records(store, b.backup_id) for b in list_backups(store)}
-
-
-def _ensure_server_running(settings: Settings) -> None:
-    """Starts the restored server if it is not running (after a crash of the host)."""
-    params = settings.mysql.client_params
-
-    def answers() -> bool:
-        try:
-            sql.connect(params, timeout=2).close()
-        except ServerError:
-            return False
-        return True
-
-    if answers():
-        return
-    process = ServerProcess(settings.mysql.config_file_name)
-    if settings.start_command:
-        subprocess.run(settings.start_command, check=True)
-        process.wait_until(answers)
-    else:
-        process.start(answers)
-    deadline = time.monotonic() + 60
-    while not answers():
-        if time.monotonic() > deadline:
-            raise ServerError("the restored server did not answer within 60 s")
-        time.sleep(0.2)

@@ -158,11 +158,9 @@ def set_gtid_state(conn: sql.Connection, gtid_position: str) -> None:
     sql.query(conn, "SET GLOBAL gtid_slave_pos = %s", (gtid_position,))
 
 
-def start_restored_server(settings: Settings, manifest: BackupManifest) -> None:
-    """Starts the server on its restored datadir and gives it the snapshot's GTID state.
-
-    ``start_command`` when configured, else ``mariadbd --defaults-file=<config_file_name>``.
-    """
+def ensure_server_running(settings: Settings) -> None:
+    """Starts the configured server unless it already answers: ``start_command`` when
+    configured, else ``mariadbd --defaults-file=<config_file_name>``."""
     params = settings.mysql.client_params
 
     def answers() -> bool:
@@ -172,12 +170,19 @@ def start_restored_server(settings: Settings, manifest: BackupManifest) -> None:
             return False
         return True
 
+    if answers():
+        return
     if settings.start_command:
         subprocess.run(settings.start_command, check=True)
         ServerProcess(settings.mysql.config_file_name).wait_until(answers)
     else:
         ServerProcess(settings.mysql.config_file_name).start(answers)
-    conn = sql.connect(params)
+
+
+def start_restored_server(settings: Settings, manifest: BackupManifest) -> None:
+    """Starts the server on its restored datadir and gives it the snapshot's GTID state."""
+    ensure_server_running(settings)
+    conn = sql.connect(settings.mysql.client_params)
     try:
         set_gtid_state(conn, manifest.snapshot.gtid_position)
     finally:
