@@ -49,6 +49,7 @@ import binhoard.app
 import binhoard.config
 import binhoard.ops.backup
 import binhoard.ops.restore_backup
+from benchlib import warm_memory  # bench/ is on sys.path: the scripts run from it
 from binhoard.domain.manifest import BackupManifest
 from binhoard.server import sql
 from binhoard.server.sandbox import Sandbox
@@ -247,24 +248,6 @@ def _cpu_seconds() -> float:
     own = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-
-def warm_memory(directory: Path, size: int) -> None:
-    """Writes ``size`` bytes to a scratch file and deletes it, untimed, before each step.
-
-    The development machines are virtual machines that hand free memory back to the host
-    a few seconds after it is freed (free page reporting); touching such memory again
-    costs ~2 CPU s per GiB more (writing 1 GiB into the page cache: 0.2 s just after a
-    deletion, 1.9-2.3 s after 15 s of idleness). Without this, whichever step runs right
-    after another step's files were deleted gets the cheap memory (the first restore of a
-    round paid up to 2 s more than the second, whichever tool it was).
-    """
-    path = directory / "warm-up.tmp"
-    block = bytes(MIB)
-    with path.open("wb") as out:
-        for _ in range(size // MIB):
-            out.write(block)
-    path.unlink()
 
 
 class _Timer:

@@ -58,6 +58,7 @@ import pyrage
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.support (the S3 server) lives beside src/
 
+from benchlib import warm_memory  # noqa: E402  (bench/ is on sys.path: scripts run from it)
 from binhoard.storage.backends import LocalStore, open_store  # noqa: E402
 from binhoard.storage.pipeline import Codec, ObjectDigest, download, upload  # noqa: E402
 from binhoard.storage.store import ObjectStore  # noqa: E402
@@ -269,24 +270,6 @@ def _download(store: ObjectStore, spec: dict[str, Any]) -> int:
     for _ in download(store, key, expected=expected, identities=[identity]):
         pass
     return 0
-
-
-def warm_memory(directory: Path, size: int) -> None:
-    """Writes ``size`` bytes to a scratch file in ``directory`` and deletes it, untimed.
-
-    The development machines are virtual machines that hand free memory back to the host
-    a few seconds after it is freed (free page reporting); the first touch of such memory
-    then costs ~2 CPU s per GiB more (measured: writing 1 GiB into the page cache takes
-    0.2 s just after a deletion, 1.9-2.3 s after 15 s of idleness). Without this, whichever
-    mode happens to run after another's deletion gets the cheap memory; with it, every
-    mode starts with enough recently freed memory for its output and buffers.
-    """
-    path = directory / "warm-up.tmp"
-    block = bytes(MIB)
-    with path.open("wb") as out:
-        for _ in range(size // MIB):
-            out.write(block)
-    path.unlink()
 
 
 def run_child(spec: dict[str, Any]) -> dict[str, Any]:
