@@ -43,13 +43,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import pyrage
-
 import binhoard.app
 import binhoard.config
 import binhoard.ops.backup
 import binhoard.ops.restore_backup
 from benchlib import warm_memory  # bench/ is on sys.path: the scripts run from it
+from binhoard.crypto.age import Identity
 from binhoard.domain.manifest import BackupManifest
 from binhoard.server import sql
 from binhoard.server.sandbox import Sandbox
@@ -341,11 +340,11 @@ def _measure(
     warm_bytes: int,
 ) -> dict[str, object]:
     """``rounds`` rounds of both backups and both restores; returns the figures."""
-    identity = pyrage.x25519.Identity.generate()
+    identity = Identity.generate()
     data = src.binhoard_config(
         site_directory=tmp / "site",
-        public_key=str(identity.to_public()),
-        private_key=str(identity),
+        public_key=str(identity.recipient),
+        private_key=identity.secret_text(),
         work_dir=tmp / "bh",
     )
     settings = binhoard.config.parse_settings(data, source="bench")

@@ -57,12 +57,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import pyrage
-
 import binhoard.app
 import binhoard.config
 import binhoard.ops.backup
 import binhoard.ops.restore_backup
+from binhoard.crypto.age import Identity
 from binhoard.domain.binlog import binlog_sort_key
 from binhoard.domain.manifest import BackupManifest
 from binhoard.ops.archive import BinlogArchiver
@@ -225,9 +224,9 @@ class Bench:
         self.transactions = transactions
         self.boxes: list[Sandbox] = []
         self.site = tmp / "site"
-        identity = pyrage.x25519.Identity.generate()
-        self.public_key = str(identity.to_public())
-        self.private_key = str(identity)
+        identity = Identity.generate()
+        self.public_key = str(identity.recipient)
+        self.private_key = identity.secret_text()
         self.next_server_id = 2
         self.source = self._sandbox("src", server_id=1)
 

@@ -53,7 +53,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pyrage
+from binhoard.crypto.age import Identity
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.support (the S3 server) lives beside src/
@@ -265,7 +265,7 @@ def _download(store: ObjectStore, spec: dict[str, Any]) -> int:
         if zstd.returncode != 0:
             raise RuntimeError(f"zstd -d failed: {zstd.returncode}")
         return helper_rss
-    identity = pyrage.x25519.Identity.from_str(os.environ["BENCH_AGE_IDENTITY"])
+    identity = Identity.parse(os.environ["BENCH_AGE_IDENTITY"])
     expected = ObjectDigest(**spec["digest"])
     for _ in download(store, key, expected=expected, identities=[identity]):
         pass
@@ -322,8 +322,8 @@ def bench_destination(
     repeat: int,
     warm: bool,
 ) -> dict[str, Any]:
-    identity = pyrage.x25519.Identity.generate()
-    secret, recipient = str(identity), str(identity.to_public())
+    identity = Identity.generate()
+    secret, recipient = identity.secret_text(), str(identity.recipient)
     idle = measure(
         {"dest": dest, "data": str(data), "mode": "idle", "direction": "up", "key": "-"}, secret
     )

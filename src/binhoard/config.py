@@ -15,7 +15,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import pyrage
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -27,6 +26,7 @@ from pydantic import (
     field_validator,
 )
 
+from binhoard.crypto.age import AgeError, Identity, Recipient
 from binhoard.domain.errors import ConfigError
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -87,16 +87,16 @@ class CompressionSettings(_Section):
 
 def _check_age_recipient(value: str) -> str:
     try:
-        pyrage.x25519.Recipient.from_str(value)
-    except Exception as exc:
+        Recipient.parse(value)
+    except AgeError as exc:
         raise ValueError("is not an age X25519 recipient (age1...)") from exc
     return value
 
 
 def _check_age_identity(value: SecretStr) -> SecretStr:
     try:
-        pyrage.x25519.Identity.from_str(value.get_secret_value().strip())
-    except Exception as exc:
+        Identity.parse(value.get_secret_value())
+    except AgeError as exc:
         # Never echo the value: it is a private key.
         raise ValueError("is not an age X25519 identity (AGE-SECRET-KEY-1...)") from exc
     return value

@@ -10,11 +10,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyrage
 import pytest
 
 from binhoard.app import open_site
 from binhoard.config import Settings
+from binhoard.crypto.age import Identity
 from binhoard.domain.errors import ApplyError
 from binhoard.domain.gtid import Gtid, GtidPosition
 from binhoard.domain.manifest import BackupManifest
@@ -37,7 +37,7 @@ from tests.support.workload import checksums, create_schema, write_rows
 class Scenario:
     factory: SandboxFactory
     source: Sandbox
-    identity: pyrage.x25519.Identity
+    identity: Identity
     site: Path
     store: ObjectStore
     backup: BackupManifest
@@ -62,7 +62,7 @@ def scenario() -> Iterator[Scenario]:
         write_rows(source, 300, seed=1)
         source.query("FLUSH BINARY LOGS")
         write_rows(source, 200, seed=2)
-        identity = pyrage.x25519.Identity.generate()
+        identity = Identity.generate()
         site = factory.root / "site"
         settings = settings_for(source, site, identity=identity)
         store = open_site(settings)

@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pyrage
-
 from binhoard.config import Settings, parse_settings
+from binhoard.crypto.age import Identity
 from binhoard.server.sandbox import Sandbox
 
 
@@ -15,16 +14,16 @@ def config_for(
     box: Sandbox,
     site: Path,
     *,
-    identity: pyrage.x25519.Identity | None = None,
+    identity: Identity | None = None,
     **site_overrides: Any,
 ) -> dict[str, Any]:
     """The configuration as data; a new key pair unless ``identity`` is given (servers
     that share a site, e.g. a source and its restore, must share the key)."""
-    identity = identity or pyrage.x25519.Identity.generate()
+    identity = identity or Identity.generate()
     data = box.binhoard_config(
         site_directory=site,
-        public_key=str(identity.to_public()),
-        private_key=str(identity),
+        public_key=str(identity.recipient),
+        private_key=identity.secret_text(),
         work_dir=box.directory / "binhoard",
     )
     data["backup_sites"]["default"].update(site_overrides)
@@ -35,7 +34,7 @@ def settings_for(
     box: Sandbox,
     site: Path,
     *,
-    identity: pyrage.x25519.Identity | None = None,
+    identity: Identity | None = None,
     **site_overrides: Any,
 ) -> Settings:
     return parse_settings(config_for(box, site, identity=identity, **site_overrides), source="test")

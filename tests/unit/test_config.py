@@ -6,15 +6,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pyrage
 import pytest
 
 from binhoard.config import load_settings, parse_settings
+from binhoard.crypto.age import Identity
 from binhoard.domain.errors import ConfigError
 
-IDENTITY = pyrage.x25519.Identity.generate()
-PUBLIC = str(IDENTITY.to_public())
-PRIVATE = str(IDENTITY)
+IDENTITY = Identity.generate()
+PUBLIC = str(IDENTITY.recipient)
+PRIVATE = IDENTITY.secret_text()
 
 
 def minimal() -> dict[str, Any]:

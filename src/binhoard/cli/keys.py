@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import click
-import pyrage
 
+from binhoard.crypto.age import AgeError, Identity
 from binhoard.domain.errors import UsageError
 
 
@@ -18,10 +18,10 @@ def generate_key_file(path: Path) -> str:
     The file has the format of ``age-keygen``, so the standard ``age -d -i FILE`` can
     decrypt any object binhoard stored. Returns the public key (recipient).
     """
-    identity = pyrage.x25519.Identity.generate()
-    recipient = str(identity.to_public())
+    identity = Identity.generate()
+    recipient = str(identity.recipient)
     created = datetime.now(UTC).replace(microsecond=0).isoformat()
-    text = f"# created: {created}\n# public key: {recipient}\n{identity}\n"
+    text = f"# created: {created}\n# public key: {recipient}\n{identity.secret_text()}\n"
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
@@ -33,7 +33,7 @@ def generate_key_file(path: Path) -> str:
     return recipient
 
 
-def read_identity_file(path: Path) -> pyrage.x25519.Identity:
+def read_identity_file(path: Path) -> Identity:
     """Reads an age identity file (comments allowed, as age-keygen writes them)."""
     try:
         lines = path.read_text().splitlines()
@@ -43,8 +43,8 @@ def read_identity_file(path: Path) -> pyrage.x25519.Identity:
     if len(keys) != 1:
         raise UsageError(f"{path}: expected exactly one AGE-SECRET-KEY line, found {len(keys)}")
     try:
-        return pyrage.x25519.Identity.from_str(keys[0])
-    except Exception:  # noqa: BLE001 - pyrage raises its own types; never echo the key
+        return Identity.parse(keys[0])
+    except AgeError:  # never echo the key
         raise UsageError(f"{path}: the AGE-SECRET-KEY line is not a valid age identity") from None
 
 

@@ -156,8 +156,8 @@ def config_command(name: str, root: Path, output: Path, site: Path, key_file: Pa
         identity = read_identity_file(key_file)
     data = box.binhoard_config(
         site_directory=site.resolve(),
-        public_key=str(identity.to_public()),
-        private_key=str(identity),
+        public_key=str(identity.recipient),
+        private_key=identity.secret_text(),
         work_dir=box.directory / "binhoard",
     )
     fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # holds a private key

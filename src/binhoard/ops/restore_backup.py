@@ -112,8 +112,15 @@ def restore_backup(
         dirs = [work / f"{i}-{m.backup_id}" for i, m in enumerate(chain)]
 
         def fetch(manifest: BackupManifest, target_dir: Path) -> None:
+            # The plaintext sha256 (0.6 CPU s/GiB) is not checked here: the stored bytes'
+            # sha256, age's per-chunk authentication, zstd's content checksum, mbstream's
+            # CRC32 per xbstream chunk and --prepare's page checksums all are (format.md).
             chunks = download(
-                store, manifest.data.key, expected=digest_of(manifest.data), identities=identities
+                store,
+                manifest.data.key,
+                expected=digest_of(manifest.data),
+                identities=identities,
+                verify_plaintext=False,
             )
             ratio = manifest.data.stored_size / max(1, manifest.data.plain_size)
             tool.extract(_counting(chunks, ratio, state, report), target_dir)
