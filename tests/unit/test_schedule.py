@@ -73,6 +73,10 @@ def test_incremental_parent_is_the_newest_backup_of_the_same_server() -> None:
     foreign = backup(at("2026-11-21 03:00"), server_id=OTHER)
     assert incremental_parent([newer, foreign, old], SERVER) == newer
     assert incremental_parent([foreign], SERVER) is None
+    # Within one second the id does not order backups; the start time does.
+    first = backup(at("2026-11-21 03:00:00.100000"), tag="f")
+    second = backup(at("2026-11-21 03:00:00.900000"), "incremental", tag="0")
+    assert incremental_parent([second, first], SERVER) == second
     assert incremental_parent([], SERVER) is None
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,9 @@ from binhoard.app import open_site, site_name
 from binhoard.cli.common import config_option, json_option, site_option
 from binhoard.cli.progress import ByteProgress
 from binhoard.config import load_settings
-from binhoard.domain.manifest import BackupManifest
-from binhoard.ops.backup import BackupProgress, create_backup
+from binhoard.domain.manifest import BackupManifest, BackupType
+from binhoard.domain.schedule import format_utc
+from binhoard.ops.backup import BackupDecision, BackupProgress, take_backup
 from binhoard.ops.site import list_backups, read_manifest
 
 
@@ -26,24 +28,76 @@ def backup_group() -> None:
 
 @backup_group.command("create")
 @config_option
-@click.option("--incremental", is_flag=True, help="Only pages changed since the last backup.")
-def create(config_file: Path, incremental: bool) -> None:
-    """Take a backup of the configured server into the upload site."""
+@click.option("--full", is_flag=True, help="Take a full backup, whatever the schedule says.")
+@click.option(
+    "--incremental",
+    is_flag=True,
+    help="Take an incremental backup (pages changed since this server's newest backup), "
+    "whatever the schedule says.",
+)
+@click.option(
+    "--if-due",
+    is_flag=True,
+    help="Only if the schedule (backup_hour:backup_minute UTC, every "
+    "backup_interval_minutes) has a backup due; otherwise print when the next one is and "
+    "exit 0. For running from cron every few minutes.",
+)
+def create(config_file: Path, full: bool, incremental: bool, if_due: bool) -> None:
+    """Take a backup of the configured server into the upload site.
+
+    Without --full or --incremental the type follows backup_settings.incremental: full
+    when incremental backups are disabled, when there is no earlier backup of this server,
+    or on a day of full_backup_week_schedule (UTC) until that day's full backup exists;
+    incremental otherwise. The reason is printed before the backup starts.
+    """
+    if full and incremental:
+        raise click.UsageError("--full and --incremental are mutually exclusive")
+    requested: BackupType | None = "full" if full else "incremental" if incremental else None
     settings = load_settings(config_file)
     store = open_site(settings)
-    with ByteProgress("backup") as bar:
+    with ExitStack() as stack:
+        bars: list[ByteProgress] = []
+
+        def decided(decision: BackupDecision) -> None:
+            _print_decision(decision)
+            # The bar only once there is a backup to show: a skipped run prints one line.
+            if decision.backup_type is not None:
+                bars.append(stack.enter_context(ByteProgress("backup")))
 
         def show(state: BackupProgress) -> None:
-            bar.update(state.phase, state.bytes_read, state.estimated_total)
+            for bar in bars:
+                bar.update(state.phase, state.bytes_read, state.estimated_total)
 
-        manifest = create_backup(
-            settings, store, backup_type="incremental" if incremental else "full", progress=show
+        manifest = take_backup(
+            settings,
+            store,
+            requested=requested,
+            if_due=if_due,
+            on_decision=decided,
+            progress=show,
         )
+    if manifest is None:
+        return
     click.echo(
         f"backup {manifest.backup_id} ({manifest.backup_type}) stored: "
         f"{_mb(manifest.data.plain_size)} read, {_mb(manifest.data.stored_size)} stored, "
         f"{manifest.duration_seconds:.1f} s, snapshot GTID {manifest.snapshot.gtid_position}"
     )
+
+
+def _print_decision(decision: BackupDecision) -> None:
+    schedule = decision.schedule
+    if decision.backup_type is None:
+        if schedule is None:
+            click.echo(f"not due: {decision.reason}")
+        else:
+            click.echo(
+                f"not due: next backup at {format_utc(schedule.next_at)} ({schedule.reason})"
+            )
+        return
+    if schedule is not None:
+        click.echo(f"due: {schedule.reason}")
+    click.echo(f"{decision.backup_type} backup: {decision.reason}")
 
 
 def _mb(size: int) -> str:

@@ -40,10 +40,15 @@ def incremental_parent(backups: Sequence[BackupManifest], server_id: int) -> Bac
     """The backup an incremental builds on: the newest one taken of this same server.
 
     LSNs are physical positions in one server's InnoDB; another server's backups (before
-    a failover) cannot be a parent. Backup ids sort by start time.
+    a failover) cannot be a parent. Newest by start time to the microsecond: backup ids
+    have whole seconds, and two quick backups can start within the same one.
     """
     candidates = [b for b in backups if b.server_id == server_id]
-    return max(candidates, key=lambda b: b.backup_id) if candidates else None
+    return max(candidates, key=_start_order) if candidates else None
+
+
+def _start_order(backup: BackupManifest) -> tuple[datetime, str]:
+    return _utc(backup.started_at), backup.backup_id
 
 
 class BackupChoice(NamedTuple):
@@ -164,7 +169,7 @@ def backup_due(
     now = _utc(now)
     slot = latest_slot(now, hour, minute, interval_minutes)
     following = next_slot(now, hour, minute, interval_minutes)
-    newest = max(backups, key=lambda b: _utc(b.started_at), default=None)
+    newest = max(backups, key=_start_order, default=None)
     if newest is not None and _utc(newest.started_at) >= slot:
         reason = (
             f"backup {newest.backup_id} started at {format_utc(newest.started_at)}, "

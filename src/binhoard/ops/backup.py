@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from binhoard.config import Settings
-from binhoard.domain.errors import NotFoundError, UsageError
+from binhoard.domain.errors import ConflictError, NotFoundError, UsageError
 from binhoard.domain.manifest import (
     BackupManifest,
     BackupType,
@@ -24,6 +25,7 @@ from binhoard.domain.manifest import (
     manifest_key,
     new_backup_id,
 )
+from binhoard.domain.schedule import Due, backup_due, choose_backup_type, incremental_parent
 from binhoard.localstate import StateFile, exclusive
 from binhoard.ops.site import find_leftovers, list_backups, removable_leftovers
 from binhoard.server import sql
@@ -85,18 +87,56 @@ def cleanup_leftovers(settings: Settings, store: ObjectStore, now: datetime) -> 
     return removed
 
 
-def choose_parent(backups: list[BackupManifest], server_id: int) -> BackupManifest:
-    """The backup an incremental builds on: the newest one taken of this same server.
-
-    LSNs are physical positions of one server's InnoDB; another server's backups (before
-    a failover) cannot be a parent.
-    """
-    candidates = [b for b in backups if b.server_id == server_id]
-    if not candidates:
+def choose_parent(backups: Sequence[BackupManifest], server_id: int) -> BackupManifest:
+    """The backup an incremental builds on (``incremental_parent``); raises if none."""
+    parent = incremental_parent(backups, server_id)
+    if parent is None:
         raise NotFoundError(
             f"no earlier backup of server_id {server_id} to build an incremental backup on"
         )
-    return candidates[-1]
+    return parent
+
+
+@dataclass(frozen=True)
+class BackupDecision:
+    """What ``take_backup`` decided, reported before the backup starts."""
+
+    backup_type: BackupType | None  # None: no backup now
+    reason: str  # why this type, or why no backup
+    schedule: Due | None = None  # what the schedule said, when asked (``if_due``)
+
+
+DecisionCallback = Callable[[BackupDecision], None]
+
+
+def decide_backup(
+    settings: Settings,
+    backups: Sequence[BackupManifest],
+    now: datetime,
+    *,
+    requested: BackupType | None = None,
+    if_due: bool = False,
+) -> BackupDecision:
+    """Whether to take a backup now and which type: the schedule's answer (``backup_due``)
+    when ``if_due``, then the type asked for, else the schedule's (``choose_backup_type``)."""
+    bs = settings.backup_settings
+    schedule = None
+    if if_due:
+        schedule = backup_due(
+            now, backups, bs.backup_hour, bs.backup_minute, bs.backup_interval_minutes
+        )
+        if not schedule.due:
+            return BackupDecision(None, schedule.reason, schedule)
+    if requested is not None:
+        return BackupDecision(requested, f"{requested} backup requested", schedule)
+    choice = choose_backup_type(
+        now,
+        backups,
+        settings.server_id,
+        bs.incremental.enabled,
+        bs.incremental.full_backup_days,
+    )
+    return BackupDecision(choice.backup_type, choice.reason, schedule)
 
 
 def _datadir_size(datadir: Path) -> int:
@@ -113,6 +153,50 @@ def _datadir_size(datadir: Path) -> int:
     return total
 
 
+def _backup_lock(settings: Settings) -> AbstractContextManager[None]:
+    return exclusive(settings.state_directory / "backup.lock", "a backup")
+
+
+def take_backup(
+    settings: Settings,
+    store: ObjectStore,
+    *,
+    requested: BackupType | None = None,
+    if_due: bool = False,
+    on_decision: DecisionCallback | None = None,
+    progress: ProgressCallback | None = None,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> BackupManifest | None:
+    """Takes the backup the schedule (or ``requested``) calls for; ``None`` when skipped.
+
+    The decision (``decide_backup``) is made under the host's backup lock, from the site's
+    backups at that moment, and given to ``on_decision`` before any work starts. With
+    ``if_due`` a backup already running on this host is a reason to skip, not an error:
+    run from cron every few minutes, a long backup would otherwise fail every later run.
+    """
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(_backup_lock(settings))
+        except ConflictError:
+            if not if_due:
+                raise
+            _report(on_decision, BackupDecision(None, "another backup is running on this host"))
+            return None
+        backups = list_backups(store)
+        decision = decide_backup(settings, backups, now(), requested=requested, if_due=if_due)
+        _report(on_decision, decision)
+        if decision.backup_type is None:
+            return None
+        return _take_locked(
+            settings,
+            store,
+            backup_type=decision.backup_type,
+            backups=backups,
+            progress=progress,
+            now=now,
+        )
+
+
 def create_backup(
     settings: Settings,
     store: ObjectStore,
@@ -121,29 +205,55 @@ def create_backup(
     progress: ProgressCallback | None = None,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> BackupManifest:
-    """Takes a full or incremental backup into ``store`` and returns its manifest."""
+    """Takes a backup of exactly ``backup_type`` into ``store`` and returns its manifest."""
+    with _backup_lock(settings):
+        backups = list_backups(store) if backup_type == "incremental" else []
+        return _take_locked(
+            settings,
+            store,
+            backup_type=backup_type,
+            backups=backups,
+            progress=progress,
+            now=now,
+        )
+
+
+def _report(on_decision: DecisionCallback | None, decision: BackupDecision) -> None:
+    log.info("backup decision: %s (%s)", decision.backup_type or "none", decision.reason)
+    if on_decision is not None:
+        on_decision(decision)
+
+
+def _take_locked(
+    settings: Settings,
+    store: ObjectStore,
+    *,
+    backup_type: BackupType,
+    backups: Sequence[BackupManifest],
+    progress: ProgressCallback | None,
+    now: Callable[[], datetime],
+) -> BackupManifest:
+    """The backup itself; the caller holds the backup lock. ``backups``: the site's, from
+    which an incremental's parent is chosen."""
     site = settings.upload_site
     if site.recovery_only:
         raise UsageError(f"site {settings.backup_settings.upload_site} is recovery_only")
-    with exclusive(settings.state_directory / "backup.lock", "a backup"):
+    cleanup_leftovers(settings, store, now())
+    parent = choose_parent(backups, settings.server_id) if backup_type == "incremental" else None
+    started = now()
+    backup_id = new_backup_id(started)
+    _in_progress(settings).write({"backup_id": backup_id, "started_at": started.isoformat()})
+    state = BackupProgress(backup_id=backup_id)
+    state.estimated_total = _datadir_size(settings.mysql.data_directory)
+    run = _BackupRun(settings, store, Codec.from_site(site), state, progress)
+    try:
+        manifest = run.execute(backup_id, backup_type, parent, started, now)
+    except Exception:
+        # Best effort now; if this fails too, the next run deletes the leftovers.
         cleanup_leftovers(settings, store, now())
-        parent = None
-        if backup_type == "incremental":
-            parent = choose_parent(list_backups(store), settings.server_id)
-        started = now()
-        backup_id = new_backup_id(started)
-        _in_progress(settings).write({"backup_id": backup_id, "started_at": started.isoformat()})
-        state = BackupProgress(backup_id=backup_id)
-        state.estimated_total = _datadir_size(settings.mysql.data_directory)
-        run = _BackupRun(settings, store, Codec.from_site(site), state, progress)
-        try:
-            manifest = run.execute(backup_id, backup_type, parent, started, now)
-        except Exception:
-            # Best effort now; if this fails too, the next run deletes the leftovers.
-            cleanup_leftovers(settings, store, now())
-            raise
-        _in_progress(settings).clear()
-        return manifest
+        raise
+    _in_progress(settings).clear()
+    return manifest
 
 
 class _BackupRun:
