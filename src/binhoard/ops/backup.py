@@ -256,6 +256,24 @@ def _take_locked(
     return manifest
 
 
+def _log_checkpoint_wait(wait: sql.CheckpointWait) -> None:
+    mib = 1024 * 1024
+    if not wait.reached:
+        log.warning(
+            "InnoDB checkpoint still %.1f MiB behind after %.1f s of flushing; continuing "
+            "(the next incremental backup re-copies pages changed within that redo)",
+            wait.age_after / mib,
+            wait.seconds,
+        )
+    elif wait.forced:
+        log.info(
+            "InnoDB checkpoint age %.1f -> %.1f MiB in %.2f s",
+            wait.age_before / mib,
+            wait.age_after / mib,
+            wait.seconds,
+        )
+
+
 class _BackupRun:
     def __init__(
         self,
@@ -289,9 +307,8 @@ class _BackupRun:
         conn = sql.connect(settings.mysql.client_params)
         try:
             facts = sql.server_facts(conn)
-            self.report("flushing dirty pages")
-            if not sql.flush_dirty_pages(conn):
-                log.warning("InnoDB did not flush all dirty pages in time; continuing")
+            self.report("advancing the InnoDB checkpoint")
+            _log_checkpoint_wait(sql.bound_checkpoint_age(conn))
         finally:
             conn.close()
         tool = MariaBackup(settings.mysql.config_file_name, settings.mysql.client_params)
