@@ -3,7 +3,11 @@ server): nothing is done when it already is, the server's settings always come b
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from binhoard.ops.backup import FlushSettingsJournal
 from binhoard.server import sql
+from tests.support.configs import settings_for
 from tests.support.sandboxes import SandboxFactory
 from tests.support.workload import create_schema, write_rows
 
@@ -43,3 +47,50 @@ def test_checkpoint_age_is_bounded_only_when_over_the_limit(sandboxes: SandboxFa
         assert sql.variables(conn, *FLUSH_SETTINGS) == settings
     finally:
         conn.close()
+
+
+class RecordingJournal:
+    def __init__(self, conn: sql.Connection) -> None:
+        self.conn = conn
+        self.saved: dict[str, str] | None = None
+        self.server_when_saved: dict[str, str] | None = None
+        self.cleared_with: dict[str, str] | None = None
+
+    def save(self, values: dict[str, str]) -> None:
+        self.saved = values
+        self.server_when_saved = sql.variables(self.conn, *FLUSH_SETTINGS)
+
+    def clear(self) -> None:
+        self.cleared_with = sql.variables(self.conn, *FLUSH_SETTINGS)
+
+
+def test_changed_settings_are_journaled_and_a_killed_run_is_undone(
+    sandboxes: SandboxFactory, tmp_path: Path
+) -> None:
+    box = sandboxes.new()
+    conn = box.connect()
+    watcher = box.connect()
+    try:
+        original = sql.variables(conn, *FLUSH_SETTINGS)
+        create_schema(box)
+        write_rows(box, 2000, seed=2)
+        journal = RecordingJournal(watcher)
+        sql.bound_checkpoint_age(conn, journal=journal, limit=0, timeout=0)
+        # Saved before anything changed, cleared only once everything was back.
+        assert journal.saved == original == journal.server_when_saved
+        assert journal.cleared_with == original
+
+        # A backup killed while the settings were changed: its journal is on disk.
+        settings = settings_for(box, tmp_path / "site")
+        left = FlushSettingsJournal(settings)
+        left.save(original)
+        sql.query(conn, "SET GLOBAL innodb_io_capacity = @@GLOBAL.innodb_io_capacity_max")
+        sql.query(conn, "SET GLOBAL innodb_adaptive_flushing = OFF")
+        assert sql.variables(conn, *FLUSH_SETTINGS) != original
+        left.restore_left_over(conn)
+        assert sql.variables(conn, *FLUSH_SETTINGS) == original
+        assert not (settings.state_directory / "innodb-flush-settings.json").exists()
+        left.restore_left_over(conn)  # nothing left: nothing done
+    finally:
+        conn.close()
+        watcher.close()

@@ -274,6 +274,34 @@ def _log_checkpoint_wait(wait: sql.CheckpointWait) -> None:
         )
 
 
+class FlushSettingsJournal:
+    """The server's flushing settings, on local disk while a backup has changed them.
+
+    A backup killed during ``bound_checkpoint_age`` would otherwise leave the server
+    flushing at full I/O capacity until its next restart; the next backup puts the
+    saved values back first.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._file = StateFile(settings.state_directory / "innodb-flush-settings.json")
+
+    def save(self, values: dict[str, str]) -> None:
+        self._file.write({"settings": values})
+
+    def clear(self) -> None:
+        self._file.clear()
+
+    def restore_left_over(self, conn: sql.Connection) -> None:
+        left = self._file.read()
+        if left is None:
+            return
+        values = left.get("settings")
+        if isinstance(values, dict):
+            sql.restore_flush_settings(conn, {str(k): str(v) for k, v in values.items()})
+            log.warning("restored InnoDB flushing settings left changed by a killed backup")
+        self._file.clear()
+
+
 class _BackupRun:
     def __init__(
         self,
@@ -308,7 +336,9 @@ class _BackupRun:
         try:
             facts = sql.server_facts(conn)
             self.report("advancing the InnoDB checkpoint")
-            _log_checkpoint_wait(sql.bound_checkpoint_age(conn))
+            journal = FlushSettingsJournal(settings)
+            journal.restore_left_over(conn)
+            _log_checkpoint_wait(sql.bound_checkpoint_age(conn, journal=journal))
         finally:
             conn.close()
         tool = MariaBackup(settings.mysql.config_file_name, settings.mysql.client_params)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
 import pymysql
 
@@ -168,9 +168,27 @@ class CheckpointWait:
     seconds: float
 
 
+class SettingsJournal(Protocol):
+    """Where the server's own values are kept while binhoard has changed them, so that a
+    run killed meanwhile can be undone by the next one (``restore_flush_settings``)."""
+
+    def save(self, values: dict[str, str]) -> None: ...
+    def clear(self) -> None: ...
+
+
+def restore_flush_settings(conn: Connection, values: Mapping[str, str]) -> None:
+    """Puts back flushing settings saved by a run that was killed before it could."""
+    known = {name for name, _ in _FAST_FLUSH}
+    for name, value in values.items():
+        if name not in known:  # the names are spliced into SQL: only our own
+            raise ServerError(f"refusing to restore unknown server setting {name!r}")
+        query(conn, f"SET GLOBAL {name} = %s", (_setting_value(value),))
+
+
 def bound_checkpoint_age(
     conn: Connection,
     *,
+    journal: SettingsJournal | None = None,
     limit: int = CHECKPOINT_AGE_LIMIT,
     timeout: float = CHECKPOINT_WAIT_SECONDS,
     poll: float = 0.05,
@@ -188,13 +206,13 @@ def bound_checkpoint_age(
     flushing is forced until the checkpoint passes the LSN that was ``limit`` behind the
     end of the redo at the start: a fixed target, so writes that continue meanwhile do
     not move it away. Gives up after ``timeout`` seconds; the settings are restored
-    either way.
+    either way, and kept in ``journal`` while they are changed.
     """
     started = time.monotonic()
     before = checkpoint(conn)
     if before.age <= limit:
         return CheckpointWait(before.age, before.age, False, True, time.monotonic() - started)
-    with _fast_flushing(conn):
+    with _fast_flushing(conn, journal):
         reached = _wait_for_checkpoint(conn, before.lsn - limit, started + timeout, poll)
     after = checkpoint(conn)
     return CheckpointWait(before.age, after.age, True, reached, time.monotonic() - started)
@@ -209,9 +227,11 @@ def _wait_for_checkpoint(conn: Connection, target: int, deadline: float, poll: f
 
 
 @contextmanager
-def _fast_flushing(conn: Connection) -> Iterator[None]:
+def _fast_flushing(conn: Connection, journal: SettingsJournal | None) -> Iterator[None]:
     """``_FAST_FLUSH`` while the block runs; the previous values afterwards."""
     before = variables(conn, *(name for name, _ in _FAST_FLUSH))
+    if journal is not None:
+        journal.save(before)  # first: a kill from here on is undone by the next run
     changed: list[str] = []
     try:
         for name, value in _FAST_FLUSH:
@@ -221,6 +241,8 @@ def _fast_flushing(conn: Connection) -> Iterator[None]:
     finally:
         for name in reversed(changed):
             query(conn, f"SET GLOBAL {name} = %s", (_setting_value(before[name]),))
+    if journal is not None:
+        journal.clear()  # only once every value is back
 
 
 def _setting_value(text: str) -> int | float | str:
