@@ -204,8 +204,33 @@ def baseline_backup(box: Sandbox, work: Path) -> Path:
     return out
 
 
-def baseline_restore(archive: Path, box: Sandbox, work: Path) -> None:
+class Phases:
+    """When each phase of a restore began: where the time goes, printed beside the totals."""
+
+    def __init__(self) -> None:
+        self._marks: list[tuple[str, float]] = []
+
+    def mark(self, name: str) -> None:
+        if not self._marks or self._marks[-1][0] != name:
+            self._marks.append((name, time.perf_counter()))
+
+    def describe(self) -> str:
+        spans = zip(self._marks, self._marks[1:], strict=False)
+        return "  ".join(f"{a}={b_at - a_at:.2f}s" for (a, a_at), (_, b_at) in spans)
+
+
+# binhoard's restore phases, by the names the bench prints for both tools.
+_OUR_PHASES = {
+    "restoring_basebackup": "extract",
+    "preparing_basebackup": "prepare",
+    "moving_basebackup": "move",
+    "basebackup_restored": "end",
+}
+
+
+def baseline_restore(archive: Path, box: Sandbox, work: Path, phases: Phases) -> None:
     """``zstd -d | mbstream -x``, ``--prepare``, ``--move-back`` into ``box``'s datadir."""
+    phases.mark("extract")
     target = work / "extract"
     target.mkdir()
     log = work / "restore.log"
@@ -221,7 +246,9 @@ def baseline_restore(archive: Path, box: Sandbox, work: Path) -> None:
         codes = (decompressor.wait(), extractor.wait())
     if codes != (0, 0):
         raise RuntimeError(f"baseline extract failed {codes}: see {log}")
+    phases.mark("prepare")
     _run(["mariabackup", "--prepare", f"--target-dir={target}"], log)
+    phases.mark("move")
     _run(
         [
             "mariabackup",
@@ -232,6 +259,7 @@ def baseline_restore(archive: Path, box: Sandbox, work: Path) -> None:
         ],
         log,
     )
+    phases.mark("end")
 
 
 def _counts(box: Sandbox) -> list[int]:
@@ -303,9 +331,10 @@ def _round(
         dst = Sandbox(work / f"dst-{tool}", server_id=2 if tool == "binhoard" else 3)
         boxes.append(dst)
         dst.create(initialize=False)
+        phases = Phases()
         if tool == "baseline":
             times["restore baseline"] = timer.run(
-                lambda: baseline_restore(archive, dst, base_work)  # noqa: B023 - called at once
+                lambda: baseline_restore(archive, dst, base_work, phases)  # noqa: B023
             )
         else:
             times["restore binhoard"] = timer.run(
@@ -315,6 +344,9 @@ def _round(
                     manifest.backup_id,
                     dst.datadir,  # noqa: B023 - called at once
                     site_name="default",
+                    progress=lambda state: phases.mark(  # noqa: B023 - called at once
+                        _OUR_PHASES.get(state.phase, state.phase)
+                    ),
                 )
             )
             dst.start()
@@ -322,6 +354,7 @@ def _round(
             dst.stop()
             if restored_counts != source_counts:
                 raise RuntimeError(f"row counts differ: {source_counts} vs {restored_counts}")
+        _log(f"round {round_no}  restore {tool} phases: {phases.describe()}")
         shutil.rmtree(dst.directory, ignore_errors=True)
         boxes.remove(dst)
     times["stored"] = (float(manifest.data.stored_size), float(archive.stat().st_size))
