@@ -48,6 +48,7 @@ import binhoard.config
 import binhoard.ops.backup
 import binhoard.ops.restore_backup
 from benchlib import warm_memory  # bench/ is on sys.path: the scripts run from it
+from binhoard.allocator import keep_freed_memory
 from binhoard.crypto.age import Identity
 from binhoard.domain.manifest import BackupManifest
 from binhoard.server import sql
@@ -440,6 +441,7 @@ def main(argv: list[str] | None = None) -> int:
         help="skip the untimed memory warm-up before each step (see warm_memory)",
     )
     args = parser.parse_args(argv)
+    keep_freed_memory()  # as the binhoard command does (the baselines run as subprocesses)
     if args.size_mb < 16:
         parser.error("--size-mb must be at least 16")
 

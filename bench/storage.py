@@ -53,6 +53,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from binhoard.allocator import keep_freed_memory
 from binhoard.crypto.age import Identity
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -274,6 +275,7 @@ def _download(store: ObjectStore, spec: dict[str, Any]) -> int:
 
 def run_child(spec: dict[str, Any]) -> dict[str, Any]:
     """Performs one transfer; returns seconds, sizes and peak RSS (KiB, zstd's included)."""
+    keep_freed_memory()  # as the binhoard command does (it only affects this process)
     store = _open_destination(spec["dest"])
     result: dict[str, Any] = {}
     helper_rss = 0

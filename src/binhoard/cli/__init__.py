@@ -8,6 +8,7 @@ import sys
 import click
 
 from binhoard import __version__
+from binhoard.allocator import keep_freed_memory
 from binhoard.cli.backup import backup_group
 from binhoard.cli.binlog import binlog_group
 from binhoard.cli.config_cmd import config_group
@@ -40,6 +41,7 @@ cli.add_command(binlog_group)
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: runs a command; a ``BinhoardError`` becomes a message and its exit code."""
+    keep_freed_memory()
     try:
         cli.main(args=argv, prog_name="binhoard", standalone_mode=False)
     except BinhoardError as exc:
