@@ -52,7 +52,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Final, Literal, Protocol, cast, get_args
+from typing import Any, BinaryIO, Final, Literal, Protocol, cast, get_args
 
 import cramjam
 import zstandard
@@ -473,6 +473,13 @@ def _compressor(codec: Codec) -> _Compressor:
 # Encode
 
 
+def _close(chunks: Iterator[Any]) -> None:
+    """Closes an abandoned input if it can be (a generator's ``finally`` then runs)."""
+    close = getattr(chunks, "close", None)
+    if callable(close):
+        close()
+
+
 class _PlainSource:
     """The caller's chunks, hashed and compressed: what the upload worker encrypts.
 
@@ -501,9 +508,7 @@ class _PlainSource:
         yield self._compressor.flush()
 
     def close_input(self) -> None:
-        close = getattr(self._chunks, "close", None)
-        if callable(close):
-            close()
+        _close(self._chunks)
 
 
 def _slices(chunk: Chunk) -> Iterator[bytes]:
@@ -679,9 +684,7 @@ class _StoredBytes:
             yield chunk
 
     def close_input(self) -> None:
-        close = getattr(self._chunks, "close", None)
-        if callable(close):
-            close()
+        _close(self._chunks)
 
 
 def _decrypt_failure(key: str, exc: AgeError) -> IntegrityError:
@@ -1014,26 +1017,25 @@ def _download(
             held = piece
         # Both workers have finished without error (their ends were queued after their
         # data), so the stored digest is complete and safe to read here.
-        stored = (stages.stored.size, stages.stored.sha256.hexdigest())
-        _check(key, "stored", (expected.stored_size, expected.stored_sha256), stored)
-        if plain_size != expected.plain_size:
-            raise IntegrityError(
-                key, f"plaintext size is {plain_size} bytes, {expected.plain_size} were recorded"
-            )
+        _check_size(key, "stored", expected.stored_size, stages.stored.size)
+        _check_sha256(key, "stored", expected.stored_sha256, stages.stored.sha256.hexdigest())
+        _check_size(key, "plaintext", expected.plain_size, plain_size)
         if plain_sha256 is not None:
-            plain = (plain_size, plain_sha256.hexdigest())
-            _check(key, "plaintext", (expected.plain_size, expected.plain_sha256), plain)
+            _check_sha256(key, "plaintext", expected.plain_sha256, plain_sha256.hexdigest())
         if held is not None:
             yield held
     finally:
         stages.stop()
 
 
-def _check(key: str, what: str, recorded: tuple[int, str], got: tuple[int, str]) -> None:
-    if got[0] != recorded[0]:
-        raise IntegrityError(key, f"{what} size is {got[0]} bytes, {recorded[0]} were recorded")
-    if got[1] != recorded[1].lower():
-        raise IntegrityError(key, f"{what} sha256 is {got[1]}, {recorded[1]} was recorded")
+def _check_size(key: str, what: str, recorded: int, got: int) -> None:
+    if got != recorded:
+        raise IntegrityError(key, f"{what} size is {got} bytes, {recorded} were recorded")
+
+
+def _check_sha256(key: str, what: str, recorded: str, got: str) -> None:
+    if got != recorded.lower():
+        raise IntegrityError(key, f"{what} sha256 is {got}, {recorded} was recorded")
 
 
 def download_to_file(
