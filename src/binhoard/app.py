@@ -21,7 +21,10 @@ def open_site(settings: Settings, name: str | None = None) -> ObjectStore:
     """The object store of a backup site, with retries and the site's bandwidth limit."""
     site = settings.backup_sites[site_name(settings, name)]
     store: ObjectStore = open_store(
-        site.object_storage, part_size=site.part_size, concurrency=site.upload_concurrency
+        site.object_storage,
+        part_size=site.part_size,
+        concurrency=site.upload_concurrency,
+        state_directory=settings.state_directory,
     )
     if site.upload_rate_limit is not None:
         store = RateLimitedStore(store, site.upload_rate_limit)

@@ -6,7 +6,10 @@ import contextlib
 import fcntl
 import json
 import os
+import re
+import socket
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -68,3 +71,57 @@ def exclusive(lock_path: Path, what: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+@dataclass(frozen=True)
+class ProcessId:
+    """A process of this host: its pid and its start time, since pids are reused.
+
+    Names what a process leaves while it works (temp files, journals of uploads in
+    flight), so that a later process can tell a writer that still runs from one that
+    was killed: a dead writer's leftovers are removed at once, not after a grace period.
+    """
+
+    pid: int
+    start: str  # field 22 of /proc/<pid>/stat (clock ticks after boot); "" if unknown
+
+    @classmethod
+    def current(cls) -> ProcessId:
+        pid = os.getpid()
+        return cls(pid, _start_time(pid) or "")
+
+    def alive(self) -> bool:
+        """False only when this process is known to be gone; unknown counts as alive."""
+        if not self.start:
+            return True
+        now = _start_time(self.pid)
+        if now is None:
+            # No such pid, unless /proc itself is unreadable: then nothing is known.
+            return _start_time(os.getpid()) is None
+        return now == self.start
+
+    def tag(self) -> str:
+        return f"{self.pid}-{self.start}"
+
+    @classmethod
+    def from_tag(cls, tag: str) -> ProcessId | None:
+        pid, sep, start = tag.partition("-")
+        if not sep or not pid.isdigit() or not (start.isdigit() or not start):
+            return None
+        return cls(int(pid), start)
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after
+    # the last ")"; starttime is field 22, the 20th after comm.
+    fields = text.rpartition(")")[2].split()
+    return fields[19] if len(fields) > 19 else None
+
+
+def host_name() -> str:
+    """This host's name as it may appear in a file name (temp files on a shared site)."""
+    return re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname())[:64] or "unknown"

@@ -7,6 +7,7 @@ at most two objects without a manifest; the next run deletes them (``cleanup``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -83,8 +84,21 @@ def cleanup_leftovers(settings: Settings, store: ObjectStore, now: datetime) -> 
             store.delete(info.key)
         log.info("deleted %d objects of unfinished backup %s", len(left.objects), left.backup_id)
         removed.append(left.backup_id)
+    _remove_work_dirs(settings)
     _in_progress(settings).clear()
     return removed
+
+
+def _remove_work_dirs(settings: Settings) -> None:
+    """mariabackup's LSN files and log of backups killed before they could remove them.
+
+    The temporary directory is this host's and the caller holds the backup lock, so every
+    ``backup-*`` there belongs to a backup that is no longer running.
+    """
+    with contextlib.suppress(OSError):
+        for work_dir in settings.temporary_directory.glob("backup-*"):
+            log.info("removing %s, left by an interrupted backup", work_dir)
+            shutil.rmtree(work_dir, ignore_errors=True)
 
 
 def choose_parent(backups: Sequence[BackupManifest], server_id: int) -> BackupManifest:

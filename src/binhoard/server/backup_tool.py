@@ -75,11 +75,11 @@ def parse_checkpoints(text: str) -> LsnRange:
         raise ServerError(f"xtrabackup_checkpoints is incomplete: {exc}") from None
 
 
-def write_client_defaults(path: Path, server_cnf: Path, client: ClientParams) -> None:
+def client_defaults(server_cnf: Path, client: ClientParams) -> bytes:
     """A defaults file for mariabackup: the server's own my.cnf plus our credentials.
 
     mariabackup accepts only one ``--defaults-file`` and refuses ``--defaults-extra-file``
-    after it, so the credentials go into a private file that ``!include``s the server's.
+    after it, so the credentials go into a file of ours that ``!include``s the server's.
     """
     lines = [f"!include {server_cnf}", "[mariabackup]", f"user={client.user}"]
     password = client.password.get_secret_value()
@@ -89,9 +89,29 @@ def write_client_defaults(path: Path, server_cnf: Path, client: ClientParams) ->
         lines.append(f"socket={client.unix_socket}")
     else:
         lines += [f"host={client.host}", f"port={client.port}", "protocol=TCP"]
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write("\n".join(lines) + "\n")
+    return ("\n".join(lines) + "\n").encode()
+
+
+def client_defaults_fd(server_cnf: Path, client: ClientParams) -> int:
+    """``client_defaults`` in an anonymous in-memory file (memfd); returns its descriptor.
+
+    The password never reaches a disk: the child inherits the descriptor and reads it as
+    ``--defaults-file=/dev/fd/N`` (a fresh open each time, so mariabackup's several passes
+    over its defaults all see the whole file), and it vanishes with the last process that
+    holds it, however that process ends: a ``kill -9`` leaves nothing behind.
+    """
+    fd = os.memfd_create("binhoard-client.cnf", os.MFD_CLOEXEC)
+    try:
+        data = memoryview(client_defaults(server_cnf, client))
+        while data:
+            data = data[os.write(fd, data) :]
+        # A memfd is created with mode 0777, and mysys skips a world-writable config file
+        # with only a warning (then mariabackup would connect as root without a password).
+        os.fchmod(fd, 0o400)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 class BackupStream:
@@ -179,13 +199,12 @@ class MariaBackup:
         Leaving the ``with`` block early (an exception in the consumer) kills mariabackup.
         """
         work_dir.mkdir(parents=True, exist_ok=True)
-        defaults = work_dir / "client.cnf"
-        write_client_defaults(defaults, self.server_cnf, self.client)
         lsn_dir = work_dir / "lsn"
         lsn_dir.mkdir(exist_ok=True)
+        defaults = client_defaults_fd(self.server_cnf, self.client)
         args = [
             self.binary,
-            f"--defaults-file={defaults}",
+            f"--defaults-file=/dev/fd/{defaults}",
             "--backup",
             "--stream=xbstream",
             f"--extra-lsndir={lsn_dir}",
@@ -195,10 +214,17 @@ class MariaBackup:
         if incremental_lsn is not None:
             args.append(f"--incremental-lsn={incremental_lsn}")
         stderr_path = work_dir / "mariabackup.log"
-        with stderr_path.open("wb") as stderr:
-            process = subprocess.Popen(
-                args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr
-            )
+        try:
+            with stderr_path.open("wb") as stderr:
+                process = subprocess.Popen(
+                    args,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=stderr,
+                    pass_fds=(defaults,),
+                )
+        finally:
+            os.close(defaults)  # mariabackup holds its own copy for as long as it runs
         if process.stdout is not None:
             _enlarge_pipe(process.stdout.fileno())
         stream = BackupStream(process, lsn_dir, stderr_path)
@@ -210,7 +236,6 @@ class MariaBackup:
         finally:
             if process.stdout is not None:
                 process.stdout.close()
-            defaults.unlink(missing_ok=True)  # holds the password
 
     # --- restore side ------------------------------------------------------------
     def extract(self, chunks: Iterable[bytes], target: Path) -> int:

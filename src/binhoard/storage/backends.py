@@ -40,6 +40,8 @@ from binhoard.domain.errors import (
     StorageError,
     TransientStorageError,
 )
+from binhoard.localstate import ProcessId, host_name
+from binhoard.storage.multipart import MultipartJournal, OwnUploads, S3Uploads
 from binhoard.storage.store import DEFAULT_CHUNK, ObjectInfo, ObjectStore, validate_key
 
 if TYPE_CHECKING:
@@ -108,6 +110,24 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _temp_prefix() -> str:
+    """``put-<pid>-<start>-<host>~``: names the writer of a temp file (``_temp_writer``)."""
+    return f"put-{ProcessId.current().tag()}-{host_name()}~"
+
+
+def _temp_writer(name: str) -> tuple[str, ProcessId] | None:
+    """The host and process that wrote a temp file, from its name; None if not named."""
+    if not name.startswith("put-"):
+        return None
+    writer, sep, _random = name[len("put-") :].rpartition("~")
+    pid, _, rest = writer.partition("-")
+    start, _, host = rest.partition("-")
+    process = ProcessId.from_tag(f"{pid}-{start}")
+    if not sep or not host or process is None:
+        return None
+    return host, process
 
 
 # Keys and stats of the files a local listing found (an alias: ``list`` is a method below).
@@ -189,12 +209,23 @@ class LocalStore:
         return self.root / key
 
     def _remove_stale_temp_files(self) -> None:
-        """Temp files of writers that crashed; young ones may belong to a live writer."""
+        """Temp files of writers that were killed.
+
+        A temp file is named after its writer (``_temp_prefix``): this host's own are
+        removed as soon as their writer is gone; those of other hosts (a site on a shared
+        file system), whose writers cannot be checked from here, and unnamed ones once
+        untouched for ``_STALE_TEMP_SECONDS``.
+        """
         cutoff = time.time() - _STALE_TEMP_SECONDS
+        host = host_name()
         with contextlib.suppress(OSError), os.scandir(self._tmp) as entries:
             for entry in entries:
+                writer = _temp_writer(entry.name)
                 with contextlib.suppress(OSError):
-                    if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                    if writer is not None and writer[0] == host:
+                        if not writer[1].alive():
+                            Path(entry.path).unlink()
+                    elif entry.stat(follow_symlinks=False).st_mtime < cutoff:
                         Path(entry.path).unlink()
 
     def _make_parents(self, directory: Path, key: str) -> None:
@@ -228,7 +259,7 @@ class LocalStore:
     def put(self, key: str, data: Iterable[bytes], *, if_absent: bool = False) -> ObjectInfo:
         final = self._path(key)
         try:
-            fd, temp_name = tempfile.mkstemp(dir=self._tmp, prefix="put-")
+            fd, temp_name = tempfile.mkstemp(dir=self._tmp, prefix=_temp_prefix())
         except OSError as exc:
             raise _local_error(exc, "put", key) from None
         temp = Path(temp_name)
@@ -522,6 +553,7 @@ class ObstoreStore:
         concurrency: int = DEFAULT_CONCURRENCY,
         conditional_put_limit: int | None = None,
         secrets: Sequence[str] = (),
+        own_uploads: OwnUploads | None = None,
     ) -> None:
         if part_size < 1 or concurrency < 1:
             raise ValueError("part_size and concurrency must be positive")
@@ -533,6 +565,9 @@ class ObstoreStore:
         )
         self._description = description
         self._scrubber = _Scrubber(secrets)
+        # S3 only: multipart uploads recorded in local state, so that those of a killed
+        # process are aborted by the next one (``multipart.py``).
+        self._own_uploads = own_uploads
 
     def describe(self) -> str:
         return self._description
@@ -572,6 +607,8 @@ class ObstoreStore:
 
     def put(self, key: str, data: Iterable[bytes], *, if_absent: bool = False) -> ObjectInfo:
         validate_key(key)
+        if self._own_uploads is not None:
+            self._own_uploads.clean_once()
         rest = iter(data)
         limit = self.conditional_put_limit if if_absent else self.part_size
         head: list[bytes] = []
@@ -597,7 +634,11 @@ class ObstoreStore:
                 f"{self._description}: put {key}: a conditional write holds its body in memory"
                 f" and is limited to {limit} bytes"
             )
-        source = _Source(head, rest)
+        return self._put_multipart(key, _Source(head, rest))
+
+    def _put_multipart(self, key: str, source: _Source) -> ObjectInfo:
+        if self._own_uploads is not None:
+            self._own_uploads.started(key)
         try:
             result = self.native.put(
                 key,
@@ -607,11 +648,15 @@ class ObstoreStore:
                 max_concurrency=self.concurrency,
             )
         except BaseException as exc:
+            if self._own_uploads is not None:
+                self._own_uploads.failed(key)
             if source.error is not None and exc is source.error:
                 raise
             if isinstance(exc, _NATIVE_ERRORS):
                 self.raise_mapped(exc, "put", key)
             raise
+        if self._own_uploads is not None:
+            self._own_uploads.finished(key)
         return ObjectInfo(key=key, size=source.size, etag=result["e_tag"])
 
     def _own_lost_answer(self, exc: BaseException, key: str, body: bytes) -> bool:
@@ -842,6 +887,7 @@ def open_store(
     part_size: int,
     concurrency: int,
     retry: RetryConfig | None = None,
+    state_directory: Path | None = None,
 ) -> ObjectStore:
     """The backend a site's ``object_storage`` section describes.
 
@@ -849,6 +895,11 @@ def open_store(
     ``upload_concurrency``); ``retry`` tunes obstore's per-request retries (its default:
     up to 10 retries within 3 minutes). Nothing is contacted here: a wrong credential
     shows up as ``PermanentStorageError`` on the first operation.
+
+    With ``state_directory``, an S3 store records its multipart uploads there before
+    they start and, before its first write, aborts those that killed processes of this
+    host left incomplete (``multipart.py``). GCS and Azure offer no such listing through
+    obstore: docs/format.md says what cleans up there.
     """
     if isinstance(config, LocalStorage):
         return LocalStore(config.directory)
@@ -864,12 +915,17 @@ def open_store(
         raise PermanentStorageError(
             f"{config.storage_type} storage configuration: {scrubber.summary(exc)}"
         ) from None
+    own_uploads = None
+    if isinstance(config, S3Storage) and state_directory is not None:
+        journal = MultipartJournal(state_directory / "multipart-uploads")
+        own_uploads = OwnUploads(journal, where, S3Uploads(config).abort)
     return ObstoreStore(
         native,
         description=where,
         part_size=part_size,
         concurrency=concurrency,
         secrets=secrets,
+        own_uploads=own_uploads,
     )
 
 
