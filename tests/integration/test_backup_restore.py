@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -105,32 +106,91 @@ def test_corrupt_object_fails_the_restore_naming_it(sandboxes: SandboxFactory) -
     assert not any(target.datadir.iterdir())
 
 
-def test_killed_backup_leaves_no_backup_and_the_next_run_succeeds(
+PASSWORD = "Kill-Test-Secret-7f3a"
+
+
+def _files_containing(root: Path, needle: bytes) -> list[Path]:
+    found = []
+    for path in root.rglob("*"):
+        try:
+            if path.is_file() and needle in path.read_bytes():
+                found.append(path)
+        except OSError:
+            continue  # removed while we looked
+    return found
+
+
+def _wait_for(what: str, condition: Callable[[], bool], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_killed_backup_leaves_no_password_and_the_next_run_removes_its_leftovers(
     sandboxes: SandboxFactory, tmp_path: Path
 ) -> None:
     source = sandboxes.new("source")
     create_schema(source)
     write_rows(source, 3000, seed=4, payload=2000)
+    conn = source.connect()
+    try:
+        with conn.cursor() as cursor:
+            # Not binlogged: the binlog would hold the statement, password included.
+            cursor.execute("SET SESSION sql_log_bin = 0")
+            cursor.execute(f"CREATE USER 'backup'@'localhost' IDENTIFIED BY '{PASSWORD}'")
+            cursor.execute("GRANT ALL PRIVILEGES ON *.* TO 'backup'@'localhost'")
+    finally:
+        conn.close()
     site = sandboxes.root / "site"
     # Slow uploads so that the kill lands mid-upload.
     data = config_for(source, site, upload_rate_limit=2_000_000)
-    config = tmp_path / "binhoard.json"
+    data["mysql"]["client_params"].update(user="backup", password=PASSWORD)
+    config = tmp_path / "binhoard.json"  # the operator's file: the one place it may be
     config.write_text(json.dumps(data))
     settings = parse_settings(data, source="test")
+    temp = settings.temporary_directory
+    site_temp = site / ".binhoard-tmp"
+
+    def uploading() -> bool:
+        return any(p.stat().st_size >= 1024 * 1024 for p in site_temp.glob("put-*"))
+
     process = subprocess.Popen(
         [sys.executable, "-m", "binhoard", "backup", "create", "--config", str(config)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
-    time.sleep(3)
-    assert process.poll() is None, process.stdout.read() if process.stdout else ""
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
+    try:
+        # Ready when a MiB of mariabackup's stream has reached the site: mariabackup runs
+        # with its credentials, and the upload is under way.
+        _wait_for("the backup's upload", lambda: uploading() or process.poll() is not None)
+        assert process.poll() is None, process.stdout.read() if process.stdout else ""
+        assert _files_containing(settings.state_directory.parent, PASSWORD.encode()) == []
+    finally:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
 
+    # What the killed run left: its work directory, its partial upload, its record.
+    assert [p.name for p in temp.glob("backup-*")] != []
+    partial = list(site_temp.glob("put-*"))
+    assert partial != []
+    assert (settings.state_directory / "backup-in-progress.json").exists()
+    # and no password anywhere binhoard writes.
+    for root in (settings.state_directory.parent, site):
+        assert _files_containing(root, PASSWORD.encode()) == [], root
+
+    # The next run removes this host's partial upload at once, not a day later.
     store = open_site(settings)
+    assert [p for p in partial if p.exists()] == []
     assert list_backups(store) == []
     data["backup_sites"]["default"]["upload_rate_limit"] = None
     fast = parse_settings(data, source="test")
     backup = create_backup(fast, open_site(fast))
     assert [b.backup_id for b in list_backups(store)] == [backup.backup_id]
     assert find_leftovers(store) == []
+    assert list(temp.glob("backup-*")) == []
+    assert list(site_temp.iterdir()) == []
+    assert not (settings.state_directory / "backup-in-progress.json").exists()
+    for root in (settings.state_directory.parent, site):
+        assert _files_containing(root, PASSWORD.encode()) == [], root

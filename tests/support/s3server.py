@@ -29,7 +29,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import botocore.session
 import obstore.exceptions
+from botocore.config import Config
 from obstore.store import S3Store
 
 from binhoard.config import S3Storage
@@ -94,6 +96,24 @@ class S3Server:
                 "allow_http": True,
             }
         )
+
+    def multipart_uploads(self, prefix: str) -> list[str]:
+        """Keys of the incomplete multipart uploads under ``prefix`` (full bucket keys),
+        asked directly of the server (ListMultipartUploads), not through binhoard."""
+        client = botocore.session.get_session().create_client(
+            "s3",
+            region_name=self.region,
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            config=Config(s3={"addressing_style": "path"}),
+        )
+        keys: list[str] = []
+        for page in client.get_paginator("list_multipart_uploads").paginate(
+            Bucket=self.bucket, Prefix=prefix
+        ):
+            keys.extend(str(upload["Key"]) for upload in page.get("Uploads", []))
+        return sorted(keys)
 
     def log_tail(self, lines: int = 30) -> str:
         try:
