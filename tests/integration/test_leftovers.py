@@ -1,5 +1,5 @@
-"""What a killed process leaves in object storage, and who removes it: real SeaweedFS,
-real processes killed with SIGKILL at a moment the server itself shows."""
+"""What a killed process leaves in object storage, and who removes it: real SeaweedFS (and
+MariaDB), real processes killed with SIGKILL at a moment the server itself shows."""
 
 from __future__ import annotations
 
@@ -15,8 +15,15 @@ from pathlib import Path
 
 import pytest
 
+from binhoard.app import open_site
+from binhoard.config import parse_settings
+from binhoard.ops.backup import create_backup
+from binhoard.ops.site import find_leftovers, list_backups
 from binhoard.storage.backends import open_store
+from tests.support.configs import config_for
 from tests.support.s3server import S3Server
+from tests.support.sandboxes import SandboxFactory
+from tests.support.workload import create_schema, write_rows
 
 MiB = 1024 * 1024
 PART = 5 * MiB
@@ -114,3 +121,44 @@ def _start(process: subprocess.Popen[bytes]) -> str:
     """A running child's start time, as ``ProcessId`` names journals."""
     fields = Path(f"/proc/{process.pid}/stat").read_text().rpartition(")")[2].split()
     return f"{fields[19]}.json"
+
+
+def test_killed_backup_to_s3_leaves_an_upload_the_next_backup_aborts(
+    sandboxes: SandboxFactory, s3_server: S3Server, tmp_path: Path
+) -> None:
+    source = sandboxes.new("source")
+    create_schema(source)
+    write_rows(source, 3000, seed=5, payload=2000)
+    prefix = f"backup-killed/{uuid.uuid4().hex[:12]}"
+    storage = s3_server.storage_config(prefix).model_dump(mode="json")
+    storage["aws_secret_access_key"] = s3_server.secret_key  # dumped masked otherwise
+    # Slow uploads in 5 MiB parts, so that the kill lands inside the multipart upload.
+    data = config_for(source, tmp_path / "unused", upload_rate_limit=2_000_000, part_size=PART)
+    data["backup_sites"]["default"]["object_storage"] = storage
+    config = tmp_path / "binhoard.json"
+    config.write_text(json.dumps(data))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "binhoard", "backup", "create", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        _wait_for(
+            "the backup's multipart upload",
+            lambda: bool(s3_server.multipart_uploads(prefix)) or process.poll() is not None,
+            timeout=120,
+        )
+        assert process.poll() is None, process.stdout.read() if process.stdout else ""
+    finally:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    left = s3_server.multipart_uploads(prefix)
+    assert len(left) == 1 and left[0].endswith("/data.xbstream.zst.age"), left
+
+    data["backup_sites"]["default"]["upload_rate_limit"] = None
+    settings = parse_settings(data, source="test")
+    store = open_site(settings)
+    backup = create_backup(settings, store)
+    assert s3_server.multipart_uploads(prefix) == []
+    assert [b.backup_id for b in list_backups(store)] == [backup.backup_id]
+    assert find_leftovers(store) == []
