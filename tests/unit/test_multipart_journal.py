@@ -10,6 +10,8 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from binhoard.domain.errors import TransientStorageError
 from binhoard.localstate import ProcessId
 from binhoard.storage.multipart import MultipartJournal, OwnUploads
@@ -107,3 +109,24 @@ def test_own_uploads_cleans_once_and_keeps_a_failed_upload_it_could_not_abort(
     mine = tmp_path / f"{ProcessId.current().tag()}.json"
     assert json.loads(mine.read_text())["uploads"] == [{"store": "s3://b/", "key": "unreachable"}]
     assert aborts.keys == ["old", "fails"]
+
+
+def test_a_journal_that_cannot_be_written_stops_the_upload_with_a_storage_error(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "file").write_text("")
+    journal = MultipartJournal(tmp_path / "file" / "journal")  # under a file: ENOTDIR
+    with pytest.raises(TransientStorageError, match="multipart upload journal"):
+        journal.begin("s3://b/", "k")
+
+
+def test_clean_removes_a_dead_processs_half_written_journal(tmp_path: Path) -> None:
+    dead = _dead_process()
+    half = tmp_path / f".{dead.tag()}.json.tmp"
+    tmp_path.mkdir(exist_ok=True)
+    half.write_text('{"uplo')
+    mine = tmp_path / f".{ProcessId.current().tag()}.json.tmp"
+    mine.write_text('{"uplo')
+    MultipartJournal(tmp_path).clean("s3://b/", Aborts())
+    assert not half.exists()
+    assert mine.exists()

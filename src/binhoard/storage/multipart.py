@@ -18,6 +18,7 @@ that a live process of this host is uploading at that moment is left for a later
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -56,11 +57,18 @@ class MultipartJournal:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.directory / _LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        """The journal's lock; a failure of the local disk becomes a ``StorageError``:
+        an upload that cannot be recorded does not start."""
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.directory / _LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise _state_error(self.directory, exc) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)  # held for milliseconds, or one cleaning
             yield
+        except OSError as exc:
+            raise _state_error(self.directory, exc) from None
         finally:
             os.close(fd)
 
@@ -101,6 +109,10 @@ class MultipartJournal:
                 for entry in _entries(journal)
                 if entry["store"] == store
             }
+            for leftover in self.directory.glob(".*.json.tmp"):  # a write cut short
+                process = ProcessId.from_tag(leftover.name[1 : -len(".json.tmp")])
+                if process is not None and not process.alive():
+                    leftover.unlink(missing_ok=True)
             for process, journal in journals:
                 if process.alive():
                     continue
@@ -130,6 +142,13 @@ class MultipartJournal:
                     cleaned.append(entry["key"])
                 _save(journal, kept)
         return cleaned
+
+
+def _state_error(directory: Path, exc: OSError) -> StorageError:
+    detail = f"multipart upload journal in {directory}: {exc.strerror or exc}"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return PermanentStorageError(detail)
+    return TransientStorageError(detail)
 
 
 def _entries(journal: StateFile) -> list[dict[str, str]]:
