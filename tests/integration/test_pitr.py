@@ -30,6 +30,7 @@ from binhoard.ops.catalog import read_streams
 from binhoard.ops.pitr import PitrProgress, PitrRequest, PointInTimeRestore
 from binhoard.server.sandbox import Sandbox
 from tests.support.configs import config_for
+from tests.support.mounts import tmpfs
 from tests.support.sandboxes import SandboxFactory, sandbox_factory
 from tests.support.workload import checksums, create_schema, write_rows
 
@@ -259,3 +260,16 @@ def test_a_restore_killed_during_binlog_apply_resumes_exactly(
     assert archive.final is not None
     assert_restored_to(box, archive.final)
     box.stop()
+
+
+def test_restores_into_a_datadir_that_is_a_mount_point(archive: Archive) -> None:
+    box = new_target(archive)
+    marker = archive.markers[7]
+    with tmpfs(box.datadir, 1024**3):
+        try:
+            _, progress = restore(archive, box, {"to_gtid": marker.gtid})
+            assert progress.phase == "completed"
+            assert os.path.ismount(box.datadir)  # emptied and filled, never removed
+            assert_restored_to(box, marker)
+        finally:
+            box.stop()

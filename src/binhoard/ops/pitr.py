@@ -52,6 +52,7 @@ from binhoard.ops.restore_backup import (
     RestoreProgress,
     check_empty_datadir,
     digest_of,
+    empty_directory,
     ensure_server_running,
     restore_backup,
     set_gtid_state,
@@ -389,9 +390,8 @@ class PointInTimeRestore:
                 "is being restored: stop it first"
             )
         # This restore checked the datadir was empty when it began: whatever is there now
-        # is its own unfinished work.
-        if datadir.exists():
-            shutil.rmtree(datadir)
+        # is its own unfinished work. The directory itself stays (it may be a mount point).
+        empty_directory(datadir)
 
         def on_restore(state: RestoreProgress) -> None:
             self.progress.basebackup_compressed_bytes_downloaded = (

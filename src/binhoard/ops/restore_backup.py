@@ -76,6 +76,19 @@ def check_empty_datadir(datadir: Path) -> None:
         )
 
 
+def empty_directory(directory: Path) -> None:
+    """Removes everything inside ``directory``, never ``directory`` itself: a datadir is
+    often a mount point (removing it fails with EBUSY) or has owner, mode and SELinux
+    context that the server needs. Symbolic links are removed, not followed."""
+    if not directory.exists():
+        return
+    for entry in directory.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
 def restore_backup(
     settings: Settings,
     store: ObjectStore,
