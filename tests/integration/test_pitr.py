@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import random
 import signal
 import subprocess
@@ -273,3 +274,21 @@ def test_restores_into_a_datadir_that_is_a_mount_point(archive: Archive) -> None
             assert_restored_to(box, marker)
         finally:
             box.stop()
+
+
+def test_a_target_running_as_mysql_gets_its_files(archive: Archive) -> None:
+    mysql = pwd.getpwnam("mysql")
+    archive.factory.root.chmod(0o755)  # lets the mysql user reach its sandbox
+    box = archive.factory.new("restored", start=False, options={"user": "mysql"})
+    box.create(initialize=False)
+    for path in (box.directory, *box.directory.rglob("*")):
+        os.chown(path, mysql.pw_uid, mysql.pw_gid)
+    marker = archive.markers[8]
+    _, progress = restore(archive, box, {"to_time": f"@{marker.time}"})
+    assert progress.phase == "completed"
+    assert_restored_to(box, marker)
+    pid = box.pid()
+    assert pid is not None and Path(f"/proc/{pid}").stat().st_uid == mysql.pw_uid
+    not_mysql = [p for p in box.datadir.rglob("*") if p.lstat().st_uid != mysql.pw_uid]
+    assert not_mysql == []
+    box.stop()

@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from binhoard.config import Settings
-from binhoard.domain.errors import ServerError, UsageError
+from binhoard.domain.errors import BinhoardError, ServerError, UsageError
 from binhoard.domain.manifest import BackupManifest, ObjectRef
 from binhoard.ops.site import list_backups, read_manifest
 from binhoard.server import sql
 from binhoard.server.backup_tool import MariaBackup
+from binhoard.server.mycnf import check_can_give, give_to, read_server_options, server_file_owner
 from binhoard.server.process import ServerProcess
 from binhoard.storage.pipeline import ObjectDigest, decryption_identities, download
 from binhoard.storage.store import ObjectStore
@@ -110,6 +111,10 @@ def restore_backup(
 
     report()
     check_empty_datadir(datadir)
+    # Whose the restored files will be is decided (and checked possible) before anything
+    # is downloaded, from the datadir as the operator prepared it.
+    owner = server_file_owner(read_server_options(settings.mysql.config_file_name), datadir)
+    check_can_give(owner)
     target = resolve_backup(store, backup_id)
     chain = [read_manifest(store, b) for b in target.chain[:-1]] + [target]
     state.backup_id = target.backup_id
@@ -150,6 +155,9 @@ def restore_backup(
         report("moving_basebackup")
         datadir.mkdir(parents=True, exist_ok=True)
         tool.move_back(dirs[0], datadir)
+        # mariabackup leaves the files to whoever ran it (root): a server running as
+        # mysql then cannot write them (Errcode 13 on ddl_recovery.log at start).
+        give_to(owner, datadir)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report("basebackup_restored")
@@ -192,11 +200,37 @@ def ensure_server_running(settings: Settings) -> None:
 
     if answers():
         return
+    process = ServerProcess(settings.mysql.config_file_name)
+
+    def describe() -> str:
+        return describe_start_failure(settings, process.log_file)
+
     if settings.start_command:
-        subprocess.run(settings.start_command, check=True)
-        ServerProcess(settings.mysql.config_file_name).wait_until(answers)
+        result = subprocess.run(settings.start_command, check=False)
+        if result.returncode != 0:
+            raise ServerError(
+                f"start_command {settings.start_command} exited with {result.returncode}\n"
+                + describe()
+            )
+        process.wait_until(answers, describe_failure=describe)
     else:
-        ServerProcess(settings.mysql.config_file_name).start(answers)
+        process.start(answers, describe_failure=describe)
+
+
+def describe_start_failure(settings: Settings, stderr_log: Path, lines: int = 20) -> str:
+    """The last lines of the server's error log (``log_error`` of its option file, else
+    its standard error as binhoard captured it), which say why it did not start."""
+    try:
+        options = read_server_options(settings.mysql.config_file_name)
+        path = options.error_log(settings.mysql.data_directory) or stderr_log
+    except BinhoardError:
+        path = stderr_log
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as exc:
+        return f"(its error log {path} cannot be read: {exc.strerror})"
+    tail = "\n".join(text.strip().splitlines()[-lines:])
+    return f"last lines of its error log {path}:\n{tail}"
 
 
 def start_restored_server(settings: Settings, manifest: BackupManifest) -> None:
