@@ -25,6 +25,7 @@ import pytest
 
 from binhoard.app import open_site
 from binhoard.config import Settings, parse_settings
+from binhoard.domain.errors import UsageError
 from binhoard.ops.archive import BinlogArchiver
 from binhoard.ops.backup import create_backup
 from binhoard.ops.catalog import read_streams
@@ -292,3 +293,44 @@ def test_a_target_running_as_mysql_gets_its_files(archive: Archive) -> None:
     not_mysql = [p for p in box.datadir.rglob("*") if p.lstat().st_uid != mysql.pw_uid]
     assert not_mysql == []
     box.stop()
+
+
+def test_a_target_described_by_its_my_cnf_and_a_key_file(archive: Archive) -> None:
+    box = new_target(archive)
+    key_file = box.directory / "restore.key"
+    private = archive.config["backup_sites"]["default"]["encryption_keys"]["private"]
+    key_file.write_text(f"# created by the test\n{private}\n")
+    config = target_config(archive, box)
+    # No relay settings (the server's own are used) and the key from its file.
+    del config["mysql"]["relay_log_prefix"], config["mysql"]["relay_log_index_file"]
+    keys = config["backup_sites"]["default"]["encryption_keys"]
+    del keys["private"]
+    keys["private_key_files"] = [str(key_file)]
+    settings = parse_settings(config, source="test")
+    marker = archive.markers[9]
+    progress = PointInTimeRestore(settings, open_site(settings)).start(
+        PitrRequest("default", {"to_gtid": marker.gtid})
+    )
+    assert progress.phase == "completed"
+    assert_restored_to(box, marker)
+    box.stop()
+
+
+def test_an_unfit_target_is_refused_before_anything_is_downloaded(archive: Archive) -> None:
+    # The source's server_id, and no skip-slave-start.
+    box = archive.factory.new(
+        "restored", server_id=1, start=False, options={"skip-slave-start": "0"}
+    )
+    box.create(initialize=False)
+    with pytest.raises(UsageError) as info:
+        restore(archive, box, {"to_latest": True})
+    message = str(info.value)
+    assert f"point-in-time restore into the server of {box.cnf} cannot work" in message
+    assert f"skip-slave-start is not set in {box.cnf}" in message
+    assert f"server_id is 1 in {box.cnf}, the source's" in message
+    assert list(box.datadir.iterdir()) == []
+    temporary = box.directory / "binhoard" / "tmp"
+    assert not temporary.exists() or list(temporary.iterdir()) == []
+    # Nothing was changed, so a corrected target starts afresh (no --resume asked for).
+    state = json.loads((box.directory / "binhoard" / "state" / "restore.json").read_text())
+    assert state["phase"] == "failed"

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,6 +46,7 @@ from binhoard.domain.restore_plan import (
     parse_target,
     plan_restore,
 )
+from binhoard.domain.restore_target import TargetDescription, target_problems
 from binhoard.localstate import StateFile, exclusive
 from binhoard.ops.catalog import read_records
 from binhoard.ops.restore_backup import (
@@ -60,6 +61,7 @@ from binhoard.ops.restore_backup import (
 from binhoard.ops.site import list_backups
 from binhoard.server import sql
 from binhoard.server.binlog_reader import read_binlog
+from binhoard.server.mycnf import read_server_options
 from binhoard.server.process import ServerProcess
 from binhoard.server.relay_apply import ApplyProgress, BatchFile, RelayApplier
 from binhoard.storage.pipeline import decryption_identities, download_to_file
@@ -274,7 +276,15 @@ class PointInTimeRestore:
             }
             self._save()
             self._report()
-            plan = self._plan(request)
+            try:
+                plan = self._plan(request)
+                # Every precondition at once, before any data is downloaded.
+                check_restore_target(self.settings, _source_server_ids(plan))
+            except BinhoardError as exc:
+                # Nothing was changed: a later start must not be told to resume this one.
+                self.state["error"] = exc.message
+                self._set_phase("failed")
+                raise
             self.state.update(
                 backup_id=plan.backup.backup_id,
                 records=len(plan.records),
@@ -547,6 +557,34 @@ class PointInTimeRestore:
         self.progress.phase = str(self.state.get("phase", self.progress.phase))
         if self.callback is not None:
             self.callback(self.progress)
+
+
+def check_restore_target(settings: Settings, source_server_ids: Collection[int] = ()) -> None:
+    """Raises ``UsageError`` listing every reason the configured server cannot receive a
+    point-in-time restore (``domain/restore_target.py``)."""
+    problems = target_problems(describe_target(settings), source_server_ids)
+    if problems:
+        raise UsageError(
+            "point-in-time restore into the server of "
+            f"{settings.mysql.config_file_name} cannot work:\n  " + "\n  ".join(problems)
+        )
+
+
+def describe_target(settings: Settings) -> TargetDescription:
+    mysql = settings.mysql
+    return TargetDescription(
+        cnf=str(mysql.config_file_name),
+        options=read_server_options(mysql.config_file_name).options,
+        data_directory=mysql.data_directory,
+        unix_socket=mysql.client_params.unix_socket,
+        port=mysql.client_params.port,
+        relay_log_prefix=mysql.relay_log_prefix,
+        relay_log_index_file=mysql.relay_log_index_file,
+    )
+
+
+def _source_server_ids(plan: RestorePlan) -> set[int]:
+    return {plan.backup.server_id, *(r.server_id for r in plan.records)}
 
 
 def _catalog(store: ObjectStore) -> dict[str, list[BinlogRecord]]:
