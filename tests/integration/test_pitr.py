@@ -25,14 +25,14 @@ import pytest
 
 from binhoard.app import open_site
 from binhoard.config import Settings, parse_settings
-from binhoard.domain.errors import UsageError
+from binhoard.domain.errors import DiskFullError, UsageError
 from binhoard.ops.archive import BinlogArchiver
 from binhoard.ops.backup import create_backup
 from binhoard.ops.catalog import read_streams
 from binhoard.ops.pitr import PitrProgress, PitrRequest, PointInTimeRestore
 from binhoard.server.sandbox import Sandbox
 from tests.support.configs import config_for
-from tests.support.mounts import tmpfs
+from tests.support.mounts import resize, tmpfs
 from tests.support.sandboxes import SandboxFactory, sandbox_factory
 from tests.support.workload import checksums, create_schema, write_rows
 
@@ -334,3 +334,74 @@ def test_an_unfit_target_is_refused_before_anything_is_downloaded(archive: Archi
     # Nothing was changed, so a corrected target starts afresh (no --resume asked for).
     state = json.loads((box.directory / "binhoard" / "state" / "restore.json").read_text())
     assert state["phase"] == "failed"
+
+
+def test_a_full_relay_directory_is_one_clear_error_and_resume_continues(
+    archive: Archive,
+) -> None:
+    box = new_target(archive)
+    with tmpfs(box.relay_dir, 256 * 1024):
+        try:
+            settings = parse_settings(target_config(archive, box), source="test")
+            with pytest.raises(DiskFullError) as info:
+                PointInTimeRestore(settings, open_site(settings)).start(
+                    PitrRequest("default", {"to_latest": True})
+                )
+            message = str(info.value)
+            assert "\n" not in message
+            assert message.startswith(f"no space left on device in {box.relay_dir} (relay logs)")
+            assert info.value.needed is not None and info.value.needed > 256 * 1024
+            assert message.endswith("free space, then run `binhoard restore --resume`")
+            resize(box.relay_dir, 256 * 1024**2)
+            progress = PointInTimeRestore(settings, open_site(settings)).resume()
+            assert progress.phase == "completed"
+            assert archive.final is not None
+            assert_restored_to(box, archive.final)
+        finally:
+            box.stop()
+
+
+def test_a_full_temporary_directory_is_one_clear_line_and_resume_continues(
+    archive: Archive,
+) -> None:
+    box = new_target(archive)
+    config_path = box.directory / "binhoard.json"
+    config_path.write_text(json.dumps(target_config(archive, box)))
+    temporary = box.directory / "binhoard" / "tmp"
+    command = [sys.executable, "-m", "binhoard", "restore", "--config", str(config_path)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    marker = archive.markers[10]
+    with tmpfs(temporary, 4 * 1024**2):
+        try:
+            failed = subprocess.run(
+                [*command, "--to-gtid", marker.gtid],
+                check=False,
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            assert failed.returncode == 9, failed.stderr[-3000:]
+            # Besides the phases it went through, one line, no traceback.
+            assert "Traceback" not in failed.stderr
+            [line] = [x for x in failed.stderr.splitlines() if not x.startswith("restore: ")]
+            assert line.startswith(
+                f"binhoard: error: no space left on device in {temporary} (temporary_directory, "
+                "extracting backup "
+            ), line
+            assert "MiB needed there, " in line and " free; free space, then run" in line
+            resize(temporary, 1024**3)
+            resumed = subprocess.run(
+                [*command, "--resume"],
+                check=False,
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            assert resumed.returncode == 0, resumed.stderr[-3000:]
+            assert_restored_to(box, marker)
+        finally:
+            box.stop()

@@ -35,7 +35,7 @@ from typing import Any
 from binhoard.config import Settings
 from binhoard.domain.binlog import TransactionTable
 from binhoard.domain.catalog import BinlogRecord
-from binhoard.domain.errors import BinhoardError, ConflictError, UsageError
+from binhoard.domain.errors import BinhoardError, ConflictError, DiskFullError, UsageError
 from binhoard.domain.gtid import GtidPosition
 from binhoard.domain.manifest import BackupManifest
 from binhoard.domain.restore_plan import (
@@ -61,6 +61,7 @@ from binhoard.ops.restore_backup import (
 from binhoard.ops.site import list_backups
 from binhoard.server import sql
 from binhoard.server.binlog_reader import read_binlog
+from binhoard.server.disk import disk_full, is_no_space
 from binhoard.server.mycnf import read_server_options
 from binhoard.server.process import ServerProcess
 from binhoard.server.relay_apply import ApplyProgress, BatchFile, RelayApplier
@@ -181,6 +182,12 @@ class BinlogPrefetcher:
     def path(self, index: int) -> Path:
         return self.directory / self.records[index].name
 
+    @property
+    def peak(self) -> int:
+        """The most bytes this keeps in ``directory`` at once: the budget, or less if
+        the files left are smaller."""
+        return min(self.budget, sum(r.size for r in self.records[self._next :]))
+
     def _run(self) -> None:
         try:
             for index in range(self._next, len(self.records)):
@@ -191,13 +198,22 @@ class BinlogPrefetcher:
                     if self._stopped:
                         return
                     self._used += record.size
-                download_to_file(
-                    self.store,
-                    record.object.key,
-                    self.path(index),
-                    expected=digest_of(record.object),
-                    identities=self.identities,
-                )
+                try:
+                    download_to_file(
+                        self.store,
+                        record.object.key,
+                        self.path(index),
+                        expected=digest_of(record.object),
+                        identities=self.identities,
+                    )
+                except OSError as exc:
+                    if not is_no_space(exc):
+                        raise
+                    raise disk_full(
+                        self.directory,
+                        what="temporary_directory, binlogs waiting to be applied",
+                        needed=self.peak,
+                    ) from None
                 if self.on_downloaded is not None:
                     self.on_downloaded(record)
                 with self._cond:
@@ -364,7 +380,7 @@ class PointInTimeRestore:
         prefetcher.start()
         try:
             if self.state["phase"] == "restoring_basebackup":
-                self._restore_basebackup(plan.backup)
+                self._restore_basebackup(plan.backup, prefetcher)
                 self._set_phase("basebackup_restored")
             if self.state["phase"] == "basebackup_restored":
                 ensure_server_running(self.settings)
@@ -383,6 +399,20 @@ class PointInTimeRestore:
                 position = self._applier().finish(expected=self._expected_end(plan))
                 self.state["final_gtid_position"] = position.format()
                 self._set_phase("completed")
+        except DiskFullError as exc:
+            # Files waiting to be applied are downloaded again on --resume: the space
+            # they take now is free for whatever failed.
+            prefetcher.stop()
+            shutil.rmtree(prefetcher.directory, ignore_errors=True)
+            error = disk_full(
+                Path(exc.path),
+                what=exc.what,
+                needed=exc.needed,
+                then="free space, then run `binhoard restore --resume`",
+            )
+            self.state["error"] = error.message
+            self._save()
+            raise error from None
         except BinhoardError as exc:
             self.state["error"] = exc.message
             self._save()
@@ -392,7 +422,7 @@ class PointInTimeRestore:
             shutil.rmtree(prefetcher.directory, ignore_errors=True)
         return self.progress
 
-    def _restore_basebackup(self, backup: BackupManifest) -> None:
+    def _restore_basebackup(self, backup: BackupManifest, prefetcher: BinlogPrefetcher) -> None:
         datadir = self.settings.mysql.data_directory
         if ServerProcess(self.settings.mysql.config_file_name).pid() is not None:
             raise ConflictError(
@@ -419,6 +449,7 @@ class PointInTimeRestore:
             datadir,
             site_name=str(self.state["site"]),
             progress=on_restore,
+            temporary_reserved=prefetcher.peak,
         )
 
     def _applier(self) -> RelayApplier:

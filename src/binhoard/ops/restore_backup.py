@@ -19,11 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from binhoard.config import Settings
-from binhoard.domain.errors import BinhoardError, ServerError, UsageError
+from binhoard.crypto.age import Identity
+from binhoard.domain.errors import BinhoardError, DiskFullError, ServerError, UsageError
 from binhoard.domain.manifest import BackupManifest, ObjectRef
 from binhoard.ops.site import list_backups, read_manifest
 from binhoard.server import sql
 from binhoard.server.backup_tool import MariaBackup
+from binhoard.server.disk import disk_full, is_no_space
 from binhoard.server.mycnf import check_can_give, give_to, read_server_options, server_file_owner
 from binhoard.server.process import ServerProcess
 from binhoard.storage.pipeline import ObjectDigest, decryption_identities, download
@@ -98,9 +100,15 @@ def restore_backup(
     *,
     site_name: str,
     progress: ProgressCallback | None = None,
+    temporary_reserved: int = 0,
+    retry_hint: str = "free space, then run the restore again",
 ) -> BackupManifest:
     """Downloads, verifies, extracts and prepares the chain of ``backup_id``, then moves it
-    into ``datadir``. Returns the manifest of the restored backup."""
+    into ``datadir``. Returns the manifest of the restored backup.
+
+    A full file system ends it with a :class:`DiskFullError` naming the directory and the
+    space needed there (``temporary_reserved``: bytes other work of the caller keeps in
+    the temporary directory meanwhile), followed by ``retry_hint``."""
     state = RestoreProgress()
 
     def report(phase: str | None = None) -> None:
@@ -123,6 +131,42 @@ def restore_backup(
     identities = decryption_identities(site.encryption_keys)
     tool = MariaBackup(settings.mysql.config_file_name, settings.mysql.client_params)
     work = settings.temporary_directory / f"restore-{target.backup_id}"
+    # The extracted backup is about as large as the plaintext stream(s).
+    extracted = sum(m.data.plain_size for m in chain)
+    try:
+        _restore_chain(store, chain, work, datadir, tool, identities, state, report)
+    except (DiskFullError, OSError) as exc:
+        if isinstance(exc, OSError) and not is_no_space(exc):
+            raise
+        path = Path(exc.path) if isinstance(exc, DiskFullError) else work
+        if path.is_relative_to(datadir):
+            raise disk_full(
+                datadir, what="the datadir", needed=extracted, then=retry_hint
+            ) from None
+        raise disk_full(
+            settings.temporary_directory,
+            what=f"temporary_directory, extracting backup {target.backup_id}",
+            needed=extracted + temporary_reserved,
+            then=retry_hint,
+        ) from None
+    # mariabackup leaves the files to whoever ran it (root): a server running as
+    # mysql then cannot write them (Errcode 13 on ddl_recovery.log at start).
+    give_to(owner, datadir)
+    report("basebackup_restored")
+    log.info("backup %s restored into %s", target.backup_id, datadir)
+    return target
+
+
+def _restore_chain(  # noqa: PLR0917 - the steps of restore_backup, split for its error handling
+    store: ObjectStore,
+    chain: list[BackupManifest],
+    work: Path,
+    datadir: Path,
+    tool: MariaBackup,
+    identities: list[Identity],
+    state: RestoreProgress,
+    report: Callable[..., None],
+) -> None:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     try:
@@ -155,14 +199,9 @@ def restore_backup(
         report("moving_basebackup")
         datadir.mkdir(parents=True, exist_ok=True)
         tool.move_back(dirs[0], datadir)
-        # mariabackup leaves the files to whoever ran it (root): a server running as
-        # mysql then cannot write them (Errcode 13 on ddl_recovery.log at start).
-        give_to(owner, datadir)
     finally:
+        # Before any error is reported: the space it frees is what a retry has.
         shutil.rmtree(work, ignore_errors=True)
-    report("basebackup_restored")
-    log.info("backup %s restored into %s", target.backup_id, datadir)
-    return target
 
 
 def _counting(

@@ -81,6 +81,7 @@ from binhoard.domain.errors import ApplyError, ConflictError, ServerError, Usage
 from binhoard.domain.gtid import Gtid, GtidPosition
 from binhoard.server import sql
 from binhoard.server.binlog_reader import BinlogIndex, read_binlog
+from binhoard.server.disk import disk_full, is_no_space
 from binhoard.server.mycnf import FileOwner, give_to, read_server_options, server_file_owner
 from binhoard.server.sandbox import free_loopback_port
 
@@ -748,14 +749,26 @@ class RelayApplier:
     def _place_files(self, files: Sequence[BatchFile], plan: BatchPlan, *, move: bool) -> None:
         self.relay_dir.mkdir(parents=True, exist_ok=True)
         placed = []
-        for planned in plan.files:
-            source = files[planned.source].path
-            target = self.relay_dir / planned.relay_name
-            _place(source, target, move=move)
-            placed.append(target)
         text = relay_index_text(self.relay_dir, [p.relay_name for p in plan.files])
         tmp = self.relay_index.with_name(self.relay_index.name + ".tmp")
-        tmp.write_text(text)
+        try:
+            for planned in plan.files:
+                source = files[planned.source].path
+                target = self.relay_dir / planned.relay_name
+                placed.append(target)
+                _place(source, target, move=move)
+            tmp.write_text(text)
+        except OSError as exc:
+            if not is_no_space(exc):
+                raise
+            # A partial copy would only hold the space a retry needs.
+            for path in (*placed, tmp):
+                path.unlink(missing_ok=True)
+            raise disk_full(
+                self.relay_dir,
+                what="relay logs",
+                needed=sum(files[p.source].size for p in plan.files) + len(text),
+            ) from None
         if self.owner is not None:
             # Downloaded by binhoard (mode 0600): a server running as another user could
             # neither read them nor purge them once applied.
