@@ -382,7 +382,7 @@ def test_a_full_temporary_directory_is_one_clear_line_and_resume_continues(
                 text=True,
                 timeout=300,
             )
-            assert failed.returncode == 9, failed.stderr[-3000:]
+            assert failed.returncode == 10, failed.stderr[-3000:]
             # Besides the phases it went through, one line, no traceback.
             assert "Traceback" not in failed.stderr
             [line] = [x for x in failed.stderr.splitlines() if not x.startswith("restore: ")]

@@ -21,7 +21,7 @@ def test_the_message_is_one_line_with_path_need_and_free_space() -> None:
         "no space left on device in /var/tmp/b (relay logs): about 3.0 MiB needed there, "
         "512 bytes free; free space"
     )
-    assert error.exit_code == 9 and error.retryable
+    assert error.exit_code == 10 and error.retryable
 
 
 def test_mariadb_tools_out_of_space_messages_are_recognised() -> None:

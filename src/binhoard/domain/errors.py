@@ -191,7 +191,7 @@ class DiskFullError(BinhoardError):
     the space free; retryable once space is freed (a restore continues with --resume).
     """
 
-    exit_code = 9
+    exit_code = 10  # 9 is an archive gap (cli/binlog.py)
     http_status = 507
     retryable = True
 
