@@ -24,9 +24,10 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
-from binhoard.crypto.age import AgeError, Identity, Recipient
+from binhoard.crypto.age import AgeError, Identity, Recipient, identity_from_file_text
 from binhoard.domain.errors import ConfigError
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -102,8 +103,27 @@ def _check_age_identity(value: SecretStr) -> SecretStr:
     return value
 
 
+def _read_identity_file(path: Path) -> Identity:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a text file") from None
+    try:
+        return identity_from_file_text(text)
+    except AgeError as exc:  # its message never holds the key
+        raise ValueError(f"{path}: {exc}") from None
+
+
+def _check_identity_file(value: Path) -> Path:
+    _read_identity_file(value)
+    return value
+
+
 AgeRecipient = Annotated[str, AfterValidator(_check_age_recipient)]
 AgeIdentity = Annotated[SecretStr, AfterValidator(_check_age_identity)]
+IdentityFile = Annotated[Path, AfterValidator(_resolve_path), AfterValidator(_check_identity_file)]
 
 
 class EncryptionKeys(_Section):
@@ -115,18 +135,30 @@ class EncryptionKeys(_Section):
 
     public: list[AgeRecipient] = Field(min_length=1)
     private: list[AgeIdentity] = Field(default_factory=list)
+    # Files as `binhoard keys generate` / age-keygen write them, so that the secret need
+    # not be pasted into the configuration; their keys are added to ``private``.
+    private_key_files: list[IdentityFile] = Field(default_factory=list)
 
     @field_validator("public", mode="before")
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
 
-    @field_validator("private", mode="before")
+    @field_validator("private", "private_key_files", mode="before")
     @classmethod
     def _one_or_many_private(cls, value: Any) -> Any:
         if value is None:
             return []
         return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _add_key_files(self) -> EncryptionKeys:
+        if not self.private_key_files:
+            return self
+        from_files = [
+            SecretStr(_read_identity_file(path).secret_text()) for path in self.private_key_files
+        ]
+        return self.model_copy(update={"private": [*self.private, *from_files]})
 
 
 class LocalStorage(_Section):

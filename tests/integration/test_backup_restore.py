@@ -15,9 +15,9 @@ import pytest
 
 from binhoard.app import open_site
 from binhoard.config import Settings, parse_settings
-from binhoard.domain.errors import IntegrityError, UsageError
+from binhoard.domain.errors import IntegrityError, ServerError, UsageError
 from binhoard.ops.backup import create_backup
-from binhoard.ops.restore_backup import restore_backup, set_gtid_state
+from binhoard.ops.restore_backup import ensure_server_running, restore_backup, set_gtid_state
 from binhoard.ops.site import find_leftovers, list_backups
 from binhoard.server.sandbox import Sandbox
 from binhoard.storage.store import ObjectStore
@@ -194,3 +194,19 @@ def test_killed_backup_leaves_no_password_and_the_next_run_removes_its_leftovers
     assert not (settings.state_directory / "backup-in-progress.json").exists()
     for root in (settings.state_directory.parent, site):
         assert _files_containing(root, PASSWORD.encode()) == [], root
+
+
+def test_a_server_that_cannot_start_shows_the_end_of_its_error_log(
+    sandboxes: SandboxFactory,
+) -> None:
+    box = sandboxes.new("broken", start=False)
+    box.create(initialize=False)  # no privilege tables: mariadbd aborts
+    settings = settings_for(box, sandboxes.root / "site")
+    with pytest.raises(ServerError) as info:
+        ensure_server_running(settings)
+    message = str(info.value)
+    assert "exited with 1" in message
+    # Found from log-error in its my.cnf, and the reason is in what is shown.
+    assert f"last lines of its error log {box.error_log}:" in message
+    assert "Can't open and lock privilege tables" in message
+    assert message.rstrip().endswith("[ERROR] Aborting")

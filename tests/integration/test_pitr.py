@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import random
 import signal
 import subprocess
@@ -24,12 +25,14 @@ import pytest
 
 from binhoard.app import open_site
 from binhoard.config import Settings, parse_settings
+from binhoard.domain.errors import DiskFullError, UsageError
 from binhoard.ops.archive import BinlogArchiver
 from binhoard.ops.backup import create_backup
 from binhoard.ops.catalog import read_streams
 from binhoard.ops.pitr import PitrProgress, PitrRequest, PointInTimeRestore
 from binhoard.server.sandbox import Sandbox
 from tests.support.configs import config_for
+from tests.support.mounts import resize, tmpfs
 from tests.support.sandboxes import SandboxFactory, sandbox_factory
 from tests.support.workload import checksums, create_schema, write_rows
 
@@ -259,3 +262,146 @@ def test_a_restore_killed_during_binlog_apply_resumes_exactly(
     assert archive.final is not None
     assert_restored_to(box, archive.final)
     box.stop()
+
+
+def test_restores_into_a_datadir_that_is_a_mount_point(archive: Archive) -> None:
+    box = new_target(archive)
+    marker = archive.markers[7]
+    with tmpfs(box.datadir, 1024**3):
+        try:
+            _, progress = restore(archive, box, {"to_gtid": marker.gtid})
+            assert progress.phase == "completed"
+            assert os.path.ismount(box.datadir)  # emptied and filled, never removed
+            assert_restored_to(box, marker)
+        finally:
+            box.stop()
+
+
+def test_a_target_running_as_mysql_gets_its_files(archive: Archive) -> None:
+    mysql = pwd.getpwnam("mysql")
+    archive.factory.root.chmod(0o755)  # lets the mysql user reach its sandbox
+    box = archive.factory.new("restored", start=False, options={"user": "mysql"})
+    box.create(initialize=False)
+    for path in (box.directory, *box.directory.rglob("*")):
+        os.chown(path, mysql.pw_uid, mysql.pw_gid)
+    marker = archive.markers[8]
+    _, progress = restore(archive, box, {"to_time": f"@{marker.time}"})
+    assert progress.phase == "completed"
+    assert_restored_to(box, marker)
+    pid = box.pid()
+    assert pid is not None and Path(f"/proc/{pid}").stat().st_uid == mysql.pw_uid
+    not_mysql = [p for p in box.datadir.rglob("*") if p.lstat().st_uid != mysql.pw_uid]
+    assert not_mysql == []
+    box.stop()
+
+
+def test_a_target_described_by_its_my_cnf_and_a_key_file(archive: Archive) -> None:
+    box = new_target(archive)
+    key_file = box.directory / "restore.key"
+    private = archive.config["backup_sites"]["default"]["encryption_keys"]["private"]
+    key_file.write_text(f"# created by the test\n{private}\n")
+    config = target_config(archive, box)
+    # No relay settings (the server's own are used) and the key from its file.
+    del config["mysql"]["relay_log_prefix"], config["mysql"]["relay_log_index_file"]
+    keys = config["backup_sites"]["default"]["encryption_keys"]
+    del keys["private"]
+    keys["private_key_files"] = [str(key_file)]
+    settings = parse_settings(config, source="test")
+    marker = archive.markers[9]
+    progress = PointInTimeRestore(settings, open_site(settings)).start(
+        PitrRequest("default", {"to_gtid": marker.gtid})
+    )
+    assert progress.phase == "completed"
+    assert_restored_to(box, marker)
+    box.stop()
+
+
+def test_an_unfit_target_is_refused_before_anything_is_downloaded(archive: Archive) -> None:
+    # The source's server_id, and no skip-slave-start.
+    box = archive.factory.new(
+        "restored", server_id=1, start=False, options={"skip-slave-start": "0"}
+    )
+    box.create(initialize=False)
+    with pytest.raises(UsageError) as info:
+        restore(archive, box, {"to_latest": True})
+    message = str(info.value)
+    assert f"point-in-time restore into the server of {box.cnf} cannot work" in message
+    assert f"skip-slave-start is not set in {box.cnf}" in message
+    assert f"server_id is 1 in {box.cnf}, the source's" in message
+    assert list(box.datadir.iterdir()) == []
+    temporary = box.directory / "binhoard" / "tmp"
+    assert not temporary.exists() or list(temporary.iterdir()) == []
+    # Nothing was changed, so a corrected target starts afresh (no --resume asked for).
+    state = json.loads((box.directory / "binhoard" / "state" / "restore.json").read_text())
+    assert state["phase"] == "failed"
+
+
+def test_a_full_relay_directory_is_one_clear_error_and_resume_continues(
+    archive: Archive,
+) -> None:
+    box = new_target(archive)
+    with tmpfs(box.relay_dir, 256 * 1024):
+        try:
+            settings = parse_settings(target_config(archive, box), source="test")
+            with pytest.raises(DiskFullError) as info:
+                PointInTimeRestore(settings, open_site(settings)).start(
+                    PitrRequest("default", {"to_latest": True})
+                )
+            message = str(info.value)
+            assert "\n" not in message
+            assert message.startswith(f"no space left on device in {box.relay_dir} (relay logs)")
+            assert info.value.needed is not None and info.value.needed > 256 * 1024
+            assert message.endswith("free space, then run `binhoard restore --resume`")
+            resize(box.relay_dir, 256 * 1024**2)
+            progress = PointInTimeRestore(settings, open_site(settings)).resume()
+            assert progress.phase == "completed"
+            assert archive.final is not None
+            assert_restored_to(box, archive.final)
+        finally:
+            box.stop()
+
+
+def test_a_full_temporary_directory_is_one_clear_line_and_resume_continues(
+    archive: Archive,
+) -> None:
+    box = new_target(archive)
+    config_path = box.directory / "binhoard.json"
+    config_path.write_text(json.dumps(target_config(archive, box)))
+    temporary = box.directory / "binhoard" / "tmp"
+    command = [sys.executable, "-m", "binhoard", "restore", "--config", str(config_path)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    marker = archive.markers[10]
+    with tmpfs(temporary, 4 * 1024**2):
+        try:
+            failed = subprocess.run(
+                [*command, "--to-gtid", marker.gtid],
+                check=False,
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            assert failed.returncode == 10, failed.stderr[-3000:]
+            # Besides the phases it went through, one line, no traceback.
+            assert "Traceback" not in failed.stderr
+            [line] = [x for x in failed.stderr.splitlines() if not x.startswith("restore: ")]
+            assert line.startswith(
+                f"binhoard: error: no space left on device in {temporary} (temporary_directory, "
+                "extracting backup "
+            ), line
+            assert "MiB needed there, " in line and " free; free space, then run" in line
+            resize(temporary, 1024**3)
+            resumed = subprocess.run(
+                [*command, "--resume"],
+                check=False,
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            assert resumed.returncode == 0, resumed.stderr[-3000:]
+            assert_restored_to(box, marker)
+        finally:
+            box.stop()

@@ -8,9 +8,11 @@ from typing import Any
 
 import pytest
 
+from binhoard.cli.keys import generate_key_file
 from binhoard.config import load_settings, parse_settings
 from binhoard.crypto.age import Identity
 from binhoard.domain.errors import ConfigError
+from binhoard.storage.pipeline import decryption_identities
 
 IDENTITY = Identity.generate()
 PUBLIC = str(IDENTITY.recipient)
@@ -159,3 +161,42 @@ def test_syntax_errors_and_missing_files_name_the_file(tmp_path: Path) -> None:
     odd.write_text("{}")
     with pytest.raises(ConfigError, match=r"must end in \.json or \.toml"):
         load_settings(odd)
+
+
+def test_private_keys_can_be_given_as_files_from_keys_generate(tmp_path: Path) -> None:
+    key_file = tmp_path / "restore.key"
+    public = generate_key_file(key_file)
+    data = minimal()
+    keys = data["backup_sites"]["default"]["encryption_keys"]
+    keys["private_key_files"] = "restore.key"  # relative to the configuration file
+    settings = parse_settings(data, source="x.json", base_dir=tmp_path)
+    site = settings.upload_site.encryption_keys
+    assert site.private_key_files == [key_file]
+    recipients = [str(i.recipient) for i in decryption_identities(site)]
+    assert recipients == [PUBLIC, public]
+    # Without an inline key, the file's alone.
+    del keys["private"]
+    only = parse_settings(data, source="x.json", base_dir=tmp_path).upload_site
+    assert [str(i.recipient) for i in decryption_identities(only.encryption_keys)] == [public]
+
+
+def test_a_bad_private_key_file_names_the_key_and_the_file_never_the_secret(
+    tmp_path: Path,
+) -> None:
+    secret = Identity.generate().secret_text()
+    damaged = tmp_path / "damaged.key"
+    damaged.write_text("# public key: age1...\n" + secret[:-3] + "QQQ\n")
+    two = tmp_path / "two.key"
+    two.write_text(f"{secret}\n{secret}\n")
+    data = minimal()
+    keys = data["backup_sites"]["default"]["encryption_keys"]
+    keys["private_key_files"] = [str(tmp_path / "missing.key"), str(damaged), str(two)]
+    error = problems_of(data)
+    text = str(error)
+    prefix = "backup_sites.default.encryption_keys.private_key_files"
+    assert error.problems == [
+        (f"{prefix}[0]", f"cannot read {tmp_path / 'missing.key'}: No such file or directory"),
+        (f"{prefix}[1]", f"{damaged}: the AGE-SECRET-KEY line is not a valid age identity"),
+        (f"{prefix}[2]", f"{two}: expected exactly one AGE-SECRET-KEY line, found 2"),
+    ]
+    assert secret[20:40] not in text

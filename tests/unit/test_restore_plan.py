@@ -530,6 +530,15 @@ def test_parse_target_takes_exactly_one() -> None:
         parse_target(to_time="@5", to_gtid="0-1-5")
 
 
+@pytest.mark.parametrize("option", ["to_time", "to_gtid", "to_position"])
+@pytest.mark.parametrize("value", ["", "   ", "\t\n"])
+def test_an_empty_or_blank_target_is_refused(option: str, value: str) -> None:
+    name = "--" + option.replace("_", "-")
+    with pytest.raises(TargetSyntaxError, match=f"{name} is empty") as info:
+        parse_target(**{option: value})
+    assert info.value.exit_code == 2
+
+
 # --- properties --------------------------------------------------------------------------
 times = st.integers(0, 30)
 time_files = st.lists(st.lists(times, max_size=4), min_size=1, max_size=5)

@@ -7,6 +7,9 @@ from pathlib import Path
 import click
 
 from binhoard.config import load_settings
+from binhoard.domain.errors import BinhoardError
+from binhoard.domain.restore_target import target_problems
+from binhoard.ops.pitr import describe_target
 
 
 @click.group("config")
@@ -31,3 +34,14 @@ def check(file: Path) -> None:
         f"  server_id {settings.server_id}; upload site {settings.backup_settings.upload_site}"
     )
     click.echo(f"  backup sites: {sites}")
+    # Not an error: a host that only takes backups need not be a restore target.
+    try:
+        problems = target_problems(describe_target(settings))
+    except BinhoardError as exc:
+        problems = [exc.message]
+    if problems:
+        click.echo("  point-in-time restore into this server would fail:")
+        for problem in problems:
+            click.echo(f"    {problem}")
+    else:
+        click.echo("  point-in-time restore into this server: its my.cnf is ready")

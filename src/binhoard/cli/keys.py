@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from binhoard.crypto.age import AgeError, Identity
+from binhoard.crypto.age import AgeError, Identity, identity_from_file_text
 from binhoard.domain.errors import UsageError
 
 
@@ -36,16 +36,13 @@ def generate_key_file(path: Path) -> str:
 def read_identity_file(path: Path) -> Identity:
     """Reads an age identity file (comments allowed, as age-keygen writes them)."""
     try:
-        lines = path.read_text().splitlines()
+        text = path.read_text()
     except OSError as exc:
         raise UsageError(f"cannot read key file {path}: {exc.strerror}") from None
-    keys = [line.strip() for line in lines if line.strip().startswith("AGE-SECRET-KEY-")]
-    if len(keys) != 1:
-        raise UsageError(f"{path}: expected exactly one AGE-SECRET-KEY line, found {len(keys)}")
     try:
-        return Identity.parse(keys[0])
-    except AgeError:  # never echo the key
-        raise UsageError(f"{path}: the AGE-SECRET-KEY line is not a valid age identity") from None
+        return identity_from_file_text(text)
+    except AgeError as exc:  # its message never holds the key
+        raise UsageError(f"{path}: {exc}") from None
 
 
 @click.group("keys")

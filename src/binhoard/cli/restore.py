@@ -12,6 +12,7 @@ from binhoard.cli.common import config_option, site_option
 from binhoard.cli.progress import ByteProgress
 from binhoard.config import Settings, load_settings
 from binhoard.domain.errors import UsageError
+from binhoard.domain.restore_plan import parse_target
 from binhoard.ops.pitr import PitrProgress, PitrRequest, PointInTimeRestore
 from binhoard.ops.restore_backup import RestoreProgress, restore_backup, start_restored_server
 
@@ -71,14 +72,17 @@ def restore_command(  # noqa: PLR0917 - click passes one parameter per option
         "to_gtid": to_gtid,
         "to_position": to_position,
     }
-    if resume or any(targets.values()):
+    # An empty --to-time '' is given (and rejected by parse_target), not absent: testing
+    # truthiness here once turned it into a plain restore that exited 0.
+    given = {k: v for k, v in targets.items() if v is not None and v is not False}
+    if resume or given:
         if datadir is not None and datadir.resolve() != settings.mysql.data_directory.resolve():
             raise UsageError("point-in-time restore goes into mysql.data_directory only")
         _point_in_time(
             settings,
             name,
             None if backup_id == "latest" else backup_id,
-            {k: v for k, v in targets.items() if v},
+            given,
             approximate=approximate,
             resume=resume,
         )
@@ -116,6 +120,10 @@ def _point_in_time(
     approximate: bool,
     resume: bool,
 ) -> None:
+    if resume and target_args:
+        raise UsageError("--resume continues the recorded target; give no --to-* option")
+    if not resume:
+        parse_target(**target_args)  # a bad target is refused before anything is touched
     store = open_site(settings, name)
     with ByteProgress("restore") as bar:
 
@@ -135,8 +143,6 @@ def _point_in_time(
 
         restore = PointInTimeRestore(settings, store, progress=show)
         if resume:
-            if target_args:
-                raise UsageError("--resume continues the recorded target; give no --to-* option")
             result = restore.resume()
         else:
             request = PitrRequest(name, target_args, backup_id, approximate_ok=approximate)

@@ -176,6 +176,21 @@ class Identity:
             return None
 
 
+def identity_from_file_text(text: str) -> Identity:
+    """The one identity of an identity file as ``age-keygen`` (and ``binhoard keys
+    generate``) writes it: comment lines, then one ``AGE-SECRET-KEY-1...`` line. Errors
+    never contain the key."""
+    keys = [
+        line.strip() for line in text.splitlines() if line.strip().startswith("AGE-SECRET-KEY-")
+    ]
+    if len(keys) != 1:
+        raise AgeError(f"expected exactly one AGE-SECRET-KEY line, found {len(keys)}")
+    try:
+        return Identity.parse(keys[0])
+    except AgeError:
+        raise AgeError("the AGE-SECRET-KEY line is not a valid age identity") from None
+
+
 def _wrap(recipient: Recipient, file_key: bytes) -> bytes:
     ephemeral = X25519PrivateKey.generate()
     share = ephemeral.public_key().public_bytes_raw()

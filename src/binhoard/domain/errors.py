@@ -170,3 +170,52 @@ class ApplyError(ServerError):
         self.server_errno = server_errno
         self.server_message = server_message
         super().__init__(message)
+
+
+def format_bytes(count: int) -> str:
+    """``1536`` -> ``1.5 KiB``: sizes in messages people act on."""
+    if count < 1024:
+        return f"{count} bytes"
+    value = float(count)
+    for unit in ("KiB", "MiB", "GiB"):
+        value /= 1024
+        if value < 1024:
+            return f"{value:.1f} {unit}"
+    return f"{value / 1024:.1f} TiB"
+
+
+class DiskFullError(BinhoardError):
+    """A local file system has no space left (ENOSPC or a quota).
+
+    One line naming the directory, what it is for, the space the step needs there and
+    the space free; retryable once space is freed (a restore continues with --resume).
+    """
+
+    exit_code = 10  # 9 is an archive gap (cli/binlog.py)
+    http_status = 507
+    retryable = True
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        what: str = "",
+        needed: int | None = None,
+        free: int | None = None,
+        then: str = "",
+    ) -> None:
+        self.path = path
+        self.what = what
+        self.needed = needed
+        self.free = free
+        message = f"no space left on device in {path}" + (f" ({what})" if what else "")
+        sizes = []
+        if needed is not None:
+            sizes.append(f"about {format_bytes(needed)} needed there")
+        if free is not None:
+            sizes.append(f"{format_bytes(free)} free")
+        if sizes:
+            message += ": " + ", ".join(sizes)
+        if then:
+            message += f"; {then}"
+        super().__init__(message)

@@ -269,6 +269,14 @@ def parse_target(
             "give exactly one of --to-latest, --to-time, --to-gtid, --to-position"
             + (f" (given: {', '.join(given)})" if given else "")
         )
+    for name, value in (
+        ("--to-time", to_time),
+        ("--to-gtid", to_gtid),
+        ("--to-position", to_position),
+    ):
+        # An empty value (a shell variable that was not set) is a mistake, never "no target".
+        if value is not None and not value.strip():
+            raise TargetSyntaxError(f"{name} is empty: give the point to restore to")
     if to_time is not None:
         return parse_time_target(to_time)
     if to_gtid is not None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,7 +35,7 @@ from typing import Any
 from binhoard.config import Settings
 from binhoard.domain.binlog import TransactionTable
 from binhoard.domain.catalog import BinlogRecord
-from binhoard.domain.errors import BinhoardError, ConflictError, UsageError
+from binhoard.domain.errors import BinhoardError, ConflictError, DiskFullError, UsageError
 from binhoard.domain.gtid import GtidPosition
 from binhoard.domain.manifest import BackupManifest
 from binhoard.domain.restore_plan import (
@@ -46,12 +46,14 @@ from binhoard.domain.restore_plan import (
     parse_target,
     plan_restore,
 )
+from binhoard.domain.restore_target import TargetDescription, target_problems
 from binhoard.localstate import StateFile, exclusive
 from binhoard.ops.catalog import read_records
 from binhoard.ops.restore_backup import (
     RestoreProgress,
     check_empty_datadir,
     digest_of,
+    empty_directory,
     ensure_server_running,
     restore_backup,
     set_gtid_state,
@@ -59,6 +61,8 @@ from binhoard.ops.restore_backup import (
 from binhoard.ops.site import list_backups
 from binhoard.server import sql
 from binhoard.server.binlog_reader import read_binlog
+from binhoard.server.disk import disk_full, is_no_space
+from binhoard.server.mycnf import read_server_options
 from binhoard.server.process import ServerProcess
 from binhoard.server.relay_apply import ApplyProgress, BatchFile, RelayApplier
 from binhoard.storage.pipeline import decryption_identities, download_to_file
@@ -178,6 +182,12 @@ class BinlogPrefetcher:
     def path(self, index: int) -> Path:
         return self.directory / self.records[index].name
 
+    @property
+    def peak(self) -> int:
+        """The most bytes this keeps in ``directory`` at once: the budget, or less if
+        the files left are smaller."""
+        return min(self.budget, sum(r.size for r in self.records[self._next :]))
+
     def _run(self) -> None:
         try:
             for index in range(self._next, len(self.records)):
@@ -188,13 +198,22 @@ class BinlogPrefetcher:
                     if self._stopped:
                         return
                     self._used += record.size
-                download_to_file(
-                    self.store,
-                    record.object.key,
-                    self.path(index),
-                    expected=digest_of(record.object),
-                    identities=self.identities,
-                )
+                try:
+                    download_to_file(
+                        self.store,
+                        record.object.key,
+                        self.path(index),
+                        expected=digest_of(record.object),
+                        identities=self.identities,
+                    )
+                except OSError as exc:
+                    if not is_no_space(exc):
+                        raise
+                    raise disk_full(
+                        self.directory,
+                        what="temporary_directory, binlogs waiting to be applied",
+                        needed=self.peak,
+                    ) from None
                 if self.on_downloaded is not None:
                     self.on_downloaded(record)
                 with self._cond:
@@ -273,7 +292,15 @@ class PointInTimeRestore:
             }
             self._save()
             self._report()
-            plan = self._plan(request)
+            try:
+                plan = self._plan(request)
+                # Every precondition at once, before any data is downloaded.
+                check_restore_target(self.settings, _source_server_ids(plan))
+            except BinhoardError as exc:
+                # Nothing was changed: a later start must not be told to resume this one.
+                self.state["error"] = exc.message
+                self._set_phase("failed")
+                raise
             self.state.update(
                 backup_id=plan.backup.backup_id,
                 records=len(plan.records),
@@ -353,7 +380,7 @@ class PointInTimeRestore:
         prefetcher.start()
         try:
             if self.state["phase"] == "restoring_basebackup":
-                self._restore_basebackup(plan.backup)
+                self._restore_basebackup(plan.backup, prefetcher)
                 self._set_phase("basebackup_restored")
             if self.state["phase"] == "basebackup_restored":
                 ensure_server_running(self.settings)
@@ -372,6 +399,20 @@ class PointInTimeRestore:
                 position = self._applier().finish(expected=self._expected_end(plan))
                 self.state["final_gtid_position"] = position.format()
                 self._set_phase("completed")
+        except DiskFullError as exc:
+            # Files waiting to be applied are downloaded again on --resume: the space
+            # they take now is free for whatever failed.
+            prefetcher.stop()
+            shutil.rmtree(prefetcher.directory, ignore_errors=True)
+            error = disk_full(
+                Path(exc.path),
+                what=exc.what,
+                needed=exc.needed,
+                then="free space, then run `binhoard restore --resume`",
+            )
+            self.state["error"] = error.message
+            self._save()
+            raise error from None
         except BinhoardError as exc:
             self.state["error"] = exc.message
             self._save()
@@ -381,7 +422,7 @@ class PointInTimeRestore:
             shutil.rmtree(prefetcher.directory, ignore_errors=True)
         return self.progress
 
-    def _restore_basebackup(self, backup: BackupManifest) -> None:
+    def _restore_basebackup(self, backup: BackupManifest, prefetcher: BinlogPrefetcher) -> None:
         datadir = self.settings.mysql.data_directory
         if ServerProcess(self.settings.mysql.config_file_name).pid() is not None:
             raise ConflictError(
@@ -389,9 +430,8 @@ class PointInTimeRestore:
                 "is being restored: stop it first"
             )
         # This restore checked the datadir was empty when it began: whatever is there now
-        # is its own unfinished work.
-        if datadir.exists():
-            shutil.rmtree(datadir)
+        # is its own unfinished work. The directory itself stays (it may be a mount point).
+        empty_directory(datadir)
 
         def on_restore(state: RestoreProgress) -> None:
             self.progress.basebackup_compressed_bytes_downloaded = (
@@ -409,6 +449,7 @@ class PointInTimeRestore:
             datadir,
             site_name=str(self.state["site"]),
             progress=on_restore,
+            temporary_reserved=prefetcher.peak,
         )
 
     def _applier(self) -> RelayApplier:
@@ -547,6 +588,34 @@ class PointInTimeRestore:
         self.progress.phase = str(self.state.get("phase", self.progress.phase))
         if self.callback is not None:
             self.callback(self.progress)
+
+
+def check_restore_target(settings: Settings, source_server_ids: Collection[int] = ()) -> None:
+    """Raises ``UsageError`` listing every reason the configured server cannot receive a
+    point-in-time restore (``domain/restore_target.py``)."""
+    problems = target_problems(describe_target(settings), source_server_ids)
+    if problems:
+        raise UsageError(
+            "point-in-time restore into the server of "
+            f"{settings.mysql.config_file_name} cannot work:\n  " + "\n  ".join(problems)
+        )
+
+
+def describe_target(settings: Settings) -> TargetDescription:
+    mysql = settings.mysql
+    return TargetDescription(
+        cnf=str(mysql.config_file_name),
+        options=read_server_options(mysql.config_file_name).options,
+        data_directory=mysql.data_directory,
+        unix_socket=mysql.client_params.unix_socket,
+        port=mysql.client_params.port,
+        relay_log_prefix=mysql.relay_log_prefix,
+        relay_log_index_file=mysql.relay_log_index_file,
+    )
+
+
+def _source_server_ids(plan: RestorePlan) -> set[int]:
+    return {plan.backup.server_id, *(r.server_id for r in plan.records)}
 
 
 def _catalog(store: ObjectStore) -> dict[str, list[BinlogRecord]]:

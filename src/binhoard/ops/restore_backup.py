@@ -19,11 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from binhoard.config import Settings
-from binhoard.domain.errors import ServerError, UsageError
+from binhoard.crypto.age import Identity
+from binhoard.domain.errors import BinhoardError, DiskFullError, ServerError, UsageError
 from binhoard.domain.manifest import BackupManifest, ObjectRef
 from binhoard.ops.site import list_backups, read_manifest
 from binhoard.server import sql
 from binhoard.server.backup_tool import MariaBackup
+from binhoard.server.disk import disk_full, is_no_space
+from binhoard.server.mycnf import check_can_give, give_to, read_server_options, server_file_owner
 from binhoard.server.process import ServerProcess
 from binhoard.storage.pipeline import ObjectDigest, decryption_identities, download
 from binhoard.storage.store import ObjectStore
@@ -76,6 +79,19 @@ def check_empty_datadir(datadir: Path) -> None:
         )
 
 
+def empty_directory(directory: Path) -> None:
+    """Removes everything inside ``directory``, never ``directory`` itself: a datadir is
+    often a mount point (removing it fails with EBUSY) or has owner, mode and SELinux
+    context that the server needs. Symbolic links are removed, not followed."""
+    if not directory.exists():
+        return
+    for entry in directory.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
 def restore_backup(
     settings: Settings,
     store: ObjectStore,
@@ -84,9 +100,15 @@ def restore_backup(
     *,
     site_name: str,
     progress: ProgressCallback | None = None,
+    temporary_reserved: int = 0,
+    retry_hint: str = "free space, then run the restore again",
 ) -> BackupManifest:
     """Downloads, verifies, extracts and prepares the chain of ``backup_id``, then moves it
-    into ``datadir``. Returns the manifest of the restored backup."""
+    into ``datadir``. Returns the manifest of the restored backup.
+
+    A full file system ends it with a :class:`DiskFullError` naming the directory and the
+    space needed there (``temporary_reserved``: bytes other work of the caller keeps in
+    the temporary directory meanwhile), followed by ``retry_hint``."""
     state = RestoreProgress()
 
     def report(phase: str | None = None) -> None:
@@ -97,6 +119,10 @@ def restore_backup(
 
     report()
     check_empty_datadir(datadir)
+    # Whose the restored files will be is decided (and checked possible) before anything
+    # is downloaded, from the datadir as the operator prepared it.
+    owner = server_file_owner(read_server_options(settings.mysql.config_file_name), datadir)
+    check_can_give(owner)
     target = resolve_backup(store, backup_id)
     chain = [read_manifest(store, b) for b in target.chain[:-1]] + [target]
     state.backup_id = target.backup_id
@@ -105,6 +131,42 @@ def restore_backup(
     identities = decryption_identities(site.encryption_keys)
     tool = MariaBackup(settings.mysql.config_file_name, settings.mysql.client_params)
     work = settings.temporary_directory / f"restore-{target.backup_id}"
+    # The extracted backup is about as large as the plaintext stream(s).
+    extracted = sum(m.data.plain_size for m in chain)
+    try:
+        _restore_chain(store, chain, work, datadir, tool, identities, state, report)
+    except (DiskFullError, OSError) as exc:
+        if isinstance(exc, OSError) and not is_no_space(exc):
+            raise
+        path = Path(exc.path) if isinstance(exc, DiskFullError) else work
+        if path.is_relative_to(datadir):
+            raise disk_full(
+                datadir, what="the datadir", needed=extracted, then=retry_hint
+            ) from None
+        raise disk_full(
+            settings.temporary_directory,
+            what=f"temporary_directory, extracting backup {target.backup_id}",
+            needed=extracted + temporary_reserved,
+            then=retry_hint,
+        ) from None
+    # mariabackup leaves the files to whoever ran it (root): a server running as
+    # mysql then cannot write them (Errcode 13 on ddl_recovery.log at start).
+    give_to(owner, datadir)
+    report("basebackup_restored")
+    log.info("backup %s restored into %s", target.backup_id, datadir)
+    return target
+
+
+def _restore_chain(  # noqa: PLR0917 - the steps of restore_backup, split for its error handling
+    store: ObjectStore,
+    chain: list[BackupManifest],
+    work: Path,
+    datadir: Path,
+    tool: MariaBackup,
+    identities: list[Identity],
+    state: RestoreProgress,
+    report: Callable[..., None],
+) -> None:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     try:
@@ -138,10 +200,8 @@ def restore_backup(
         datadir.mkdir(parents=True, exist_ok=True)
         tool.move_back(dirs[0], datadir)
     finally:
+        # Before any error is reported: the space it frees is what a retry has.
         shutil.rmtree(work, ignore_errors=True)
-    report("basebackup_restored")
-    log.info("backup %s restored into %s", target.backup_id, datadir)
-    return target
 
 
 def _counting(
@@ -179,11 +239,37 @@ def ensure_server_running(settings: Settings) -> None:
 
     if answers():
         return
+    process = ServerProcess(settings.mysql.config_file_name)
+
+    def describe() -> str:
+        return describe_start_failure(settings, process.log_file)
+
     if settings.start_command:
-        subprocess.run(settings.start_command, check=True)
-        ServerProcess(settings.mysql.config_file_name).wait_until(answers)
+        result = subprocess.run(settings.start_command, check=False)
+        if result.returncode != 0:
+            raise ServerError(
+                f"start_command {settings.start_command} exited with {result.returncode}\n"
+                + describe()
+            )
+        process.wait_until(answers, describe_failure=describe)
     else:
-        ServerProcess(settings.mysql.config_file_name).start(answers)
+        process.start(answers, describe_failure=describe)
+
+
+def describe_start_failure(settings: Settings, stderr_log: Path, lines: int = 20) -> str:
+    """The last lines of the server's error log (``log_error`` of its option file, else
+    its standard error as binhoard captured it), which say why it did not start."""
+    try:
+        options = read_server_options(settings.mysql.config_file_name)
+        path = options.error_log(settings.mysql.data_directory) or stderr_log
+    except BinhoardError:
+        path = stderr_log
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as exc:
+        return f"(its error log {path} cannot be read: {exc.strerror})"
+    tail = "\n".join(text.strip().splitlines()[-lines:])
+    return f"last lines of its error log {path}:\n{tail}"
 
 
 def start_restored_server(settings: Settings, manifest: BackupManifest) -> None:

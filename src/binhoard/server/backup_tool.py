@@ -20,8 +20,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from binhoard.config import ClientParams
-from binhoard.domain.errors import ServerError
+from binhoard.domain.errors import DiskFullError, ServerError
 from binhoard.domain.manifest import LsnRange, SnapshotPosition
+from binhoard.server.disk import says_no_space
 from binhoard.server.process import find_executable
 
 READ_SIZE = 1024 * 1024
@@ -242,15 +243,29 @@ class MariaBackup:
         """Feeds an xbstream into ``mbstream -x -C target``; returns the bytes fed."""
         target.mkdir(parents=True, exist_ok=True)
         mbstream = find_executable("mbstream")
-        log = target.parent / f"{target.name}.mbstream.log"
-        fed = 0
-        with log.open("wb") as err:
+        # Its messages are kept in memory: a log file in the directory being filled
+        # would be empty exactly when the disk is full.
+        log = os.fdopen(os.memfd_create("mbstream-log"), "w+b")
+        with log:
             process = subprocess.Popen(
                 [mbstream, "-x", f"--parallel={EXTRACT_THREADS}", "-C", str(target)],
                 stdin=subprocess.PIPE,
-                stdout=err,
-                stderr=err,
+                stdout=log,
+                stderr=log,
             )
+            fed = self._feed(process, chunks)
+            code = process.wait()
+            if code != 0:
+                log.seek(0)
+                output = log.read().decode(errors="replace")
+                if says_no_space(output):
+                    raise DiskFullError(str(target.parent), what="mbstream -x")
+                raise ServerError(f"mbstream -x failed (exit {code}):\n{_tail(output)}")
+        return fed
+
+    @staticmethod
+    def _feed(process: subprocess.Popen[bytes], chunks: Iterable[bytes]) -> int:
+        fed = 0
         assert process.stdin is not None
         _enlarge_pipe(process.stdin.fileno())
         try:
@@ -264,16 +279,13 @@ class MariaBackup:
             process.kill()
             process.wait()
             raise
-        code = process.wait()
-        if code != 0:
-            raise ServerError(f"mbstream -x failed (exit {code}):\n{_tail(_read(log))}")
         return fed
 
     def prepare(self, target: Path, incremental_dir: Path | None = None) -> None:
         args = [self.binary, "--prepare", f"--target-dir={target}"]
         if incremental_dir is not None:
             args.append(f"--incremental-dir={incremental_dir}")
-        _run(args, "mariabackup --prepare")
+        _run(args, "mariabackup --prepare", target.parent)
 
     def move_back(self, target: Path, datadir: Path) -> None:
         """Moves a prepared backup into ``datadir`` (which must be empty)."""
@@ -286,6 +298,7 @@ class MariaBackup:
                 f"--datadir={datadir}",
             ],
             "mariabackup --move-back",
+            datadir,
         )
 
 
@@ -320,19 +333,13 @@ def _enlarge_pipe(fd: int) -> None:
         fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
 
 
-def _run(args: list[str], what: str) -> None:
+def _run(args: list[str], what: str, writes_to: Path) -> None:
     result = subprocess.run(args, capture_output=True, text=True, check=False)
     if result.returncode != 0:
-        raise ServerError(
-            f"{what} failed (exit {result.returncode}):\n{_tail(result.stderr + result.stdout)}"
-        )
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text(errors="replace")
-    except OSError:
-        return ""
+        output = result.stderr + result.stdout
+        if says_no_space(output):
+            raise DiskFullError(str(writes_to), what=what)
+        raise ServerError(f"{what} failed (exit {result.returncode}):\n{_tail(output)}")
 
 
 def _tail(text: str, lines: int = 20) -> str:

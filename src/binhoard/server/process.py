@@ -107,10 +107,14 @@ class ServerProcess:
         )
 
     def wait_until(
-        self, ready: Callable[[], bool], *, timeout: float = DEFAULT_START_TIMEOUT
+        self,
+        ready: Callable[[], bool],
+        *,
+        timeout: float = DEFAULT_START_TIMEOUT,
+        describe_failure: Callable[[], str] = lambda: "",
     ) -> None:
         """Waits for a server started by someone else (``start_command``) to be ready."""
-        self._wait(ready, timeout, None, lambda: "")
+        self._wait(ready, timeout, None, describe_failure)
 
     def stop(self, timeout: float = DEFAULT_STOP_TIMEOUT) -> bool:
         """SIGTERM to this server's pid, then waits. Returns False if it was not running."""

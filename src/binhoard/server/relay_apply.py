@@ -81,6 +81,8 @@ from binhoard.domain.errors import ApplyError, ConflictError, ServerError, Usage
 from binhoard.domain.gtid import Gtid, GtidPosition
 from binhoard.server import sql
 from binhoard.server.binlog_reader import BinlogIndex, read_binlog
+from binhoard.server.disk import disk_full, is_no_space
+from binhoard.server.mycnf import FileOwner, give_to, read_server_options, server_file_owner
 from binhoard.server.sandbox import free_loopback_port
 
 log = logging.getLogger("binhoard.restore")
@@ -464,7 +466,8 @@ class RelayApplier:
     server). ``parallel_threads`` sets ``slave_parallel_threads`` (optimistic mode) for
     the apply; 0 applies serially. ``state_file`` (default: in ``relay_dir``) keeps the
     server's settings from before the apply and the running batch's expected end state,
-    so that another process can resume and finish after a crash.
+    so that another process can resume and finish after a crash. ``owner``, when given,
+    receives the relay logs and index placed (the server must read and delete them).
     """
 
     def __init__(
@@ -477,6 +480,7 @@ class RelayApplier:
         *,
         state_file: Path | None = None,
         poll_interval: float = 0.25,
+        owner: FileOwner | None = None,
     ) -> None:
         if parallel_threads < 0:
             raise UsageError(f"parallel_threads must be >= 0, not {parallel_threads}")
@@ -487,26 +491,35 @@ class RelayApplier:
         self.parallel_threads = parallel_threads
         self.state_file = state_file or self.relay_dir / STATE_FILE_NAME
         self.poll_interval = poll_interval
+        self.owner = owner
 
     @classmethod
     def from_settings(cls, settings: Settings, *, state_file: Path | None = None) -> RelayApplier:
         """The applier for the server of ``settings`` (``mysql.relay_log_prefix``,
-        ``mysql.relay_log_index_file``, ``restore_parallel_threads``)."""
+        ``mysql.relay_log_index_file``, ``restore_parallel_threads``), which must be
+        running: unset relay settings are the server's own (``relay_log_basename``,
+        ``relay_log_index``), so that they need not be configured twice."""
         mysql = settings.mysql
+        params = mysql.client_params
         prefix, index = mysql.relay_log_prefix, mysql.relay_log_index_file
         if prefix is None or index is None:
-            raise UsageError(
-                "mysql.relay_log_prefix and mysql.relay_log_index_file are required for "
-                "point-in-time recovery (the server's relay_log and relay_log_index)"
-            )
-        params = mysql.client_params
+            conn = sql.connect(params)
+            try:
+                v = sql.variables(conn, "relay_log_basename", "relay_log_index")
+            finally:
+                conn.close()
+            # Relative values are relative to the datadir, as for every server path.
+            prefix = prefix or mysql.data_directory / v["relay_log_basename"]
+            index = index or mysql.data_directory / v["relay_log_index"]
+        options = read_server_options(mysql.config_file_name)
         return cls(
             lambda: sql.connect(params),
             Path(prefix).parent,
             Path(index),
             Path(prefix).name,
             settings.apply_threads,
-            state_file=state_file,
+            state_file=state_file or settings.state_directory / "restore-apply.json",
+            owner=server_file_owner(options, mysql.data_directory),
         )
 
     # --- public API ----------------------------------------------------------------------
@@ -735,13 +748,31 @@ class RelayApplier:
 
     def _place_files(self, files: Sequence[BatchFile], plan: BatchPlan, *, move: bool) -> None:
         self.relay_dir.mkdir(parents=True, exist_ok=True)
-        for planned in plan.files:
-            source = files[planned.source].path
-            target = self.relay_dir / planned.relay_name
-            _place(source, target, move=move)
+        placed = []
         text = relay_index_text(self.relay_dir, [p.relay_name for p in plan.files])
         tmp = self.relay_index.with_name(self.relay_index.name + ".tmp")
-        tmp.write_text(text)
+        try:
+            for planned in plan.files:
+                source = files[planned.source].path
+                target = self.relay_dir / planned.relay_name
+                placed.append(target)
+                _place(source, target, move=move)
+            tmp.write_text(text)
+        except OSError as exc:
+            if not is_no_space(exc):
+                raise
+            # A partial copy would only hold the space a retry needs.
+            for path in (*placed, tmp):
+                path.unlink(missing_ok=True)
+            raise disk_full(
+                self.relay_dir,
+                what="relay logs",
+                needed=sum(files[p.source].size for p in plan.files) + len(text),
+            ) from None
+        if self.owner is not None:
+            # Downloaded by binhoard (mode 0600): a server running as another user could
+            # neither read them nor purge them once applied.
+            give_to(self.owner, *placed, tmp)
         tmp.replace(self.relay_index)
 
     def _start(self, conn: sql.Connection, plan: BatchPlan) -> None:
