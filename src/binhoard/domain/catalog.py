@@ -8,6 +8,7 @@ archived. Records are pure data; reading and writing them is in ``ops/catalog.py
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -41,10 +42,41 @@ def closed_key(stream_id: str) -> str:
     return f"streams/{stream_id}/closed.json"
 
 
-def binlog_data_key(server_id: int, name: str, created: int, start_digest: str, suffix: str) -> str:
-    """Key of an archived binlog's data object: unique per file across servers and
-    ``RESET MASTER`` (name, Format_description time and a digest of its Gtid_list)."""
-    return f"binlogs/{server_id}/{name}-{created}-{start_digest[:12]}.binlog{suffix}"
+# The file's identity, then (from format 1.1 on) the upload's token, then the suffix.
+_DATA_KEY = re.compile(
+    r"binlogs/(?P<server_id>\d+)/(?P<name>[^/]+)-(?P<created>\d+)-(?P<start>[0-9a-f]{12})"
+    r"(?:-(?P<token>[0-9a-f]{16}))?\.binlog(?:\.[a-z0-9]+)*"
+)
+
+BinlogIdentity = tuple[int, str, int, str]
+"""``(server_id, name, created, start digest (12 hex))``: one binlog file, wherever stored."""
+
+
+def binlog_identity(server_id: int, name: str, created: int, start_digest: str) -> BinlogIdentity:
+    return (server_id, name, created, start_digest[:12])
+
+
+def binlog_data_key(identity: BinlogIdentity, token: str, suffix: str) -> str:
+    """Key of one upload of a binlog file: the file's identity (unique across servers and
+    ``RESET MASTER``: name, Format_description time and a digest of its Gtid_list) and a
+    random ``token`` (16 hex digits) unique to the upload, so that uploads never meet
+    under one key and need no condition (the record decides which one counts)."""
+    server_id, name, created, start = identity
+    return f"binlogs/{server_id}/{name}-{created}-{start}-{token}.binlog{suffix}"
+
+
+def identity_of_data_key(key: str) -> BinlogIdentity | None:
+    """The file identity a data key names (with or without an upload token); ``None``
+    for any other key."""
+    match = _DATA_KEY.fullmatch(key)
+    if match is None:
+        return None
+    return (
+        int(match["server_id"]),
+        match["name"],
+        int(match["created"]),
+        match["start"],
+    )
 
 
 def seq_of_record_key(key: str) -> int:

@@ -7,13 +7,18 @@ file first, and gives every open stream of this server the file it needs next:
    must start exactly where the stream's archive ends (its Gtid_list equals the end
    state of the previous record), or for a stream's first file, the backup's snapshot
    must sit at a transaction boundary of it with exactly the snapshot's GTID state;
-2. its data object is uploaded once, whatever number of streams need it;
-3. each stream gets a record, written create-if-absent: the record is the proof.
+2. its data object is uploaded once, whatever number of streams need it, as a plain
+   streaming (multipart) put under a key no other upload can have (the file's
+   identity plus a random token), so any size fits in ``part_size x concurrency``;
+3. each stream gets a record, written create-if-absent: the record is the proof, and
+   the only arbiter. Two writers may both upload, only one record wins; the loser
+   deletes its own object, which nobody can name.
 
-The site is the only state. A crash between 2 and 3 leaves an object no record names;
-the next pass deletes and re-uploads it (objects are never rewritten under a name
-someone references). A crash after 3 is simply the next pass's starting point. So a
-re-run never duplicates or skips a file.
+The site is the only state that decides. A crash between 2 and 3 leaves an object no
+record names: its key was written to ``binlog-uploads.json`` before the upload, so the
+next pass on this host deletes it; one left by another host is deleted once untouched
+for 24 hours (it may be mid-upload). A crash after 3 is simply the next pass's starting
+point. So a re-run never duplicates or skips a file.
 
 A problem (gap, purged file, corrupt file, snapshot not where the manifest says) stops
 that stream where it is and is reported on every pass until a newer stream takes over.
@@ -24,10 +29,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import secrets
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from binhoard.config import Settings
@@ -42,17 +48,19 @@ from binhoard.domain.archiving import (
 )
 from binhoard.domain.binlog import binlog_sort_key, compare_positions, describe_problem
 from binhoard.domain.catalog import (
+    BinlogIdentity,
     BinlogRecord,
     StreamMarker,
     binlog_data_key,
+    binlog_identity,
     closed_key,
     completed_key,
+    identity_of_data_key,
 )
 from binhoard.domain.errors import (
     BinhoardError,
     ConflictError,
     CorruptBinlogError,
-    ObjectNotFoundError,
     PreconditionFailedError,
     UsageError,
 )
@@ -70,6 +78,12 @@ from binhoard.storage.store import ObjectStore
 log = logging.getLogger("binhoard.archive")
 
 READ_CHUNK = 1024 * 1024
+BINLOG_DATA_PREFIX = "binlogs/"
+# Unrecorded data objects of other hosts are deleted once untouched this long: an upload
+# in progress elsewhere becomes visible only when complete and is recorded right after.
+LEFTOVER_GRACE = timedelta(hours=24)
+# How often a pass lists every data object to look for such leftovers (one listing).
+SWEEP_INTERVAL = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -127,6 +141,12 @@ def status_file(settings: Settings) -> StateFile:
     return StateFile(settings.state_directory / "binlog-archive.json")
 
 
+def uploads_file(settings: Settings) -> StateFile:
+    """Data keys this host started uploading and has not seen recorded yet, and when it
+    last looked for other hosts' leftovers: ``{"pending": [key], "swept_at": iso}``."""
+    return StateFile(settings.state_directory / "binlog-uploads.json")
+
+
 def _file_chunks(path: Path) -> Iterator[bytes]:
     with path.open("rb") as file:
         while chunk := file.read(READ_CHUNK):
@@ -135,6 +155,19 @@ def _file_chunks(path: Path) -> Iterator[bytes]:
 
 def _start_digest(index: BinlogIndex) -> str:
     return hashlib.sha256(index.gtid_list_at_start.format().encode()).hexdigest()
+
+
+def _stored_uploads(streams: list[StreamState]) -> dict[BinlogIdentity, ObjectRef]:
+    """The stored upload of each file some record names. Any will do for another stream:
+    matched by the file's identity, not by key (keys differ per upload, and keys
+    written before upload tokens existed have none)."""
+    refs: dict[BinlogIdentity, ObjectRef] = {}
+    for stream in streams:
+        for record in stream.records:
+            identity = identity_of_data_key(record.object.key)
+            if identity is not None:
+                refs.setdefault(identity, record.object)
+    return refs
 
 
 class _Stream:
@@ -186,12 +219,15 @@ class BinlogArchiver:
                 server = server_binlogs(conn, self.settings.mysql.binlog_prefix)
             finally:
                 conn.close()
-            return self._pass(server)
+            return self.archive_files(server)
 
-    def _pass(self, server: ServerBinlogs) -> ArchiveReport:
+    def archive_files(self, server: ServerBinlogs) -> ArchiveReport:
+        """One pass over ``server``'s files (what :meth:`archive_once` runs under its lock)."""
         report = ArchiveReport(at=self.now().isoformat())
         all_streams = read_streams(self.store)
-        refs = {r.object.key: r.object for s in all_streams for r in s.records}
+        named = {r.object.key for s in all_streams for r in s.records}
+        self._remove_leftovers(named)
+        refs = _stored_uploads(all_streams)
         streams = [
             _Stream(s)
             for s in all_streams
@@ -245,7 +281,7 @@ class BinlogArchiver:
         server: ServerBinlogs,
         name: str,
         wanting: list[tuple[_Stream, Archive]],
-        refs: dict[str, ObjectRef],
+        refs: dict[BinlogIdentity, ObjectRef],
         report: ArchiveReport,
     ) -> None:
         path = server.path(name)
@@ -258,20 +294,17 @@ class BinlogArchiver:
         accepted = [(s, step) for s, step in wanting if self._fits(s, step, index)]
         if not accepted:
             return
-        key = binlog_data_key(
-            self.settings.server_id,
-            name,
-            index.created,
-            _start_digest(index),
-            suffix(self.codec.algorithm),
+        identity = binlog_identity(
+            self.settings.server_id, name, index.created, _start_digest(index)
         )
-        ref = refs.get(key)
-        if ref is None or ref.plain_size != index.size:
-            ref = self._upload(key, path, index)
-            refs[key] = ref
+        ref = refs.get(identity)
+        fresh = ref is None or ref.plain_size != index.size
+        if ref is None or fresh:
+            ref = self._upload(identity, path, index)
+            refs[identity] = ref
             report.uploaded.append(name)
         segment = index.segment()
-        for stream, step in accepted:
+        for written, (stream, step) in enumerate(accepted):
             record = BinlogRecord(
                 stream_id=stream.stream_id,
                 seq=len(stream.records),
@@ -290,8 +323,16 @@ class BinlogArchiver:
                 start_offset=step.start_offset,
                 archived_at=self.now(),
             )
-            if self._write_record(stream, record):
-                report.records_written += 1
+            try:
+                self._write_record(stream, record)
+            except ConflictError:
+                if fresh and written == 0:
+                    # Another writer's record won; only this pass knows the key, so no
+                    # record can name it.
+                    self.store.delete(ref.key)
+                    log.info("deleted %s: another writer's record for it won", ref.key)
+                raise
+            report.records_written += 1
 
     def _fits(self, stream: _Stream, step: Archive, index: BinlogIndex) -> bool:
         """Whether ``index`` continues ``stream`` exactly; records the problem if not."""
@@ -319,15 +360,13 @@ class BinlogArchiver:
             return False
         return True
 
-    def _upload(self, key: str, path: Path, index: BinlogIndex) -> ObjectRef:
-        # No record names this key (or its size differs): a leftover of a pass that
-        # stopped between upload and record. Nobody can depend on it; replace it.
-        with contextlib.suppress(ObjectNotFoundError):
-            self.store.stat(key)
-            self.store.delete(key)
-            log.info("deleted %s: uploaded before, but never recorded", key)
+    def _upload(self, identity: BinlogIdentity, path: Path, index: BinlogIndex) -> ObjectRef:
+        key = binlog_data_key(identity, secrets.token_hex(8), suffix(self.codec.algorithm))
+        # Written down before the first byte goes up: if this process dies before the
+        # record names the object, the next pass knows the key is this host's to delete.
+        self._set_pending([*self._pending(), key])
         started = time.monotonic()
-        digest = upload(self.store, key, _file_chunks(path), self.codec, if_absent=True)
+        digest = upload(self.store, key, _file_chunks(path), self.codec)
         if digest.plain_size != index.size:
             raise CorruptBinlogError(
                 str(path),
@@ -344,6 +383,38 @@ class BinlogArchiver:
             time.monotonic() - started,
         )
         return object_ref(key, self.codec, digest)
+
+    def _pending(self) -> list[str]:
+        state = uploads_file(self.settings).read() or {}
+        return [str(k) for k in state.get("pending", [])]
+
+    def _set_pending(self, keys: list[str]) -> None:
+        state = uploads_file(self.settings).read() or {}
+        uploads_file(self.settings).write({**state, "pending": keys})
+
+    def _remove_leftovers(self, named: set[str]) -> None:
+        """Deletes data objects no record names: at once those this host began uploading
+        (listed in ``binlog-uploads.json``), others when untouched for ``LEFTOVER_GRACE``
+        (looked for once per ``SWEEP_INTERVAL``: it takes a listing of every object)."""
+        pending = self._pending()
+        for key in pending:
+            if key not in named:
+                self.store.delete(key)
+                log.info("deleted %s: uploaded by an interrupted pass, never recorded", key)
+        if pending:
+            self._set_pending([])
+        state = uploads_file(self.settings).read() or {}
+        now = self.now()
+        swept = state.get("swept_at")
+        if swept is not None and now - datetime.fromisoformat(str(swept)) < SWEEP_INTERVAL:
+            return
+        for info in self.store.list(BINLOG_DATA_PREFIX):
+            if info.key in named or info.last_modified is None:
+                continue
+            if now - info.last_modified > LEFTOVER_GRACE:
+                self.store.delete(info.key)
+                log.info("deleted %s: no record names it since %s", info.key, info.last_modified)
+        uploads_file(self.settings).write({**state, "pending": [], "swept_at": now.isoformat()})
 
     def _write_record(self, stream: _Stream, record: BinlogRecord) -> bool:
         try:
