@@ -13,9 +13,14 @@ import pytest
 
 from binhoard.config import Settings, parse_settings
 from binhoard.crypto.age import Identity
-from binhoard.domain.catalog import binlog_data_key, identity_of_data_key
-from binhoard.domain.errors import ConflictError, TransientStorageError
-from binhoard.domain.gtid import Gtid
+from binhoard.domain.catalog import (
+    ArchiveStatus,
+    archive_status_key,
+    binlog_data_key,
+    identity_of_data_key,
+)
+from binhoard.domain.errors import ArchiveStalledError, TransientStorageError
+from binhoard.domain.gtid import Gtid, GtidPosition
 from binhoard.domain.manifest import (
     BackupManifest,
     LsnRange,
@@ -23,9 +28,17 @@ from binhoard.domain.manifest import (
     SnapshotPosition,
     manifest_key,
 )
-from binhoard.ops.archive import BinlogArchiver, ServerBinlogs
+from binhoard.metrics import Metrics
+from binhoard.ops.archive import (
+    BinlogArchiver,
+    ServerBinlogs,
+    archive_end_notes,
+    publish,
+    raise_if_stalled,
+    status_file,
+)
 from binhoard.ops.catalog import read_streams
-from binhoard.storage.store import MemoryStore, ObjectInfo
+from binhoard.storage.store import MemoryStore, ObjectInfo, read_all
 from tests.support.binlogs import BinlogWriter
 
 IDENTITY = Identity.generate()
@@ -72,7 +85,7 @@ class Server:
         writer = BinlogWriter(SERVER_ID, T0 + len(self.names), self.state)
         for _ in range(transactions):
             self.seq += 1
-            writer.transaction(Gtid(0, SERVER_ID, self.seq), T0 + self.seq, bytes(payload))
+            writer.transaction(Gtid(0, SERVER_ID, self.seq), T0 + self.seq, [bytes(payload)])
         name = f"binlog.{len(self.names) + 1:06d}"
         writer.close(self.directory / name)
         self.names.append(name)
@@ -151,8 +164,10 @@ def test_two_writers_one_record_wins_and_the_loser_removes_its_object(tmp_path: 
         seen["report"] = second.archive_files(server.binlogs())
 
     store.before_first_record = other_host_archives
-    with pytest.raises(ConflictError, match="two archivers"):
-        first.archive_files(server.binlogs())
+    report = first.archive_files(server.binlogs())
+    (lost,) = report.streams
+    assert lost.error is not None and "two archivers" in lost.error
+    assert report.stalled and report.records_written == 0
 
     assert seen["report"].records_written == 1
     (stream,) = read_streams(store)
@@ -185,8 +200,8 @@ def test_an_upload_never_recorded_is_removed_by_the_next_pass_on_this_host(
     server.write_file(20)
     put_backup(store, SnapshotPosition("binlog.000001", snapshot_at, ""))
     archiver = BinlogArchiver(settings_for(tmp_path / "host"), store)
-    with pytest.raises(TransientStorageError):
-        archiver.archive_files(server.binlogs())
+    failed = archiver.archive_files(server.binlogs())
+    assert failed.stalled and "the store went away" in (failed.streams[0].error or "")
     (unrecorded,) = [i.key for i in store.list("binlogs/")]
     store.fail = False
     report = archiver.archive_files(server.binlogs())
@@ -223,3 +238,61 @@ def test_data_keys_name_the_file_with_or_without_an_upload_token() -> None:
         identity
     )
     assert identity_of_data_key("backups/x/data.xbstream.zst.age") is None
+
+
+def test_a_stream_that_cannot_advance_is_stalled_in_the_site_and_the_local_status(
+    tmp_path: Path,
+) -> None:
+    """The last pass's outcome per stream is written to the site when it changes (a
+    restore on another host reads it), and never rewritten by an idle pass."""
+    server = Server(tmp_path / "binlogs")
+    store = FailingRecordStore()
+    snapshot_at = BinlogWriter(SERVER_ID, T0).offset
+    server.write_file(20)
+    put_backup(store, SnapshotPosition("binlog.000001", snapshot_at, ""))
+    settings = settings_for(tmp_path / "host")
+    clock = {"now": datetime(2026, 1, 2, tzinfo=UTC)}
+    archiver = BinlogArchiver(settings, store, now=lambda: clock["now"])
+    metrics = Metrics()
+    status_key = archive_status_key(BACKUP_ID)
+
+    first = archiver.archive_files(server.binlogs())
+    publish(settings, first, metrics)
+    stalled = ArchiveStatus.from_bytes(read_all(store, status_key), key=status_key)
+    assert stalled.stalled and "the store went away" in (stalled.reason or "")
+    with pytest.raises(ArchiveStalledError, match="the store went away"):
+        raise_if_stalled(first)
+    assert metrics.value("binhoard.binlog.archive_stalled") == 1
+    written = store.stat(status_key).last_modified
+    end, warning = archive_end_notes(store, BACKUP_ID)  # what a restore --to-latest says
+    assert "holds no transaction" in end
+    assert warning is not None and "failed" in warning and "the store went away" in warning
+
+    clock["now"] += timedelta(minutes=5)
+    publish(settings, archiver.archive_files(server.binlogs()), metrics)  # same outcome
+    assert store.stat(status_key).last_modified == written  # not rewritten
+    local = status_file(settings).read() or {}
+    assert local["stalled"] and local["stalled_since"] == "2026-01-02T00:00:00+00:00"
+
+    store.fail = False
+    clock["now"] += timedelta(minutes=5)
+    recovered = archiver.archive_files(server.binlogs())
+    publish(settings, recovered, metrics)
+    raise_if_stalled(recovered)
+    ok = ArchiveStatus.from_bytes(read_all(store, status_key), key=status_key)
+    assert not ok.stalled and ok.since == clock["now"]
+    assert ok.end_position == GtidPosition.parse(f"0-{SERVER_ID}-20")
+    assert metrics.value("binhoard.binlog.archive_stalled") == 0
+    end, warning = archive_end_notes(store, BACKUP_ID)
+    assert f"ends at transaction 0-{SERVER_ID}-20" in end and warning is None
+    assert (status_file(settings).read() or {})["stalled_since"] is None
+
+
+def test_no_open_stream_is_a_stall(tmp_path: Path) -> None:
+    server = Server(tmp_path / "binlogs")
+    server.write_file(3)
+    report = BinlogArchiver(settings_for(tmp_path / "host"), MemoryStore()).archive_files(
+        server.binlogs()
+    )
+    with pytest.raises(ArchiveStalledError, match="no open backup stream"):
+        raise_if_stalled(report)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,7 +21,14 @@ from binhoard.cli.common import config_option, json_option, site_option
 from binhoard.config import load_settings
 from binhoard.domain.errors import BinhoardError, NotFoundError
 from binhoard.metrics import Metrics
-from binhoard.ops.archive import ArchiveLoop, ArchiveReport, BinlogArchiver, flush_and_wait, publish
+from binhoard.ops.archive import (
+    ArchiveLoop,
+    ArchiveReport,
+    BinlogArchiver,
+    flush_and_wait,
+    publish,
+    raise_if_stalled,
+)
 from binhoard.ops.catalog import StreamState, read_streams
 
 
@@ -37,6 +46,9 @@ def _print_report(report: ArchiveReport) -> None:
             f"stream {stream.stream_id}: {stream.records} files, {state}, "
             f"archive reaches {stream.end_position or '(empty)'}"
         )
+    for stream in report.streams:
+        if stream.error:
+            click.echo(f"ERROR: stream {stream.stream_id}: {stream.error}", err=True)
     for problem in report.problems:
         click.echo(f"PROBLEM: {problem}", err=True)
 
@@ -50,26 +62,37 @@ def _print_report(report: ArchiveReport) -> None:
 def archive(config_file: Path, follow: bool, interval: float) -> None:
     """Archive the server's closed binlogs into every open stream of the upload site.
 
-    Exits with status 9 if any stream has a gap or cannot continue.
+    Exits with status 9 if archiving is stalled: a stream has a gap, a file could not be
+    stored, the pass failed, or there is no open stream (no backup yet). With --follow it
+    keeps going through failed passes, logging each at ERROR, and when stopped (SIGTERM,
+    SIGINT) exits with status 9 if its last pass was stalled, else 0.
     """
     settings = load_settings(config_file)
     archiver = BinlogArchiver(settings, open_site(settings))
     metrics = Metrics(settings.statsd)
     if not follow:
-        report = archiver.archive_once()
+        try:
+            report = archiver.archive_once()
+        except BinhoardError as exc:
+            publish(
+                settings, ArchiveReport(at=archiver.now().isoformat(), failure=exc.message), metrics
+            )
+            raise
         publish(settings, report, metrics)
         _print_report(report)
-        if report.problems:
-            sys.exit(9)
+        raise_if_stalled(report)
         return
     logging.getLogger().setLevel(logging.INFO)  # a long-running process: say what it does
     loop = ArchiveLoop(settings, archiver, metrics)
-    while True:
-        try:
-            loop.tick()
-        except BinhoardError as exc:
-            logging.getLogger("binhoard.archive").error("archive pass failed: %s", exc.message)
-        time.sleep(interval)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    last: ArchiveReport | None = None
+    while not stop.is_set():
+        last = loop.tick()
+        stop.wait(interval)
+    if last is not None:
+        raise_if_stalled(last)
 
 
 @binlog_group.command("flush")

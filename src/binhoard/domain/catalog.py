@@ -42,6 +42,10 @@ def closed_key(stream_id: str) -> str:
     return f"streams/{stream_id}/closed.json"
 
 
+def archive_status_key(stream_id: str) -> str:
+    return f"streams/{stream_id}/archive-status.json"
+
+
 # The file's identity, then (from format 1.1 on) the upload's token, then the suffix.
 _DATA_KEY = re.compile(
     r"binlogs/(?P<server_id>\d+)/(?P<name>[^/]+)-(?P<created>\d+)-(?P<start>[0-9a-f]{12})"
@@ -242,3 +246,54 @@ def snapshot_inside(first: BinlogRecord, snapshot: GtidPosition) -> bool:
     the file's end state. (The archiver also checks it exactly, by replaying the file's
     index up to the snapshot's byte offset.)"""
     return snapshot.covers(first.gtid_list_at_start) and first.gtid_position_at_end.covers(snapshot)
+
+
+@dataclass(frozen=True)
+class ArchiveStatus:
+    """``archive-status.json``: the outcome of the stream's last archive pass, for hosts
+    other than the archiver's (a restore). The one object that is overwritten: only when
+    the outcome or its reason changes, so an idle archiver writes nothing."""
+
+    stream_id: str
+    server_id: int
+    stalled: bool
+    since: datetime  # when this outcome began
+    reason: str | None  # why it is stalled
+    end_position: GtidPosition  # where the stream's archive ended when this was written
+
+    def same_outcome(self, other: ArchiveStatus | None) -> bool:
+        return (
+            other is not None
+            and (other.stalled, other.reason) == (self.stalled, self.reason)
+            and other.stream_id == self.stream_id
+        )
+
+    def to_bytes(self) -> bytes:
+        return seal(
+            {
+                "stream_id": self.stream_id,
+                "server_id": self.server_id,
+                "outcome": "stalled" if self.stalled else "ok",
+                "since": self.since.isoformat(),
+                "reason": self.reason,
+                "end_position": self.end_position.format(),
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, raw: bytes, *, key: str) -> ArchiveStatus:
+        doc = unseal(raw, key=key)
+        try:
+            outcome = str(doc["outcome"])
+            if outcome not in ("ok", "stalled"):
+                raise ValueError(f"outcome {outcome!r}")
+            return cls(
+                stream_id=str(doc["stream_id"]),
+                server_id=int(doc["server_id"]),
+                stalled=outcome == "stalled",
+                since=datetime.fromisoformat(str(doc["since"])),
+                reason=None if doc["reason"] is None else str(doc["reason"]),
+                end_position=GtidPosition.parse(str(doc["end_position"])),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptDocumentError(key, f"missing or invalid field: {exc}") from None

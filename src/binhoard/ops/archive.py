@@ -48,19 +48,24 @@ from binhoard.domain.archiving import (
 )
 from binhoard.domain.binlog import binlog_sort_key, compare_positions, describe_problem
 from binhoard.domain.catalog import (
+    ArchiveStatus,
     BinlogIdentity,
     BinlogRecord,
     StreamMarker,
+    archive_status_key,
     binlog_data_key,
     binlog_identity,
     closed_key,
     completed_key,
     identity_of_data_key,
 )
+from binhoard.domain.documents import CorruptDocumentError
 from binhoard.domain.errors import (
+    ArchiveStalledError,
     BinhoardError,
     ConflictError,
     CorruptBinlogError,
+    ObjectNotFoundError,
     PreconditionFailedError,
     UsageError,
 )
@@ -69,11 +74,11 @@ from binhoard.domain.manifest import ObjectRef
 from binhoard.localstate import StateFile, exclusive
 from binhoard.metrics import Metrics
 from binhoard.ops.backup import object_ref
-from binhoard.ops.catalog import StreamState, read_streams
+from binhoard.ops.catalog import StreamState, read_records, read_streams
 from binhoard.server import sql
 from binhoard.server.binlog_reader import BinlogIndex, read_binlog
 from binhoard.storage.pipeline import Codec, suffix, upload
-from binhoard.storage.store import ObjectStore
+from binhoard.storage.store import ObjectStore, read_all
 
 log = logging.getLogger("binhoard.archive")
 
@@ -119,22 +124,47 @@ class StreamReport:
     completed: bool
     closed: bool
     caught_up: bool  # every closed file of the server it needs is archived
-    problems: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # gaps: the stream cannot continue
+    error: str | None = None  # this pass failed to advance it; the next pass retries
+
+    @property
+    def stalled(self) -> bool:
+        return bool(self.problems) or self.error is not None
 
 
 @dataclass
 class ArchiveReport:
-    """What a pass did and found; also written to ``binlog-archive.json`` for status."""
+    """What a pass did and found; also written to ``binlog-archive.json`` for status.
+
+    ``failure`` is set when the pass as a whole failed (the site or the server could not
+    be read); ``streams`` is then empty.
+    """
 
     at: str
     uploaded: list[str] = field(default_factory=list)
     records_written: int = 0
     streams: list[StreamReport] = field(default_factory=list)
     newest_stored_commit_time: int | None = None
+    failure: str | None = None
 
     @property
     def problems(self) -> list[str]:
         return [f"stream {s.stream_id}: {p}" for s in self.streams for p in s.problems]
+
+    @property
+    def stall_reasons(self) -> list[str]:
+        """Why archiving does not advance, as sentences; empty when it does."""
+        if self.failure is not None:
+            return [f"the archive pass failed: {self.failure}"]
+        if not any(not s.closed for s in self.streams):
+            return ["no open backup stream of this server: take a backup (binhoard backup create)"]
+        found = list(self.problems)
+        found += [f"stream {s.stream_id}: {s.error}" for s in self.streams if s.error]
+        return found
+
+    @property
+    def stalled(self) -> bool:
+        return bool(self.stall_reasons)
 
 
 def status_file(settings: Settings) -> StateFile:
@@ -179,6 +209,7 @@ class _Stream:
         self.problems = state.problems()
         self.completed = state.completed is not None
         self.closed = False
+        self.error: str | None = None
 
     @property
     def stream_id(self) -> str:
@@ -209,6 +240,9 @@ class BinlogArchiver:
         self.store = store
         self.codec = Codec.from_site(settings.upload_site)
         self.now = now
+        # The archive-status.json last written or read per stream: what makes an idle
+        # pass write nothing.
+        self._site_status: dict[str, ArchiveStatus | None] = {}
 
     def archive_once(self) -> ArchiveReport:
         """One pass: archive every closed file each open stream needs. Holds the archive
@@ -256,7 +290,11 @@ class BinlogArchiver:
         for stream in streams:
             for problem in stream.problems:
                 log.error("stream %s: %s", stream.stream_id, problem)
+            if stream.error is not None:
+                log.error("stream %s: %s", stream.stream_id, stream.error)
             report.streams.append(self._stream_report(stream, server))
+            if not stream.closed:
+                self._publish_status(report.streams[-1])
         times = [s.newest_commit_time for s in report.streams if s.newest_commit_time is not None]
         report.newest_stored_commit_time = max(times) if times else None
         return report
@@ -274,7 +312,40 @@ class BinlogArchiver:
             closed=stream.closed,
             caught_up=isinstance(stream.next(server), Wait),
             problems=list(stream.problems),
+            error=stream.error,
         )
+
+    def _publish_status(self, stream: StreamReport) -> None:
+        """Writes the stream's ``archive-status.json`` if its outcome changed. Best effort:
+        a site that cannot take it now gets it on the next pass that can."""
+        reasons = [*stream.problems, *([stream.error] if stream.error else [])]
+        key = archive_status_key(stream.stream_id)
+        if stream.stream_id not in self._site_status:
+            try:
+                previous = ArchiveStatus.from_bytes(read_all(self.store, key), key=key)
+            except (ObjectNotFoundError, CorruptDocumentError):
+                previous = None
+            except BinhoardError as exc:
+                log.warning("cannot read %s: %s", key, exc.message)
+                return
+            self._site_status[stream.stream_id] = previous
+        previous = self._site_status[stream.stream_id]
+        status = ArchiveStatus(
+            stream_id=stream.stream_id,
+            server_id=self.settings.server_id,
+            stalled=bool(reasons),
+            since=self.now(),
+            reason="; ".join(reasons) or None,
+            end_position=GtidPosition.parse(stream.end_position),
+        )
+        if status.same_outcome(previous):
+            return
+        try:
+            self.store.put(key, [status.to_bytes()])
+        except BinhoardError as exc:
+            log.warning("cannot write %s: %s", key, exc.message)
+            return
+        self._site_status[stream.stream_id] = status
 
     def _archive_file(
         self,
@@ -294,6 +365,23 @@ class BinlogArchiver:
         accepted = [(s, step) for s, step in wanting if self._fits(s, step, index)]
         if not accepted:
             return
+        try:
+            self._store_file(path, index, accepted, refs, report)
+        except BinhoardError as exc:
+            # The file stays where it is for these streams; the next pass retries it.
+            for stream, _ in accepted:
+                if not stream.records or stream.records[-1].name != name:
+                    stream.error = f"cannot archive {name}: {exc.message}"
+
+    def _store_file(
+        self,
+        path: Path,
+        index: BinlogIndex,
+        accepted: list[tuple[_Stream, Archive]],
+        refs: dict[BinlogIdentity, ObjectRef],
+        report: ArchiveReport,
+    ) -> None:
+        name = index.name
         identity = binlog_identity(
             self.settings.server_id, name, index.created, _start_digest(index)
         )
@@ -523,9 +611,15 @@ class ArchiveLoop:
         self.timer = RotationTimer(settings.backup_settings.forced_binlog_rotation_interval)
 
     def tick(self) -> ArchiveReport:
-        report = self.archiver.archive_once()
-        if self._rotate_if_due(report):
+        """One pass (and a rotation if due). Never raises a ``BinhoardError``: a failed pass
+        is a report with ``failure`` set, published like any other (the loop is the
+        service and must keep going; the report makes the failure loud)."""
+        try:
             report = self.archiver.archive_once()
+            if self._rotate_if_due(report):
+                report = self.archiver.archive_once()
+        except BinhoardError as exc:
+            report = ArchiveReport(at=self.archiver.now().isoformat(), failure=exc.message)
         publish(self.settings, report, self.metrics)
         return report
 
@@ -557,10 +651,76 @@ class ArchiveLoop:
 
 
 def publish(settings: Settings, report: ArchiveReport, metrics: Metrics) -> None:
-    """Writes the pass's report for ``binhoard binlog status`` and sets the metrics
-    operators alarm on: the newest stored commit time (RPO) and the problem count."""
-    status_file(settings).write({**asdict(report), "problems": report.problems})
+    """Writes the pass's report for ``binhoard status`` and sets the metrics operators
+    alarm on: the newest stored commit time (RPO), the problem count, whether archiving
+    is stalled and failed passes. A stalled pass is logged at ERROR with its reasons;
+    ``stalled_since`` carries over from the previous report while it stays stalled."""
+    previous = status_file(settings).read() or {}
+    reasons = report.stall_reasons
+    since = None
+    if reasons:
+        since = previous.get("stalled_since") or report.at
+        for reason in reasons:
+            log.error("binlog archive stalled since %s: %s", since, reason)
+    if report.failure is not None and report.newest_stored_commit_time is None:
+        # A failed pass learnt nothing new: keep what the last pass knew.
+        report.newest_stored_commit_time = previous.get("newest_stored_commit_time")
+    status_file(settings).write(
+        {
+            **asdict(report),
+            "problems": report.problems,
+            "stalled": bool(reasons),
+            "stalled_since": since,
+            "stall_reasons": reasons,
+        }
+    )
     if report.newest_stored_commit_time is not None:
         metrics.gauge("binhoard.binlog.newest_stored_commit_time", report.newest_stored_commit_time)
     metrics.gauge("binhoard.binlog.archive_problems", len(report.problems))
+    metrics.gauge("binhoard.binlog.archive_stalled", 1 if reasons else 0)
+    if report.failure is not None or any(s.error for s in report.streams):
+        metrics.increment("binhoard.binlog.archive_pass_failures")
     metrics.increment("binhoard.binlog.files_uploaded", len(report.uploaded))
+
+
+def raise_if_stalled(report: ArchiveReport) -> None:
+    """``ArchiveStalledError`` (exit status 9) naming every reason, if archiving is stalled."""
+    reasons = report.stall_reasons
+    if reasons:
+        raise ArchiveStalledError("binlog archiving is stalled: " + "; ".join(reasons))
+
+
+def read_archive_status(store: ObjectStore, stream_id: str) -> ArchiveStatus | None:
+    key = archive_status_key(stream_id)
+    try:
+        return ArchiveStatus.from_bytes(read_all(store, key), key=key)
+    except ObjectNotFoundError:
+        return None
+
+
+def archive_end_notes(store: ObjectStore, stream_id: str) -> tuple[str, str | None]:
+    """For a restore to the latest point: where the stream's archive ends (its last
+    transaction and commit time), and a warning if the archiver's last pass over the
+    stream failed (written by the archiver to the site, so visible from any host)."""
+    records = read_records(store, stream_id)
+    last = next((r for r in reversed(records) if r.last_gtid is not None), None)
+    if last is None or last.last_gtid is None:
+        end = f"the archive of stream {stream_id} holds no transaction after its snapshot"
+    else:
+        when = (
+            datetime.fromtimestamp(last.last_commit_time, UTC).isoformat()
+            if last.last_commit_time is not None
+            else "unknown"
+        )
+        end = (
+            f"the archive of stream {stream_id} ends at transaction {last.last_gtid.format()} "
+            f"(committed {when}, in {last.name})"
+        )
+    status = read_archive_status(store, stream_id)
+    if status is None or not status.stalled:
+        return end, None
+    return end, (
+        f"the archiver's last pass over stream {stream_id} failed (stalled since "
+        f"{status.since.isoformat()}: {status.reason}): transactions committed on the "
+        "source after the archive's end are not in this restore"
+    )
