@@ -330,3 +330,57 @@ def test_binlogs_larger_than_one_upload_round_are_archived_to_s3_and_restored_ex
     assert checksums(target) == expected
     assert str(target.query("SELECT @@gtid_current_pos")[0][0]) == final
     target.stop()
+
+
+def test_an_archive_that_cannot_advance_fails_the_command_and_status(
+    sandboxes: SandboxFactory,
+) -> None:
+    """No backup yet: binlogs are written and nothing archives them. Both the archive
+    command and status say so and exit non-zero; status does not say "ready yes"."""
+    source = sandboxes.new("source")
+    create_schema(source)
+    write_rows(source, 100, seed=1)
+    source.query("FLUSH BINARY LOGS")
+    config_path = sandboxes.root / "binhoard.json"
+    config_path.write_text(json.dumps(config_for(source, sandboxes.root / "site")))
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+
+    def binhoard(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "binhoard", *args, "--config", str(config_path)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+
+    archived = binhoard("binlog", "archive")
+    assert archived.returncode == 9, archived.stderr
+    assert "no open backup stream" in archived.stderr
+    status = binhoard("status")
+    assert status.returncode == 9, status.stderr
+    assert "ready       NO" in status.stdout
+    assert "archive     STALLED since" in status.stdout
+    assert "no open backup stream" in status.stdout
+
+    # The service keeps running through stalled passes and, stopped, says how it ended.
+    state = source.directory / "binhoard" / "state" / "binlog-archive.json"
+    state.unlink()
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "binhoard", "binlog", "archive", "--follow", "--interval", "0.2"],
+        cwd=ROOT,
+        env={**env, "BINHOARD_CONFIG": str(config_path)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not (state.exists() and json.loads(state.read_text()).get("stalled")):
+        assert follow.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    follow.send_signal(signal.SIGTERM)
+    _, stderr = follow.communicate(timeout=60)
+    assert follow.returncode == 9, stderr
+    assert "ERROR binhoard.archive: binlog archive stalled since" in stderr
