@@ -28,8 +28,10 @@ from binhoard.ops.archive import (
     flush_and_wait,
     publish,
     raise_if_stalled,
+    read_archive_status,
 )
 from binhoard.ops.catalog import StreamState, read_streams
+from binhoard.storage.store import ObjectStore
 
 
 @click.group("binlog")
@@ -152,6 +154,18 @@ def _stream_json(stream: StreamState) -> dict[str, Any]:
     }
 
 
+def _stalls(store: ObjectStore, streams: list[StreamState]) -> dict[str, str]:
+    """Open streams whose archiver's last pass failed (``archive-status.json``)."""
+    found: dict[str, str] = {}
+    for stream in streams:
+        status = None if stream.closed else read_archive_status(store, stream.stream_id)
+        if status is not None and status.stalled:
+            found[stream.stream_id] = (
+                f"archive stalled since {status.since.isoformat()}: {status.reason}"
+            )
+    return found
+
+
 @binlog_group.command("list")
 @config_option
 @site_option
@@ -160,10 +174,11 @@ def _stream_json(stream: StreamState) -> dict[str, Any]:
 def list_command(config_file: Path, site: str | None, stream_id: str | None, as_json: bool) -> None:
     """List the archived binlogs of each stream, with GTID ranges and commit times.
 
-    Exits with status 9 if a stream has a gap.
+    Exits with status 9 if a stream has a gap, or its archiver's last pass failed.
     """
     settings = load_settings(config_file)
-    streams = read_streams(open_site(settings, site_name(settings, site)))
+    store = open_site(settings, site_name(settings, site))
+    streams = read_streams(store)
     if stream_id == "latest":
         streams = streams[-1:]
     elif stream_id is not None:
@@ -171,8 +186,12 @@ def list_command(config_file: Path, site: str | None, stream_id: str | None, as_
         if not streams:
             raise NotFoundError(f"no stream {stream_id}")
     problems = [p for s in streams for p in s.problems()]
+    stalls = _stalls(store, streams)
     if as_json:
-        click.echo(json.dumps([_stream_json(s) for s in streams], indent=2))
+        docs = [_stream_json(s) for s in streams]
+        for doc in docs:
+            doc["archive_stalled"] = stalls.get(doc["stream_id"])
+        click.echo(json.dumps(docs, indent=2))
     else:
         console = Console(width=200)
         for stream in streams:
@@ -198,5 +217,7 @@ def list_command(config_file: Path, site: str | None, stream_id: str | None, as_
             console.print(table)
             for problem in stream.problems():
                 console.print(f"[red]PROBLEM[/red]: {problem}")
-    if problems:
+            if stream.stream_id in stalls:
+                console.print(f"[red]STALLED[/red]: {stalls[stream.stream_id]}")
+    if problems or stalls:
         sys.exit(9)

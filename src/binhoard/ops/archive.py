@@ -578,7 +578,10 @@ def flush_and_wait(
         if report is not None and report.problems:
             raise BinhoardError(f"{before} cannot be archived: " + "; ".join(report.problems))
         if clock() >= deadline:
-            raise BinhoardError(f"{before} was not stored within {timeout:g} s")
+            why = "; ".join(report.stall_reasons) if report is not None else ""
+            raise BinhoardError(
+                f"{before} was not stored within {timeout:g} s" + (f": {why}" if why else "")
+            )
         time.sleep(poll)
 
 
