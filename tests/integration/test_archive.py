@@ -6,28 +6,33 @@ from __future__ import annotations
 import json
 import os
 import random
+import secrets
 import signal
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from binhoard.app import open_site
 from binhoard.config import Settings, load_settings, parse_settings
+from binhoard.crypto.age import Identity
 from binhoard.domain.catalog import BinlogRecord
 from binhoard.domain.gtid import GtidPosition
 from binhoard.metrics import Metrics
 from binhoard.ops.archive import ArchiveLoop, BinlogArchiver, flush_and_wait, publish
 from binhoard.ops.backup import create_backup
 from binhoard.ops.catalog import StreamState, read_streams
+from binhoard.ops.pitr import PitrRequest, PointInTimeRestore
 from binhoard.ops.restore_backup import digest_of
 from binhoard.server.sandbox import Sandbox
 from binhoard.storage.pipeline import download, identities_from_site
 from binhoard.storage.store import ObjectStore
 from tests.support.configs import config_for, settings_for
+from tests.support.s3server import S3Server
 from tests.support.sandboxes import SandboxFactory
-from tests.support.workload import create_schema, write_rows
+from tests.support.workload import checksums, create_schema, write_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -239,3 +244,143 @@ def test_forced_rotation_brings_a_waiting_transaction_to_storage(
     for _ in range(3):
         loop.tick()  # nothing waits any more: no further rotation
     assert metrics.value("binhoard.binlog.forced_rotations") == 1
+
+
+def _s3_site(s3_server: S3Server, prefix: str) -> dict[str, Any]:
+    return {
+        "storage_type": "s3",
+        "bucket": s3_server.bucket,
+        "prefix": prefix,
+        "region": s3_server.region,
+        "endpoint_url": s3_server.endpoint_url,
+        "aws_access_key_id": s3_server.access_key,
+        "aws_secret_access_key": s3_server.secret_key,
+        "virtual_hosted_style_request": False,
+        "allow_http": True,
+    }
+
+
+def _one_large_transaction(box: Sandbox, rows: int, row_bytes: int, *, seed: int) -> None:
+    rng = random.Random(seed)
+    conn = box.connect()
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute("BEGIN")
+            for _ in range(rows):
+                cursor.execute(
+                    "INSERT INTO app.events (account, amount, payload) VALUES (1, 1, %s)",
+                    (rng.randbytes(row_bytes),),
+                )
+            cursor.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+def test_binlogs_larger_than_one_upload_round_are_archived_to_s3_and_restored_exactly(
+    sandboxes: SandboxFactory, s3_server: S3Server
+) -> None:
+    """A stored object bigger than part_size x upload_concurrency (5 MiB here) could
+    never be archived while the data object was a conditional (single, in-memory) PUT."""
+    mib = 1024 * 1024
+    source = sandboxes.new("source", options={"max_binlog_size": str(8 * mib)})
+    create_schema(source)
+    identity = Identity.generate()
+    site = _s3_site(s3_server, f"big-binlogs-{secrets.token_hex(4)}")
+    config = config_for(source, sandboxes.root / "unused", identity=identity)
+    config["backup_sites"]["default"].update(
+        object_storage=site, part_size=5 * mib, upload_concurrency=1
+    )
+    settings = parse_settings(config, source="test")
+    store = open_site(settings)
+    create_backup(settings, store)
+    # Incompressible rows: files rotate at max_binlog_size (8 MiB), and one transaction
+    # of 20 MiB makes a file larger than max_binlog_size.
+    write_rows(source, 400, seed=1, payload=40_000)
+    _one_large_transaction(source, 400, 50_000, seed=2)
+    write_rows(source, 100, seed=3, payload=20_000)
+    source.query("FLUSH BINARY LOGS")
+    final = str(source.query("SELECT @@gtid_current_pos")[0][0])
+    expected = checksums(source)
+
+    report = BinlogArchiver(settings, store).archive_once()
+    assert report.problems == []
+    (stream,) = read_streams(store)
+    assert_exact_archive(source, settings, store, stream)
+    stored = [r.object.stored_size for r in stream.records]
+    assert sum(size > 5 * mib for size in stored) >= 2, stored
+    assert max(r.size for r in stream.records) > 8 * mib + 12 * mib  # the large transaction
+    assert {i.key for i in store.list("binlogs/")} == {r.object.key for r in stream.records}
+
+    target = sandboxes.new("restored", start=False)
+    target.create(initialize=False)
+    target_config = target.binhoard_config(
+        site_directory=sandboxes.root / "unused",
+        public_key=str(identity.recipient),
+        private_key=identity.secret_text(),
+        work_dir=target.directory / "binhoard",
+    )
+    target_config["backup_sites"]["default"].update(
+        object_storage=site, part_size=5 * mib, upload_concurrency=1
+    )
+    target_settings = parse_settings(target_config, source="test")
+    progress = PointInTimeRestore(target_settings, open_site(target_settings)).start(
+        PitrRequest("default", {"to_latest": True})
+    )
+    assert progress.phase == "completed"
+    assert checksums(target) == expected
+    assert str(target.query("SELECT @@gtid_current_pos")[0][0]) == final
+    target.stop()
+
+
+def test_an_archive_that_cannot_advance_fails_the_command_and_status(
+    sandboxes: SandboxFactory,
+) -> None:
+    """No backup yet: binlogs are written and nothing archives them. Both the archive
+    command and status say so and exit non-zero; status does not say "ready yes"."""
+    source = sandboxes.new("source")
+    create_schema(source)
+    write_rows(source, 100, seed=1)
+    source.query("FLUSH BINARY LOGS")
+    config_path = sandboxes.root / "binhoard.json"
+    config_path.write_text(json.dumps(config_for(source, sandboxes.root / "site")))
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+
+    def binhoard(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "binhoard", *args, "--config", str(config_path)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+
+    archived = binhoard("binlog", "archive")
+    assert archived.returncode == 9, archived.stderr
+    assert "no open backup stream" in archived.stderr
+    status = binhoard("status")
+    assert status.returncode == 9, status.stderr
+    assert "ready       NO" in status.stdout
+    assert "archive     STALLED since" in status.stdout
+    assert "no open backup stream" in status.stdout
+
+    # The service keeps running through stalled passes and, stopped, says how it ended.
+    state = source.directory / "binhoard" / "state" / "binlog-archive.json"
+    state.unlink()
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "binhoard", "binlog", "archive", "--follow", "--interval", "0.2"],
+        cwd=ROOT,
+        env={**env, "BINHOARD_CONFIG": str(config_path)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not (state.exists() and json.loads(state.read_text()).get("stalled")):
+        assert follow.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    follow.send_signal(signal.SIGTERM)
+    _, stderr = follow.communicate(timeout=60)
+    assert follow.returncode == 9, stderr
+    assert "ERROR binhoard.archive: binlog archive stalled since" in stderr

@@ -11,6 +11,7 @@ from binhoard.domain.archiving import (
     Missing,
     RotationTimer,
     Wait,
+    archive_lag,
     next_step,
     state_at_offset,
 )
@@ -149,3 +150,12 @@ def test_chain_problems_and_snapshot_position() -> None:
     (gap,) = chain_problems(broken)
     assert (gap.before, gap.after) == ("binlog.000004", "binlog.000005")
     assert chain_problems(records, end=GtidPosition.parse("0-1-10")) != []
+
+
+def test_archive_lag_names_what_the_archive_lacks() -> None:
+    server = GtidPosition.parse("0-1-500,1-2-7")
+    lag = archive_lag(server, GtidPosition.parse("0-1-100,1-2-7"))
+    assert lag.transactions == 400
+    assert lag.describe() == "400 transactions (0-1-101..0-1-500)"
+    assert archive_lag(server, server).describe() == "0 transactions"
+    assert archive_lag(server, GtidPosition()).transactions == 507

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,8 +21,17 @@ from binhoard.cli.common import config_option, json_option, site_option
 from binhoard.config import load_settings
 from binhoard.domain.errors import BinhoardError, NotFoundError
 from binhoard.metrics import Metrics
-from binhoard.ops.archive import ArchiveLoop, ArchiveReport, BinlogArchiver, flush_and_wait, publish
+from binhoard.ops.archive import (
+    ArchiveLoop,
+    ArchiveReport,
+    BinlogArchiver,
+    flush_and_wait,
+    publish,
+    raise_if_stalled,
+    read_archive_status,
+)
 from binhoard.ops.catalog import StreamState, read_streams
+from binhoard.storage.store import ObjectStore
 
 
 @click.group("binlog")
@@ -37,6 +48,9 @@ def _print_report(report: ArchiveReport) -> None:
             f"stream {stream.stream_id}: {stream.records} files, {state}, "
             f"archive reaches {stream.end_position or '(empty)'}"
         )
+    for stream in report.streams:
+        if stream.error:
+            click.echo(f"ERROR: stream {stream.stream_id}: {stream.error}", err=True)
     for problem in report.problems:
         click.echo(f"PROBLEM: {problem}", err=True)
 
@@ -50,26 +64,37 @@ def _print_report(report: ArchiveReport) -> None:
 def archive(config_file: Path, follow: bool, interval: float) -> None:
     """Archive the server's closed binlogs into every open stream of the upload site.
 
-    Exits with status 9 if any stream has a gap or cannot continue.
+    Exits with status 9 if archiving is stalled: a stream has a gap, a file could not be
+    stored, the pass failed, or there is no open stream (no backup yet). With --follow it
+    keeps going through failed passes, logging each at ERROR, and when stopped (SIGTERM,
+    SIGINT) exits with status 9 if its last pass was stalled, else 0.
     """
     settings = load_settings(config_file)
     archiver = BinlogArchiver(settings, open_site(settings))
     metrics = Metrics(settings.statsd)
     if not follow:
-        report = archiver.archive_once()
+        try:
+            report = archiver.archive_once()
+        except BinhoardError as exc:
+            publish(
+                settings, ArchiveReport(at=archiver.now().isoformat(), failure=exc.message), metrics
+            )
+            raise
         publish(settings, report, metrics)
         _print_report(report)
-        if report.problems:
-            sys.exit(9)
+        raise_if_stalled(report)
         return
     logging.getLogger().setLevel(logging.INFO)  # a long-running process: say what it does
     loop = ArchiveLoop(settings, archiver, metrics)
-    while True:
-        try:
-            loop.tick()
-        except BinhoardError as exc:
-            logging.getLogger("binhoard.archive").error("archive pass failed: %s", exc.message)
-        time.sleep(interval)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    last: ArchiveReport | None = None
+    while not stop.is_set():
+        last = loop.tick()
+        stop.wait(interval)
+    if last is not None:
+        raise_if_stalled(last)
 
 
 @binlog_group.command("flush")
@@ -129,6 +154,18 @@ def _stream_json(stream: StreamState) -> dict[str, Any]:
     }
 
 
+def _stalls(store: ObjectStore, streams: list[StreamState]) -> dict[str, str]:
+    """Open streams whose archiver's last pass failed (``archive-status.json``)."""
+    found: dict[str, str] = {}
+    for stream in streams:
+        status = None if stream.closed else read_archive_status(store, stream.stream_id)
+        if status is not None and status.stalled:
+            found[stream.stream_id] = (
+                f"archive stalled since {status.since.isoformat()}: {status.reason}"
+            )
+    return found
+
+
 @binlog_group.command("list")
 @config_option
 @site_option
@@ -137,10 +174,11 @@ def _stream_json(stream: StreamState) -> dict[str, Any]:
 def list_command(config_file: Path, site: str | None, stream_id: str | None, as_json: bool) -> None:
     """List the archived binlogs of each stream, with GTID ranges and commit times.
 
-    Exits with status 9 if a stream has a gap.
+    Exits with status 9 if a stream has a gap, or its archiver's last pass failed.
     """
     settings = load_settings(config_file)
-    streams = read_streams(open_site(settings, site_name(settings, site)))
+    store = open_site(settings, site_name(settings, site))
+    streams = read_streams(store)
     if stream_id == "latest":
         streams = streams[-1:]
     elif stream_id is not None:
@@ -148,8 +186,12 @@ def list_command(config_file: Path, site: str | None, stream_id: str | None, as_
         if not streams:
             raise NotFoundError(f"no stream {stream_id}")
     problems = [p for s in streams for p in s.problems()]
+    stalls = _stalls(store, streams)
     if as_json:
-        click.echo(json.dumps([_stream_json(s) for s in streams], indent=2))
+        docs = [_stream_json(s) for s in streams]
+        for doc in docs:
+            doc["archive_stalled"] = stalls.get(doc["stream_id"])
+        click.echo(json.dumps(docs, indent=2))
     else:
         console = Console(width=200)
         for stream in streams:
@@ -175,5 +217,7 @@ def list_command(config_file: Path, site: str | None, stream_id: str | None, as_
             console.print(table)
             for problem in stream.problems():
                 console.print(f"[red]PROBLEM[/red]: {problem}")
-    if problems:
+            if stream.stream_id in stalls:
+                console.print(f"[red]STALLED[/red]: {stalls[stream.stream_id]}")
+    if problems or stalls:
         sys.exit(9)

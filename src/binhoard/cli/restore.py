@@ -13,6 +13,7 @@ from binhoard.cli.progress import ByteProgress
 from binhoard.config import Settings, load_settings
 from binhoard.domain.errors import UsageError
 from binhoard.domain.restore_plan import parse_target
+from binhoard.ops.archive import archive_end_notes
 from binhoard.ops.pitr import PitrProgress, PitrRequest, PointInTimeRestore
 from binhoard.ops.restore_backup import RestoreProgress, restore_backup, start_restored_server
 
@@ -147,6 +148,11 @@ def _point_in_time(
         else:
             request = PitrRequest(name, target_args, backup_id, approximate_ok=approximate)
             result = restore.start(request)
+    if "to_latest" in target_args:
+        end, warning = archive_end_notes(store, result.backup_id)
+        click.echo(end)
+        if warning is not None:
+            click.echo(f"WARNING: {warning}", err=True)
     click.echo(
         f"restored backup {result.backup_id} and {result.binlogs_restored} binlog files "
         f"({result.transactions_applied} transactions) to {result.target}; the server is "

@@ -11,7 +11,9 @@ import click
 
 from binhoard.cli.common import config_option, json_option
 from binhoard.config import Settings, load_settings
-from binhoard.domain.errors import ServerError
+from binhoard.domain.archiving import archive_lag
+from binhoard.domain.errors import ArchiveStalledError, ServerError
+from binhoard.domain.gtid import GtidPosition
 from binhoard.ops.archive import status_file
 from binhoard.server import sql
 
@@ -19,6 +21,27 @@ from binhoard.server import sql
 def _archive_status(settings: Settings) -> dict[str, Any] | None:
     """The last archive pass on this host (``binlog-archive.json``), if any."""
     return status_file(settings).read()
+
+
+def _archive_lag(archive: dict[str, Any], gtid_binlog_pos: str) -> dict[str, Any] | None:
+    """How far the newest open stream's archive is behind the server, in transactions
+    (with GTID ranges) and seconds (since the newest stored commit, when behind)."""
+    open_streams = [s for s in archive.get("streams", []) if not s.get("closed")]
+    if not open_streams:
+        return None
+    end = GtidPosition.parse(str(open_streams[-1].get("end_position", "")))
+    lag = archive_lag(GtidPosition.parse(gtid_binlog_pos), end)
+    newest = archive.get("newest_stored_commit_time")
+    seconds: int | None = 0
+    if lag.transactions:
+        seconds = round(time.time() - newest) if newest else None
+    return {
+        "archive_ends_at": end.format(),
+        "transactions_behind": lag.transactions,
+        "missing": list(lag.ranges),
+        "seconds_behind": seconds,
+        "text": lag.describe(),
+    }
 
 
 @click.command("status")
@@ -33,6 +56,9 @@ def status_command(config_file: Path, as_json: bool) -> None:
     finally:
         conn.close()
     problems = facts.problems(expected_server_id=settings.server_id)
+    archive = _archive_status(settings)
+    stalled = bool(archive and archive.get("stalled"))
+    lag = _archive_lag(archive, facts.gtid_binlog_pos) if archive else None
     sites = {name: site.object_storage.storage_type for name, site in settings.backup_sites.items()}
     report: dict[str, Any] = {
         "server": {
@@ -44,9 +70,10 @@ def status_command(config_file: Path, as_json: bool) -> None:
         },
         "backup_sites": sites,
         "upload_site": settings.backup_settings.upload_site,
-        "ready": not problems,
+        "ready": not problems and not stalled,
         "problems": problems,
-        "binlog_archive": _archive_status(settings),
+        "binlog_archive": archive,
+        "binlog_archive_lag": lag,
     }
     if as_json:
         click.echo(json.dumps(report, indent=2))
@@ -55,17 +82,25 @@ def status_command(config_file: Path, as_json: bool) -> None:
         click.echo(f"gtid        {facts.gtid_current_pos or '(none yet)'}")
         click.echo(f"sites       {', '.join(f'{k} ({v})' for k, v in sites.items())}")
         click.echo(f"upload to   {settings.backup_settings.upload_site}")
-        click.echo("ready       yes" if not problems else "ready       NO")
+        click.echo("ready       yes" if report["ready"] else "ready       NO")
         for problem in problems:
             click.echo(f"  - {problem}")
-        archive = _archive_status(settings)
         if archive is None:
             click.echo("archive     no archive pass yet (binhoard binlog archive)")
         else:
-            newest = archive.get("newest_stored_commit_time")
-            lag = f", newest stored commit {time.time() - newest:.0f} s ago" if newest else ""
-            click.echo(f"archive     last pass {archive.get('at')}{lag}")
-            for problem in archive.get("problems", []):
-                click.echo(f"  - GAP: {problem}")
+            if stalled:
+                reasons = "; ".join(archive.get("stall_reasons", []))
+                click.echo(f"archive     STALLED since {archive.get('stalled_since')}: {reasons}")
+            click.echo(f"archive     last pass {archive.get('at')}")
+            if lag is not None:
+                behind = lag["text"]
+                if lag["seconds_behind"] is not None and lag["transactions_behind"]:
+                    behind += f", newest stored commit {lag['seconds_behind']} s ago"
+                click.echo(f"behind      {behind}; archive ends at {lag['archive_ends_at']}")
     if problems:
         raise ServerError("the server is not configured as binhoard requires")
+    if stalled and archive is not None:
+        raise ArchiveStalledError(
+            f"binlog archiving is stalled since {archive.get('stalled_since')}: "
+            + "; ".join(archive.get("stall_reasons", []))
+        )

@@ -127,3 +127,29 @@ class RotationTimer:
 
     def rotated(self) -> None:
         self.waiting_since = None
+
+
+@dataclass(frozen=True)
+class ArchiveLag:
+    """How far the archive is behind the server: transactions the server has written
+    that no record covers yet, per domain as GTID ranges."""
+
+    transactions: int
+    ranges: tuple[str, ...]
+
+    def describe(self) -> str:
+        if not self.transactions:
+            return "0 transactions"
+        return f"{self.transactions} transactions ({', '.join(self.ranges)})"
+
+
+def archive_lag(server: GtidPosition, archived: GtidPosition) -> ArchiveLag:
+    """``server`` is its ``gtid_binlog_pos``, ``archived`` where the stream's archive ends."""
+    total = 0
+    ranges: list[str] = []
+    for domain, gtid in server.items():
+        after = archived.seq_no(domain)
+        if gtid.seq_no > after:
+            total += gtid.seq_no - after
+            ranges.append(f"{domain}-{gtid.server_id}-{after + 1}..{gtid.format()}")
+    return ArchiveLag(total, tuple(ranges))

@@ -8,6 +8,7 @@ archived. Records are pure data; reading and writing them is in ``ops/catalog.py
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -41,10 +42,45 @@ def closed_key(stream_id: str) -> str:
     return f"streams/{stream_id}/closed.json"
 
 
-def binlog_data_key(server_id: int, name: str, created: int, start_digest: str, suffix: str) -> str:
-    """Key of an archived binlog's data object: unique per file across servers and
-    ``RESET MASTER`` (name, Format_description time and a digest of its Gtid_list)."""
-    return f"binlogs/{server_id}/{name}-{created}-{start_digest[:12]}.binlog{suffix}"
+def archive_status_key(stream_id: str) -> str:
+    return f"streams/{stream_id}/archive-status.json"
+
+
+# The file's identity, then (from format 1.1 on) the upload's token, then the suffix.
+_DATA_KEY = re.compile(
+    r"binlogs/(?P<server_id>\d+)/(?P<name>[^/]+)-(?P<created>\d+)-(?P<start>[0-9a-f]{12})"
+    r"(?:-(?P<token>[0-9a-f]{16}))?\.binlog(?:\.[a-z0-9]+)*"
+)
+
+BinlogIdentity = tuple[int, str, int, str]
+"""``(server_id, name, created, start digest (12 hex))``: one binlog file, wherever stored."""
+
+
+def binlog_identity(server_id: int, name: str, created: int, start_digest: str) -> BinlogIdentity:
+    return (server_id, name, created, start_digest[:12])
+
+
+def binlog_data_key(identity: BinlogIdentity, token: str, suffix: str) -> str:
+    """Key of one upload of a binlog file: the file's identity (unique across servers and
+    ``RESET MASTER``: name, Format_description time and a digest of its Gtid_list) and a
+    random ``token`` (16 hex digits) unique to the upload, so that uploads never meet
+    under one key and need no condition (the record decides which one counts)."""
+    server_id, name, created, start = identity
+    return f"binlogs/{server_id}/{name}-{created}-{start}-{token}.binlog{suffix}"
+
+
+def identity_of_data_key(key: str) -> BinlogIdentity | None:
+    """The file identity a data key names (with or without an upload token); ``None``
+    for any other key."""
+    match = _DATA_KEY.fullmatch(key)
+    if match is None:
+        return None
+    return (
+        int(match["server_id"]),
+        match["name"],
+        int(match["created"]),
+        match["start"],
+    )
 
 
 def seq_of_record_key(key: str) -> int:
@@ -210,3 +246,54 @@ def snapshot_inside(first: BinlogRecord, snapshot: GtidPosition) -> bool:
     the file's end state. (The archiver also checks it exactly, by replaying the file's
     index up to the snapshot's byte offset.)"""
     return snapshot.covers(first.gtid_list_at_start) and first.gtid_position_at_end.covers(snapshot)
+
+
+@dataclass(frozen=True)
+class ArchiveStatus:
+    """``archive-status.json``: the outcome of the stream's last archive pass, for hosts
+    other than the archiver's (a restore). The one object that is overwritten: only when
+    the outcome or its reason changes, so an idle archiver writes nothing."""
+
+    stream_id: str
+    server_id: int
+    stalled: bool
+    since: datetime  # when this outcome began
+    reason: str | None  # why it is stalled
+    end_position: GtidPosition  # where the stream's archive ended when this was written
+
+    def same_outcome(self, other: ArchiveStatus | None) -> bool:
+        return (
+            other is not None
+            and (other.stalled, other.reason) == (self.stalled, self.reason)
+            and other.stream_id == self.stream_id
+        )
+
+    def to_bytes(self) -> bytes:
+        return seal(
+            {
+                "stream_id": self.stream_id,
+                "server_id": self.server_id,
+                "outcome": "stalled" if self.stalled else "ok",
+                "since": self.since.isoformat(),
+                "reason": self.reason,
+                "end_position": self.end_position.format(),
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, raw: bytes, *, key: str) -> ArchiveStatus:
+        doc = unseal(raw, key=key)
+        try:
+            outcome = str(doc["outcome"])
+            if outcome not in ("ok", "stalled"):
+                raise ValueError(f"outcome {outcome!r}")
+            return cls(
+                stream_id=str(doc["stream_id"]),
+                server_id=int(doc["server_id"]),
+                stalled=outcome == "stalled",
+                since=datetime.fromisoformat(str(doc["since"])),
+                reason=None if doc["reason"] is None else str(doc["reason"]),
+                end_position=GtidPosition.parse(str(doc["end_position"])),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptDocumentError(key, f"missing or invalid field: {exc}") from None

@@ -219,3 +219,11 @@ class DiskFullError(BinhoardError):
         if then:
             message += f"; {then}"
         super().__init__(message)
+
+
+class ArchiveStalledError(BinhoardError):
+    """Binlog archiving cannot advance: a stream has a gap, its last pass failed, or there
+    is no open stream to archive into. Transactions committed since are not recoverable
+    from the site until it moves again."""
+
+    exit_code = 9

@@ -7,13 +7,18 @@ file first, and gives every open stream of this server the file it needs next:
    must start exactly where the stream's archive ends (its Gtid_list equals the end
    state of the previous record), or for a stream's first file, the backup's snapshot
    must sit at a transaction boundary of it with exactly the snapshot's GTID state;
-2. its data object is uploaded once, whatever number of streams need it;
-3. each stream gets a record, written create-if-absent: the record is the proof.
+2. its data object is uploaded once, whatever number of streams need it, as a plain
+   streaming (multipart) put under a key no other upload can have (the file's
+   identity plus a random token), so any size fits in ``part_size x concurrency``;
+3. each stream gets a record, written create-if-absent: the record is the proof, and
+   the only arbiter. Two writers may both upload, only one record wins; the loser
+   deletes its own object, which nobody can name.
 
-The site is the only state. A crash between 2 and 3 leaves an object no record names;
-the next pass deletes and re-uploads it (objects are never rewritten under a name
-someone references). A crash after 3 is simply the next pass's starting point. So a
-re-run never duplicates or skips a file.
+The site is the only state that decides. A crash between 2 and 3 leaves an object no
+record names: its key was written to ``binlog-uploads.json`` before the upload, so the
+next pass on this host deletes it; one left by another host is deleted once untouched
+for 24 hours (it may be mid-upload). A crash after 3 is simply the next pass's starting
+point. So a re-run never duplicates or skips a file.
 
 A problem (gap, purged file, corrupt file, snapshot not where the manifest says) stops
 that stream where it is and is reported on every pass until a newer stream takes over.
@@ -24,10 +29,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import secrets
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from binhoard.config import Settings
@@ -42,13 +48,20 @@ from binhoard.domain.archiving import (
 )
 from binhoard.domain.binlog import binlog_sort_key, compare_positions, describe_problem
 from binhoard.domain.catalog import (
+    ArchiveStatus,
+    BinlogIdentity,
     BinlogRecord,
     StreamMarker,
+    archive_status_key,
     binlog_data_key,
+    binlog_identity,
     closed_key,
     completed_key,
+    identity_of_data_key,
 )
+from binhoard.domain.documents import CorruptDocumentError
 from binhoard.domain.errors import (
+    ArchiveStalledError,
     BinhoardError,
     ConflictError,
     CorruptBinlogError,
@@ -61,15 +74,21 @@ from binhoard.domain.manifest import ObjectRef
 from binhoard.localstate import StateFile, exclusive
 from binhoard.metrics import Metrics
 from binhoard.ops.backup import object_ref
-from binhoard.ops.catalog import StreamState, read_streams
+from binhoard.ops.catalog import StreamState, read_records, read_streams
 from binhoard.server import sql
 from binhoard.server.binlog_reader import BinlogIndex, read_binlog
 from binhoard.storage.pipeline import Codec, suffix, upload
-from binhoard.storage.store import ObjectStore
+from binhoard.storage.store import ObjectStore, read_all
 
 log = logging.getLogger("binhoard.archive")
 
 READ_CHUNK = 1024 * 1024
+BINLOG_DATA_PREFIX = "binlogs/"
+# Unrecorded data objects of other hosts are deleted once untouched this long: an upload
+# in progress elsewhere becomes visible only when complete and is recorded right after.
+LEFTOVER_GRACE = timedelta(hours=24)
+# How often a pass lists every data object to look for such leftovers (one listing).
+SWEEP_INTERVAL = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -105,26 +124,57 @@ class StreamReport:
     completed: bool
     closed: bool
     caught_up: bool  # every closed file of the server it needs is archived
-    problems: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # gaps: the stream cannot continue
+    error: str | None = None  # this pass failed to advance it; the next pass retries
+
+    @property
+    def stalled(self) -> bool:
+        return bool(self.problems) or self.error is not None
 
 
 @dataclass
 class ArchiveReport:
-    """What a pass did and found; also written to ``binlog-archive.json`` for status."""
+    """What a pass did and found; also written to ``binlog-archive.json`` for status.
+
+    ``failure`` is set when the pass as a whole failed (the site or the server could not
+    be read); ``streams`` is then empty.
+    """
 
     at: str
     uploaded: list[str] = field(default_factory=list)
     records_written: int = 0
     streams: list[StreamReport] = field(default_factory=list)
     newest_stored_commit_time: int | None = None
+    failure: str | None = None
 
     @property
     def problems(self) -> list[str]:
         return [f"stream {s.stream_id}: {p}" for s in self.streams for p in s.problems]
 
+    @property
+    def stall_reasons(self) -> list[str]:
+        """Why archiving does not advance, as sentences; empty when it does."""
+        if self.failure is not None:
+            return [f"the archive pass failed: {self.failure}"]
+        if not any(not s.closed for s in self.streams):
+            return ["no open backup stream of this server: take a backup (binhoard backup create)"]
+        found = list(self.problems)
+        found += [f"stream {s.stream_id}: {s.error}" for s in self.streams if s.error]
+        return found
+
+    @property
+    def stalled(self) -> bool:
+        return bool(self.stall_reasons)
+
 
 def status_file(settings: Settings) -> StateFile:
     return StateFile(settings.state_directory / "binlog-archive.json")
+
+
+def uploads_file(settings: Settings) -> StateFile:
+    """Data keys this host started uploading and has not seen recorded yet, and when it
+    last looked for other hosts' leftovers: ``{"pending": [key], "swept_at": iso}``."""
+    return StateFile(settings.state_directory / "binlog-uploads.json")
 
 
 def _file_chunks(path: Path) -> Iterator[bytes]:
@@ -137,6 +187,19 @@ def _start_digest(index: BinlogIndex) -> str:
     return hashlib.sha256(index.gtid_list_at_start.format().encode()).hexdigest()
 
 
+def _stored_uploads(streams: list[StreamState]) -> dict[BinlogIdentity, ObjectRef]:
+    """The stored upload of each file some record names. Any will do for another stream:
+    matched by the file's identity, not by key (keys differ per upload, and keys
+    written before upload tokens existed have none)."""
+    refs: dict[BinlogIdentity, ObjectRef] = {}
+    for stream in streams:
+        for record in stream.records:
+            identity = identity_of_data_key(record.object.key)
+            if identity is not None:
+                refs.setdefault(identity, record.object)
+    return refs
+
+
 class _Stream:
     """An open stream during one pass: its records grow as files are archived."""
 
@@ -146,6 +209,7 @@ class _Stream:
         self.problems = state.problems()
         self.completed = state.completed is not None
         self.closed = False
+        self.error: str | None = None
 
     @property
     def stream_id(self) -> str:
@@ -176,6 +240,9 @@ class BinlogArchiver:
         self.store = store
         self.codec = Codec.from_site(settings.upload_site)
         self.now = now
+        # The archive-status.json last written or read per stream: what makes an idle
+        # pass write nothing.
+        self._site_status: dict[str, ArchiveStatus | None] = {}
 
     def archive_once(self) -> ArchiveReport:
         """One pass: archive every closed file each open stream needs. Holds the archive
@@ -186,12 +253,15 @@ class BinlogArchiver:
                 server = server_binlogs(conn, self.settings.mysql.binlog_prefix)
             finally:
                 conn.close()
-            return self._pass(server)
+            return self.archive_files(server)
 
-    def _pass(self, server: ServerBinlogs) -> ArchiveReport:
+    def archive_files(self, server: ServerBinlogs) -> ArchiveReport:
+        """One pass over ``server``'s files (what :meth:`archive_once` runs under its lock)."""
         report = ArchiveReport(at=self.now().isoformat())
         all_streams = read_streams(self.store)
-        refs = {r.object.key: r.object for s in all_streams for r in s.records}
+        named = {r.object.key for s in all_streams for r in s.records}
+        self._remove_leftovers(named)
+        refs = _stored_uploads(all_streams)
         streams = [
             _Stream(s)
             for s in all_streams
@@ -220,7 +290,11 @@ class BinlogArchiver:
         for stream in streams:
             for problem in stream.problems:
                 log.error("stream %s: %s", stream.stream_id, problem)
+            if stream.error is not None:
+                log.error("stream %s: %s", stream.stream_id, stream.error)
             report.streams.append(self._stream_report(stream, server))
+            if not stream.closed:
+                self._publish_status(report.streams[-1])
         times = [s.newest_commit_time for s in report.streams if s.newest_commit_time is not None]
         report.newest_stored_commit_time = max(times) if times else None
         return report
@@ -238,14 +312,47 @@ class BinlogArchiver:
             closed=stream.closed,
             caught_up=isinstance(stream.next(server), Wait),
             problems=list(stream.problems),
+            error=stream.error,
         )
+
+    def _publish_status(self, stream: StreamReport) -> None:
+        """Writes the stream's ``archive-status.json`` if its outcome changed. Best effort:
+        a site that cannot take it now gets it on the next pass that can."""
+        reasons = [*stream.problems, *([stream.error] if stream.error else [])]
+        key = archive_status_key(stream.stream_id)
+        if stream.stream_id not in self._site_status:
+            try:
+                previous = ArchiveStatus.from_bytes(read_all(self.store, key), key=key)
+            except (ObjectNotFoundError, CorruptDocumentError):
+                previous = None
+            except BinhoardError as exc:
+                log.warning("cannot read %s: %s", key, exc.message)
+                return
+            self._site_status[stream.stream_id] = previous
+        previous = self._site_status[stream.stream_id]
+        status = ArchiveStatus(
+            stream_id=stream.stream_id,
+            server_id=self.settings.server_id,
+            stalled=bool(reasons),
+            since=self.now(),
+            reason="; ".join(reasons) or None,
+            end_position=GtidPosition.parse(stream.end_position),
+        )
+        if status.same_outcome(previous):
+            return
+        try:
+            self.store.put(key, [status.to_bytes()])
+        except BinhoardError as exc:
+            log.warning("cannot write %s: %s", key, exc.message)
+            return
+        self._site_status[stream.stream_id] = status
 
     def _archive_file(
         self,
         server: ServerBinlogs,
         name: str,
         wanting: list[tuple[_Stream, Archive]],
-        refs: dict[str, ObjectRef],
+        refs: dict[BinlogIdentity, ObjectRef],
         report: ArchiveReport,
     ) -> None:
         path = server.path(name)
@@ -258,20 +365,34 @@ class BinlogArchiver:
         accepted = [(s, step) for s, step in wanting if self._fits(s, step, index)]
         if not accepted:
             return
-        key = binlog_data_key(
-            self.settings.server_id,
-            name,
-            index.created,
-            _start_digest(index),
-            suffix(self.codec.algorithm),
+        try:
+            self._store_file(path, index, accepted, refs, report)
+        except BinhoardError as exc:
+            # The file stays where it is for these streams; the next pass retries it.
+            for stream, _ in accepted:
+                if not stream.records or stream.records[-1].name != name:
+                    stream.error = f"cannot archive {name}: {exc.message}"
+
+    def _store_file(
+        self,
+        path: Path,
+        index: BinlogIndex,
+        accepted: list[tuple[_Stream, Archive]],
+        refs: dict[BinlogIdentity, ObjectRef],
+        report: ArchiveReport,
+    ) -> None:
+        name = index.name
+        identity = binlog_identity(
+            self.settings.server_id, name, index.created, _start_digest(index)
         )
-        ref = refs.get(key)
-        if ref is None or ref.plain_size != index.size:
-            ref = self._upload(key, path, index)
-            refs[key] = ref
+        ref = refs.get(identity)
+        fresh = ref is None or ref.plain_size != index.size
+        if ref is None or fresh:
+            ref = self._upload(identity, path, index)
+            refs[identity] = ref
             report.uploaded.append(name)
         segment = index.segment()
-        for stream, step in accepted:
+        for written, (stream, step) in enumerate(accepted):
             record = BinlogRecord(
                 stream_id=stream.stream_id,
                 seq=len(stream.records),
@@ -290,8 +411,16 @@ class BinlogArchiver:
                 start_offset=step.start_offset,
                 archived_at=self.now(),
             )
-            if self._write_record(stream, record):
-                report.records_written += 1
+            try:
+                self._write_record(stream, record)
+            except ConflictError:
+                if fresh and written == 0:
+                    # Another writer's record won; only this pass knows the key, so no
+                    # record can name it.
+                    self.store.delete(ref.key)
+                    log.info("deleted %s: another writer's record for it won", ref.key)
+                raise
+            report.records_written += 1
 
     def _fits(self, stream: _Stream, step: Archive, index: BinlogIndex) -> bool:
         """Whether ``index`` continues ``stream`` exactly; records the problem if not."""
@@ -319,15 +448,13 @@ class BinlogArchiver:
             return False
         return True
 
-    def _upload(self, key: str, path: Path, index: BinlogIndex) -> ObjectRef:
-        # No record names this key (or its size differs): a leftover of a pass that
-        # stopped between upload and record. Nobody can depend on it; replace it.
-        with contextlib.suppress(ObjectNotFoundError):
-            self.store.stat(key)
-            self.store.delete(key)
-            log.info("deleted %s: uploaded before, but never recorded", key)
+    def _upload(self, identity: BinlogIdentity, path: Path, index: BinlogIndex) -> ObjectRef:
+        key = binlog_data_key(identity, secrets.token_hex(8), suffix(self.codec.algorithm))
+        # Written down before the first byte goes up: if this process dies before the
+        # record names the object, the next pass knows the key is this host's to delete.
+        self._set_pending([*self._pending(), key])
         started = time.monotonic()
-        digest = upload(self.store, key, _file_chunks(path), self.codec, if_absent=True)
+        digest = upload(self.store, key, _file_chunks(path), self.codec)
         if digest.plain_size != index.size:
             raise CorruptBinlogError(
                 str(path),
@@ -344,6 +471,38 @@ class BinlogArchiver:
             time.monotonic() - started,
         )
         return object_ref(key, self.codec, digest)
+
+    def _pending(self) -> list[str]:
+        state = uploads_file(self.settings).read() or {}
+        return [str(k) for k in state.get("pending", [])]
+
+    def _set_pending(self, keys: list[str]) -> None:
+        state = uploads_file(self.settings).read() or {}
+        uploads_file(self.settings).write({**state, "pending": keys})
+
+    def _remove_leftovers(self, named: set[str]) -> None:
+        """Deletes data objects no record names: at once those this host began uploading
+        (listed in ``binlog-uploads.json``), others when untouched for ``LEFTOVER_GRACE``
+        (looked for once per ``SWEEP_INTERVAL``: it takes a listing of every object)."""
+        pending = self._pending()
+        for key in pending:
+            if key not in named:
+                self.store.delete(key)
+                log.info("deleted %s: uploaded by an interrupted pass, never recorded", key)
+        if pending:
+            self._set_pending([])
+        state = uploads_file(self.settings).read() or {}
+        now = self.now()
+        swept = state.get("swept_at")
+        if swept is not None and now - datetime.fromisoformat(str(swept)) < SWEEP_INTERVAL:
+            return
+        for info in self.store.list(BINLOG_DATA_PREFIX):
+            if info.key in named or info.last_modified is None:
+                continue
+            if now - info.last_modified > LEFTOVER_GRACE:
+                self.store.delete(info.key)
+                log.info("deleted %s: no record names it since %s", info.key, info.last_modified)
+        uploads_file(self.settings).write({**state, "pending": [], "swept_at": now.isoformat()})
 
     def _write_record(self, stream: _Stream, record: BinlogRecord) -> bool:
         try:
@@ -419,7 +578,10 @@ def flush_and_wait(
         if report is not None and report.problems:
             raise BinhoardError(f"{before} cannot be archived: " + "; ".join(report.problems))
         if clock() >= deadline:
-            raise BinhoardError(f"{before} was not stored within {timeout:g} s")
+            why = "; ".join(report.stall_reasons) if report is not None else ""
+            raise BinhoardError(
+                f"{before} was not stored within {timeout:g} s" + (f": {why}" if why else "")
+            )
         time.sleep(poll)
 
 
@@ -452,9 +614,15 @@ class ArchiveLoop:
         self.timer = RotationTimer(settings.backup_settings.forced_binlog_rotation_interval)
 
     def tick(self) -> ArchiveReport:
-        report = self.archiver.archive_once()
-        if self._rotate_if_due(report):
+        """One pass (and a rotation if due). Never raises a ``BinhoardError``: a failed pass
+        is a report with ``failure`` set, published like any other (the loop is the
+        service and must keep going; the report makes the failure loud)."""
+        try:
             report = self.archiver.archive_once()
+            if self._rotate_if_due(report):
+                report = self.archiver.archive_once()
+        except BinhoardError as exc:
+            report = ArchiveReport(at=self.archiver.now().isoformat(), failure=exc.message)
         publish(self.settings, report, self.metrics)
         return report
 
@@ -486,10 +654,76 @@ class ArchiveLoop:
 
 
 def publish(settings: Settings, report: ArchiveReport, metrics: Metrics) -> None:
-    """Writes the pass's report for ``binhoard binlog status`` and sets the metrics
-    operators alarm on: the newest stored commit time (RPO) and the problem count."""
-    status_file(settings).write({**asdict(report), "problems": report.problems})
+    """Writes the pass's report for ``binhoard status`` and sets the metrics operators
+    alarm on: the newest stored commit time (RPO), the problem count, whether archiving
+    is stalled and failed passes. A stalled pass is logged at ERROR with its reasons;
+    ``stalled_since`` carries over from the previous report while it stays stalled."""
+    previous = status_file(settings).read() or {}
+    reasons = report.stall_reasons
+    since = None
+    if reasons:
+        since = previous.get("stalled_since") or report.at
+        for reason in reasons:
+            log.error("binlog archive stalled since %s: %s", since, reason)
+    if report.failure is not None and report.newest_stored_commit_time is None:
+        # A failed pass learnt nothing new: keep what the last pass knew.
+        report.newest_stored_commit_time = previous.get("newest_stored_commit_time")
+    status_file(settings).write(
+        {
+            **asdict(report),
+            "problems": report.problems,
+            "stalled": bool(reasons),
+            "stalled_since": since,
+            "stall_reasons": reasons,
+        }
+    )
     if report.newest_stored_commit_time is not None:
         metrics.gauge("binhoard.binlog.newest_stored_commit_time", report.newest_stored_commit_time)
     metrics.gauge("binhoard.binlog.archive_problems", len(report.problems))
+    metrics.gauge("binhoard.binlog.archive_stalled", 1 if reasons else 0)
+    if report.failure is not None or any(s.error for s in report.streams):
+        metrics.increment("binhoard.binlog.archive_pass_failures")
     metrics.increment("binhoard.binlog.files_uploaded", len(report.uploaded))
+
+
+def raise_if_stalled(report: ArchiveReport) -> None:
+    """``ArchiveStalledError`` (exit status 9) naming every reason, if archiving is stalled."""
+    reasons = report.stall_reasons
+    if reasons:
+        raise ArchiveStalledError("binlog archiving is stalled: " + "; ".join(reasons))
+
+
+def read_archive_status(store: ObjectStore, stream_id: str) -> ArchiveStatus | None:
+    key = archive_status_key(stream_id)
+    try:
+        return ArchiveStatus.from_bytes(read_all(store, key), key=key)
+    except ObjectNotFoundError:
+        return None
+
+
+def archive_end_notes(store: ObjectStore, stream_id: str) -> tuple[str, str | None]:
+    """For a restore to the latest point: where the stream's archive ends (its last
+    transaction and commit time), and a warning if the archiver's last pass over the
+    stream failed (written by the archiver to the site, so visible from any host)."""
+    records = read_records(store, stream_id)
+    last = next((r for r in reversed(records) if r.last_gtid is not None), None)
+    if last is None or last.last_gtid is None:
+        end = f"the archive of stream {stream_id} holds no transaction after its snapshot"
+    else:
+        when = (
+            datetime.fromtimestamp(last.last_commit_time, UTC).isoformat()
+            if last.last_commit_time is not None
+            else "unknown"
+        )
+        end = (
+            f"the archive of stream {stream_id} ends at transaction {last.last_gtid.format()} "
+            f"(committed {when}, in {last.name})"
+        )
+    status = read_archive_status(store, stream_id)
+    if status is None or not status.stalled:
+        return end, None
+    return end, (
+        f"the archiver's last pass over stream {stream_id} failed (stalled since "
+        f"{status.since.isoformat()}: {status.reason}): transactions committed on the "
+        "source after the archive's end are not in this restore"
+    )
