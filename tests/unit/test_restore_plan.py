@@ -36,6 +36,7 @@ from binhoard.domain.restore_plan import (
     TargetSyntaxError,
     TargetUnreachableError,
     TimeTarget,
+    UnknownDomainError,
     exact_stop,
     parse_gtid_target,
     parse_position_target,
@@ -321,7 +322,9 @@ def test_a_chosen_backup() -> None:
         (pos("other.000002:500"), TargetBeforeSnapshotError, ["no backup precedes"]),
         (T(1041), TargetBeyondArchiveError, ["--to-latest", "binlog.000005", "00:17:20Z"]),
         (gtid("0-1-11"), TargetBeyondArchiveError, ["--to-latest", "missing 0-1-11", "0-1-10"]),
-        (gtid("0-1-5,1-1-1"), TargetBeyondArchiveError, ["1-1-1", "nothing in domain 1"]),
+        (gtid("0-1-5,1-1-1"), UnknownDomainError, ["domain 1 is not", "archive: 0)"]),
+        (gtid("5-151-10"), UnknownDomainError, ["domain 5 is not in the archive", ": 0)"]),
+        (gtid("5-1-1,7-1-1"), UnknownDomainError, ["domains 5, 7 are not in the archive"]),
         (pos("binlog.000006:4"), TargetBeyondArchiveError, ["not archived yet", "binlog.000005"]),
         (gtid("0-2-7"), TargetUnreachableError, ["not in this history", "0-1-7"]),
     ],
@@ -333,6 +336,15 @@ def test_refusals(target: Target, error: type[Exception], words: list[str]) -> N
         assert word in str(caught.value)
     assert isinstance(caught.value, PlanError)
     assert isinstance(caught.value, UsageError)
+
+
+def test_a_domain_first_seen_after_the_snapshot_is_in_the_archive() -> None:
+    """Domains come from the binlog records too, not only from backups' snapshots."""
+    later = build_stream("D", [[("0-1-1", 10), ("0-1-2", 11)], [("1-1-1", 20)]], in_snapshot=1)
+    plan = plan_restore([later.backup], later.catalog(), gtid("0-1-2,1-1-1"))
+    assert [r.name for r in plan.records] == ["binlog.000001", "binlog.000002"]
+    with pytest.raises(UnknownDomainError, match=r"domain 2 is not .* archive: 0, 1\)"):
+        plan_restore([later.backup], later.catalog(), gtid("0-1-2,2-1-1"))
 
 
 def test_gtid_of_another_history_is_refused_once_the_file_is_read() -> None:

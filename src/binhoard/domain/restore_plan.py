@@ -47,7 +47,9 @@ Rules (each one is tested in ``tests/unit/test_restore_plan.py``):
   covers, with the same server_id wherever P and the snapshot name the same sequence
   number (else it is another history). The last file is the first whose end position
   covers P; a file before it that already holds a transaction beyond P (domains
-  interleave) makes P unreachable by replay and is refused.
+  interleave) makes P unreachable by replay and is refused. A domain of P that no
+  backup's snapshot and no archived record has is refused first, naming the domains
+  the archive has (``UnknownDomainError``).
 * **File:position target**: apply every transaction of the files before ``file`` and
   those of ``file`` whose end offset is ``<= pos``. Base backup: the newest whose
   snapshot coordinates are at or before it (same binlog base name, numeric order).
@@ -107,6 +109,10 @@ class TargetBeforeSnapshotError(PlanError):
 
 class TargetBeyondArchiveError(PlanError):
     """The target lies after the newest archived transaction."""
+
+
+class UnknownDomainError(TargetBeyondArchiveError):
+    """A GTID target names a replication domain that no backup or archived binlog has."""
 
 
 class ArchiveGapError(PlanError):
@@ -622,6 +628,34 @@ def _plan_position(
     )
 
 
+def _check_domains(
+    backups: Sequence[BackupManifest],
+    catalog: Mapping[str, Sequence[BinlogRecord]],
+    target: GtidTarget,
+) -> None:
+    """Refuses a target naming a domain the site never saw: no backup could precede it
+    and no binlog reach it, and "no backup precedes" would send the user looking for an
+    older backup that cannot exist."""
+    known: set[int] = set()
+    for backup in backups:
+        known.update(_snapshot_gtid(backup))
+    for records in catalog.values():
+        for record in records:
+            known.update(record.gtid_list_at_start)
+            known.update(record.gtid_position_at_end)
+    unknown = sorted(set(target.position) - known)
+    if not unknown:
+        return
+    names = ", ".join(str(d) for d in unknown)
+    there = ", ".join(str(d) for d in sorted(known)) or "none (no transaction at all)"
+    plural = "s" if len(unknown) > 1 else ""
+    raise UnknownDomainError(
+        f"cannot restore to {target.describe()}: GTID domain{plural} {names} "
+        f"{'are' if plural else 'is'} not in the archive (domains in the archive: {there}). "
+        "Check the domain id of the target (@@gtid_domain_id of the server that wrote it)."
+    )
+
+
 def plan_restore(
     backups: Sequence[BackupManifest],
     catalog: Mapping[str, Sequence[BinlogRecord]],
@@ -636,6 +670,8 @@ def plan_restore(
     in ``seq`` order (a missing stream has no records). ``approximate_ok`` only changes
     time targets. ``backup_id`` forces the base backup (it must precede the target).
     """
+    if backups and isinstance(target, GtidTarget):
+        _check_domains(backups, catalog, target)
     backup = choose_backup(backups, target, backup_id=backup_id)
     snapshot = _snapshot_gtid(backup)
     records = tuple(catalog.get(backup.backup_id, ()))
