@@ -24,6 +24,7 @@ from binhoard.domain.manifest import BackupManifest, LsnRange, ObjectRef, Snapsh
 from binhoard.domain.restore_plan import (
     ArchiveGapError,
     ArchiveInconsistentError,
+    BrokenBackupError,
     FilePosTarget,
     GtidTarget,
     Latest,
@@ -345,6 +346,27 @@ def test_a_domain_first_seen_after_the_snapshot_is_in_the_archive() -> None:
     assert [r.name for r in plan.records] == ["binlog.000001", "binlog.000002"]
     with pytest.raises(UnknownDomainError, match=r"domain 2 is not .* archive: 0, 1\)"):
         plan_restore([later.backup], later.catalog(), gtid("0-1-2,2-1-1"))
+
+
+def test_a_broken_backup_is_refused_by_name_and_never_chosen() -> None:
+    why = "document backups/B/manifest.json is corrupt: checksum mismatch"
+    with pytest.raises(BrokenBackupError, match="backup B cannot be restored: document backups/B"):
+        plan_restore([A.backup], CATALOG, Latest(), backup_id="B", broken_backups={"B": why})
+    plan = plan_restore([A.backup], CATALOG, Latest(), broken_backups={"B": why})
+    assert plan.backup.backup_id == "A"
+
+
+def test_a_broken_stream_serves_targets_before_the_problem_only() -> None:
+    why = "document streams/A/binlogs/0000000002.json is corrupt: checksum mismatch"
+    intact = {"A": A.records[:2]}
+    plan = plan_restore([A.backup], intact, T(1011), broken_streams={"A": why})
+    assert [r.seq for r in plan.records] == [0, 1]
+    for target in (T(1013), Latest(), gtid("0-1-8")):
+        with pytest.raises(BrokenBackupError) as caught:
+            plan_restore([A.backup], intact, target, broken_streams={"A": why})
+        assert "archive of backup A is broken" in str(caught.value)
+        assert "0000000002.json" in str(caught.value)
+        assert "reaches the end of binlog.000002" in str(caught.value)
 
 
 def test_gtid_of_another_history_is_refused_once_the_file_is_read() -> None:

@@ -20,7 +20,8 @@ from binhoard.config import load_settings
 from binhoard.domain.errors import BinhoardError, NotFoundError
 from binhoard.metrics import Metrics
 from binhoard.ops.archive import ArchiveLoop, ArchiveReport, BinlogArchiver, flush_and_wait, publish
-from binhoard.ops.catalog import StreamState, read_streams
+from binhoard.ops.catalog import StreamState, read_site
+from binhoard.ops.sitecache import open_cache
 
 
 @click.group("binlog")
@@ -106,6 +107,8 @@ def _stream_json(stream: StreamState) -> dict[str, Any]:
         "completed_at": stream.completed.at.isoformat() if stream.completed else None,
         "closed_at": stream.closed.at.isoformat() if stream.closed else None,
         "successor": stream.closed.successor if stream.closed else None,
+        "broken_object": stream.broken.key if stream.broken else None,
+        "broken_reason": stream.broken.reason if stream.broken else None,
         "problems": stream.problems(),
         "binlogs": [
             {
@@ -137,19 +140,37 @@ def _stream_json(stream: StreamState) -> dict[str, Any]:
 def list_command(config_file: Path, site: str | None, stream_id: str | None, as_json: bool) -> None:
     """List the archived binlogs of each stream, with GTID ranges and commit times.
 
-    Exits with status 9 if a stream has a gap.
+    A broken stream (a record or marker corrupt or missing, or its backup broken) is
+    listed up to the problem, which names the object. Exits with status 9 if a stream
+    has a gap or is broken.
     """
     settings = load_settings(config_file)
-    streams = read_streams(open_site(settings, site_name(settings, site)))
+    store = open_site(settings, site_name(settings, site))
+    site_state = read_site(store, open_cache(settings.state_directory, store.describe()))
+    streams = list(site_state.streams)
+    unreadable = [e for e in site_state.backups.entries if e.manifest is None and e.broken]
     if stream_id == "latest":
-        streams = streams[-1:]
+        streams, unreadable = streams[-1:], []
     elif stream_id is not None:
         streams = [s for s in streams if s.stream_id == stream_id]
-        if not streams:
+        unreadable = [e for e in unreadable if e.backup_id == stream_id]
+        if not streams and not unreadable:
             raise NotFoundError(f"no stream {stream_id}")
     problems = [p for s in streams for p in s.problems()]
+    problems += [f"stream {e.backup_id}: broken: {e.broken.reason}" for e in unreadable if e.broken]
     if as_json:
-        click.echo(json.dumps([_stream_json(s) for s in streams], indent=2))
+        listed = [_stream_json(s) for s in streams] + [
+            {
+                "stream_id": e.backup_id,
+                "broken_object": e.broken.key,
+                "broken_reason": e.broken.reason,
+                "problems": [f"broken: {e.broken.reason}"],
+                "binlogs": [],
+            }
+            for e in unreadable
+            if e.broken
+        ]
+        click.echo(json.dumps(listed, indent=2))
     else:
         console = Console(width=200)
         for stream in streams:
@@ -175,5 +196,10 @@ def list_command(config_file: Path, site: str | None, stream_id: str | None, as_
             console.print(table)
             for problem in stream.problems():
                 console.print(f"[red]PROBLEM[/red]: {problem}")
+        for entry in unreadable:
+            if entry.broken:
+                console.print(
+                    f"stream {entry.backup_id} ([red]BROKEN[/red]): {entry.broken.reason}"
+                )
     if problems:
         sys.exit(9)

@@ -133,6 +133,11 @@ class ArchiveInconsistentError(BinhoardError):
     exit_code = 8
 
 
+class BrokenBackupError(ArchiveInconsistentError):
+    """The backup asked for, or the archive a target needs, is broken: an object it
+    needs is corrupt or missing (the message names it)."""
+
+
 # --- targets -----------------------------------------------------------------------------
 def format_time(at: int) -> str:
     """``2024-05-01T12:00:00Z``: a unix time as binhoard shows it."""
@@ -663,19 +668,33 @@ def plan_restore(
     *,
     approximate_ok: bool = False,
     backup_id: str | None = None,
+    broken_backups: Mapping[str, str] | None = None,
+    broken_streams: Mapping[str, str] | None = None,
 ) -> RestorePlan:
     """Plans a restore from the metadata alone (see the module docstring for the rules).
 
-    ``backups`` oldest first; ``catalog`` maps a stream id (= backup id) to its records
-    in ``seq`` order (a missing stream has no records). ``approximate_ok`` only changes
-    time targets. ``backup_id`` forces the base backup (it must precede the target).
+    ``backups`` oldest first, the usable ones; ``catalog`` maps a stream id (= backup
+    id) to its records in ``seq`` order (a missing stream has no records).
+    ``approximate_ok`` only changes time targets. ``backup_id`` forces the base backup
+    (it must precede the target). ``broken_backups`` (id: why) are never chosen; asked
+    for, they are refused with the reason. For ``broken_streams`` (id: why) the catalog
+    holds the intact records before the problem: a target they reach is planned as
+    usual, any other (and ``Latest``, whose end is unknown) is refused with the reason.
     """
+    if backup_id is not None and broken_backups and backup_id in broken_backups:
+        raise BrokenBackupError(
+            f"backup {backup_id} cannot be restored: {broken_backups[backup_id]}"
+        )
+    stream_broken = broken_streams or {}
     if backups and isinstance(target, GtidTarget):
         _check_domains(backups, catalog, target)
     backup = choose_backup(backups, target, backup_id=backup_id)
     snapshot = _snapshot_gtid(backup)
     records = tuple(catalog.get(backup.backup_id, ()))
     approximate = approximate_ok and isinstance(target, TimeTarget)
+    why = stream_broken.get(backup.backup_id)
+    if why is not None:
+        return _plan_in_broken(backup, records, target, approximate, why)
     if isinstance(target, Latest):
         used, stop = _plan_latest(backup, snapshot, records)
     elif isinstance(target, TimeTarget):
@@ -685,6 +704,28 @@ def plan_restore(
     else:
         used, stop = _plan_position(backup, snapshot, records, target)
     return RestorePlan(backup, target, used, stop, approximate)
+
+
+def _plan_in_broken(
+    backup: BackupManifest,
+    records: tuple[BinlogRecord, ...],
+    target: Target,
+    approximate: bool,
+    why: str,
+) -> RestorePlan:
+    """A plan on the intact records of a broken stream, if they reach the target."""
+    refusal = (
+        f"cannot restore to {target.describe()}: the binlog archive of backup "
+        f"{backup.backup_id} is broken ({why}); before the problem, {_reach(backup, records)}"
+    )
+    if isinstance(target, Latest):
+        raise BrokenBackupError(f"{refusal}. Choose a target before the problem.")
+    intact = {backup.backup_id: records}
+    try:
+        plan = plan_restore([backup], intact, target, approximate_ok=approximate)
+    except TargetBeyondArchiveError:
+        raise BrokenBackupError(f"{refusal}. Choose a target before the problem.") from None
+    return plan
 
 
 # --- the exact stop ----------------------------------------------------------------------

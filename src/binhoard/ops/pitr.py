@@ -47,7 +47,7 @@ from binhoard.domain.restore_plan import (
     plan_restore,
 )
 from binhoard.localstate import StateFile, exclusive
-from binhoard.ops.catalog import read_records
+from binhoard.ops.catalog import read_site
 from binhoard.ops.restore_backup import (
     RestoreProgress,
     check_empty_datadir,
@@ -56,7 +56,6 @@ from binhoard.ops.restore_backup import (
     restore_backup,
     set_gtid_state,
 )
-from binhoard.ops.site import list_backups
 from binhoard.server import sql
 from binhoard.server.binlog_reader import read_binlog
 from binhoard.server.process import ServerProcess
@@ -284,12 +283,15 @@ class PointInTimeRestore:
             return self._run(plan)
 
     def _plan(self, request: PitrRequest) -> RestorePlan:
+        site = read_site(self.store)
         plan = plan_restore(
-            list_backups(self.store),
-            _catalog(self.store),
+            site.backups.usable,
+            {s.stream_id: s.records for s in site.streams},
             request.target,
             approximate_ok=request.approximate_ok,
             backup_id=request.backup_id,
+            broken_backups={b: x.reason for b, x in site.backups.broken.items()},
+            broken_streams={b: x.reason for b, x in site.broken_streams.items()},
         )
         log.info(
             "plan: backup %s, %d binlog files (%d bytes), stop: %s",
@@ -547,7 +549,3 @@ class PointInTimeRestore:
         self.progress.phase = str(self.state.get("phase", self.progress.phase))
         if self.callback is not None:
             self.callback(self.progress)
-
-
-def _catalog(store: ObjectStore) -> dict[str, list[BinlogRecord]]:
-    return {b.backup_id: read_records(store, b.backup_id) for b in list_backups(store)}

@@ -21,7 +21,8 @@ from pathlib import Path
 from binhoard.config import Settings
 from binhoard.domain.errors import ServerError, UsageError
 from binhoard.domain.manifest import BackupManifest, ObjectRef
-from binhoard.ops.site import list_backups, read_manifest
+from binhoard.domain.restore_plan import BrokenBackupError
+from binhoard.ops.site import read_backups, read_manifest
 from binhoard.server import sql
 from binhoard.server.backup_tool import MariaBackup
 from binhoard.server.process import ServerProcess
@@ -59,12 +60,17 @@ def digest_of(ref: ObjectRef) -> ObjectDigest:
 
 
 def resolve_backup(store: ObjectStore, backup_id: str) -> BackupManifest:
-    """A backup by id, or the newest one for ``latest``."""
+    """A backup by id, or the newest usable one for ``latest``; a broken one (its
+    manifest or one of its chain corrupt or missing) is refused, naming the object."""
+    listing = read_backups(store)
     if backup_id == "latest":
-        backups = list_backups(store)
+        backups = listing.usable
         if not backups:
-            raise UsageError(f"no backups in {store.describe()}")
+            raise UsageError(f"no usable backups in {store.describe()}")
         return backups[-1]
+    broken = listing.broken.get(backup_id)
+    if broken is not None:
+        raise BrokenBackupError(f"backup {backup_id} cannot be restored: {broken.reason}")
     return read_manifest(store, backup_id)
 
 
