@@ -8,7 +8,7 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from binhoard.domain.catalog import Broken, chain_breaks, stream_prefix
 from binhoard.domain.documents import CorruptDocumentError
@@ -54,17 +54,23 @@ def read_document(
     of an immutable part of the site.
     """
     entry = cached.get(info.key)
-    if entry is not None and (not listed or entry.matches(info)):
+    if cache is not None and entry is not None and (not listed or entry.matches(info)):
+        known = cache.parsed(info.key, entry.body)
+        if known is not None:
+            return cast(T, known)
         try:
-            return parse(entry.body, info.key)
+            document = parse(entry.body, info.key)
         except CorruptDocumentError as exc:
             log.warning("cached copy of %s discarded: %s", info.key, exc.message)
-            if cache is not None:
-                cache.forget([info.key])
+            cache.forget([info.key])
+        else:
+            cache.remember(info.key, entry.body, document)
+            return document
     raw = read_all(store, info.key)
     document = parse(raw, info.key)
     if cache is not None:
         cache.store(info, raw)
+        cache.remember(info.key, raw, document)
     return document
 
 

@@ -85,6 +85,10 @@ class SiteCache:
         self._db: sqlite3.Connection | None = None
         self._pending: dict[str, tuple[int, str | None, bytes] | None] = {}
         self._lock = threading.RLock()
+        # Documents parsed (and verified) by this process, by key, with the bytes they
+        # came from: a long-running archiver does not re-verify thousands of unchanged
+        # rows every pass, and a row whose bytes differ is parsed (verified) again.
+        self._parsed: dict[str, tuple[bytes, object]] = {}
         self._open()
 
     # --- opening -------------------------------------------------------------------
@@ -179,6 +183,16 @@ class SiteCache:
                     found[key] = CachedDocument(*pending)
         return found
 
+    def parsed(self, key: str, body: bytes) -> object | None:
+        """The document this process parsed from exactly ``body``, if any."""
+        with self._lock:
+            memo = self._parsed.get(key)
+        return memo[1] if memo is not None and memo[0] == body else None
+
+    def remember(self, key: str, body: bytes, document: object) -> None:
+        with self._lock:
+            self._parsed[key] = (body, document)
+
     # --- changing ------------------------------------------------------------------
     def store(self, info: ObjectInfo, body: bytes) -> None:
         """Remembers a document that verified, as the listing ``info`` described it
@@ -191,6 +205,7 @@ class SiteCache:
         with self._lock:
             for key in keys:
                 self._pending[key] = None
+                self._parsed.pop(key, None)
 
     def commit(self) -> None:
         """Writes the remembered changes in one transaction (all or nothing)."""
