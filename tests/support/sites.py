@@ -7,7 +7,10 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
+from binhoard.crypto.age import Identity
 from binhoard.domain.catalog import (
     BinlogRecord,
     StreamMarker,
@@ -152,3 +155,25 @@ class CountingObserver:
         counts = dict(self.calls)
         self.calls.clear()
         return counts
+
+
+def site_config(directory: Path) -> dict[str, Any]:
+    """A binhoard configuration (as data) whose upload site is ``directory/site``, for
+    commands that only read or write the site (no server is reached)."""
+    identity = Identity.generate()
+    return {
+        "backup_sites": {
+            "default": {
+                "object_storage": {"storage_type": "local", "directory": str(directory / "site")},
+                "encryption_keys": {"public": str(identity.recipient)},
+            }
+        },
+        "mysql": {
+            "config_file_name": str(directory / "my.cnf"),
+            "data_directory": str(directory / "data"),
+            "binlog_prefix": str(directory / "binlogs" / "binlog"),
+        },
+        "server_id": SERVER_ID,
+        "state_directory": str(directory / "state"),
+        "temporary_directory": str(directory / "tmp"),
+    }

@@ -9,37 +9,17 @@ from pathlib import Path
 import pytest
 
 from binhoard.config import Settings, parse_settings
-from binhoard.crypto.age import Identity
 from binhoard.domain.catalog import completed_key
 from binhoard.domain.manifest import manifest_key
 from binhoard.ops.archive import BinlogArchiver, ServerBinlogs
 from binhoard.ops.catalog import read_streams
 from binhoard.storage.store import MemoryStore, read_all
 from binhoard.storage.wrappers import MetricsStore
-from tests.support.sites import SERVER_ID, CountingObserver, SiteBuilder, binlog_name
+from tests.support.sites import CountingObserver, SiteBuilder, binlog_name, site_config
 
 
 def settings_in(directory: Path) -> Settings:
-    identity = Identity.generate()
-    return parse_settings(
-        {
-            "backup_sites": {
-                "default": {
-                    "object_storage": {"storage_type": "local", "directory": str(directory)},
-                    "encryption_keys": {"public": str(identity.recipient)},
-                }
-            },
-            "mysql": {
-                "config_file_name": str(directory / "my.cnf"),
-                "data_directory": str(directory / "data"),
-                "binlog_prefix": str(directory / "binlogs" / "binlog"),
-            },
-            "server_id": SERVER_ID,
-            "state_directory": str(directory / "state"),
-            "temporary_directory": str(directory / "tmp"),
-        },
-        source="test",
-    )
+    return parse_settings(site_config(directory), source="test")
 
 
 def idle_server(build: SiteBuilder) -> ServerBinlogs:
