@@ -276,6 +276,26 @@ def test_list_by_prefix_is_sorted_and_exact(listed: ObjectStore, prefix: str) ->
     assert [i.size for i in infos] == [LIST_KEYS.index(k) for k in expected]
 
 
+@pytest.mark.parametrize(
+    ("prefix", "start_after"),
+    [
+        ("", "a/b/c"),
+        ("a/", "a/b c"),
+        ("a/b", "a/b/d/e"),
+        ("binlogs/", "binlogs/000001"),
+        ("binlogs/", "binlogs/0000015"),  # not a key: what sorts after it
+        ("binlogs/", "a"),  # before the prefix: the whole prefix
+        ("binlogs/", "binlogs/0000020"),  # the last key: nothing
+        ("a/b/", "zzz"),
+    ],
+)
+def test_list_starts_after_a_key(listed: ObjectStore, prefix: str, start_after: str) -> None:
+    infos = list(listed.list(prefix, start_after=start_after))
+    expected = sorted(k for k in LIST_KEYS if k.startswith(prefix) and k > start_after)
+    assert [i.key for i in infos] == expected
+    assert [i.size for i in infos] == [LIST_KEYS.index(k) for k in expected]
+
+
 def test_list_after_delete(listed: ObjectStore) -> None:
     listed.delete("a/b/d/e")
     listed.delete("binlogs/000001")
@@ -297,6 +317,7 @@ def test_list_pages_through_more_than_1000_objects(
     assert [i.key for i in infos] == keys
     assert all(i.size == len(i.key) for i in infos)
     assert len(list(store.list())) == 1102
+    assert [i.key for i in store.list("many/", start_after="many/01097")] == keys[-2:]
 
     if backend == "s3":
         # Prove that pages happened: count the requests of one listing on the wire.
@@ -311,6 +332,10 @@ def test_list_pages_through_more_than_1000_objects(
             )
             assert [i.key for i in proxied.list("many/")] == keys
             assert proxy.counts["requests"] == 2
+            # Starting after a key skips the pages before it on the server: one request.
+            tail = [i.key for i in proxied.list("many/", start_after="many/01097")]
+            assert tail == keys[-2:]
+            assert proxy.counts["requests"] == 3
 
 
 def test_stores_with_different_prefixes_are_isolated(

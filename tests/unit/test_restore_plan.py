@@ -24,6 +24,7 @@ from binhoard.domain.manifest import BackupManifest, LsnRange, ObjectRef, Snapsh
 from binhoard.domain.restore_plan import (
     ArchiveGapError,
     ArchiveInconsistentError,
+    BrokenBackupError,
     FilePosTarget,
     GtidTarget,
     Latest,
@@ -36,6 +37,7 @@ from binhoard.domain.restore_plan import (
     TargetSyntaxError,
     TargetUnreachableError,
     TimeTarget,
+    UnknownDomainError,
     exact_stop,
     parse_gtid_target,
     parse_position_target,
@@ -321,7 +323,9 @@ def test_a_chosen_backup() -> None:
         (pos("other.000002:500"), TargetBeforeSnapshotError, ["no backup precedes"]),
         (T(1041), TargetBeyondArchiveError, ["--to-latest", "binlog.000005", "00:17:20Z"]),
         (gtid("0-1-11"), TargetBeyondArchiveError, ["--to-latest", "missing 0-1-11", "0-1-10"]),
-        (gtid("0-1-5,1-1-1"), TargetBeyondArchiveError, ["1-1-1", "nothing in domain 1"]),
+        (gtid("0-1-5,1-1-1"), UnknownDomainError, ["domain 1 is not", "archive: 0)"]),
+        (gtid("5-151-10"), UnknownDomainError, ["domain 5 is not in the archive", ": 0)"]),
+        (gtid("5-1-1,7-1-1"), UnknownDomainError, ["domains 5, 7 are not in the archive"]),
         (pos("binlog.000006:4"), TargetBeyondArchiveError, ["not archived yet", "binlog.000005"]),
         (gtid("0-2-7"), TargetUnreachableError, ["not in this history", "0-1-7"]),
     ],
@@ -333,6 +337,36 @@ def test_refusals(target: Target, error: type[Exception], words: list[str]) -> N
         assert word in str(caught.value)
     assert isinstance(caught.value, PlanError)
     assert isinstance(caught.value, UsageError)
+
+
+def test_a_domain_first_seen_after_the_snapshot_is_in_the_archive() -> None:
+    """Domains come from the binlog records too, not only from backups' snapshots."""
+    later = build_stream("D", [[("0-1-1", 10), ("0-1-2", 11)], [("1-1-1", 20)]], in_snapshot=1)
+    plan = plan_restore([later.backup], later.catalog(), gtid("0-1-2,1-1-1"))
+    assert [r.name for r in plan.records] == ["binlog.000001", "binlog.000002"]
+    with pytest.raises(UnknownDomainError, match=r"domain 2 is not .* archive: 0, 1\)"):
+        plan_restore([later.backup], later.catalog(), gtid("0-1-2,2-1-1"))
+
+
+def test_a_broken_backup_is_refused_by_name_and_never_chosen() -> None:
+    why = "document backups/B/manifest.json is corrupt: checksum mismatch"
+    with pytest.raises(BrokenBackupError, match="backup B cannot be restored: document backups/B"):
+        plan_restore([A.backup], CATALOG, Latest(), backup_id="B", broken_backups={"B": why})
+    plan = plan_restore([A.backup], CATALOG, Latest(), broken_backups={"B": why})
+    assert plan.backup.backup_id == "A"
+
+
+def test_a_broken_stream_serves_targets_before_the_problem_only() -> None:
+    why = "document streams/A/binlogs/0000000002.json is corrupt: checksum mismatch"
+    intact = {"A": A.records[:2]}
+    plan = plan_restore([A.backup], intact, T(1011), broken_streams={"A": why})
+    assert [r.seq for r in plan.records] == [0, 1]
+    for target in (T(1013), Latest(), gtid("0-1-8")):
+        with pytest.raises(BrokenBackupError) as caught:
+            plan_restore([A.backup], intact, target, broken_streams={"A": why})
+        assert "archive of backup A is broken" in str(caught.value)
+        assert "0000000002.json" in str(caught.value)
+        assert "reaches the end of binlog.000002" in str(caught.value)
 
 
 def test_gtid_of_another_history_is_refused_once_the_file_is_read() -> None:

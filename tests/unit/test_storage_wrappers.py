@@ -360,6 +360,27 @@ def test_list_resumes_after_the_last_key_without_duplicates() -> None:
     assert faulty.injected["fail"] > 0
 
 
+def test_list_resumes_with_start_after_instead_of_listing_again() -> None:
+    """A failed listing is retried from the last key delivered, not from the beginning,
+    and a caller's ``start_after`` is kept."""
+    memory = MemoryStore()
+    for i in range(30):
+        memory.put(f"p/{i:02d}", [b"x"])
+    asked: list[str | None] = []
+
+    class Listing(ForwardingStore):
+        def list(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[ObjectInfo]:
+            asked.append(start_after)
+            return self.inner.list(prefix, start_after=start_after)
+
+    plan = FaultPlan(fail_calls=frozenset({1}), operations=frozenset({"list"}))
+    inner = Listing(FaultyStore(memory, plan))
+    keys = [i.key for i in retrying(inner, FakeClock()).list("p/", start_after="p/09")]
+    assert keys == [f"p/{i:02d}" for i in range(10, 30)]
+    # The injected failure comes after one key (p/10): the retry starts after it.
+    assert asked == ["p/09", "p/10"]
+
+
 def test_invalid_attempts_are_refused() -> None:
     with pytest.raises(ValueError, match="attempts"):
         RetryingStore(MemoryStore(), attempts=0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from contextlib import ExitStack
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from binhoard.config import load_settings
 from binhoard.domain.manifest import BackupManifest, BackupType
 from binhoard.domain.schedule import format_utc
 from binhoard.ops.backup import BackupDecision, BackupProgress, take_backup
-from binhoard.ops.site import list_backups, read_manifest
+from binhoard.ops.site import BackupEntry, read_backups, read_manifest
 
 
 @click.group("backup")
@@ -105,6 +106,7 @@ def _mb(size: int) -> str:
 
 
 def manifest_summary(manifest: BackupManifest, site: str) -> dict[str, Any]:
+    """A backup as ``backup list --json`` (and the HTTP API) shows it."""
     return {
         "backup_id": manifest.backup_id,
         "backup_type": manifest.backup_type,
@@ -122,7 +124,48 @@ def manifest_summary(manifest: BackupManifest, site: str) -> dict[str, Any]:
         },
         "lsn": {"from": manifest.lsn.from_lsn, "to": manifest.lsn.to_lsn},
         "site": site,
+        "broken_at": None,
+        "broken_object": None,
+        "broken_reason": None,
     }
+
+
+def entry_summary(entry: BackupEntry, site: str, now: datetime) -> dict[str, Any]:
+    """``manifest_summary``, or for a broken backup the same keys with what is known:
+    ``broken_at`` (when this listing found it broken), the object to look at and why.
+    A backup whose manifest cannot be read has only its id."""
+    if entry.manifest is not None:
+        summary = manifest_summary(entry.manifest, site)
+    else:
+        summary = {key: None for key in manifest_summary_keys()}
+        summary.update(backup_id=entry.backup_id, site=site)
+    if entry.broken is not None:
+        summary.update(
+            broken_at=now.isoformat(),
+            broken_object=entry.broken.key,
+            broken_reason=entry.broken.reason,
+        )
+    return summary
+
+
+def manifest_summary_keys() -> tuple[str, ...]:
+    return (
+        "backup_id",
+        "backup_type",
+        "parent_backup_id",
+        "started_at",
+        "completed_at",
+        "duration_seconds",
+        "server_id",
+        "stored_size",
+        "uncompressed_size",
+        "snapshot",
+        "lsn",
+        "site",
+        "broken_at",
+        "broken_object",
+        "broken_reason",
+    )
 
 
 @backup_group.command("list")
@@ -130,30 +173,43 @@ def manifest_summary(manifest: BackupManifest, site: str) -> dict[str, Any]:
 @site_option
 @json_option
 def list_command(config_file: Path, site: str | None, as_json: bool) -> None:
-    """List the backups of a site, oldest first."""
+    """List the backups of a site, oldest first.
+
+    A broken backup (its manifest, or that of a backup it builds on, is corrupt or
+    missing) is listed as BROKEN with the object to look at; it is never restored or
+    built on. The listing itself succeeds (exit status 0): broken is a state of the
+    backup, shown (``broken_at``, ``broken_object``, ``broken_reason`` with --json) and
+    repeated on stderr.
+    """
     settings = load_settings(config_file)
     name = site_name(settings, site)
-    backups = list_backups(open_site(settings, name))
+    listing = read_backups(open_site(settings, name))
+    now = datetime.now(UTC)
     if as_json:
-        click.echo(json.dumps([manifest_summary(b, name) for b in backups], indent=2))
-        return
-    if not backups:
+        click.echo(json.dumps([entry_summary(e, name, now) for e in listing.entries], indent=2))
+    elif not listing.entries:
         click.echo(f"no backups in site {name}")
-        return
-    table = Table(show_edge=False)
-    for column in ("id", "type", "started", "duration", "size", "snapshot GTID", "site"):
-        table.add_column(column)
-    for b in backups:
-        table.add_row(
-            b.backup_id,
-            b.backup_type,
-            f"{b.started_at:%Y-%m-%d %H:%M:%S}",
-            f"{b.duration_seconds:.1f} s",
-            _mb(b.data.stored_size),
-            b.snapshot.gtid_position or "-",
-            name,
-        )
-    Console(width=200).print(table)
+    else:
+        table = Table(show_edge=False)
+        for column in ("id", "type", "started", "duration", "size", "snapshot GTID", "site"):
+            table.add_column(column)
+        for entry in listing.entries:
+            b = entry.manifest
+            if b is None:
+                table.add_row(entry.backup_id, "BROKEN", "-", "-", "-", "-", name)
+                continue
+            table.add_row(
+                b.backup_id,
+                b.backup_type if entry.broken is None else f"{b.backup_type}, BROKEN",
+                f"{b.started_at:%Y-%m-%d %H:%M:%S}",
+                f"{b.duration_seconds:.1f} s",
+                _mb(b.data.stored_size),
+                b.snapshot.gtid_position or "-",
+                name,
+            )
+        Console(width=200).print(table)
+    for backup_id, broken in listing.broken.items():
+        click.echo(f"BROKEN: backup {backup_id}: {broken.reason}", err=True)
 
 
 @backup_group.command("show")

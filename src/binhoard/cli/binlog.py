@@ -30,7 +30,9 @@ from binhoard.ops.archive import (
     raise_if_stalled,
     read_archive_status,
 )
-from binhoard.ops.catalog import StreamState, read_streams
+from binhoard.ops.catalog import StreamState, read_site
+from binhoard.ops.site import BackupEntry
+from binhoard.ops.sitecache import open_cache
 from binhoard.storage.store import ObjectStore
 
 
@@ -131,6 +133,8 @@ def _stream_json(stream: StreamState) -> dict[str, Any]:
         "completed_at": stream.completed.at.isoformat() if stream.completed else None,
         "closed_at": stream.closed.at.isoformat() if stream.closed else None,
         "successor": stream.closed.successor if stream.closed else None,
+        "broken_object": stream.broken.key if stream.broken else None,
+        "broken_reason": stream.broken.reason if stream.broken else None,
         "problems": stream.problems(),
         "binlogs": [
             {
@@ -174,50 +178,81 @@ def _stalls(store: ObjectStore, streams: list[StreamState]) -> dict[str, str]:
 def list_command(config_file: Path, site: str | None, stream_id: str | None, as_json: bool) -> None:
     """List the archived binlogs of each stream, with GTID ranges and commit times.
 
-    Exits with status 9 if a stream has a gap, or its archiver's last pass failed.
+    A broken stream (a record or marker corrupt or missing, or its backup broken) is
+    listed up to the problem, which names the object. Exits with status 9 if a stream
+    has a gap, is broken, or its archiver's last pass failed.
     """
     settings = load_settings(config_file)
     store = open_site(settings, site_name(settings, site))
-    streams = read_streams(store)
+    site_state = read_site(store, open_cache(settings.state_directory, store.describe()))
+    streams = list(site_state.streams)
+    unreadable = [e for e in site_state.backups.entries if e.manifest is None and e.broken]
     if stream_id == "latest":
-        streams = streams[-1:]
+        streams, unreadable = streams[-1:], []
     elif stream_id is not None:
         streams = [s for s in streams if s.stream_id == stream_id]
-        if not streams:
+        unreadable = [e for e in unreadable if e.backup_id == stream_id]
+        if not streams and not unreadable:
             raise NotFoundError(f"no stream {stream_id}")
     problems = [p for s in streams for p in s.problems()]
+    problems += [f"stream {e.backup_id}: broken: {e.broken.reason}" for e in unreadable if e.broken]
     stalls = _stalls(store, streams)
     if as_json:
-        docs = [_stream_json(s) for s in streams]
-        for doc in docs:
-            doc["archive_stalled"] = stalls.get(doc["stream_id"])
-        click.echo(json.dumps(docs, indent=2))
+        click.echo(json.dumps(_listing_json(streams, stalls, unreadable), indent=2))
     else:
-        console = Console(width=200)
-        for stream in streams:
-            state = "closed" if stream.closed else "completed" if stream.completed else "open"
-            console.print(
-                f"stream {stream.stream_id} ({state}), snapshot "
-                f"{stream.backup.snapshot.binlog_file}:{stream.backup.snapshot.binlog_pos} "
-                f"GTID {stream.backup.snapshot.gtid_position or '(empty)'}"
-            )
-            table = Table(show_edge=False)
-            for column in ("seq", "file", "size", "trx", "first GTID", "last GTID", "commits"):
-                table.add_column(column)
-            for r in stream.records:
-                table.add_row(
-                    str(r.seq),
-                    r.name,
-                    f"{r.size / 1e6:.1f} MB",
-                    str(r.transactions),
-                    r.first_gtid.format() if r.first_gtid else "-",
-                    r.last_gtid.format() if r.last_gtid else "-",
-                    f"{_time(r.first_commit_time)} .. {_time(r.last_commit_time)}",
-                )
-            console.print(table)
-            for problem in stream.problems():
-                console.print(f"[red]PROBLEM[/red]: {problem}")
-            if stream.stream_id in stalls:
-                console.print(f"[red]STALLED[/red]: {stalls[stream.stream_id]}")
+        _print_listing(streams, stalls, unreadable)
     if problems or stalls:
         sys.exit(9)
+
+
+def _listing_json(
+    streams: list[StreamState], stalls: dict[str, str], unreadable: list[BackupEntry]
+) -> list[dict[str, Any]]:
+    docs = [_stream_json(s) for s in streams]
+    for doc in docs:
+        doc["archive_stalled"] = stalls.get(doc["stream_id"])
+    return docs + [
+        {
+            "stream_id": e.backup_id,
+            "broken_object": e.broken.key,
+            "broken_reason": e.broken.reason,
+            "problems": [f"broken: {e.broken.reason}"],
+            "binlogs": [],
+        }
+        for e in unreadable
+        if e.broken
+    ]
+
+
+def _print_listing(
+    streams: list[StreamState], stalls: dict[str, str], unreadable: list[BackupEntry]
+) -> None:
+    console = Console(width=200)
+    for stream in streams:
+        state = "closed" if stream.closed else "completed" if stream.completed else "open"
+        console.print(
+            f"stream {stream.stream_id} ({state}), snapshot "
+            f"{stream.backup.snapshot.binlog_file}:{stream.backup.snapshot.binlog_pos} "
+            f"GTID {stream.backup.snapshot.gtid_position or '(empty)'}"
+        )
+        table = Table(show_edge=False)
+        for column in ("seq", "file", "size", "trx", "first GTID", "last GTID", "commits"):
+            table.add_column(column)
+        for r in stream.records:
+            table.add_row(
+                str(r.seq),
+                r.name,
+                f"{r.size / 1e6:.1f} MB",
+                str(r.transactions),
+                r.first_gtid.format() if r.first_gtid else "-",
+                r.last_gtid.format() if r.last_gtid else "-",
+                f"{_time(r.first_commit_time)} .. {_time(r.last_commit_time)}",
+            )
+        console.print(table)
+        for problem in stream.problems():
+            console.print(f"[red]PROBLEM[/red]: {problem}")
+        if stream.stream_id in stalls:
+            console.print(f"[red]STALLED[/red]: {stalls[stream.stream_id]}")
+    for entry in unreadable:
+        if entry.broken:
+            console.print(f"stream {entry.backup_id} ([red]BROKEN[/red]): {entry.broken.reason}")

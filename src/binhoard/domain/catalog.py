@@ -9,7 +9,7 @@ archived. Records are pure data; reading and writing them is in ``ops/catalog.py
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -17,7 +17,7 @@ from typing import Any
 from binhoard.domain.binlog import BinlogSegment, SegmentProblem, check_chain
 from binhoard.domain.documents import CorruptDocumentError, seal, unseal
 from binhoard.domain.gtid import Gtid, GtidPosition
-from binhoard.domain.manifest import ObjectRef
+from binhoard.domain.manifest import BackupManifest, ObjectRef, manifest_key
 
 SEQ_DIGITS = 10
 
@@ -297,3 +297,47 @@ class ArchiveStatus:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CorruptDocumentError(key, f"missing or invalid field: {exc}") from None
+
+
+# --- broken backups and streams ----------------------------------------------------------
+@dataclass(frozen=True)
+class Broken:
+    """Why a backup or a stream cannot be used, naming the object to look at.
+
+    A backup is broken when its manifest cannot be read or verified, or when its chain
+    (an incremental's parents) holds a broken or missing backup: restoring it would need
+    that one. A stream is broken when one of its records or markers cannot be read or
+    verified, or when a record is missing from the ``seq`` numbering; the records before
+    that point are intact. Nothing broken is ever chosen (for a restore, as a parent, to
+    archive into); everything else goes on.
+    """
+
+    key: str  # the object that is corrupt or missing
+    reason: str  # a sentence naming it
+
+
+def chain_breaks(
+    manifests: Sequence[BackupManifest], broken: Mapping[str, Broken]
+) -> dict[str, Broken]:
+    """The backups whose chain needs a backup that is broken (``broken``, by id) or not
+    there at all, oldest first: an incremental cannot be restored without its parents."""
+    present = {m.backup_id for m in manifests}
+    found: dict[str, Broken] = {}
+    for manifest in manifests:
+        for parent in manifest.chain[:-1]:
+            cause = broken.get(parent) or found.get(parent)
+            if cause is not None:
+                found[manifest.backup_id] = Broken(
+                    cause.key,
+                    f"backup {manifest.backup_id} builds on backup {parent}, which is "
+                    f"broken: {cause.reason}",
+                )
+                break
+            if parent not in present:
+                found[manifest.backup_id] = Broken(
+                    manifest_key(parent),
+                    f"backup {manifest.backup_id} builds on backup {parent}, whose "
+                    f"manifest {manifest_key(parent)} does not exist",
+                )
+                break
+    return found

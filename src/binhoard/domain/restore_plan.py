@@ -47,7 +47,9 @@ Rules (each one is tested in ``tests/unit/test_restore_plan.py``):
   covers, with the same server_id wherever P and the snapshot name the same sequence
   number (else it is another history). The last file is the first whose end position
   covers P; a file before it that already holds a transaction beyond P (domains
-  interleave) makes P unreachable by replay and is refused.
+  interleave) makes P unreachable by replay and is refused. A domain of P that no
+  backup's snapshot and no archived record has is refused first, naming the domains
+  the archive has (``UnknownDomainError``).
 * **File:position target**: apply every transaction of the files before ``file`` and
   those of ``file`` whose end offset is ``<= pos``. Base backup: the newest whose
   snapshot coordinates are at or before it (same binlog base name, numeric order).
@@ -109,6 +111,10 @@ class TargetBeyondArchiveError(PlanError):
     """The target lies after the newest archived transaction."""
 
 
+class UnknownDomainError(TargetBeyondArchiveError):
+    """A GTID target names a replication domain that no backup or archived binlog has."""
+
+
 class ArchiveGapError(PlanError):
     """The archive is not continuous between the snapshot and the stop point."""
 
@@ -125,6 +131,11 @@ class ArchiveInconsistentError(BinhoardError):
     """A backup's records and binlog files contradict each other."""
 
     exit_code = 8
+
+
+class BrokenBackupError(ArchiveInconsistentError):
+    """The backup asked for, or the archive a target needs, is broken: an object it
+    needs is corrupt or missing (the message names it)."""
 
 
 # --- targets -----------------------------------------------------------------------------
@@ -630,6 +641,34 @@ def _plan_position(
     )
 
 
+def _check_domains(
+    backups: Sequence[BackupManifest],
+    catalog: Mapping[str, Sequence[BinlogRecord]],
+    target: GtidTarget,
+) -> None:
+    """Refuses a target naming a domain the site never saw: no backup could precede it
+    and no binlog reach it, and "no backup precedes" would send the user looking for an
+    older backup that cannot exist."""
+    known: set[int] = set()
+    for backup in backups:
+        known.update(_snapshot_gtid(backup))
+    for records in catalog.values():
+        for record in records:
+            known.update(record.gtid_list_at_start)
+            known.update(record.gtid_position_at_end)
+    unknown = sorted(set(target.position) - known)
+    if not unknown:
+        return
+    names = ", ".join(str(d) for d in unknown)
+    there = ", ".join(str(d) for d in sorted(known)) or "none (no transaction at all)"
+    plural = "s" if len(unknown) > 1 else ""
+    raise UnknownDomainError(
+        f"cannot restore to {target.describe()}: GTID domain{plural} {names} "
+        f"{'are' if plural else 'is'} not in the archive (domains in the archive: {there}). "
+        "Check the domain id of the target (@@gtid_domain_id of the server that wrote it)."
+    )
+
+
 def plan_restore(
     backups: Sequence[BackupManifest],
     catalog: Mapping[str, Sequence[BinlogRecord]],
@@ -637,17 +676,33 @@ def plan_restore(
     *,
     approximate_ok: bool = False,
     backup_id: str | None = None,
+    broken_backups: Mapping[str, str] | None = None,
+    broken_streams: Mapping[str, str] | None = None,
 ) -> RestorePlan:
     """Plans a restore from the metadata alone (see the module docstring for the rules).
 
-    ``backups`` oldest first; ``catalog`` maps a stream id (= backup id) to its records
-    in ``seq`` order (a missing stream has no records). ``approximate_ok`` only changes
-    time targets. ``backup_id`` forces the base backup (it must precede the target).
+    ``backups`` oldest first, the usable ones; ``catalog`` maps a stream id (= backup
+    id) to its records in ``seq`` order (a missing stream has no records).
+    ``approximate_ok`` only changes time targets. ``backup_id`` forces the base backup
+    (it must precede the target). ``broken_backups`` (id: why) are never chosen; asked
+    for, they are refused with the reason. For ``broken_streams`` (id: why) the catalog
+    holds the intact records before the problem: a target they reach is planned as
+    usual, any other (and ``Latest``, whose end is unknown) is refused with the reason.
     """
+    if backup_id is not None and broken_backups and backup_id in broken_backups:
+        raise BrokenBackupError(
+            f"backup {backup_id} cannot be restored: {broken_backups[backup_id]}"
+        )
+    stream_broken = broken_streams or {}
+    if backups and isinstance(target, GtidTarget):
+        _check_domains(backups, catalog, target)
     backup = choose_backup(backups, target, backup_id=backup_id)
     snapshot = _snapshot_gtid(backup)
     records = tuple(catalog.get(backup.backup_id, ()))
     approximate = approximate_ok and isinstance(target, TimeTarget)
+    why = stream_broken.get(backup.backup_id)
+    if why is not None:
+        return _plan_in_broken(backup, records, target, approximate, why)
     if isinstance(target, Latest):
         used, stop = _plan_latest(backup, snapshot, records)
     elif isinstance(target, TimeTarget):
@@ -657,6 +712,28 @@ def plan_restore(
     else:
         used, stop = _plan_position(backup, snapshot, records, target)
     return RestorePlan(backup, target, used, stop, approximate)
+
+
+def _plan_in_broken(
+    backup: BackupManifest,
+    records: tuple[BinlogRecord, ...],
+    target: Target,
+    approximate: bool,
+    why: str,
+) -> RestorePlan:
+    """A plan on the intact records of a broken stream, if they reach the target."""
+    refusal = (
+        f"cannot restore to {target.describe()}: the binlog archive of backup "
+        f"{backup.backup_id} is broken ({why}); before the problem, {_reach(backup, records)}"
+    )
+    if isinstance(target, Latest):
+        raise BrokenBackupError(f"{refusal}. Choose a target before the problem.")
+    intact = {backup.backup_id: records}
+    try:
+        plan = plan_restore([backup], intact, target, approximate_ok=approximate)
+    except TargetBeyondArchiveError:
+        raise BrokenBackupError(f"{refusal}. Choose a target before the problem.") from None
+    return plan
 
 
 # --- the exact stop ----------------------------------------------------------------------

@@ -31,7 +31,7 @@ import hashlib
 import logging
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -74,7 +74,9 @@ from binhoard.domain.manifest import ObjectRef
 from binhoard.localstate import StateFile, exclusive
 from binhoard.metrics import Metrics
 from binhoard.ops.backup import object_ref
-from binhoard.ops.catalog import StreamState, read_records, read_streams
+from binhoard.ops.catalog import StreamState, read_records, read_site, read_streams
+from binhoard.ops.site import BackupEntry
+from binhoard.ops.sitecache import SiteCache, open_cache
 from binhoard.server import sql
 from binhoard.server.binlog_reader import BinlogIndex, read_binlog
 from binhoard.storage.pipeline import Codec, suffix, upload
@@ -133,6 +135,15 @@ class StreamReport:
 
 
 @dataclass
+class BrokenStreamReport:
+    """A stream the pass left alone because an object of it (named) cannot be used."""
+
+    stream_id: str
+    key: str
+    reason: str
+
+
+@dataclass
 class ArchiveReport:
     """What a pass did and found; also written to ``binlog-archive.json`` for status.
 
@@ -146,10 +157,12 @@ class ArchiveReport:
     streams: list[StreamReport] = field(default_factory=list)
     newest_stored_commit_time: int | None = None
     failure: str | None = None
+    broken: list[BrokenStreamReport] = field(default_factory=list)
 
     @property
     def problems(self) -> list[str]:
-        return [f"stream {s.stream_id}: {p}" for s in self.streams for p in s.problems]
+        found = [f"stream {s.stream_id}: {p}" for s in self.streams for p in s.problems]
+        return found + [f"stream {b.stream_id} is broken: {b.reason}" for b in self.broken]
 
     @property
     def stall_reasons(self) -> list[str]:
@@ -187,7 +200,7 @@ def _start_digest(index: BinlogIndex) -> str:
     return hashlib.sha256(index.gtid_list_at_start.format().encode()).hexdigest()
 
 
-def _stored_uploads(streams: list[StreamState]) -> dict[BinlogIdentity, ObjectRef]:
+def _stored_uploads(streams: Sequence[StreamState]) -> dict[BinlogIdentity, ObjectRef]:
     """The stored upload of each file some record names. Any will do for another stream:
     matched by the file's identity, not by key (keys differ per upload, and keys
     written before upload tokens existed have none)."""
@@ -235,6 +248,7 @@ class BinlogArchiver:
         store: ObjectStore,
         *,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        use_cache: bool = True,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -243,6 +257,16 @@ class BinlogArchiver:
         # The archive-status.json last written or read per stream: what makes an idle
         # pass write nothing.
         self._site_status: dict[str, ArchiveStatus | None] = {}
+        self.use_cache = use_cache
+        self._cache: SiteCache | None = None
+
+    @property
+    def cache(self) -> SiteCache | None:
+        """The local cache of the site's documents (``ops/sitecache.py``), opened once:
+        with it a pass reads only what is new on the site."""
+        if self.use_cache and self._cache is None:
+            self._cache = open_cache(self.settings.state_directory, self.store.describe())
+        return self._cache
 
     def archive_once(self) -> ArchiveReport:
         """One pass: archive every closed file each open stream needs. Holds the archive
@@ -258,15 +282,20 @@ class BinlogArchiver:
     def archive_files(self, server: ServerBinlogs) -> ArchiveReport:
         """One pass over ``server``'s files (what :meth:`archive_once` runs under its lock)."""
         report = ArchiveReport(at=self.now().isoformat())
-        all_streams = read_streams(self.store)
+        site = read_site(self.store, self.cache, incremental=True)
+        all_streams = site.streams
+        # Intact records of broken streams count too: their objects must not be replaced.
         named = {r.object.key for s in all_streams for r in s.records}
         self._remove_leftovers(named)
         refs = _stored_uploads(all_streams)
         streams = [
             _Stream(s)
             for s in all_streams
-            if s.backup.server_id == self.settings.server_id and s.closed is None
+            if s.backup.server_id == self.settings.server_id
+            and s.closed is None
+            and s.broken is None
         ]
+        report.broken = _broken_streams(site.streams, site.backups.entries, self.settings.server_id)
         for name in server.names:
             if name == server.active:
                 break
@@ -541,6 +570,26 @@ class BinlogArchiver:
             )
 
 
+def _broken_streams(
+    streams: Sequence[StreamState], entries: Sequence[BackupEntry], server_id: int
+) -> list[BrokenStreamReport]:
+    """The broken streams this server's archiver must report: its own, and those whose
+    manifest cannot be read (whose they are is unknown). The pass goes on without them."""
+    found = [
+        BrokenStreamReport(s.stream_id, s.broken.key, s.broken.reason)
+        for s in streams
+        if s.broken is not None and s.backup.server_id == server_id and s.closed is None
+    ]
+    found += [
+        BrokenStreamReport(e.backup_id, e.broken.key, e.broken.reason)
+        for e in entries
+        if e.manifest is None and e.broken is not None
+    ]
+    for broken in found:
+        log.error("stream %s is broken, not archived into: %s", broken.stream_id, broken.reason)
+    return found
+
+
 def flush_and_wait(
     settings: Settings,
     archiver: BinlogArchiver,
@@ -568,7 +617,7 @@ def flush_and_wait(
             report = archiver.archive_once()
         except ConflictError:
             report = None  # another archiver runs: watch the site instead
-        if _stored(archiver.store, settings.server_id, before):
+        if _stored(archiver.store, settings.server_id, before, archiver.cache):
             return before, report
         if report is not None and not report.streams:
             raise UsageError(
@@ -585,8 +634,8 @@ def flush_and_wait(
         time.sleep(poll)
 
 
-def _stored(store: ObjectStore, server_id: int, name: str) -> bool:
-    for stream in read_streams(store):
+def _stored(store: ObjectStore, server_id: int, name: str, cache: SiteCache | None) -> bool:
+    for stream in read_streams(store, cache, incremental=True):
         if stream.backup.server_id != server_id or stream.closed is not None:
             continue
         if stream.records and binlog_sort_key(stream.records[-1].name) >= binlog_sort_key(name):

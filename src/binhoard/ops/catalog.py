@@ -1,26 +1,41 @@
-"""Reading a site's streams: binlog records and completed/closed markers (docs/format.md)."""
+"""Reading a site's streams: binlog records and completed/closed markers (docs/format.md).
+
+A stream whose records or markers cannot be used is *broken* (``StreamState.broken``,
+naming the object); the others are read as usual. With a :class:`SiteCache`, documents
+already read are not fetched again, and ``incremental`` reading (the archiver's, every
+few seconds) lists each open stream only from its last known record on and closed
+streams not at all: a pass costs requests for what is new, not for the history.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 from binhoard.domain.binlog import describe_problem
 from binhoard.domain.catalog import (
     BinlogRecord,
+    Broken,
     StreamMarker,
+    binlog_record_key,
     binlog_records_prefix,
     chain_problems,
     closed_key,
     completed_key,
     seq_of_record_key,
     snapshot_inside,
+    stream_prefix,
 )
 from binhoard.domain.documents import CorruptDocumentError
 from binhoard.domain.errors import ObjectNotFoundError
 from binhoard.domain.gtid import GtidPosition
 from binhoard.domain.manifest import BackupManifest
-from binhoard.ops.site import list_backups
-from binhoard.storage.store import ObjectStore, read_all
+from binhoard.ops.site import BackupListing, read_backups, read_document
+from binhoard.ops.sitecache import CachedDocument, SiteCache
+from binhoard.storage.store import ObjectInfo, ObjectStore, read_all
+
+T = TypeVar("T")
 
 
 def read_records(store: ObjectStore, stream_id: str) -> list[BinlogRecord]:
@@ -36,14 +51,18 @@ def read_records(store: ObjectStore, stream_id: str) -> list[BinlogRecord]:
         except ValueError:
             continue
         if seq != len(records):
-            missing = records[-1].key if records else "(none)"
-            raise CorruptDocumentError(
-                info.key,
-                f"binlog record seq {len(records)} of stream {stream_id} is missing "
-                f"(last present before it: {missing})",
-            )
+            raise _hole(stream_id, len(records), records)
         records.append(BinlogRecord.from_bytes(read_all(store, info.key), key=info.key))
     return records
+
+
+def _hole(stream_id: str, seq: int, records: list[BinlogRecord]) -> CorruptDocumentError:
+    missing = records[-1].key if records else "(none)"
+    return CorruptDocumentError(
+        binlog_record_key(stream_id, seq),
+        f"binlog record seq {seq} of stream {stream_id} is missing "
+        f"(last present before it: {missing})",
+    )
 
 
 def read_marker(store: ObjectStore, key: str) -> StreamMarker | None:
@@ -55,12 +74,19 @@ def read_marker(store: ObjectStore, key: str) -> StreamMarker | None:
 
 @dataclass(frozen=True)
 class StreamState:
-    """A backup and the binlogs that follow it, as the site holds them."""
+    """A backup and the binlogs that follow it, as the site holds them.
+
+    ``broken``: why the stream cannot be used (a corrupt record or marker, a missing
+    record, or a broken backup); ``records`` are then the intact ones before the
+    problem. Nothing is archived into a broken stream, and a restore uses it only up
+    to the problem.
+    """
 
     backup: BackupManifest
     records: tuple[BinlogRecord, ...]
     completed: StreamMarker | None
     closed: StreamMarker | None
+    broken: Broken | None = None
 
     @property
     def stream_id(self) -> str:
@@ -89,19 +115,164 @@ class StreamState:
                 f"the first archived file {self.records[0].name} does not contain the "
                 f"snapshot position {self.snapshot_gtid or '(empty)'}",
             )
+        if self.broken is not None:
+            found.insert(0, f"broken: {self.broken.reason}")
         return found
 
 
-def read_stream(store: ObjectStore, backup: BackupManifest) -> StreamState:
-    sid = backup.backup_id
-    return StreamState(
-        backup=backup,
-        records=tuple(read_records(store, sid)),
-        completed=read_marker(store, completed_key(sid)),
-        closed=read_marker(store, closed_key(sid)),
-    )
+def _parse_record(raw: bytes, key: str) -> BinlogRecord:
+    return BinlogRecord.from_bytes(raw, key=key)
 
 
-def read_streams(store: ObjectStore) -> list[StreamState]:
-    """Every stream of the site, oldest first."""
-    return [read_stream(store, backup) for backup in list_backups(store)]
+def _parse_marker(raw: bytes, key: str) -> StreamMarker:
+    return StreamMarker.from_bytes(raw, key=key)
+
+
+class _StreamReader:
+    """Reads one stream, through the cache when there is one."""
+
+    def __init__(self, store: ObjectStore, cache: SiteCache | None, backup: BackupManifest):
+        self.store = store
+        self.cache = cache
+        self.backup = backup
+        self.sid = backup.backup_id
+        self.cached: Mapping[str, CachedDocument] = (
+            cache.load(stream_prefix(self.sid)) if cache is not None else {}
+        )
+
+    def read(self, *, incremental: bool) -> StreamState:
+        known = sorted(k for k in self.cached if _is_record(k))
+        if incremental and self._complete_and_closed(known):
+            # Closed is final (format rule): nothing is added, and the stream goes away
+            # only with its manifest. Nothing to ask the site.
+            return self._state(known, {}, from_cache=set(self.cached))
+        if incremental and known:
+            # Listed from the record before the last known one, so that the last known
+            # one must be in the listing: if it is not (or differs), the cache is stale.
+            last = seq_of_record_key(known[-1])
+            after = binlog_record_key(self.sid, last - 1) if last else None
+            listing = {
+                i.key: i for i in self.store.list(stream_prefix(self.sid), start_after=after)
+            }
+            tail = listing.get(known[-1])
+            if tail is not None and self.cached[known[-1]].matches(tail):
+                keys = known[:-1] + sorted(k for k in listing if _is_record(k))
+                return self._state(keys, listing, from_cache=set(known[:-1]))
+        listing = {i.key: i for i in self.store.list(stream_prefix(self.sid))}
+        if self.cache is not None:
+            self.cache.forget(k for k in self.cached if k not in listing)
+        return self._state(sorted(k for k in listing if _is_record(k)), listing, from_cache=set())
+
+    def _complete_and_closed(self, known: list[str]) -> bool:
+        """Whether the cache holds the stream's ``closed.json`` and every record up to
+        the one it names (a stream broken before its end is never complete here)."""
+        entry = self.cached.get(closed_key(self.sid))
+        if entry is None:
+            return False
+        try:
+            closed = _parse_marker(entry.body, closed_key(self.sid))
+        except CorruptDocumentError:
+            return False
+        expected = [] if closed.seq is None else [binlog_record_key(self.sid, closed.seq)]
+        return known[-1:] == expected and len(known) == (closed.seq or 0) + len(expected)
+
+    def _state(
+        self, record_keys: list[str], listing: Mapping[str, ObjectInfo], *, from_cache: set[str]
+    ) -> StreamState:
+        """The stream from the keys ``listing`` holds (listed now) and ``from_cache``
+        (known from an earlier listing of a part of the site that cannot change)."""
+        records: list[BinlogRecord] = []
+        broken: Broken | None = None
+        for key in record_keys:
+            if seq_of_record_key(key) != len(records):
+                hole = _hole(self.sid, len(records), records)
+                broken = Broken(hole.key, hole.message)
+                break
+            try:
+                records.append(self._document(key, listing, _parse_record))
+            except CorruptDocumentError as exc:
+                broken = Broken(exc.key, exc.message)
+                break
+            except ObjectNotFoundError as exc:
+                broken = Broken(exc.key, f"binlog record {exc.key} was listed, then not found")
+                break
+        markers: list[StreamMarker | None] = []
+        for key in (completed_key(self.sid), closed_key(self.sid)):
+            marker = None
+            if key in listing or key in from_cache:
+                try:
+                    marker = self._document(key, listing, _parse_marker)
+                except CorruptDocumentError as exc:
+                    broken = broken or Broken(exc.key, exc.message)
+                except ObjectNotFoundError:
+                    marker = None
+            markers.append(marker)
+        return StreamState(self.backup, tuple(records), markers[0], markers[1], broken)
+
+    def _document(
+        self, key: str, listing: Mapping[str, ObjectInfo], parse: Callable[[bytes, str], T]
+    ) -> T:
+        info = listing.get(key)
+        if info is not None:
+            return read_document(self.store, info, parse, self.cache, self.cached)
+        entry = self.cached[key]
+        return read_document(
+            self.store,
+            ObjectInfo(key=key, size=entry.size),
+            parse,
+            self.cache,
+            self.cached,
+            listed=False,
+        )
+
+
+def _is_record(key: str) -> bool:
+    if "/binlogs/" not in key:
+        return False
+    try:
+        seq_of_record_key(key)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class SiteState:
+    """Everything a site says about its backups and streams."""
+
+    backups: BackupListing
+    streams: tuple[StreamState, ...]  # one per readable manifest, oldest first
+
+    @property
+    def broken_streams(self) -> dict[str, Broken]:
+        return {s.stream_id: s.broken for s in self.streams if s.broken is not None}
+
+
+def read_site(
+    store: ObjectStore, cache: SiteCache | None = None, *, incremental: bool = False
+) -> SiteState:
+    """The site's backups and streams. A broken backup or stream is reported in the
+    result, never raised: one corrupt object must not stop work on the others. With
+    ``cache``, documents already read are taken from it (and new ones added); with
+    ``incremental`` too, streams are listed only from their last known record on
+    (closed ones not at all), which is what an archive pass needs."""
+    listing = read_backups(store, cache)
+    broken = listing.broken
+    streams = []
+    for backup in listing.manifests:
+        state = _StreamReader(store, cache, backup).read(incremental=incremental)
+        cause = broken.get(backup.backup_id)
+        if cause is not None and state.broken is None:
+            state = StreamState(state.backup, state.records, state.completed, state.closed, cause)
+        streams.append(state)
+    if cache is not None:
+        cache.commit()
+    return SiteState(listing, tuple(streams))
+
+
+def read_streams(
+    store: ObjectStore, cache: SiteCache | None = None, *, incremental: bool = False
+) -> list[StreamState]:
+    """Every stream of the site whose backup's manifest can be read, oldest first;
+    broken ones have ``broken`` set (see ``read_site``)."""
+    return list(read_site(store, cache, incremental=incremental).streams)

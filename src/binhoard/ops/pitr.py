@@ -48,7 +48,7 @@ from binhoard.domain.restore_plan import (
 )
 from binhoard.domain.restore_target import TargetDescription, target_problems
 from binhoard.localstate import StateFile, exclusive
-from binhoard.ops.catalog import read_records
+from binhoard.ops.catalog import read_site
 from binhoard.ops.restore_backup import (
     RestoreProgress,
     check_empty_datadir,
@@ -58,7 +58,6 @@ from binhoard.ops.restore_backup import (
     restore_backup,
     set_gtid_state,
 )
-from binhoard.ops.site import list_backups
 from binhoard.server import sql
 from binhoard.server.binlog_reader import read_binlog
 from binhoard.server.disk import disk_full, is_no_space
@@ -311,12 +310,15 @@ class PointInTimeRestore:
             return self._run(plan)
 
     def _plan(self, request: PitrRequest) -> RestorePlan:
+        site = read_site(self.store)
         plan = plan_restore(
-            list_backups(self.store),
-            _catalog(self.store),
+            site.backups.usable,
+            {s.stream_id: s.records for s in site.streams},
             request.target,
             approximate_ok=request.approximate_ok,
             backup_id=request.backup_id,
+            broken_backups={b: x.reason for b, x in site.backups.broken.items()},
+            broken_streams={b: x.reason for b, x in site.broken_streams.items()},
         )
         log.info(
             "plan: backup %s, %d binlog files (%d bytes), stop: %s",
@@ -616,7 +618,3 @@ def describe_target(settings: Settings) -> TargetDescription:
 
 def _source_server_ids(plan: RestorePlan) -> set[int]:
     return {plan.backup.server_id, *(r.server_id for r in plan.records)}
-
-
-def _catalog(store: ObjectStore) -> dict[str, list[BinlogRecord]]:
-    return {b.backup_id: read_records(store, b.backup_id) for b in list_backups(store)}

@@ -22,7 +22,8 @@ from binhoard.config import Settings
 from binhoard.crypto.age import Identity
 from binhoard.domain.errors import BinhoardError, DiskFullError, ServerError, UsageError
 from binhoard.domain.manifest import BackupManifest, ObjectRef
-from binhoard.ops.site import list_backups, read_manifest
+from binhoard.domain.restore_plan import BrokenBackupError
+from binhoard.ops.site import read_backups, read_manifest
 from binhoard.server import sql
 from binhoard.server.backup_tool import MariaBackup
 from binhoard.server.disk import disk_full, is_no_space
@@ -62,12 +63,17 @@ def digest_of(ref: ObjectRef) -> ObjectDigest:
 
 
 def resolve_backup(store: ObjectStore, backup_id: str) -> BackupManifest:
-    """A backup by id, or the newest one for ``latest``."""
+    """A backup by id, or the newest usable one for ``latest``; a broken one (its
+    manifest or one of its chain corrupt or missing) is refused, naming the object."""
+    listing = read_backups(store)
     if backup_id == "latest":
-        backups = list_backups(store)
+        backups = listing.usable
         if not backups:
-            raise UsageError(f"no backups in {store.describe()}")
+            raise UsageError(f"no usable backups in {store.describe()}")
         return backups[-1]
+    broken = listing.broken.get(backup_id)
+    if broken is not None:
+        raise BrokenBackupError(f"backup {backup_id} cannot be restored: {broken.reason}")
     return read_manifest(store, backup_id)
 
 

@@ -1,16 +1,27 @@
-"""Reading a backup site: which backups exist (by their manifests), and what is left over."""
+"""Reading a backup site: which backups exist (by their manifests), which of them are
+broken, and what is left over."""
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TypeVar, cast
 
+from binhoard.domain.catalog import Broken, chain_breaks, stream_prefix
+from binhoard.domain.documents import CorruptDocumentError
 from binhoard.domain.errors import NotFoundError, ObjectNotFoundError
 from binhoard.domain.manifest import BackupManifest, manifest_key
+from binhoard.ops.sitecache import CachedDocument, SiteCache
 from binhoard.storage.store import ObjectInfo, ObjectStore, read_all
 
 BACKUPS = "backups/"
+
+log = logging.getLogger("binhoard.site")
+
+T = TypeVar("T")
 
 
 def _backup_id_of(key: str) -> str:
@@ -26,13 +37,126 @@ def read_manifest(store: ObjectStore, backup_id: str) -> BackupManifest:
     return BackupManifest.from_bytes(raw, key=key)
 
 
-def list_backups(store: ObjectStore) -> list[BackupManifest]:
-    """Every backup of the site, oldest first. A backup exists iff its manifest exists."""
-    return [
-        read_manifest(store, _backup_id_of(info.key))
-        for info in store.list(BACKUPS)
-        if info.key.endswith("/manifest.json")
-    ]
+def read_document(
+    store: ObjectStore,
+    info: ObjectInfo,
+    parse: Callable[[bytes, str], T],
+    cache: SiteCache | None,
+    cached: Mapping[str, CachedDocument],
+    *,
+    listed: bool = True,
+) -> T:
+    """The document ``info`` names, verified by ``parse`` (``CorruptDocumentError`` if
+    it fails), from the cache when it holds it, else from the site (and then cached).
+
+    ``listed``: ``info`` comes from a listing made now, so a cached copy is used only if
+    it matches it; otherwise the caller knows the key is there from an earlier listing
+    of an immutable part of the site.
+    """
+    entry = cached.get(info.key)
+    if cache is not None and entry is not None and (not listed or entry.matches(info)):
+        known = cache.parsed(info.key, entry.body)
+        if known is not None:
+            return cast(T, known)
+        try:
+            document = parse(entry.body, info.key)
+        except CorruptDocumentError as exc:
+            log.warning("cached copy of %s discarded: %s", info.key, exc.message)
+            cache.forget([info.key])
+        else:
+            cache.remember(info.key, entry.body, document)
+            return document
+    raw = read_all(store, info.key)
+    document = parse(raw, info.key)
+    if cache is not None:
+        cache.store(info, raw)
+        cache.remember(info.key, raw, document)
+    return document
+
+
+@dataclass(frozen=True)
+class BackupEntry:
+    """One backup of a site: its manifest if it could be read, and why it is broken."""
+
+    backup_id: str
+    manifest: BackupManifest | None
+    broken: Broken | None
+
+    @property
+    def key(self) -> str:
+        return manifest_key(self.backup_id)
+
+
+@dataclass(frozen=True)
+class BackupListing:
+    """Every backup of a site (every ``manifest.json``), oldest first."""
+
+    entries: tuple[BackupEntry, ...]
+
+    @property
+    def usable(self) -> list[BackupManifest]:
+        """The backups that can be restored: manifest verified, whole chain present."""
+        return [e.manifest for e in self.entries if e.manifest is not None and e.broken is None]
+
+    @property
+    def broken(self) -> dict[str, Broken]:
+        return {e.backup_id: e.broken for e in self.entries if e.broken is not None}
+
+    @property
+    def manifests(self) -> list[BackupManifest]:
+        """Every manifest that could be read, broken chain or not."""
+        return [e.manifest for e in self.entries if e.manifest is not None]
+
+
+def _parse_manifest(raw: bytes, key: str) -> BackupManifest:
+    return BackupManifest.from_bytes(raw, key=key)
+
+
+def read_backups(store: ObjectStore, cache: SiteCache | None = None) -> BackupListing:
+    """Every backup of the site with what is broken (``Broken``); one listing, and a GET
+    for each manifest the cache does not hold."""
+    cached = cache.load(BACKUPS) if cache is not None else {}
+    manifests: dict[str, BackupManifest] = {}
+    unreadable: dict[str, Broken] = {}
+    order: list[str] = []
+    for info in store.list(BACKUPS):
+        if not info.key.endswith("/manifest.json"):
+            continue
+        backup_id = _backup_id_of(info.key)
+        try:
+            manifests[backup_id] = read_document(store, info, _parse_manifest, cache, cached)
+        except ObjectNotFoundError:
+            continue  # deleted since the listing: the backup no longer exists
+        except CorruptDocumentError as exc:
+            unreadable[backup_id] = Broken(exc.key, exc.message)
+        order.append(backup_id)
+    if cache is not None:
+        _forget_deleted(cache, cached, set(order))
+    chained = chain_breaks(list(manifests.values()), unreadable)
+    return BackupListing(
+        tuple(BackupEntry(b, manifests.get(b), unreadable.get(b) or chained.get(b)) for b in order)
+    )
+
+
+def _forget_deleted(
+    cache: SiteCache, cached: Mapping[str, CachedDocument], present: set[str]
+) -> None:
+    """Drops what the cache holds of backups whose manifest is gone: a backup is deleted
+    manifest first (docs/format.md), so its stream is gone with it."""
+    for key in cached:
+        backup_id = _backup_id_of(key)
+        if backup_id not in present:
+            cache.forget([key])
+            cache.forget(cache.load(stream_prefix(backup_id)))
+
+
+def list_backups(store: ObjectStore, cache: SiteCache | None = None) -> list[BackupManifest]:
+    """Every usable backup of the site, oldest first. A backup exists iff its manifest
+    exists; broken ones (``read_backups``) are left out, with a warning naming them."""
+    listing = read_backups(store, cache)
+    for backup_id, broken in listing.broken.items():
+        log.warning("backup %s is broken and ignored: %s", backup_id, broken.reason)
+    return listing.usable
 
 
 @dataclass(frozen=True)

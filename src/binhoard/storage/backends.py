@@ -344,20 +344,28 @@ class LocalStore:
             raise ObjectNotFoundError(key)
         return self._info(key, st)
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        """Walks only the directory the prefix names, then sorts: file systems do not sort."""
+    def list(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[ObjectInfo]:
+        """Walks only the directory the prefix names, then sorts: file systems do not sort.
+        (``start_after`` saves the ``stat`` of every file it skips, not the walk.)"""
         _check_prefix(prefix)
         directory = prefix.rpartition("/")[0]
         if directory.split("/", 1)[0] == _TEMP_DIR:
             return
         found: _Found = []
         start = self.root / directory if directory else self.root
-        self._walk(start, f"{directory}/" if directory else "", prefix, found)
+        self._walk(start, f"{directory}/" if directory else "", prefix, found, start_after)
         found.sort(key=lambda item: item[0])
         for key, st in found:
             yield self._info(key, st)
 
-    def _walk(self, directory: Path, relative: str, prefix: str, found: _Found) -> None:
+    def _walk(
+        self,
+        directory: Path,
+        relative: str,
+        prefix: str,
+        found: _Found,
+        start_after: str | None = None,
+    ) -> None:
         try:
             with os.scandir(directory) as scan:
                 entries = list(scan)
@@ -373,8 +381,12 @@ class LocalStore:
                 if entry.is_dir(follow_symlinks=False):
                     sub = key + "/"
                     if sub.startswith(prefix) or prefix.startswith(sub):
-                        self._walk(Path(entry.path), sub, prefix, found)
-                elif key.startswith(prefix) and entry.is_file():
+                        self._walk(Path(entry.path), sub, prefix, found, start_after)
+                elif (
+                    key.startswith(prefix)
+                    and (start_after is None or key > start_after)
+                    and entry.is_file()
+                ):
                     found.append((key, entry.stat()))
             except FileNotFoundError:
                 continue  # deleted while we looked
@@ -519,6 +531,24 @@ class _MappedStream:
             raise
         except _NATIVE_ERRORS as exc:
             self._store.raise_mapped(exc, "get", self._key)
+
+
+def _server_start_after(native_prefix: str | None, start_after: str) -> str | None:
+    """The ``start-after`` to send for a listing that must start after ``start_after``.
+
+    obstore's ``offset`` is S3's ``start-after``, so the server skips whole pages. But
+    servers that keep a directory tree (SeaweedFS) sort a directory ``b`` (keys
+    ``b/...``) before ``b c`` and skip it after a marker ``b c``, where S3's byte order
+    puts ``b/`` after it. So the marker sent is cut before the first character sorting
+    below ``/`` and one character shorter (it then precedes every such directory in both
+    orders); the caller's filter removes what it lets through twice.
+    """
+    directory = f"{native_prefix}/" if native_prefix else ""
+    relative = start_after[len(directory) :] if start_after.startswith(directory) else ""
+    cut = next((i for i, char in enumerate(relative) if char < "/"), None)
+    if cut is None:
+        return start_after if relative else None
+    return directory + relative[: cut - 1] if cut > 1 else None
 
 
 class ObstoreStore:
@@ -712,7 +742,7 @@ class ObstoreStore:
             key=key, size=meta["size"], last_modified=meta["last_modified"], etag=meta["e_tag"]
         )
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def list(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[ObjectInfo]:
         _check_prefix(prefix)
         # obstore's prefix matches whole path segments ("a/b" finds "a/b/c", never "a/bc"),
         # ours is a plain string prefix: list the enclosing "directory" and filter. Starting
@@ -722,12 +752,16 @@ class ObstoreStore:
         else:
             native_prefix = prefix.rpartition("/")[0] or None
             offset = prefix[:-1] or None
+        if start_after is not None:
+            server_side = _server_start_after(native_prefix, start_after)
+            if server_side is not None and (offset is None or server_side > offset):
+                offset = server_side
         items: list[ObjectInfo] = []
         try:
             for batch in self.native.list(native_prefix, offset=offset, chunk_size=1000):
                 for meta in batch:
                     path = meta["path"]
-                    if path.startswith(prefix):
+                    if path.startswith(prefix) and (start_after is None or path > start_after):
                         items.append(
                             ObjectInfo(
                                 key=path,

@@ -59,8 +59,10 @@ class ObjectStore(Protocol):
 
     def stat(self, key: str) -> ObjectInfo: ...
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        """Every object whose key starts with ``prefix``, sorted by key.
+    def list(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[ObjectInfo]:
+        """Every object whose key starts with ``prefix``, sorted by key; with
+        ``start_after``, only keys sorting after it (S3's ``start-after``), so that a
+        reader that knows the beginning of a listing pays only for the rest.
 
         Backends page through large listings underneath; callers see one iterator.
         """
@@ -129,9 +131,13 @@ class MemoryStore:
             raise ObjectNotFoundError(key)
         return ObjectInfo(key=key, size=len(entry[0]), last_modified=entry[1])
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def list(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[ObjectInfo]:
         with self._lock:
-            items = sorted((k, v) for k, v in self._objects.items() if k.startswith(prefix))
+            items = sorted(
+                (k, v)
+                for k, v in self._objects.items()
+                if k.startswith(prefix) and (start_after is None or k > start_after)
+            )
         for key, (body, modified) in items:
             yield ObjectInfo(key=key, size=len(body), last_modified=modified)
 

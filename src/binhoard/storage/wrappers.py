@@ -361,12 +361,13 @@ class RetryingStore:
     def stat(self, key: str) -> ObjectInfo:
         return self._call("stat", key, lambda: self.inner.stat(key))
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        last: str | None = None
+    def list(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[ObjectInfo]:
+        last = start_after
         failures = 0
         while True:
             try:
-                for info in self.inner.list(prefix):
+                # A retry lists only what follows the last key already delivered.
+                for info in self.inner.list(prefix, start_after=last):
                     if last is not None and info.key <= last:
                         continue
                     last = info.key
@@ -422,8 +423,8 @@ class ForwardingStore:
     def stat(self, key: str) -> ObjectInfo:
         return self.inner.stat(key)
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        return self.inner.list(prefix)
+    def list(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[ObjectInfo]:
+        return self.inner.list(prefix, start_after=start_after)
 
     def delete(self, key: str) -> None:
         self.inner.delete(key)
@@ -592,11 +593,11 @@ class MetricsStore:
     def stat(self, key: str) -> ObjectInfo:
         return self._timed("stat", key, lambda: self.inner.stat(key), lambda info: 0)
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def list(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[ObjectInfo]:
         start = self._clock()
         error: BaseException | None = None
         try:
-            yield from self.inner.list(prefix)
+            yield from self.inner.list(prefix, start_after=start_after)
         except GeneratorExit:
             raise
         except BaseException as exc:
@@ -755,9 +756,9 @@ class FaultyStore:
             raise self._error("stat", key)
         return self.inner.stat(key)
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def list(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[ObjectInfo]:
         fail = self._decide("list")
-        for index, info in enumerate(self.inner.list(prefix)):
+        for index, info in enumerate(self.inner.list(prefix, start_after=start_after)):
             if fail and index == 1:
                 raise self._error("list", prefix)
             yield info

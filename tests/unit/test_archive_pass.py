@@ -1,0 +1,98 @@
+"""An archive pass over a site with broken streams and backups, without a database
+server: the server's binlog index is given (``ServerBinlogs``) and every stream has
+caught up with it, so the pass only reads the site, marks and reports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from binhoard.config import Settings, parse_settings
+from binhoard.domain.catalog import completed_key
+from binhoard.domain.manifest import manifest_key
+from binhoard.ops.archive import BinlogArchiver, ServerBinlogs
+from binhoard.ops.catalog import read_streams
+from binhoard.storage.store import MemoryStore, read_all
+from binhoard.storage.wrappers import MetricsStore
+from tests.support.sites import CountingObserver, SiteBuilder, binlog_name, site_config
+
+
+def settings_in(directory: Path) -> Settings:
+    return parse_settings(site_config(directory), source="test")
+
+
+def idle_server(build: SiteBuilder) -> ServerBinlogs:
+    """The server's index: every file the site has, and the active one after them."""
+    names = tuple(binlog_name(n) for n in range(1, build.files + 2))
+    return ServerBinlogs(directory=Path("/nonexistent"), names=names, active=names[-1])
+
+
+def corrupt(store: MemoryStore, key: str) -> None:
+    store.replace_raw(key, read_all(store, key).replace(b'"', b"'", 1))
+
+
+@pytest.fixture
+def site() -> tuple[MemoryStore, SiteBuilder]:
+    """Two open streams of this server: A (older) and B; neither completed yet."""
+    store = MemoryStore()
+    build = SiteBuilder(store)
+    build.backup("A")
+    build.archive("A", 2)
+    build.backup("B")
+    build.archive("A", 1)
+    build.archive("B", 1)
+    return store, build
+
+
+def test_a_broken_stream_is_reported_and_left_alone_the_others_go_on(
+    site: tuple[MemoryStore, SiteBuilder], tmp_path: Path
+) -> None:
+    store, build = site
+    corrupt(store, build.record_key("B", 0))
+    archiver = BinlogArchiver(settings_in(tmp_path), store)
+    report = archiver._pass(idle_server(build))
+
+    assert [s.stream_id for s in report.streams] == ["A"]
+    assert report.streams[0].completed and report.streams[0].problems == []
+    (broken,) = report.broken
+    assert (broken.stream_id, broken.key) == ("B", build.record_key("B", 0))
+    assert report.problems == [f"stream B is broken: {broken.reason}"]
+    assert build.record_key("B", 0) in broken.reason
+    # Nothing written into B; A completed (and not closed: B cannot take over).
+    a, b = read_streams(store)
+    assert b.completed is None and b.broken is not None
+    assert a.completed is not None and a.closed is None
+
+
+def test_an_unreadable_manifest_is_reported_and_archiving_goes_on(
+    site: tuple[MemoryStore, SiteBuilder], tmp_path: Path
+) -> None:
+    store, build = site
+    corrupt(store, manifest_key("A"))
+    report = BinlogArchiver(settings_in(tmp_path), store)._pass(idle_server(build))
+    assert [s.stream_id for s in report.streams] == ["B"]
+    assert report.streams[0].completed
+    assert [(b.stream_id, b.key) for b in report.broken] == [("A", manifest_key("A"))]
+    store.stat(completed_key("B"))
+
+
+def test_an_idle_pass_with_the_cache_reads_nothing_old(
+    site: tuple[MemoryStore, SiteBuilder], tmp_path: Path
+) -> None:
+    memory, build = site
+    build.archive("B", 300)
+    build.mark("A", closed_by="B")
+    observer = CountingObserver()
+    store = MetricsStore(memory, observer)
+    settings = settings_in(tmp_path)
+    archiver = BinlogArchiver(settings, store)
+    archiver._pass(idle_server(build))  # fills the cache, completes B
+    archiver._pass(idle_server(build))  # reads B's completed.json the first pass wrote
+    observer.take()
+    report = archiver._pass(idle_server(build))
+    assert report.problems == []
+    assert observer.take() == {"list": 2}  # backups/, and B from its last record on
+    # Without the cache, every record is read again.
+    BinlogArchiver(settings, store, use_cache=False)._pass(idle_server(build))
+    assert observer.take()["get"] > 300
