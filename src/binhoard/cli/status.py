@@ -11,7 +11,8 @@ import click
 
 from binhoard.cli.common import config_option, json_option
 from binhoard.config import Settings, load_settings
-from binhoard.domain.errors import ServerError
+from binhoard.domain.errors import ServerNotReadyError
+from binhoard.domain.privileges import BACKUP_PRIVILEGES, RESTORE_PRIVILEGES, Grants
 from binhoard.ops.archive import status_file
 from binhoard.server import sql
 
@@ -30,9 +31,15 @@ def status_command(config_file: Path, as_json: bool) -> None:
     conn = sql.connect(settings.mysql.client_params)
     try:
         facts = sql.server_facts(conn)
+        grants = sql.grants(conn)
     finally:
         conn.close()
+    user = settings.mysql.client_params.user
     problems = facts.problems(expected_server_id=settings.server_id)
+    problems += _missing(grants, BACKUP_PRIVILEGES, f"user {user} lacks")
+    # A server restored from these backups has this server's accounts: the same user then
+    # needs these to restore to a point in time. Not needed for backing up, so only noted.
+    notes = _missing(grants, RESTORE_PRIVILEGES, f"for point-in-time restore, user {user} lacks")
     sites = {name: site.object_storage.storage_type for name, site in settings.backup_sites.items()}
     report: dict[str, Any] = {
         "server": {
@@ -46,6 +53,7 @@ def status_command(config_file: Path, as_json: bool) -> None:
         "upload_site": settings.backup_settings.upload_site,
         "ready": not problems,
         "problems": problems,
+        "notes": notes,
         "binlog_archive": _archive_status(settings),
     }
     if as_json:
@@ -58,6 +66,8 @@ def status_command(config_file: Path, as_json: bool) -> None:
         click.echo("ready       yes" if not problems else "ready       NO")
         for problem in problems:
             click.echo(f"  - {problem}")
+        for note in notes:
+            click.echo(f"  - note: {note}")
         archive = _archive_status(settings)
         if archive is None:
             click.echo("archive     no archive pass yet (binhoard binlog archive)")
@@ -68,4 +78,13 @@ def status_command(config_file: Path, as_json: bool) -> None:
             for problem in archive.get("problems", []):
                 click.echo(f"  - GAP: {problem}")
     if problems:
-        raise ServerError("the server is not configured as binhoard requires")
+        raise ServerNotReadyError("the server is not ready to be backed up", problems)
+
+
+def _missing(grants: Grants, required: dict[str, str], what: str) -> list[str]:
+    """One line per missing privilege, with what needs it."""
+    return [
+        f"{what} {privilege} (needed for {required[privilege]}): GRANT {privilege} ON *.* "
+        "(docs/configuration.md, Grants)"
+        for privilege in grants.missing(required)
+    ]
