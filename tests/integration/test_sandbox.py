@@ -160,3 +160,5 @@ def test_sandbox_user_has_exactly_the_documented_grants(sandboxes: SandboxFactor
     grants = parse_grants(rows)
     assert not grants.all_privileges
     assert grants.privileges == frozenset({*BACKUP_PRIVILEGES, *RESTORE_PRIVILEGES})
+    # Creating it wrote nothing to the binlog: a new sandbox has no GTID history.
+    assert box.query("SELECT @@gtid_binlog_pos, @@gtid_current_pos") == [("", "")]

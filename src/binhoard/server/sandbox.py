@@ -316,6 +316,9 @@ class Sandbox:
         conn = self.connect()
         try:
             with conn.cursor() as cursor:
+                # Not binlogged: a new sandbox starts with an empty GTID history, and the
+                # account is setup, not data (a restore brings it with the datadir).
+                cursor.execute("SET SESSION sql_log_bin = 0")
                 cursor.execute(
                     f"CREATE USER IF NOT EXISTS {SANDBOX_ACCOUNT} IDENTIFIED BY %s",
                     (SANDBOX_PASSWORD,),
