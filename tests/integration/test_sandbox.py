@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from binhoard.cli import cli
-from binhoard.server.sandbox import REQUIRED_SETTINGS, Sandbox
+from binhoard.domain.errors import ServerError
+from binhoard.domain.privileges import BACKUP_PRIVILEGES, RESTORE_PRIVILEGES, parse_grants
+from binhoard.server.sandbox import REQUIRED_SETTINGS, SANDBOX_ACCOUNT, Sandbox
 from tests.support.sandboxes import SandboxFactory, sandbox_factory
 
 
@@ -113,3 +118,47 @@ def test_cli_start_sql_status_stop(tmp_path: Path) -> None:
         assert result.exit_code == 1 and "stopped" in result.output
     finally:
         Sandbox(root / "c1").destroy()
+
+
+def test_start_moves_to_another_port_when_its_port_is_taken(sandboxes: SandboxFactory) -> None:
+    box = sandboxes.new(start=False)
+    box.create()
+    taken = box.port
+    # Someone else binds the chosen port between its choice and mariadbd's bind.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
+        squatter.bind(("127.0.0.1", taken))
+        squatter.listen()
+        box.start()
+        moved = box.port
+        assert moved != taken
+        assert box.query("SELECT @@port") == [(moved,)]
+        assert json.loads((box.directory / "sandbox.json").read_text())["port"] == moved
+        assert f"port={moved}\n" in box.cnf.read_text()
+        with socket.create_connection(("127.0.0.1", moved), timeout=5):
+            pass
+        # A restart keeps the new port, and the server_id chosen at creation.
+        server_id = box.server_id
+        box.stop()
+        box.start()
+        assert (box.port, box.server_id) == (moved, server_id)
+
+
+def test_a_port_asked_for_is_not_moved(sandboxes: SandboxFactory) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        box = sandboxes.new(start=False, port=taken)
+        with pytest.raises(ServerError, match="exited"):
+            box.start(timeout=30)
+        assert box.port == taken
+
+
+def test_sandbox_user_has_exactly_the_documented_grants(sandboxes: SandboxFactory) -> None:
+    box = sandboxes.new()
+    rows = [str(r[0]) for r in box.query(f"SHOW GRANTS FOR {SANDBOX_ACCOUNT}")]
+    grants = parse_grants(rows)
+    assert not grants.all_privileges
+    assert grants.privileges == frozenset({*BACKUP_PRIVILEGES, *RESTORE_PRIVILEGES})
+    # Creating it wrote nothing to the binlog: a new sandbox has no GTID history.
+    assert box.query("SELECT @@gtid_binlog_pos, @@gtid_current_pos") == [("", "")]

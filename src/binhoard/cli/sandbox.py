@@ -12,7 +12,8 @@ import pymysql
 
 from binhoard.cli.common import json_option
 from binhoard.cli.keys import generate_key_file, read_identity_file
-from binhoard.domain.errors import SandboxError, ServerError
+from binhoard.domain.errors import SandboxError
+from binhoard.server import sql
 from binhoard.server.sandbox import Sandbox
 
 _root_option = click.option(
@@ -108,7 +109,7 @@ def sql_command(statements: str | None, name: str, root: Path) -> None:
     try:
         results = box.execute_script(text)
     except pymysql.err.MySQLError as exc:
-        raise ServerError(f"sandbox {name}: {exc}") from None
+        raise sql.server_error(exc, f"sandbox {name}") from None
     for columns, rows in results:
         click.echo("\t".join(columns))
         for row in rows:

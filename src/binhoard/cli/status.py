@@ -12,8 +12,9 @@ import click
 from binhoard.cli.common import config_option, json_option
 from binhoard.config import Settings, load_settings
 from binhoard.domain.archiving import archive_lag
-from binhoard.domain.errors import ArchiveStalledError, ServerError
+from binhoard.domain.errors import ArchiveStalledError, ServerNotReadyError
 from binhoard.domain.gtid import GtidPosition
+from binhoard.domain.privileges import BACKUP_PRIVILEGES, RESTORE_PRIVILEGES, Grants
 from binhoard.ops.archive import status_file
 from binhoard.server import sql
 
@@ -53,9 +54,15 @@ def status_command(config_file: Path, as_json: bool) -> None:
     conn = sql.connect(settings.mysql.client_params)
     try:
         facts = sql.server_facts(conn)
+        grants = sql.grants(conn)
     finally:
         conn.close()
+    user = settings.mysql.client_params.user
     problems = facts.problems(expected_server_id=settings.server_id)
+    problems += _missing(grants, BACKUP_PRIVILEGES, f"user {user} lacks")
+    # A server restored from these backups has this server's accounts: the same user then
+    # needs these to restore to a point in time. Not needed for backing up, so only noted.
+    notes = _missing(grants, RESTORE_PRIVILEGES, f"for point-in-time restore, user {user} lacks")
     archive = _archive_status(settings)
     stalled = bool(archive and archive.get("stalled"))
     lag = _archive_lag(archive, facts.gtid_binlog_pos) if archive else None
@@ -72,6 +79,7 @@ def status_command(config_file: Path, as_json: bool) -> None:
         "upload_site": settings.backup_settings.upload_site,
         "ready": not problems and not stalled,
         "problems": problems,
+        "notes": notes,
         "binlog_archive": archive,
         "binlog_archive_lag": lag,
     }
@@ -85,6 +93,8 @@ def status_command(config_file: Path, as_json: bool) -> None:
         click.echo("ready       yes" if report["ready"] else "ready       NO")
         for problem in problems:
             click.echo(f"  - {problem}")
+        for note in notes:
+            click.echo(f"  - note: {note}")
         if archive is None:
             click.echo("archive     no archive pass yet (binhoard binlog archive)")
         else:
@@ -98,9 +108,18 @@ def status_command(config_file: Path, as_json: bool) -> None:
                     behind += f", newest stored commit {lag['seconds_behind']} s ago"
                 click.echo(f"behind      {behind}; archive ends at {lag['archive_ends_at']}")
     if problems:
-        raise ServerError("the server is not configured as binhoard requires")
+        raise ServerNotReadyError("the server is not ready to be backed up", problems)
     if stalled and archive is not None:
         raise ArchiveStalledError(
             f"binlog archiving is stalled since {archive.get('stalled_since')}: "
             + "; ".join(archive.get("stall_reasons", []))
         )
+
+
+def _missing(grants: Grants, required: dict[str, str], what: str) -> list[str]:
+    """One line per missing privilege, with what needs it."""
+    return [
+        f"{what} {privilege} (needed for {required[privilege]}): GRANT {privilege} ON *.* "
+        "(docs/configuration.md, Grants)"
+        for privilege in grants.missing(required)
+    ]

@@ -73,6 +73,45 @@ class ServerError(BinhoardError):
     retryable = True
 
 
+class ServerAccessDeniedError(ServerError):
+    """The server refused binhoard's user: wrong password, unknown user, or a privilege
+    it lacks. Retrying with the same credentials and grants fails the same way.
+
+    ``server_errno`` is the server's error number (1045, 1044, 1698, 1227, ...).
+    """
+
+    retryable = False
+
+    def __init__(self, message: str, *, server_errno: int = 0) -> None:
+        self.server_errno = server_errno
+        super().__init__(message)
+
+
+class ServerQueryError(ServerError):
+    """The server refused a statement (an SQL error); retrying it fails the same way.
+
+    ``server_errno`` is the server's error number.
+    """
+
+    retryable = False
+
+    def __init__(self, message: str, *, server_errno: int = 0) -> None:
+        self.server_errno = server_errno
+        super().__init__(message)
+
+
+class ServerNotReadyError(ServerError):
+    """The server is not configured as binhoard requires (``problems`` says how); nothing
+    was done. Retrying fails the same way until the server or the configuration changes.
+    """
+
+    retryable = False
+
+    def __init__(self, what: str, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__(f"{what}: " + "; ".join(self.problems))
+
+
 class SandboxError(BinhoardError):
     """A sandbox MariaDB instance could not be managed."""
 

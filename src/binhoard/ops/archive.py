@@ -272,6 +272,11 @@ class BinlogArchiver:
         """One pass: archive every closed file each open stream needs. Holds the archive
         lock (one archiver per host); raises ``ConflictError`` if another one runs."""
         with exclusive(self.settings.state_directory / "binlog-archive.lock", "binlog archiving"):
+            # A server_id other than the configured one matches no stream: the pass would
+            # archive nothing and look successful.
+            sql.check_server(
+                self.settings.mysql.client_params, self.settings.server_id, what="cannot archive"
+            )
             conn = sql.connect(self.settings.mysql.client_params)
             try:
                 server = server_binlogs(conn, self.settings.mysql.binlog_prefix)

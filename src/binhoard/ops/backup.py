@@ -252,6 +252,9 @@ def _take_locked(
     site = settings.upload_site
     if site.recovery_only:
         raise UsageError(f"site {settings.backup_settings.upload_site} is recovery_only")
+    # Before anything touches the site: a backup of a server other than the configured one
+    # would be recorded under an id the archiver never looks for.
+    sql.check_server(settings.mysql.client_params, settings.server_id, what="cannot back up")
     cleanup_leftovers(settings, store, now())
     parent = choose_parent(backups, settings.server_id) if backup_type == "incremental" else None
     started = now()

@@ -239,7 +239,9 @@ def ensure_server_running(settings: Settings) -> None:
     def answers() -> bool:
         try:
             sql.connect(params, timeout=2).close()
-        except ServerError:
+        except ServerError as exc:
+            if not exc.retryable:
+                raise  # it answered, refusing us (access denied): waiting cannot help
             return False
         return True
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from binhoard.domain.errors import ServerError
+from binhoard.domain.errors import BinhoardError, ServerError
 
 DEFAULT_START_TIMEOUT = 60.0
 DEFAULT_STOP_TIMEOUT = 120.0
@@ -76,13 +76,23 @@ class ServerProcess:
             )
         try:
             self._wait(ready, timeout, process, describe_failure)
+        except BinhoardError as exc:
+            if exc.retryable or process.poll() is not None:
+                self._abandon(process)
+            # Otherwise the server is up and answered with a final error (access denied):
+            # it stays up, as it would have had binhoard found it running.
+            raise
         except BaseException:
-            # Never leave a half-started server behind.
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            process.wait()
+            self._abandon(process)
             raise
         return process.pid
+
+    @staticmethod
+    def _abandon(process: subprocess.Popen[bytes]) -> None:
+        """Never leave a half-started server behind."""
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        process.wait()
 
     def _wait(
         self,

@@ -77,7 +77,7 @@ import pymysql
 
 from binhoard.config import Settings
 from binhoard.domain.binlog import TransactionTable, binlog_sort_key
-from binhoard.domain.errors import ApplyError, ConflictError, ServerError, UsageError
+from binhoard.domain.errors import ApplyError, ConflictError, UsageError
 from binhoard.domain.gtid import Gtid, GtidPosition
 from binhoard.server import sql
 from binhoard.server.binlog_reader import BinlogIndex, read_binlog
@@ -697,8 +697,8 @@ class RelayApplier:
         conn = self.conn_factory()
         try:
             yield conn
-        except pymysql.err.MySQLError as exc:
-            raise ServerError(f"MariaDB failed during point-in-time apply: {exc}") from exc
+        except pymysql.err.MySQLError as exc:  # sql.query maps its own; this is a net
+            raise sql.server_error(exc, "point-in-time apply") from exc
         finally:
             with contextlib.suppress(pymysql.err.Error):
                 conn.close()
@@ -885,12 +885,8 @@ def _place(source: Path, target: Path, *, move: bool) -> None:
 
 
 def _slave_status(conn: sql.Connection) -> dict[str, Any] | None:
-    with conn.cursor() as cursor:
-        cursor.execute("SHOW SLAVE STATUS")
-        row = cursor.fetchone()
-        if row is None:
-            return None
-        return {d[0]: value for d, value in zip(cursor.description, row, strict=True)}
+    rows = sql.query_dicts(conn, "SHOW SLAVE STATUS")
+    return rows[0] if rows else None
 
 
 def _sql_running(status: dict[str, Any]) -> bool:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -30,7 +31,8 @@ from typing import Any
 
 import pymysql
 
-from binhoard.domain.errors import SandboxError
+from binhoard.domain.errors import SandboxError, ServerError
+from binhoard.domain.privileges import BACKUP_PRIVILEGES, RESTORE_PRIVILEGES, grant_statement
 from binhoard.server.process import (
     DEFAULT_START_TIMEOUT,
     DEFAULT_STOP_TIMEOUT,
@@ -45,6 +47,22 @@ REQUIRED_SETTINGS: Mapping[str, str] = {
     "gtid_strict_mode": "ON",
     "log_slave_updates": "ON",
 }
+
+
+# The account binhoard uses in a sandbox, with exactly the documented grants
+# (docs/configuration.md, "Grants"), so that tests using it prove those grants enough.
+# A sandbox listens on loopback and its socket only: the password is no secret.
+SANDBOX_USER = "binhoard"
+SANDBOX_PASSWORD = "binhoard-sandbox"  # noqa: S105 - see above
+SANDBOX_ACCOUNT = f"'{SANDBOX_USER}'@'localhost'"
+SANDBOX_GRANTS = (
+    grant_statement(SANDBOX_ACCOUNT, BACKUP_PRIVILEGES),
+    grant_statement(SANDBOX_ACCOUNT, RESTORE_PRIVILEGES),
+)
+
+# Starts tried when the port turns out taken (chosen free, bound by someone else before
+# mariadbd could): each attempt moves the sandbox to another free port.
+PORT_ATTEMPTS = 5
 
 
 def free_loopback_port() -> int:
@@ -133,12 +151,24 @@ class Sandbox:
         return self.directory / "sandbox.json"
 
     # --- identity (persisted so that a restart keeps port and server_id) ---------
-    def _meta(self) -> dict[str, int]:
+    def _meta_data(self) -> dict[str, Any]:
         try:
             data = json.loads(self._meta_file.read_text())
         except FileNotFoundError:
             return {}
+        return data if isinstance(data, dict) else {}
+
+    def _meta(self) -> dict[str, int]:
+        data = self._meta_data()
+        if not data:
+            return {}
         return {"port": int(data["port"]), "server_id": int(data["server_id"])}
+
+    def _write_meta(self, **changes: Any) -> None:
+        data = {**self._meta_data(), **changes}
+        tmp = self._meta_file.with_name(self._meta_file.name + ".tmp")
+        tmp.write_text(json.dumps(data) + "\n")
+        tmp.replace(self._meta_file)
 
     @property
     def port(self) -> int:
@@ -203,9 +233,14 @@ class Sandbox:
         meta = self._meta()
         port = meta.get("port") or self._requested_port or free_loopback_port()
         server_id = meta.get("server_id") or self._requested_server_id or port
+        # A port someone asked for stays; one chosen here may move if found taken.
+        port_fixed = bool(self._meta_data().get("port_fixed", self._requested_port is not None))
         self._write_cnf(port, server_id)
+        identity = {"port": port, "server_id": server_id, "port_fixed": port_fixed}
         if not initialize:
-            self._meta_file.write_text(json.dumps({"port": port, "server_id": server_id}) + "\n")
+            # The datadir comes from a backup, with the source's accounts (and its binhoard
+            # user): none is created here.
+            self._write_meta(**identity, user_created=True)
             return
         install_db = find_executable("mariadb-install-db", "mysql_install_db")
         result = subprocess.run(
@@ -224,7 +259,7 @@ class Sandbox:
                 f"mariadb-install-db failed for sandbox {self.name} "
                 f"(exit {result.returncode}): {_tail(result.stderr or result.stdout)}"
             )
-        self._meta_file.write_text(json.dumps({"port": port, "server_id": server_id}) + "\n")
+        self._write_meta(**identity, user_created=False)
 
     @property
     def process(self) -> ServerProcess:
@@ -233,12 +268,66 @@ class Sandbox:
     def start(self, timeout: float = DEFAULT_START_TIMEOUT) -> SandboxStatus:
         """Starts the server (creating it first if needed); returns once it answers SQL."""
         self.create()
-        self.process.start(
-            self._answers,
-            timeout=timeout,
-            describe_failure=lambda: f"error log {self.error_log}:\n{_tail_file(self.error_log)}",
-        )
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            log_offset = _size(self.error_log)
+            try:
+                self.process.start(
+                    self._answers,
+                    timeout=timeout,
+                    describe_failure=lambda: (
+                        f"error log {self.error_log}:\n{_tail_file(self.error_log)}"
+                    ),
+                )
+                break
+            except ServerError:
+                if attempt == PORT_ATTEMPTS or not self._port_was_taken(log_offset):
+                    raise
+                self._move_to(free_loopback_port())
+        self._create_user()
         return self.status()
+
+    def _port_was_taken(self, log_offset: int) -> bool:
+        """Whether the start that wrote the error log from ``log_offset`` on failed
+        because its TCP port was in use (and the port may be changed)."""
+        if self._meta_data().get("port_fixed"):
+            return False
+        try:
+            with self.error_log.open("rb") as log:
+                log.seek(log_offset)
+                text = log.read().decode(errors="replace")
+        except OSError:
+            return False
+        return "Address already in use" in text
+
+    def _move_to(self, port: int) -> None:
+        """Gives the sandbox another TCP port: in my.cnf (edited in place, keeping the
+        options it was created with) and in sandbox.json, so restarts keep it."""
+        text = self.cnf.read_text()
+        moved, count = re.subn(r"(?m)^port=\d+$", f"port={port}", text)
+        if count != 1:
+            raise SandboxError(f"cannot change the port in {self.cnf}: no single port= line")
+        self.cnf.write_text(moved)
+        self._write_meta(port=port)
+
+    def _create_user(self) -> None:
+        """The binhoard account with the documented grants, once per initialised datadir."""
+        if self._meta_data().get("user_created", True):
+            return
+        conn = self.connect()
+        try:
+            with conn.cursor() as cursor:
+                # Not binlogged: a new sandbox starts with an empty GTID history, and the
+                # account is setup, not data (a restore brings it with the datadir).
+                cursor.execute("SET SESSION sql_log_bin = 0")
+                cursor.execute(
+                    f"CREATE USER IF NOT EXISTS {SANDBOX_ACCOUNT} IDENTIFIED BY %s",
+                    (SANDBOX_PASSWORD,),
+                )
+                for statement in SANDBOX_GRANTS:
+                    cursor.execute(statement)
+        finally:
+            conn.close()
+        self._write_meta(user_created=True)
 
     def _answers(self) -> bool:
         if not self.socket.exists():
@@ -293,7 +382,11 @@ class Sandbox:
                 "binlog_prefix": str(self.binlog_prefix),
                 "relay_log_prefix": str(self.relay_dir / "relay"),
                 "relay_log_index_file": str(self.relay_dir / "relay.index"),
-                "client_params": {"user": "root", "unix_socket": str(self.socket)},
+                "client_params": {
+                    "user": SANDBOX_USER,
+                    "password": SANDBOX_PASSWORD,
+                    "unix_socket": str(self.socket),
+                },
             },
             "backup_sites": {
                 "default": {
@@ -345,6 +438,13 @@ class Sandbox:
         finally:
             conn.close()
         return results
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 def _tail(text: str, lines: int = 15) -> str:

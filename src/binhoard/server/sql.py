@@ -1,4 +1,9 @@
-"""SQL access to the server being backed up: connections and the facts binhoard reads."""
+"""SQL access to the server being backed up: connections and the facts binhoard reads.
+
+Every pymysql error becomes a ``ServerError`` here (``server_error``) and nowhere else:
+retryable when the connection or the server went away, not when the server refused the
+user (access denied) or the statement (an SQL error), which fail the same way again.
+"""
 
 from __future__ import annotations
 
@@ -11,20 +16,64 @@ from typing import Any, Protocol, TypeAlias
 import pymysql
 
 from binhoard.config import ClientParams
-from binhoard.domain.errors import ServerError
+from binhoard.domain.errors import (
+    ServerAccessDeniedError,
+    ServerError,
+    ServerNotReadyError,
+    ServerQueryError,
+)
+from binhoard.domain.privileges import Grants, parse_grants
 
 # The stubs make Connection generic; the runtime class is not subscriptable.
 Connection: TypeAlias = "pymysql.connections.Connection[Any]"
 
+# The server refused the account or a privilege: 1044 no access to a database, 1045 wrong
+# user or password, 1698 no password where the account needs one (unix_socket accounts),
+# 1142/1143/1370 table, column and routine access, 1227 a global privilege is missing,
+# 1820/1862 the password must be changed / has expired, 4151 the account is locked.
+ACCESS_DENIED_ERRNOS = frozenset({1044, 1045, 1142, 1143, 1227, 1370, 1698, 1820, 1862, 4151})
+# The connection or the server went away, or the server is busy: worth another try.
+# 1040 too many connections, 1053 shutdown in progress, 1152/1158-1161 network errors,
+# 1205/1213 lock wait timeout and deadlock, 1927 connection killed, 4031 idle timeout.
+# Client-side errors (2000-2999: cannot connect, lost connection, gone away) count too.
+RETRYABLE_ERRNOS = frozenset({1040, 1053, 1152, 1158, 1159, 1160, 1161, 1205, 1213, 1927, 4031})
+
+
+def server_error(exc: pymysql.err.MySQLError, purpose: str, *, password: str = "") -> ServerError:
+    """The project's error for a pymysql error met while ``purpose`` (e.g. "reading the
+    binlog index"): ``ServerAccessDeniedError`` and ``ServerQueryError`` are final,
+    a plain ``ServerError`` (connection lost, server gone) is retryable. ``password`` is
+    removed from the message should the server ever echo it."""
+    errno = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
+    detail = str(exc.args[1]) if len(exc.args) > 1 else str(exc) or type(exc).__name__
+    if password:
+        detail = detail.replace(password, "***")
+    message = f"{purpose}: MariaDB error {errno}: {detail}" if errno else f"{purpose}: {detail}"
+    if errno in ACCESS_DENIED_ERRNOS:
+        return ServerAccessDeniedError(
+            f"{message} (access denied: check mysql.client_params.user and password, and "
+            "the grants in docs/configuration.md; retrying will not help)",
+            server_errno=errno,
+        )
+    if (
+        isinstance(exc, pymysql.err.InterfaceError)  # used after the connection closed
+        or errno in RETRYABLE_ERRNOS
+        or 2000 <= errno < 3000
+    ):
+        return ServerError(message)
+    return ServerQueryError(message, server_errno=errno)
+
 
 def connect(params: ClientParams, *, timeout: float = 10) -> Connection:
-    """Opens an autocommit connection; raises ``ServerError`` saying where it tried."""
+    """Opens an autocommit connection; raises ``ServerError`` saying where it tried
+    (``ServerAccessDeniedError`` when the server refused the user)."""
+    password = params.password.get_secret_value()
     try:
         return pymysql.connect(
             host=params.host,
             port=params.port,
             user=params.user,
-            password=params.password.get_secret_value(),
+            password=password,
             unix_socket=str(params.unix_socket) if params.unix_socket else None,
             ssl={"ca": None} if params.require_ssl else None,
             autocommit=True,
@@ -33,19 +82,63 @@ def connect(params: ClientParams, *, timeout: float = 10) -> Connection:
         )
     except pymysql.err.MySQLError as exc:
         where = str(params.unix_socket) if params.unix_socket else f"{params.host}:{params.port}"
-        raise ServerError(f"cannot connect to MariaDB at {where} as {params.user}: {exc}") from exc
+        raise server_error(
+            exc, f"cannot connect to MariaDB at {where} as {params.user}", password=password
+        ) from exc
 
 
-def query(conn: Connection, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
-    with conn.cursor() as cursor:
-        cursor.execute(sql, args)
-        return list(cursor.fetchall())
+def query(
+    conn: Connection, sql: str, args: Any = None, *, purpose: str | None = None
+) -> list[tuple[Any, ...]]:
+    """Runs ``sql`` and returns its rows; a failure is a ``ServerError`` naming
+    ``purpose`` (by default the statement itself, without its arguments)."""
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute(sql, args)
+            return list(cursor.fetchall())
+    except pymysql.err.MySQLError as exc:
+        raise server_error(exc, purpose or _describe(sql), password=_password(conn)) from exc
+
+
+def query_dicts(
+    conn: Connection, sql: str, args: Any = None, *, purpose: str | None = None
+) -> list[dict[str, Any]]:
+    """``query`` with each row as a dict by column name (``SHOW SLAVE STATUS``)."""
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute(sql, args)
+            names = [d[0] for d in cursor.description or ()]
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    except pymysql.err.MySQLError as exc:
+        raise server_error(exc, purpose or _describe(sql), password=_password(conn)) from exc
+
+
+def _describe(sql: str) -> str:
+    text = " ".join(sql.split())
+    return f"running {text if len(text) <= 100 else text[:97] + '...'}"
+
+
+def _password(conn: Connection) -> str:
+    value = getattr(conn, "password", b"")
+    return value.decode("latin1") if isinstance(value, bytes) else str(value or "")
 
 
 def variables(conn: Connection, *names: str) -> dict[str, str]:
     placeholders = ", ".join(["%s"] * len(names))
-    rows = query(conn, f"SHOW GLOBAL VARIABLES WHERE Variable_name IN ({placeholders})", names)
+    rows = query(
+        conn,
+        f"SHOW GLOBAL VARIABLES WHERE Variable_name IN ({placeholders})",
+        names,
+        purpose=f"reading server variables {', '.join(names)}",
+    )
     return {str(name): "" if value is None else str(value) for name, value in rows}
+
+
+def grants(conn: Connection) -> Grants:
+    """The global privileges of this session: ``SHOW GRANTS`` without ``FOR``, which
+    also lists the grants of the role enabled at login (and the roles it has)."""
+    rows = query(conn, "SHOW GRANTS", purpose="reading the user's privileges")
+    return parse_grants(str(row[0]) for row in rows)
 
 
 @dataclass(frozen=True)
@@ -72,9 +165,27 @@ class ServerFacts:
             found.append("gtid_strict_mode is OFF, ON is required")
         if expected_server_id is not None and self.server_id != expected_server_id:
             found.append(
-                f"server_id is {self.server_id} but the configuration says {expected_server_id}"
+                f"the server's server_id is {self.server_id} but the configuration says "
+                f"{expected_server_id}: backups would record one and the archiver look for "
+                "the other (set server_id in the configuration to the server's, or connect "
+                "to the right server)"
             )
         return found
+
+
+def check_server(params: ClientParams, expected_server_id: int, *, what: str) -> ServerFacts:
+    """The server's facts, once they are what binhoard requires (``ServerFacts.problems``,
+    the same ones ``binhoard status`` checks); raises ``ServerNotReadyError`` naming every
+    problem otherwise. ``what`` is the refused operation ("cannot back up", ...)."""
+    conn = connect(params)
+    try:
+        facts = server_facts(conn)
+    finally:
+        conn.close()
+    problems = facts.problems(expected_server_id=expected_server_id)
+    if problems:
+        raise ServerNotReadyError(what, problems)
+    return facts
 
 
 def server_facts(conn: Connection) -> ServerFacts:
