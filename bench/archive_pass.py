@@ -10,7 +10,7 @@ Builds a site of ``--streams`` daily backups of one server whose streams hold
 newest stream open and the older ones closed, as ``tests/support/sites.py`` writes them:
 in a local directory, and on the SeaweedFS S3 server of ``tests/support/s3server.py``
 when ``weed`` is installed. Then, per destination, times one archive pass
-(``BinlogArchiver._pass``) against a server whose every closed file is archived (an
+(``BinlogArchiver.archive_files``) against a server whose every closed file is archived (an
 idle pass: the daemon's usual one) in rounds, ``cache`` and ``no-cache`` alternating
 which goes first; ``cache`` is warmed by one untimed pass first. It reports the best and
 the median of ``--rounds`` (other jobs share the machine), and the requests of one pass:
@@ -143,7 +143,7 @@ def idle_server(build: SiteBuilder) -> ServerBinlogs:
 
 def one_pass(archiver: BinlogArchiver, server: ServerBinlogs) -> float:
     started = time.perf_counter()
-    report = archiver._pass(server)
+    report = archiver.archive_files(server)
     elapsed = time.perf_counter() - started
     if report.problems or not report.streams:
         raise RuntimeError(f"the pass found problems: {report.problems}")

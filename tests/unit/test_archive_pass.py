@@ -51,7 +51,7 @@ def test_a_broken_stream_is_reported_and_left_alone_the_others_go_on(
     store, build = site
     corrupt(store, build.record_key("B", 0))
     archiver = BinlogArchiver(settings_in(tmp_path), store)
-    report = archiver._pass(idle_server(build))
+    report = archiver.archive_files(idle_server(build))
 
     assert [s.stream_id for s in report.streams] == ["A"]
     assert report.streams[0].completed and report.streams[0].problems == []
@@ -70,7 +70,7 @@ def test_an_unreadable_manifest_is_reported_and_archiving_goes_on(
 ) -> None:
     store, build = site
     corrupt(store, manifest_key("A"))
-    report = BinlogArchiver(settings_in(tmp_path), store)._pass(idle_server(build))
+    report = BinlogArchiver(settings_in(tmp_path), store).archive_files(idle_server(build))
     assert [s.stream_id for s in report.streams] == ["B"]
     assert report.streams[0].completed
     assert [(b.stream_id, b.key) for b in report.broken] == [("A", manifest_key("A"))]
@@ -87,12 +87,12 @@ def test_an_idle_pass_with_the_cache_reads_nothing_old(
     store = MetricsStore(memory, observer)
     settings = settings_in(tmp_path)
     archiver = BinlogArchiver(settings, store)
-    archiver._pass(idle_server(build))  # fills the cache, completes B
-    archiver._pass(idle_server(build))  # reads B's completed.json the first pass wrote
+    archiver.archive_files(idle_server(build))  # fills the cache, completes B
+    archiver.archive_files(idle_server(build))  # reads B's completed.json the first pass wrote
     observer.take()
-    report = archiver._pass(idle_server(build))
+    report = archiver.archive_files(idle_server(build))
     assert report.problems == []
     assert observer.take() == {"list": 2}  # backups/, and B from its last record on
     # Without the cache, every record is read again.
-    BinlogArchiver(settings, store, use_cache=False)._pass(idle_server(build))
+    BinlogArchiver(settings, store, use_cache=False).archive_files(idle_server(build))
     assert observer.take()["get"] > 300
