@@ -384,3 +384,78 @@ def test_an_archive_that_cannot_advance_fails_the_command_and_status(
     _, stderr = follow.communicate(timeout=60)
     assert follow.returncode == 9, stderr
     assert "ERROR binhoard.archive: binlog archive stalled since" in stderr
+
+
+def test_a_stalled_stream_is_loud_in_status_and_in_a_restore_to_latest(
+    sandboxes: SandboxFactory,
+) -> None:
+    """A gap stalls the stream: `binlog archive` and `status` exit 9, status says since
+    when, why and how far behind; a restore --to-latest on another server names the
+    transaction the archive ends at and warns that the archiver's last pass failed."""
+    source = sandboxes.new("source")
+    create_schema(source)
+    identity = Identity.generate()
+    site = sandboxes.root / "site"
+    source_config = sandboxes.root / "source.json"
+    source_config.write_text(json.dumps(config_for(source, site, identity=identity)))
+    settings = load_settings(source_config)
+    create_backup(settings, open_site(settings))
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+
+    def binhoard(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "binhoard", *args, "--config", str(config)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=300,
+        )
+
+    write_rows(source, 50, seed=1)
+    source.query("FLUSH BINARY LOGS")
+    archived = binhoard(source_config, "binlog", "archive")
+    assert archived.returncode == 0, archived.stderr
+    archived_end = binlog_pos(source)
+    expected = checksums(source)
+
+    write_rows(source, 50, seed=2)  # lost: purged before it is archived
+    source.query("FLUSH BINARY LOGS")
+    write_rows(source, 50, seed=3)
+    source.query("FLUSH BINARY LOGS")
+    previous = str(source.query("SHOW BINARY LOGS")[-2][0])
+    source.query(f"PURGE BINARY LOGS TO '{previous}'")
+    stalled = binhoard(source_config, "binlog", "archive")
+    assert stalled.returncode == 9, stalled.stderr
+    status = binhoard(source_config, "status")
+    assert status.returncode == 9, status.stderr
+    assert "ready       NO" in status.stdout
+    assert "archive     STALLED since" in status.stdout and "gap" in status.stdout
+    behind = next(line for line in status.stdout.splitlines() if line.startswith("behind"))
+    domain, server_id, seq = (int(x) for x in archived_end.format().split("-"))
+    assert f"{domain}-{server_id}-{seq + 1}.." in behind, behind
+    assert f"archive ends at {archived_end.format()}" in behind, behind
+
+    target = sandboxes.new("restored", start=False)
+    target.create(initialize=False)
+    target_config = sandboxes.root / "target.json"
+    target_config.write_text(
+        json.dumps(
+            target.binhoard_config(
+                site_directory=site,
+                public_key=str(identity.recipient),
+                private_key=identity.secret_text(),
+                work_dir=target.directory / "binhoard",
+            )
+        )
+    )
+    restored = binhoard(target_config, "restore", "--to-latest")
+    assert restored.returncode == 0, restored.stderr
+    assert f"ends at transaction {archived_end.format()}" in restored.stdout, restored.stdout
+    warning = "WARNING: the archiver's last pass over stream"
+    assert warning in restored.stderr, restored.stderr
+    # Said once the stream is known, before the binlogs are applied, and again at the end.
+    assert restored.stderr.index(warning) < restored.stderr.index("applying_binlogs")
+    assert checksums(target) == expected
+    target.stop()

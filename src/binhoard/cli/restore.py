@@ -126,9 +126,17 @@ def _point_in_time(
     if not resume:
         parse_target(**target_args)  # a bad target is refused before anything is touched
     store = open_site(settings, name)
+    latest = "to_latest" in target_args
+    warned: list[str] = []
     with ByteProgress("restore") as bar:
 
         def show(p: PitrProgress) -> None:
+            if latest and p.backup_id and not warned:
+                # Said as soon as the stream is known, not only after hours of applying.
+                warned.append(p.backup_id)
+                _, warning = archive_end_notes(store, p.backup_id)
+                if warning is not None:
+                    click.echo(f"WARNING: {warning}", err=True)
             phase = p.phase
             if p.phase in ("applying_binlogs", "finalizing"):
                 phase = (
@@ -148,7 +156,7 @@ def _point_in_time(
         else:
             request = PitrRequest(name, target_args, backup_id, approximate_ok=approximate)
             result = restore.start(request)
-    if "to_latest" in target_args:
+    if latest:
         end, warning = archive_end_notes(store, result.backup_id)
         click.echo(end)
         if warning is not None:
