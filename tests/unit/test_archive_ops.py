@@ -296,3 +296,15 @@ def test_no_open_stream_is_a_stall(tmp_path: Path) -> None:
     )
     with pytest.raises(ArchiveStalledError, match="no open backup stream"):
         raise_if_stalled(report)
+
+
+def test_a_corrupt_archive_status_is_a_warning_for_a_restore_to_latest() -> None:
+    """A restore --to-latest has finished when it reads the archiver's report: a damaged
+    report is a warning naming it, never an error."""
+    store = MemoryStore()
+    put_backup(store, SnapshotPosition("binlog.000001", 4, ""))
+    store.put(archive_status_key(BACKUP_ID), [b'{"outcome": "stalled", "reas'])
+    end, warning = archive_end_notes(store, BACKUP_ID)
+    assert "holds no transaction" in end
+    assert warning is not None and "cannot tell whether" in warning
+    assert f"streams/{BACKUP_ID}/archive-status.json" in warning

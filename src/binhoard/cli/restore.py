@@ -11,7 +11,7 @@ from binhoard.app import open_site, site_name
 from binhoard.cli.common import config_option, site_option
 from binhoard.cli.progress import ByteProgress
 from binhoard.config import Settings, load_settings
-from binhoard.domain.errors import UsageError
+from binhoard.domain.errors import BinhoardError, UsageError
 from binhoard.domain.restore_plan import parse_target
 from binhoard.ops.archive import archive_end_notes
 from binhoard.ops.pitr import PitrProgress, PitrRequest, PointInTimeRestore
@@ -149,8 +149,12 @@ def _point_in_time(
             request = PitrRequest(name, target_args, backup_id, approximate_ok=approximate)
             result = restore.start(request)
     if "to_latest" in target_args:
-        end, warning = archive_end_notes(store, result.backup_id)
-        click.echo(end)
+        try:
+            end, warning = archive_end_notes(store, result.backup_id)
+        except BinhoardError as exc:  # the restore is done: a failed note must not undo that
+            end, warning = "", f"cannot read where the archive ends: {exc.message}"
+        if end:
+            click.echo(end)
         if warning is not None:
             click.echo(f"WARNING: {warning}", err=True)
     click.echo(

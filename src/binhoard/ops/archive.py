@@ -773,7 +773,14 @@ def archive_end_notes(store: ObjectStore, stream_id: str) -> tuple[str, str | No
             f"the archive of stream {stream_id} ends at transaction {last.last_gtid.format()} "
             f"(committed {when}, in {last.name})"
         )
-    status = read_archive_status(store, stream_id)
+    try:
+        status = read_archive_status(store, stream_id)
+    except CorruptDocumentError as exc:  # a report, not the archive: say so and go on
+        return end, (
+            f"cannot tell whether the archiver's last pass over stream {stream_id} "
+            f"succeeded ({exc.message}): transactions committed on the source after the "
+            "archive's end may be missing from this restore"
+        )
     if status is None or not status.stalled:
         return end, None
     return end, (
