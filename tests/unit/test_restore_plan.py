@@ -527,6 +527,8 @@ def test_parse_time(text: str, expected: int) -> None:
         ("yesterday", "not a time"),
         ("@-5", "not a time"),
         ("@12a", "not a time"),
+        ("@99999999999999999999", "after 9999-12-31"),
+        ("@253402300800", "after 9999-12-31"),
     ],
 )
 def test_parse_time_refuses(text: str, words: str) -> None:

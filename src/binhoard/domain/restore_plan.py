@@ -91,6 +91,9 @@ from binhoard.domain.manifest import BackupManifest
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SECOND = timedelta(seconds=1)
 _UNIX_RE = re.compile(r"@([0-9]+)")
+_LAST_SECOND = (datetime.max.replace(tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(
+    seconds=1
+)
 _POS_RE = re.compile(r"(.+):([0-9]+)")
 
 
@@ -162,6 +165,8 @@ class TimeTarget:
     def __post_init__(self) -> None:
         if type(self.at) is not int or self.at < 0:
             raise ValueError(f"a time target is unix seconds >= 0, not {self.at!r}")
+        if self.at > _LAST_SECOND:  # format_time and datetime end with year 9999
+            raise ValueError(f"@{self.at} is after 9999-12-31T23:59:59Z (@{_LAST_SECOND})")
 
     @classmethod
     def from_datetime(cls, when: datetime) -> TimeTarget:
