@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import re
 import socket
@@ -15,6 +16,8 @@ from typing import Any
 
 from binhoard.domain.errors import ConflictError
 
+log = logging.getLogger("binhoard.localstate")
+
 
 class StateFile:
     """A JSON document replaced atomically (temp file, fsync, rename, fsync directory)."""
@@ -23,11 +26,18 @@ class StateFile:
         self.path = path
 
     def read(self) -> dict[str, Any] | None:
+        """The document, or None if there is none. A file that is not a JSON object (a
+        disk fault: writes are atomic) is treated as absent, with a warning naming it:
+        every state file is a record that the next run can do without."""
         try:
-            data = json.loads(self.path.read_text())
+            data = json.loads(self.path.read_bytes())
         except FileNotFoundError:
             return None
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            log.warning("ignoring unreadable state file %s: %s", self.path, exc)
+            return None
         if not isinstance(data, dict):
+            log.warning("ignoring unreadable state file %s: not a JSON object", self.path)
             return None
         return data
 

@@ -285,6 +285,7 @@ def test_a_stream_that_cannot_advance_is_stalled_in_the_site_and_the_local_statu
     assert metrics.value("binhoard.binlog.archive_stalled") == 0
     end, warning = archive_end_notes(store, BACKUP_ID)
     assert f"ends at transaction 0-{SERVER_ID}-20" in end and warning is None
+    assert f"GTID position 0-{SERVER_ID}-20)" in end
     assert (status_file(settings).read() or {})["stalled_since"] is None
 
 
@@ -296,3 +297,15 @@ def test_no_open_stream_is_a_stall(tmp_path: Path) -> None:
     )
     with pytest.raises(ArchiveStalledError, match="no open backup stream"):
         raise_if_stalled(report)
+
+
+def test_a_corrupt_archive_status_is_a_warning_for_a_restore_to_latest() -> None:
+    """A restore --to-latest has finished when it reads the archiver's report: a damaged
+    report is a warning naming it, never an error."""
+    store = MemoryStore()
+    put_backup(store, SnapshotPosition("binlog.000001", 4, ""))
+    store.put(archive_status_key(BACKUP_ID), [b'{"outcome": "stalled", "reas'])
+    end, warning = archive_end_notes(store, BACKUP_ID)
+    assert "holds no transaction" in end
+    assert warning is not None and "cannot tell whether" in warning
+    assert f"streams/{BACKUP_ID}/archive-status.json" in warning

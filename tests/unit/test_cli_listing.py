@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from binhoard.cli import main
+from binhoard.domain.catalog import archive_status_key
 from binhoard.domain.manifest import manifest_key
 from binhoard.storage.backends import LocalStore
 from binhoard.storage.store import read_all
@@ -81,3 +82,27 @@ def test_binlog_list_reports_broken_streams_by_object(
     code, out, _ = run(["binlog", "list", "--config", str(config), "--stream", "A"], capsys)
     assert code == 9
     assert "BROKEN" in out and "backups/A/manifest.json" in out
+
+
+def test_a_corrupt_archive_status_does_not_stop_binlog_list(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``archive-status.json`` is a report about the archiver: a damaged one is named,
+    and every stream is still listed."""
+    store = LocalStore(tmp_path / "site")
+    build = SiteBuilder(store)
+    build.backup("A")
+    build.archive("A", 2)
+    store.put(archive_status_key("A"), [b'{"outcome": "ok", "sin'])
+    config = tmp_path / "bh.json"
+    config.write_text(json.dumps(site_config(tmp_path)))
+
+    code, out, err = run(["binlog", "list", "--config", str(config), "--json"], capsys)
+    assert code == 9, err
+    (stream,) = json.loads(out)
+    assert [b["seq"] for b in stream["binlogs"]] == [0, 1]
+    assert "archive status unknown" in stream["archive_stalled"]
+    assert "streams/A/archive-status.json" in stream["archive_stalled"]
+    code, out, err = run(["binlog", "list", "--config", str(config)], capsys)
+    assert code == 9 and "streams/A/archive-status.json is corrupt" in out
+    assert "Traceback" not in err

@@ -527,6 +527,8 @@ def test_parse_time(text: str, expected: int) -> None:
         ("yesterday", "not a time"),
         ("@-5", "not a time"),
         ("@12a", "not a time"),
+        ("@99999999999999999999", "after 9999-12-31"),
+        ("@253402300800", "after 9999-12-31"),
     ],
 )
 def test_parse_time_refuses(text: str, words: str) -> None:
@@ -730,3 +732,20 @@ def test_position_plan_applies_everything_before_the_position(
     expected = [e for i, e in numbered if i < index or (i == index and e.end_offset <= offset)]
     resolved = resolve(plan, tables)
     assert applied(resolved, tables) == expected
+
+
+def test_a_gtid_target_that_leaves_out_a_domain_of_the_snapshot_says_so() -> None:
+    """On a server writing domains 0 and 1, ``--to-gtid 0-1-2`` lacks domain 1: the
+    refusal names it and the snapshot's GTID there, not "no backup precedes"."""
+    two = build_stream(
+        "D", [[("0-1-1", 10), ("0-1-2", 11)], [("0-1-3", 20)]], start="1-1-3", in_snapshot=1
+    )
+    with pytest.raises(TargetBeforeSnapshotError) as caught:
+        plan_restore([two.backup], two.catalog(), gtid("0-1-2"))
+    message = str(caught.value)
+    assert "names no GTID for domain 1" in message and "(1-1-3)" in message
+    assert "0-1-2,1-1-3" in message and "no backup precedes" not in message
+    plan = plan_restore([two.backup], two.catalog(), gtid("0-1-2,1-1-3"))
+    assert [r.name for r in plan.records] == ["binlog.000001"]
+    with pytest.raises(TargetBeforeSnapshotError, match="no backup precedes"):
+        plan_restore([two.backup], two.catalog(), gtid("0-1-1,1-1-2"))  # truly before

@@ -55,3 +55,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    except OSError as exc:
+        # The local file system refused (a state or temporary directory that cannot be
+        # created, a permission): one line naming the path, never a traceback. Space
+        # (ENOSPC) is mapped where it happens, with what the step needs (DiskFullError).
+        where = f"{exc.filename}: " if exc.filename else ""
+        click.echo(f"binhoard: error: {where}{exc.strerror or exc}", err=True)
+        sys.exit(1)

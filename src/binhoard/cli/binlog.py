@@ -19,6 +19,7 @@ from rich.table import Table
 from binhoard.app import open_site, site_name
 from binhoard.cli.common import config_option, json_option, site_option
 from binhoard.config import load_settings
+from binhoard.domain.documents import CorruptDocumentError
 from binhoard.domain.errors import BinhoardError, NotFoundError
 from binhoard.metrics import Metrics
 from binhoard.ops.archive import (
@@ -162,7 +163,11 @@ def _stalls(store: ObjectStore, streams: list[StreamState]) -> dict[str, str]:
     """Open streams whose archiver's last pass failed (``archive-status.json``)."""
     found: dict[str, str] = {}
     for stream in streams:
-        status = None if stream.closed else read_archive_status(store, stream.stream_id)
+        try:
+            status = None if stream.closed else read_archive_status(store, stream.stream_id)
+        except CorruptDocumentError as exc:  # one report must not hide the listing
+            found[stream.stream_id] = f"archive status unknown: {exc.message}"
+            continue
         if status is not None and status.stalled:
             found[stream.stream_id] = (
                 f"archive stalled since {status.since.isoformat()}: {status.reason}"

@@ -11,11 +11,12 @@ from binhoard.app import open_site, site_name
 from binhoard.cli.common import config_option, site_option
 from binhoard.cli.progress import ByteProgress
 from binhoard.config import Settings, load_settings
-from binhoard.domain.errors import UsageError
+from binhoard.domain.errors import BinhoardError, UsageError
 from binhoard.domain.restore_plan import parse_target
 from binhoard.ops.archive import archive_end_notes
 from binhoard.ops.pitr import PitrProgress, PitrRequest, PointInTimeRestore
 from binhoard.ops.restore_backup import RestoreProgress, restore_backup, start_restored_server
+from binhoard.storage.store import ObjectStore
 
 
 @click.command("restore")
@@ -134,7 +135,7 @@ def _point_in_time(
             if latest and p.backup_id and not warned:
                 # Said as soon as the stream is known, not only after hours of applying.
                 warned.append(p.backup_id)
-                _, warning = archive_end_notes(store, p.backup_id)
+                _, warning = _archive_notes(store, p.backup_id)
                 if warning is not None:
                     click.echo(f"WARNING: {warning}", err=True)
             phase = p.phase
@@ -157,8 +158,9 @@ def _point_in_time(
             request = PitrRequest(name, target_args, backup_id, approximate_ok=approximate)
             result = restore.start(request)
     if latest:
-        end, warning = archive_end_notes(store, result.backup_id)
-        click.echo(end)
+        end, warning = _archive_notes(store, result.backup_id)
+        if end:
+            click.echo(end)
         if warning is not None:
             click.echo(f"WARNING: {warning}", err=True)
     click.echo(
@@ -166,3 +168,12 @@ def _point_in_time(
         f"({result.transactions_applied} transactions) to {result.target}; the server is "
         f"running read-only at GTID {restore.state.get('final_gtid_position') or '(empty)'}"
     )
+
+
+def _archive_notes(store: ObjectStore, stream_id: str) -> tuple[str, str | None]:
+    """``archive_end_notes``, never failing: they inform a restore, they must not stop or
+    undo it (a corrupt ``archive-status.json`` is a warning, not an error)."""
+    try:
+        return archive_end_notes(store, stream_id)
+    except BinhoardError as exc:
+        return "", f"cannot read where the archive of stream {stream_id} ends: {exc.message}"

@@ -91,6 +91,9 @@ from binhoard.domain.manifest import BackupManifest
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SECOND = timedelta(seconds=1)
 _UNIX_RE = re.compile(r"@([0-9]+)")
+_LAST_SECOND = (datetime.max.replace(tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(
+    seconds=1
+)
 _POS_RE = re.compile(r"(.+):([0-9]+)")
 
 
@@ -162,6 +165,8 @@ class TimeTarget:
     def __post_init__(self) -> None:
         if type(self.at) is not int or self.at < 0:
             raise ValueError(f"a time target is unix seconds >= 0, not {self.at!r}")
+        if self.at > _LAST_SECOND:  # format_time and datetime end with year 9999
+            raise ValueError(f"@{self.at} is after 9999-12-31T23:59:59Z (@{_LAST_SECOND})")
 
     @classmethod
     def from_datetime(cls, when: datetime) -> TimeTarget:
@@ -445,6 +450,8 @@ def choose_backup(
     for backup in reversed(backups):
         if _precedes(backup, target):
             return backup
+    if isinstance(target, GtidTarget):
+        _refuse_missing_domains(backups, target)
     why = ""
     if isinstance(target, TimeTarget):
         why = (
@@ -454,6 +461,27 @@ def choose_backup(
     raise TargetBeforeSnapshotError(
         f"no backup precedes {target.describe()}; the oldest is {_where(backups[0])}{why}"
     )
+
+
+def _refuse_missing_domains(backups: Sequence[BackupManifest], target: GtidTarget) -> None:
+    """A GTID target that leaves out a domain of the snapshots (``5-1-60`` on a server
+    that also writes domain 9) is the whole GTID state, so no snapshot precedes it; say
+    which domains it lacks instead of "no backup precedes"."""
+    wanted = target.position
+    for backup in reversed(backups):
+        snapshot = _snapshot_gtid(backup)
+        missing = [snapshot[d] for d in snapshot if d not in wanted]
+        named = GtidPosition(snapshot[d] for d in snapshot if d in wanted)
+        if missing and wanted.covers(named) and not _same_history(wanted, named):
+            lacks = ", ".join(str(g.domain_id) for g in missing)
+            has = ",".join(g.format() for g in missing)
+            raise TargetBeforeSnapshotError(
+                f"{target.describe()} names no GTID for domain{'s' if len(missing) > 1 else ''}"
+                f" {lacks}, which the snapshot of backup {backup.backup_id} has ({has}): a GTID "
+                "target is the whole GTID state, one GTID per domain; add the position of "
+                f"every domain, such as {GtidPosition([*wanted.gtids, *missing])} or later "
+                "(binhoard binlog list shows the GTIDs of each file)"
+            )
 
 
 # --- describing the archive --------------------------------------------------------------

@@ -769,11 +769,20 @@ def archive_end_notes(store: ObjectStore, stream_id: str) -> tuple[str, str | No
             if last.last_commit_time is not None
             else "unknown"
         )
+        # The last transaction is one domain's; the position names every domain's end.
         end = (
             f"the archive of stream {stream_id} ends at transaction {last.last_gtid.format()} "
-            f"(committed {when}, in {last.name})"
+            f"(committed {when}, in {last.name}; GTID position "
+            f"{records[-1].gtid_position_at_end.format()})"
         )
-    status = read_archive_status(store, stream_id)
+    try:
+        status = read_archive_status(store, stream_id)
+    except CorruptDocumentError as exc:  # a report, not the archive: say so and go on
+        return end, (
+            f"cannot tell whether the archiver's last pass over stream {stream_id} "
+            f"succeeded ({exc.message}): transactions committed on the source after the "
+            "archive's end may be missing from this restore"
+        )
     if status is None or not status.stalled:
         return end, None
     return end, (
