@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -31,6 +31,7 @@ from binhoard.ops.backup import create_backup
 from binhoard.ops.catalog import read_streams
 from binhoard.ops.pitr import PitrProgress, PitrRequest, PointInTimeRestore
 from binhoard.server.sandbox import Sandbox
+from binhoard.storage.store import ObjectStore
 from tests.support.configs import config_for
 from tests.support.mounts import resize, tmpfs
 from tests.support.sandboxes import SandboxFactory, sandbox_factory
@@ -405,3 +406,39 @@ def test_a_full_temporary_directory_is_one_clear_line_and_resume_continues(
             assert_restored_to(box, marker)
         finally:
             box.stop()
+
+
+class _KilledWhilePlanning(BaseException):
+    """Stands for SIGKILL: nothing after it runs, no handler sees it."""
+
+
+class _DiesOnList:
+    """The site, until the restore lists it: the moment a restore is planning."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self._store = store
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "list":
+            raise _KilledWhilePlanning
+        return getattr(self._store, name)
+
+
+def test_a_restore_killed_while_planning_resumes_or_starts_again(archive: Archive) -> None:
+    """Nothing is changed before the plan exists: --resume plans again, and a new start
+    is not told to resume (it was: "delete restore.json first")."""
+    marker = archive.markers[3]
+    for how in ("resume", "start"):
+        box = new_target(archive)
+        settings = parse_settings(target_config(archive, box), source="test")
+        request = PitrRequest("default", {"to_gtid": marker.gtid})
+        dying = cast(ObjectStore, _DiesOnList(open_site(settings)))
+        with pytest.raises(_KilledWhilePlanning):
+            PointInTimeRestore(settings, dying).start(request)
+        state = json.loads((settings.state_directory / "restore.json").read_text())
+        assert state["phase"] == "getting_backup_info"
+        again = PointInTimeRestore(settings, open_site(settings))
+        progress = again.resume() if how == "resume" else again.start(request)
+        assert progress.phase == "completed"
+        assert_restored_to(box, marker)
+        box.stop()

@@ -272,42 +272,51 @@ class PointInTimeRestore:
         """A new restore into ``mysql.data_directory``, to ``request.target``."""
         with exclusive(self.settings.state_directory / "restore.lock", "a restore"):
             existing = self.state_file.read()
-            if existing and existing.get("phase") not in ("completed", "failed"):
+            # Stopped while planning, nothing was changed yet: a new start may replace it.
+            if existing and existing.get("phase") not in (
+                "completed",
+                "failed",
+                "getting_backup_info",
+            ):
                 raise ConflictError(
                     f"an unfinished restore (phase {existing.get('phase')}, target "
                     f"{existing.get('target_text')}) is recorded in {self.state_file.path}: "
                     "continue it with `binhoard restore --resume`, or delete that file to "
                     "start over"
                 )
-            check_empty_datadir(self.settings.mysql.data_directory)
-            target = request.target
-            self.state = {
-                "phase": "getting_backup_info",
-                "site": request.site,
-                "target_args": request.target_args,
-                "target_text": target.describe(),
-                "approximate_ok": request.approximate_ok,
-                "started_at": datetime.now(UTC).isoformat(),
-            }
-            self._save()
-            self._report()
-            try:
-                plan = self._plan(request)
-                # Every precondition at once, before any data is downloaded.
-                check_restore_target(self.settings, _source_server_ids(plan))
-            except BinhoardError as exc:
-                # Nothing was changed: a later start must not be told to resume this one.
-                self.state["error"] = exc.message
-                self._set_phase("failed")
-                raise
-            self.state.update(
-                backup_id=plan.backup.backup_id,
-                records=len(plan.records),
-                stop=plan.stop.detail,
-                applied_records=0,
-            )
-            self._set_phase("restoring_basebackup")
-            return self._run(plan)
+            return self._start_locked(request)
+
+    def _start_locked(self, request: PitrRequest) -> PitrProgress:
+        check_empty_datadir(self.settings.mysql.data_directory)
+        target = request.target
+        self.state = {
+            "phase": "getting_backup_info",
+            "site": request.site,
+            "target_args": request.target_args,
+            "target_text": target.describe(),
+            "approximate_ok": request.approximate_ok,
+            "requested_backup_id": request.backup_id,
+            "started_at": datetime.now(UTC).isoformat(),
+        }
+        self._save()
+        self._report()
+        try:
+            plan = self._plan(request)
+            # Every precondition at once, before any data is downloaded.
+            check_restore_target(self.settings, _source_server_ids(plan))
+        except BinhoardError as exc:
+            # Nothing was changed: a later start must not be told to resume this one.
+            self.state["error"] = exc.message
+            self._set_phase("failed")
+            raise
+        self.state.update(
+            backup_id=plan.backup.backup_id,
+            records=len(plan.records),
+            stop=plan.stop.detail,
+            applied_records=0,
+        )
+        self._set_phase("restoring_basebackup")
+        return self._run(plan)
 
     def _plan(self, request: PitrRequest) -> RestorePlan:
         site = read_site(self.store)
@@ -337,9 +346,15 @@ class PointInTimeRestore:
                 raise UsageError(f"no unfinished restore recorded in {self.state_file.path}")
             self.state = state
             if state["phase"] == "getting_backup_info":
-                raise UsageError(
-                    "the restore stopped before it had a plan; nothing was changed: start it "
-                    f"again (delete {self.state_file.path} first)"
+                # Stopped before it had a plan: nothing was changed, so planning again is
+                # all that resuming means.
+                return self._start_locked(
+                    PitrRequest(
+                        str(state["site"]),
+                        dict(state["target_args"]),
+                        state.get("requested_backup_id"),
+                        approximate_ok=bool(state.get("approximate_ok")),
+                    )
                 )
             # The same target and base backup give the same files: records are immutable
             # and a stream only grows at its end (a "latest" restore may now go further).
