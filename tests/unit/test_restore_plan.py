@@ -261,7 +261,7 @@ def pos(text: str) -> FilePosTarget:
         (pos("binlog.000004:300"), False, ("A", 4, "exact"), [3, 4, 5, 6, 7]),
         (pos("binlog.000004:356"), False, ("B", 0, "snapshot"), []),
         (pos("binlog.000004:457"), False, ("B", 1, "exact"), [9]),
-        (pos("binlog.000005:99999"), False, ("B", 2, "exact"), [9, 10]),
+        (pos("binlog.000005:366"), False, ("B", 2, "exact"), [9, 10]),
     ],
 )
 def test_plans(
@@ -310,8 +310,10 @@ def test_a_chosen_backup() -> None:
     assert seqs(applied(resolved, TABLES)) == [3, 4, 5, 6, 7, 8, 9]
     with pytest.raises(TargetBeforeSnapshotError, match="backup B"):
         plan_restore(BACKUPS, CATALOG, T(1010), backup_id="B")
-    with pytest.raises(NoBackupError, match="no backup nope"):
+    with pytest.raises(NoBackupError, match="no backup nope") as unknown:
         plan_restore(BACKUPS, CATALOG, Latest(), backup_id="nope")
+    # Not found, as a plain restore of an unknown backup says (exit 3, HTTP 404).
+    assert (unknown.value.exit_code, unknown.value.http_status) == (3, 404)
 
 
 @pytest.mark.parametrize(
@@ -327,6 +329,7 @@ def test_a_chosen_backup() -> None:
         (gtid("5-151-10"), UnknownDomainError, ["domain 5 is not in the archive", ": 0)"]),
         (gtid("5-1-1,7-1-1"), UnknownDomainError, ["domains 5, 7 are not in the archive"]),
         (pos("binlog.000006:4"), TargetBeyondArchiveError, ["not archived yet", "binlog.000005"]),
+        (pos("binlog.000005:367"), TargetSyntaxError, ["beyond the end of binlog.000005 (366"]),
         (gtid("0-2-7"), TargetUnreachableError, ["not in this history", "0-1-7"]),
     ],
 )
@@ -722,6 +725,10 @@ def test_position_plan_applies_everything_before_the_position(
     record = stream.records[index]
     offset = data.draw(st.integers(4, record.size + 20))
     target = FilePosTarget(record.name, offset)
+    if offset > record.size:
+        with pytest.raises(TargetSyntaxError, match="beyond the end"):
+            plan_restore([stream.backup], stream.catalog(), target)
+        return
     if index == 0 and offset < record.start_offset:
         with pytest.raises(TargetBeforeSnapshotError):
             plan_restore([stream.backup], stream.catalog(), target)

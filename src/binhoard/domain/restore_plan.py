@@ -84,7 +84,7 @@ from binhoard.domain.binlog import (
     stop_for_time,
 )
 from binhoard.domain.catalog import BinlogRecord, chain_problems, snapshot_inside
-from binhoard.domain.errors import BinhoardError, PlanError
+from binhoard.domain.errors import BinhoardError, NotFoundError, PlanError
 from binhoard.domain.gtid import Gtid, GtidOrderError, GtidPosition
 from binhoard.domain.manifest import BackupManifest
 
@@ -104,6 +104,14 @@ class TargetSyntaxError(PlanError):
 
 class NoBackupError(PlanError):
     """The site holds no backup (or not the one asked for)."""
+
+
+class UnknownBackupError(NoBackupError, NotFoundError):
+    """The backup asked for (``--backup ID``) is not in the site: not found, as a plain
+    restore of an unknown backup says too."""
+
+    exit_code = NotFoundError.exit_code
+    http_status = NotFoundError.http_status
 
 
 class TargetBeforeSnapshotError(PlanError):
@@ -440,7 +448,7 @@ def choose_backup(
     if backup_id is not None:
         chosen = [b for b in backups if b.backup_id == backup_id]
         if not chosen:
-            raise NoBackupError(f"there is no backup {backup_id}")
+            raise UnknownBackupError(f"there is no backup {backup_id}")
         if not _precedes(chosen[0], target):
             raise TargetBeforeSnapshotError(
                 f"{target.describe()} is not known to be after the snapshot of backup "
@@ -661,6 +669,13 @@ def _plan_position(
     if records[last].name != target.file:  # not archived: it held no transaction
         used = _trim(records[:last])
         return used, _end_of(used)
+    if target.pos > records[last].size:
+        # No server gives such a position: a typo, which would otherwise apply the
+        # whole file and look like success.
+        raise TargetSyntaxError(
+            f"--to-position: {target.file}:{target.pos} lies beyond the end of "
+            f"{target.file} ({records[last].size} bytes)"
+        )
     if records[last].transactions == 0:
         used = _trim(records[: last + 1])
         return used, _end_of(used)
