@@ -31,6 +31,7 @@ import hashlib
 import logging
 import secrets
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -42,8 +43,8 @@ from binhoard.domain.archiving import (
     Missing,
     NextStep,
     RotationTimer,
+    ServerFiles,
     Wait,
-    next_step,
     state_at_offset,
 )
 from binhoard.domain.binlog import binlog_sort_key, compare_positions, describe_problem
@@ -223,20 +224,22 @@ class _Stream:
         self.completed = state.completed is not None
         self.closed = False
         self.error: str | None = None
+        self._step: tuple[str | None, NextStep] | None = None
 
     @property
     def stream_id(self) -> str:
         return self.state.stream_id
 
-    def next(self, server: ServerBinlogs) -> NextStep:
-        snapshot = self.state.backup.snapshot
-        return next_step(
-            self.records[-1].name if self.records else None,
-            snapshot.binlog_file,
-            snapshot.binlog_pos,
-            server.names,
-            server.active,
-        )
+    def next(self, files: ServerFiles) -> NextStep:
+        """The stream's next step. It depends only on the stream's last record (and on
+        ``files``, fixed for a pass), so it is worked out again only when a record has
+        been added."""
+        last = self.records[-1].name if self.records else None
+        if self._step is None or self._step[0] != last:
+            snapshot = self.state.backup.snapshot
+            step = files.next_step(last, snapshot.binlog_file, snapshot.binlog_pos)
+            self._step = (last, step)
+        return self._step[1]
 
 
 class BinlogArchiver:
@@ -301,18 +304,10 @@ class BinlogArchiver:
             and s.broken is None
         ]
         report.broken = _broken_streams(site.streams, site.backups.entries, self.settings.server_id)
-        for name in server.names:
-            if name == server.active:
-                break
-            wanting: list[tuple[_Stream, Archive]] = []
-            for stream in streams:
-                step = stream.next(server)
-                if isinstance(step, Archive) and step.name == name and not stream.problems:
-                    wanting.append((stream, step))
-            if wanting:
-                self._archive_file(server, name, wanting, refs, report)
+        files = ServerFiles(server.names, server.active)
+        self._walk(server, files, streams, refs, report)
         for stream in streams:
-            step = stream.next(server)
+            step = stream.next(files)
             if isinstance(step, Missing) and not stream.problems:
                 stream.problems.append(f"cannot archive {step.needed}: {step.detail}")
             caught_up = isinstance(step, Wait) and not stream.problems
@@ -326,14 +321,54 @@ class BinlogArchiver:
                 log.error("stream %s: %s", stream.stream_id, problem)
             if stream.error is not None:
                 log.error("stream %s: %s", stream.stream_id, stream.error)
-            report.streams.append(self._stream_report(stream, server))
+            report.streams.append(self._stream_report(stream, files))
             if not stream.closed:
                 self._publish_status(report.streams[-1])
         times = [s.newest_commit_time for s in report.streams if s.newest_commit_time is not None]
         report.newest_stored_commit_time = max(times) if times else None
         return report
 
-    def _stream_report(self, stream: _Stream, server: ServerBinlogs) -> StreamReport:
+    def _walk(
+        self,
+        server: ServerBinlogs,
+        files: ServerFiles,
+        streams: list[_Stream],
+        refs: dict[BinlogIdentity, ObjectRef],
+        report: ArchiveReport,
+    ) -> None:
+        """Walks the server's closed files oldest first, archiving each for the streams
+        that need it next. Costs O(files + streams) besides the archiving: which streams
+        want which file is kept by name, and only a stream that got a record moves."""
+        wanted: dict[str, dict[int, _Stream]] = defaultdict(dict)
+        for order, stream in enumerate(streams):
+            step = stream.next(files)
+            if isinstance(step, Archive):
+                wanted[step.name][order] = stream
+        for name in server.names:
+            if name == server.active:
+                break
+            waiting = wanted.get(name)
+            if not waiting:
+                continue
+            # In stream order, as every stream was asked in turn: the first stream's
+            # record decides who cleans up an upload that lost the race.
+            wanting: list[tuple[_Stream, Archive]] = []
+            for order in sorted(waiting):
+                stream = waiting[order]
+                step = stream.next(files)
+                if isinstance(step, Archive) and step.name == name and not stream.problems:
+                    wanting.append((stream, step))
+            if not wanting:
+                continue
+            self._archive_file(server, name, wanting, refs, report)
+            for order in sorted(waiting):
+                step = waiting[order].next(files)
+                if isinstance(step, Archive) and step.name != name:
+                    # A later file in the index (or an earlier one, in an index out of
+                    # order: the walk has passed it, so the next pass takes it, as before).
+                    wanted[step.name][order] = waiting[order]
+
+    def _stream_report(self, stream: _Stream, files: ServerFiles) -> StreamReport:
         records = stream.records
         times = [r.max_commit_time for r in records if r.max_commit_time is not None]
         end = records[-1].gtid_position_at_end if records else stream.state.snapshot_gtid
@@ -344,7 +379,7 @@ class BinlogArchiver:
             newest_commit_time=max(times) if times else None,
             completed=stream.completed,
             closed=stream.closed,
-            caught_up=isinstance(stream.next(server), Wait),
+            caught_up=isinstance(stream.next(files), Wait),
             problems=list(stream.problems),
             error=stream.error,
         )
