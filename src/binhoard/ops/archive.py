@@ -3,7 +3,8 @@
 One pass (:meth:`BinlogArchiver.archive_once`) walks the server's binlog index, oldest
 file first, and gives every open stream of this server the file it needs next:
 
-1. the file is indexed with the binlog reader (every event checksum verified), and
+1. the file is summarised in one scan of the binlog reader (every event checksum
+   verified; no per-transaction index is kept, so memory does not grow with it), and
    must start exactly where the stream's archive ends (its Gtid_list equals the end
    state of the previous record), or for a stream's first file, the backup's snapshot
    must sit at a transaction boundary of it with exactly the snapshot's GTID state;
@@ -45,7 +46,6 @@ from binhoard.domain.archiving import (
     RotationTimer,
     ServerFiles,
     Wait,
-    state_at_offset,
 )
 from binhoard.domain.binlog import binlog_sort_key, compare_positions, describe_problem
 from binhoard.domain.catalog import (
@@ -79,7 +79,7 @@ from binhoard.ops.catalog import StreamState, read_records, read_site, read_stre
 from binhoard.ops.site import BackupEntry
 from binhoard.ops.sitecache import SiteCache, open_cache
 from binhoard.server import sql
-from binhoard.server.binlog_reader import BinlogIndex, read_binlog
+from binhoard.server.binlog_reader import BinlogSummary, summarize_binlog
 from binhoard.storage.pipeline import Codec, suffix, upload
 from binhoard.storage.store import ObjectStore, read_all
 
@@ -197,7 +197,7 @@ def _file_chunks(path: Path) -> Iterator[bytes]:
             yield chunk
 
 
-def _start_digest(index: BinlogIndex) -> str:
+def _start_digest(index: BinlogSummary) -> str:
     return hashlib.sha256(index.gtid_list_at_start.format().encode()).hexdigest()
 
 
@@ -425,8 +425,11 @@ class BinlogArchiver:
         report: ArchiveReport,
     ) -> None:
         path = server.path(name)
+        # A stream's first file must hold the snapshot: the states there come from the
+        # same scan that summarises the file (no per-transaction index is kept).
+        snapshots = {step.start_offset for stream, step in wanting if not stream.records}
         try:
-            index = read_binlog(path)
+            index = summarize_binlog(path, states_at=snapshots)
         except (CorruptBinlogError, OSError) as exc:
             for stream, _ in wanting:
                 stream.problems.append(f"cannot read {path}: {exc}")
@@ -445,7 +448,7 @@ class BinlogArchiver:
     def _store_file(
         self,
         path: Path,
-        index: BinlogIndex,
+        index: BinlogSummary,
         accepted: list[tuple[_Stream, Archive]],
         refs: dict[BinlogIdentity, ObjectRef],
         report: ArchiveReport,
@@ -474,7 +477,7 @@ class BinlogArchiver:
                 last_gtid=segment.last_gtid,
                 first_commit_time=segment.first_commit_time,
                 last_commit_time=segment.last_commit_time,
-                min_commit_time=min(index.transactions.commit_times, default=None),
+                min_commit_time=index.min_commit_time,
                 max_commit_time=segment.max_commit_time,
                 transactions=segment.transaction_count,
                 start_offset=step.start_offset,
@@ -491,7 +494,7 @@ class BinlogArchiver:
                 raise
             report.records_written += 1
 
-    def _fits(self, stream: _Stream, step: Archive, index: BinlogIndex) -> bool:
+    def _fits(self, stream: _Stream, step: Archive, index: BinlogSummary) -> bool:
         """Whether ``index`` continues ``stream`` exactly; records the problem if not."""
         if stream.records:
             previous = stream.records[-1]
@@ -505,9 +508,7 @@ class BinlogArchiver:
                 stream.problems.append(describe_problem(problem))
             return not problems
         snapshot = stream.state.snapshot_gtid
-        at_snapshot = state_at_offset(
-            index.gtid_list_at_start, index.transactions, step.start_offset
-        )
+        at_snapshot = index.states_at[step.start_offset]
         if at_snapshot is None or at_snapshot != snapshot:
             stream.problems.append(
                 f"the backup's snapshot {index.name}:{step.start_offset} "
@@ -517,7 +518,7 @@ class BinlogArchiver:
             return False
         return True
 
-    def _upload(self, identity: BinlogIdentity, path: Path, index: BinlogIndex) -> ObjectRef:
+    def _upload(self, identity: BinlogIdentity, path: Path, index: BinlogSummary) -> ObjectRef:
         key = binlog_data_key(identity, secrets.token_hex(8), suffix(self.codec.algorithm))
         # Written down before the first byte goes up: if this process dies before the
         # record names the object, the next pass knows the key is this host's to delete.
@@ -536,7 +537,7 @@ class BinlogArchiver:
             path.name,
             digest.plain_size,
             digest.stored_size,
-            len(index.transactions),
+            index.transaction_count,
             time.monotonic() - started,
         )
         return object_ref(key, self.codec, digest)
