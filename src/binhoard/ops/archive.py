@@ -27,7 +27,6 @@ that stream where it is and is reported on every pass until a newer stream takes
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import secrets
@@ -81,7 +80,7 @@ from binhoard.ops.sitecache import SiteCache, open_cache
 from binhoard.server import sql
 from binhoard.server.binlog_reader import BinlogSummary, summarize_binlog
 from binhoard.storage.pipeline import Codec, suffix, upload
-from binhoard.storage.store import ObjectStore, read_all
+from binhoard.storage.store import ObjectInfo, ObjectStore, read_all
 
 log = logging.getLogger("binhoard.archive")
 
@@ -289,6 +288,14 @@ class BinlogArchiver:
 
     def archive_files(self, server: ServerBinlogs) -> ArchiveReport:
         """One pass over ``server``'s files (what :meth:`archive_once` runs under its lock)."""
+        try:
+            return self._archive_files(server)
+        finally:
+            # What the pass wrote, in one transaction; also when it failed half-way.
+            if self._cache is not None:
+                self._cache.commit()
+
+    def _archive_files(self, server: ServerBinlogs) -> ArchiveReport:
         report = ArchiveReport(at=self.now().isoformat())
         site = read_site(self.store, self.cache, incremental=True)
         all_streams = site.streams
@@ -575,15 +582,27 @@ class BinlogArchiver:
         uploads_file(self.settings).write({**state, "pending": [], "swept_at": now.isoformat()})
 
     def _write_record(self, stream: _Stream, record: BinlogRecord) -> bool:
+        body = record.to_bytes()
         try:
-            self.store.put(record.key, [record.to_bytes()], if_absent=True)
+            info = self.store.put(record.key, [body], if_absent=True)
         except PreconditionFailedError:
             raise ConflictError(
                 f"{record.key} was written by someone else while this archiver held the "
                 "stream: two archivers for one stream (another host?)"
             ) from None
         stream.records.append(record)
+        self._written(info, body, record)
         return True
+
+    def _written(self, info: ObjectInfo, body: bytes, document: object) -> None:
+        """A document this pass has written (the write succeeded) goes into the cache as
+        if read back: otherwise the next pass fetches every record and marker this one
+        wrote. Kept only as the site describes it (size and etag, or mtime, from the
+        write's answer); a listing that differs makes the next pass read it again."""
+        cache = self.cache
+        if cache is not None:
+            cache.store(info, body)
+            cache.remember(info.key, body, document)
 
     def _mark(self, key: str, stream: _Stream, successor: str | None) -> None:
         marker = StreamMarker(
@@ -592,8 +611,12 @@ class BinlogArchiver:
             seq=stream.records[-1].seq if stream.records else None,
             successor=successor,
         )
-        with contextlib.suppress(PreconditionFailedError):
-            self.store.put(key, [marker.to_bytes()], if_absent=True)
+        body = marker.to_bytes()
+        try:
+            info = self.store.put(key, [body], if_absent=True)
+        except PreconditionFailedError:
+            return  # another writer's marker is there: the site's, not ours, is cached
+        self._written(info, body, marker)
 
     def _close_superseded(self, streams: list[_Stream]) -> None:
         """Closes every open stream older than the newest completed one: that one
