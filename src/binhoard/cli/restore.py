@@ -149,7 +149,7 @@ def _point_in_time(
             request = PitrRequest(name, target_args, backup_id, approximate_ok=approximate)
             result = restore.start(request)
     if "to_latest" in target_args:
-        end, warning = archive_end_notes(store, result.backup_id)
+        end, warning = archive_end_notes(store, result.backup_id, restore.cache)
         click.echo(end)
         if warning is not None:
             click.echo(f"WARNING: {warning}", err=True)

@@ -814,11 +814,14 @@ def read_archive_status(store: ObjectStore, stream_id: str) -> ArchiveStatus | N
         return None
 
 
-def archive_end_notes(store: ObjectStore, stream_id: str) -> tuple[str, str | None]:
+def archive_end_notes(
+    store: ObjectStore, stream_id: str, cache: SiteCache | None = None
+) -> tuple[str, str | None]:
     """For a restore to the latest point: where the stream's archive ends (its last
     transaction and commit time), and a warning if the archiver's last pass over the
-    stream failed (written by the archiver to the site, so visible from any host)."""
-    records = read_records(store, stream_id)
+    stream failed (written by the archiver to the site, so visible from any host).
+    With ``cache``, the records the restore's planning read are not fetched again."""
+    records = read_records(store, stream_id, cache)
     last = next((r for r in reversed(records) if r.last_gtid is not None), None)
     if last is None or last.last_gtid is None:
         end = f"the archive of stream {stream_id} holds no transaction after its snapshot"
