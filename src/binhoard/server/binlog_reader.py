@@ -68,6 +68,11 @@ CRC_LEN: Final = 4
 # zlib.crc32(payload + crc32(payload).to_bytes(4, "little")) for every payload.
 CRC32_RESIDUE: Final = 0x2144DF1C
 DEFAULT_BLOCK_SIZE: Final = 8 << 20
+# A summary keeps nothing per transaction, so what it holds is the block being read (and
+# its copy when an event straddles two) and that block's rows: 8 MiB blocks of ~300-byte
+# transactions cost ~45 MiB of peak RSS, 1 MiB ones ~5 MiB, at the same speed
+# (docs/benchmarks.md). The archiver's memory bound leaves that room to the upload.
+SUMMARY_BLOCK_SIZE: Final = 1 << 20
 
 # Event types (MariaDB's log_event.h numbering).
 STOP_EVENT: Final = 3
@@ -245,7 +250,7 @@ def summarize_binlog(
     path: Path | str,
     *,
     states_at: Collection[int] = (),
-    block_size: int = DEFAULT_BLOCK_SIZE,
+    block_size: int = SUMMARY_BLOCK_SIZE,
 ) -> BinlogSummary:
     """Summarises the closed binlog file at ``path`` in one scan, verifying every event
     as :func:`read_binlog` does and raising the same errors; also gives the GTID state at
