@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -153,7 +154,10 @@ def _site(binlogs: Binlogs) -> MemoryStore:
     return store
 
 
-def _outcome(store: MemoryStore, reports: list[ArchiveReport]) -> object:
+Outcome = tuple[dict[str, list[Any]], dict[str, tuple[bool, bool]], list[Any]]
+
+
+def _outcome(store: MemoryStore, reports: list[ArchiveReport]) -> Outcome:
     """What the passes decided, without upload keys (random per upload)."""
     records = {
         s.stream_id: [replace(r, object=_ref("-")) for r in s.records] for s in read_streams(store)
