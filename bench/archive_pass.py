@@ -4,6 +4,7 @@ cache of the site's documents (ops/sitecache.py) against without it, in the same
 Usage::
 
     .venv/bin/python bench/archive_pass.py [--records 5000] [--streams 14] [--rounds 5] [--no-s3]
+        [--server-files 2000]
 
 Builds a site of ``--streams`` daily backups of one server whose streams hold
 ``--records`` binlog records between them (5-minute rotations: 14 days are ~4,000), the
@@ -22,6 +23,14 @@ The last line is one JSON object::
 
 ``ratio`` is the no-cache time over the cache time of an idle pass to S3 (local if
 ``--no-s3``).
+
+``index`` is the cost of the pass's walk over a long server binlog index: the same idle
+pass on the local site (cache on) against a server whose index lists ``--server-files``
+files (a server rotating every 5 minutes with 7 days of binlogs keeps ~2,000), with the
+walk as it is (``fast``) and as it was before ``ServerFiles`` (``scan``: every stream's
+next file found by a scan of the whole index, for every file of the index;
+``tests/support/archiving_reference.py``), alternating which goes first round by round.
+``index.ratio`` is ``scan`` over ``fast`` (best times).
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.support (sites, the S3 server) lives beside src/
 
+from tests.support.archiving_reference import ReferenceArchiver  # noqa: E402
 from tests.support.faultproxy import FaultProxy  # noqa: E402
 from tests.support.s3server import s3_server, weed_binary  # noqa: E402
 from tests.support.sites import SERVER_ID, CountingObserver, SiteBuilder, binlog_name  # noqa: E402
@@ -141,6 +151,37 @@ def idle_server(build: SiteBuilder) -> ServerBinlogs:
     return ServerBinlogs(directory=Path("/nonexistent"), names=names, active=names[-1])
 
 
+def long_index(build: SiteBuilder, count: int) -> ServerBinlogs:
+    """An idle server that still lists its last ``count`` files, the active one last."""
+    first = max(1, build.files + 2 - count)
+    names = tuple(binlog_name(n) for n in range(first, build.files + 2))
+    return ServerBinlogs(directory=Path("/nonexistent"), names=names, active=names[-1])
+
+
+def measure_index(
+    store: ObjectStore, build: SiteBuilder, settings: Settings, rounds: int, count: int
+) -> dict[str, Any]:
+    server = long_index(build, count)
+    archivers = {
+        "fast": BinlogArchiver(settings, store),
+        "scan": ReferenceArchiver(settings, store),
+    }
+    one_pass(archivers["fast"], server)  # fills the cache: both then read the same
+    times: dict[str, list[float]] = {mode: [] for mode in archivers}
+    for round_ in range(rounds):
+        order = ("fast", "scan") if round_ % 2 == 0 else ("scan", "fast")
+        for mode in order:
+            times[mode].append(one_pass(archivers[mode], server))
+    result: dict[str, Any] = {"server_files": len(server.names)}
+    for mode, seconds in times.items():
+        result[mode] = {
+            "best_s": round(min(seconds), 4),
+            "median_s": round(statistics.median(seconds), 4),
+        }
+    result["ratio"] = round(result["scan"]["best_s"] / result["fast"]["best_s"], 1)
+    return result
+
+
 def one_pass(archiver: BinlogArchiver, server: ServerBinlogs) -> float:
     started = time.perf_counter()
     report = archiver.archive_files(server)
@@ -202,6 +243,7 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=14)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--no-s3", action="store_true")
+    parser.add_argument("--server-files", type=int, default=2000)
     args = parser.parse_args()
     out: dict[str, Any] = {"bench": "archive_pass", "records": args.records}
     with tempfile.TemporaryDirectory(prefix="bh-bench-") as tmp:
@@ -213,6 +255,10 @@ def main() -> None:
         _log(f"built in {time.perf_counter() - started:.1f} s")
         out["local"] = measure(store, build, settings_for(work / "local"), args.rounds)
         _log(f"local: {json.dumps(out['local'])}")
+        out["index"] = measure_index(
+            store, build, settings_for(work / "local"), args.rounds, args.server_files
+        )
+        _log(f"index: {json.dumps(out['index'])}")
         if not args.no_s3:
             weed_binary()
             with s3_server(work / "s3") as server:

@@ -39,7 +39,9 @@ from binhoard.ops.archive import (
 )
 from binhoard.ops.catalog import read_streams
 from binhoard.storage.store import MemoryStore, ObjectInfo, read_all
+from binhoard.storage.wrappers import MetricsStore
 from tests.support.binlogs import BinlogWriter
+from tests.support.sites import CountingObserver
 
 IDENTITY = Identity.generate()
 SERVER_ID = 7
@@ -309,3 +311,34 @@ def test_a_corrupt_archive_status_is_a_warning_for_a_restore_to_latest() -> None
     assert "holds no transaction" in end
     assert warning is not None and "cannot tell whether" in warning
     assert f"streams/{BACKUP_ID}/archive-status.json" in warning
+
+
+def test_what_a_pass_writes_is_cached_and_not_fetched_again(tmp_path: Path) -> None:
+    """Records and markers a pass writes go into the site cache (once written): the next
+    pass only lists. Objects never written (a refused write) are not cached."""
+    server = Server(tmp_path / "binlogs")
+    memory = FailingRecordStore()
+    snapshot_at = BinlogWriter(SERVER_ID, T0).offset
+    server.write_file(20)
+    server.write_file(5)
+    put_backup(memory, SnapshotPosition("binlog.000001", snapshot_at, ""))
+    observer = CountingObserver()
+    store = MetricsStore(memory, observer)
+    archiver = BinlogArchiver(settings_for(tmp_path / "host"), store)
+    assert archiver.cache is not None
+
+    failed = archiver.archive_files(server.binlogs())  # uploads, the record is refused
+    assert failed.stalled
+    assert not any("/binlogs/" in key for key in archiver.cache.load(f"streams/{BACKUP_ID}/"))
+
+    memory.fail = False
+    report = archiver.archive_files(server.binlogs())  # two records, then completed.json
+    assert report.records_written == 2 and report.streams[0].completed
+    observer.take()
+    idle = archiver.archive_files(server.binlogs())
+    assert idle.records_written == 0 and idle.streams[0].records == 2
+    assert observer.take() == {"list": 2}  # backups/, and the stream from its last record
+    # Another process on this host (a new archiver, same cache file) fetches nothing
+    # either but the archive-status.json it has not seen yet.
+    BinlogArchiver(settings_for(tmp_path / "host"), store).archive_files(server.binlogs())
+    assert observer.take() == {"list": 2, "get": 1}

@@ -20,6 +20,7 @@ from binhoard.domain.manifest import BackupManifest, BackupType
 from binhoard.domain.schedule import format_utc
 from binhoard.ops.backup import BackupDecision, BackupProgress, take_backup
 from binhoard.ops.site import BackupEntry, read_backups, read_manifest
+from binhoard.ops.sitecache import open_cache
 
 
 @click.group("backup")
@@ -183,7 +184,11 @@ def list_command(config_file: Path, site: str | None, as_json: bool) -> None:
     """
     settings = load_settings(config_file)
     name = site_name(settings, site)
-    listing = read_backups(open_site(settings, name))
+    store = open_site(settings, name)
+    # Manifests never change once written: only those this host has not read are fetched.
+    cache = open_cache(settings.state_directory, store.describe())
+    listing = read_backups(store, cache)
+    cache.commit()
     now = datetime.now(UTC)
     if as_json:
         click.echo(json.dumps([entry_summary(e, name, now) for e in listing.entries], indent=2))

@@ -16,6 +16,7 @@ from binhoard.domain.restore_plan import parse_target
 from binhoard.ops.archive import archive_end_notes
 from binhoard.ops.pitr import PitrProgress, PitrRequest, PointInTimeRestore
 from binhoard.ops.restore_backup import RestoreProgress, restore_backup, start_restored_server
+from binhoard.ops.sitecache import SiteCache
 from binhoard.storage.store import ObjectStore
 
 
@@ -135,7 +136,7 @@ def _point_in_time(
             if latest and p.backup_id and not warned:
                 # Said as soon as the stream is known, not only after hours of applying.
                 warned.append(p.backup_id)
-                _, warning = _archive_notes(store, p.backup_id)
+                _, warning = _archive_notes(store, p.backup_id, restore.cache)
                 if warning is not None:
                     click.echo(f"WARNING: {warning}", err=True)
             phase = p.phase
@@ -158,7 +159,7 @@ def _point_in_time(
             request = PitrRequest(name, target_args, backup_id, approximate_ok=approximate)
             result = restore.start(request)
     if latest:
-        end, warning = _archive_notes(store, result.backup_id)
+        end, warning = _archive_notes(store, result.backup_id, restore.cache)
         if end:
             click.echo(end)
         if warning is not None:
@@ -170,10 +171,12 @@ def _point_in_time(
     )
 
 
-def _archive_notes(store: ObjectStore, stream_id: str) -> tuple[str, str | None]:
+def _archive_notes(
+    store: ObjectStore, stream_id: str, cache: SiteCache | None
+) -> tuple[str, str | None]:
     """``archive_end_notes``, never failing: they inform a restore, they must not stop or
     undo it (a corrupt ``archive-status.json`` is a warning, not an error)."""
     try:
-        return archive_end_notes(store, stream_id)
+        return archive_end_notes(store, stream_id, cache)
     except BinhoardError as exc:
         return "", f"cannot read where the archive of stream {stream_id} ends: {exc.message}"

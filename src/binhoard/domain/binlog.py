@@ -264,37 +264,181 @@ class BinlogSegment:
         strict mode broken), and :class:`ValueError` if transactions overlap or run
         past ``size``.
         """
-        binlog_sort_key(name)
-        if not transactions:
-            return cls(name, size, gtid_list_at_start, gtid_list_at_start, 0, *(None,) * 5)
-        state = _State(gtid_list_at_start)
-        last_seq = {domain: seq for domain, (_, seq) in state.last.items()}
-        previous_end = 4
-        # The loop runs once per transaction of a file (millions for a big one): plain
-        # integers and dicts only, and only the failing case does any formatting.
-        for domain, server, seq, _, start, end in _rows_of(transactions):
-            if start < previous_end or end <= start or end > size:
-                raise ValueError(
-                    f"{name}: transaction {domain}-{server}-{seq} at {start}..{end} overlaps "
-                    f"the previous one (ends {previous_end}) or the file end ({size})"
-                )
-            previous_end = end
-            if seq <= last_seq.get(domain, -1):
-                state.advance(domain, server, seq, f"{name} at offset {start}")  # raises
-            last_seq[domain] = seq
-            state.last[domain] = (server, seq)
-        first, last = transactions[0], transactions[-1]
-        return cls(
-            name=name,
+        builder = SegmentBuilder(name, gtid_list_at_start, size=size)
+        builder.extend_rows(_rows_of(transactions))
+        return builder.segment(size)
+
+
+class SegmentBuilder:
+    """A :class:`BinlogSegment` built from a file's transactions as they are read, in
+    memory independent of their number, and the GTID state at chosen byte offsets.
+
+    The archiver needs only a file's summary and, for a stream's first file, the state
+    where the backup's snapshot sits; a :class:`TransactionTable` of a 1 GiB binlog of
+    small transactions would take ~240 MB for that. Rows come in file order
+    (:meth:`extend_rows`, as ``TransactionTable`` takes them); the first problem found
+    (overlap, a GTID out of order) is kept and raised by :meth:`segment`, exactly as
+    :meth:`BinlogSegment.from_transactions` raises it, while the states at ``offsets``
+    are still worked out (:func:`~binhoard.domain.archiving.state_at_offset`'s
+    semantics: non-strict, ``None`` inside a transaction).
+
+    ``size``, when known in advance, is checked on every row as ``from_transactions``
+    does; otherwise :meth:`segment` checks the last row against the size it is given.
+    """
+
+    __slots__ = (
+        "_before_last_end",
+        "_count",
+        "_error",
+        "_first",
+        "_last",
+        "_max_time",
+        "_min_time",
+        "_pending",
+        "_previous_end",
+        "_size",
+        "_start",
+        "_state",
+        "_states",
+        "name",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        gtid_list_at_start: GtidPosition,
+        *,
+        size: int | None = None,
+        offsets: Iterable[int] = (),
+    ) -> None:
+        self.name = name
+        self._start = gtid_list_at_start
+        self._size = size
+        self._state = _State(gtid_list_at_start)
+        self._count = 0
+        self._first: tuple[int, int, int, int, int, int] | None = None
+        self._last: tuple[int, int, int, int, int, int] | None = None
+        self._min_time: int | None = None
+        self._max_time: int | None = None
+        self._previous_end = 4
+        # The first problem: a GtidOrderError, or a row that overlaps or runs past the
+        # size as (domain, server, seq, start, end, end of the row before).
+        self._error: ValueError | tuple[int, int, int, int, int, int] | None = None
+        self._before_last_end = 4
+        # Offsets still waiting for the transaction that settles them, the smallest last.
+        self._pending = sorted(set(offsets), reverse=True)
+        self._states: dict[int, GtidPosition | None] = {}
+
+    def extend_rows(self, rows: Iterable[tuple[int, int, int, int, int, int]]) -> None:
+        """Takes the next transactions, ``(domain_id, server_id, seq_no, commit_time,
+        start_offset, end_offset)`` each, in file order."""
+        # Once per transaction of a file (millions for a big one): locals, plain integers
+        # and dicts only, and only the failing case does any formatting.
+        last = self._state.last
+        pending = self._pending
+        settle = pending[-1] if pending else -1
+        size = self._size
+        limit = size if size is not None else 1 << 64
+        previous_end = self._previous_end
+        ok = self._error is None
+        before_last_end = self._before_last_end
+        count = self._count
+        low = self._min_time if self._min_time is not None else 1 << 64
+        high = self._max_time if self._max_time is not None else -1
+        row = self._last
+        for row in rows:
+            domain, server, seq, commit_time, start, end = row
+            if count == 0:
+                self._first = row
+            count += 1
+            # Comparisons, not min()/max(): a call per row costs more than the rest.
+            if commit_time < low:  # noqa: PLR1730
+                low = commit_time
+            if commit_time > high:  # noqa: PLR1730
+                high = commit_time
+            while settle >= 0 and settle < end:
+                # The first transaction ending after an offset settles it: the offset is
+                # inside it, or the state before it is the state there.
+                pending.pop()
+                self._states[settle] = None if start < settle else self._state.position()
+                settle = pending[-1] if pending else -1
+            if ok:
+                if start < previous_end or end <= start or end > limit:
+                    # Worded by segment(), which knows the file's size.
+                    self._error = (domain, server, seq, start, end, previous_end)
+                    ok = False
+                else:
+                    before = last.get(domain)
+                    if before is not None and seq <= before[1]:
+                        try:
+                            self._state.advance(
+                                domain, server, seq, f"{self.name} at offset {start}"
+                            )
+                        except ValueError as exc:  # GtidOrderError, always
+                            self._error = exc
+                            ok = False
+                before_last_end, previous_end = previous_end, end
+            last[domain] = (server, seq)
+        self._previous_end = previous_end
+        self._before_last_end = before_last_end
+        self._count = count
+        if count:
+            self._min_time, self._max_time = low, high
+        self._last = row
+
+    def state_at(self, offset: int) -> GtidPosition | None:
+        """The GTID state at ``offset`` (one of the ``offsets`` given), once every row
+        has been given: ``None`` if it falls inside a transaction."""
+        if offset in self._states:
+            return self._states[offset]
+        if offset not in self._pending:
+            raise KeyError(f"the state at offset {offset} was not asked for")
+        return self._state.position()
+
+    @property
+    def transaction_count(self) -> int:
+        return self._count
+
+    @property
+    def min_commit_time(self) -> int | None:
+        return self._min_time
+
+    def segment(self, size: int) -> BinlogSegment:
+        """The summary of the file of ``size`` bytes, once every row has been given.
+
+        Raises :class:`~binhoard.domain.gtid.GtidOrderError` or :class:`ValueError` as
+        :meth:`BinlogSegment.from_transactions` does for the same rows, and
+        :class:`ValueError` for a name that is not a binlog file name."""
+        binlog_sort_key(self.name)
+        error = self._error
+        if error is None and self._last is not None and self._last[5] > size:
+            # Rows checked without a size: the last one ends furthest. (Which row runs
+            # past the end first is not known without keeping them; a reader never
+            # gives a row past the bytes it read.)
+            domain, server, seq, _, start, end = self._last
+            error = (domain, server, seq, start, end, self._before_last_end)
+        if isinstance(error, tuple):
+            domain, server, seq, start, end, previous_end = error
+            raise ValueError(
+                f"{self.name}: transaction {domain}-{server}-{seq} at {start}..{end} overlaps "
+                f"the previous one (ends {previous_end}) or the file end ({size})"
+            )
+        if error is not None:
+            raise error
+        first, last = self._first, self._last
+        if first is None or last is None:
+            return BinlogSegment(self.name, size, self._start, self._start, 0, *(None,) * 5)
+        return BinlogSegment(
+            name=self.name,
             size=size,
-            gtid_list_at_start=gtid_list_at_start,
-            end_position=state.position(),
-            transaction_count=len(transactions),
-            first_gtid=first.gtid,
-            last_gtid=last.gtid,
-            first_commit_time=first.commit_time,
-            last_commit_time=last.commit_time,
-            max_commit_time=max(_commit_times_of(transactions)),
+            gtid_list_at_start=self._start,
+            end_position=self._state.position(),
+            transaction_count=self._count,
+            first_gtid=Gtid(*first[:3]),
+            last_gtid=Gtid(*last[:3]),
+            first_commit_time=first[3],
+            last_commit_time=last[3],
+            max_commit_time=self._max_time,
         )
 
 

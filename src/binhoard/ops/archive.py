@@ -3,7 +3,8 @@
 One pass (:meth:`BinlogArchiver.archive_once`) walks the server's binlog index, oldest
 file first, and gives every open stream of this server the file it needs next:
 
-1. the file is indexed with the binlog reader (every event checksum verified), and
+1. the file is summarised in one scan of the binlog reader (every event checksum
+   verified; no per-transaction index is kept, so memory does not grow with it), and
    must start exactly where the stream's archive ends (its Gtid_list equals the end
    state of the previous record), or for a stream's first file, the backup's snapshot
    must sit at a transaction boundary of it with exactly the snapshot's GTID state;
@@ -26,11 +27,11 @@ that stream where it is and is reported on every pass until a newer stream takes
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import secrets
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -42,9 +43,8 @@ from binhoard.domain.archiving import (
     Missing,
     NextStep,
     RotationTimer,
+    ServerFiles,
     Wait,
-    next_step,
-    state_at_offset,
 )
 from binhoard.domain.binlog import binlog_sort_key, compare_positions, describe_problem
 from binhoard.domain.catalog import (
@@ -78,9 +78,9 @@ from binhoard.ops.catalog import StreamState, read_records, read_site, read_stre
 from binhoard.ops.site import BackupEntry
 from binhoard.ops.sitecache import SiteCache, open_cache
 from binhoard.server import sql
-from binhoard.server.binlog_reader import BinlogIndex, read_binlog
+from binhoard.server.binlog_reader import BinlogSummary, summarize_binlog
 from binhoard.storage.pipeline import Codec, suffix, upload
-from binhoard.storage.store import ObjectStore, read_all
+from binhoard.storage.store import ObjectInfo, ObjectStore, read_all
 
 log = logging.getLogger("binhoard.archive")
 
@@ -196,7 +196,7 @@ def _file_chunks(path: Path) -> Iterator[bytes]:
             yield chunk
 
 
-def _start_digest(index: BinlogIndex) -> str:
+def _start_digest(index: BinlogSummary) -> str:
     return hashlib.sha256(index.gtid_list_at_start.format().encode()).hexdigest()
 
 
@@ -223,20 +223,22 @@ class _Stream:
         self.completed = state.completed is not None
         self.closed = False
         self.error: str | None = None
+        self._step: tuple[str | None, NextStep] | None = None
 
     @property
     def stream_id(self) -> str:
         return self.state.stream_id
 
-    def next(self, server: ServerBinlogs) -> NextStep:
-        snapshot = self.state.backup.snapshot
-        return next_step(
-            self.records[-1].name if self.records else None,
-            snapshot.binlog_file,
-            snapshot.binlog_pos,
-            server.names,
-            server.active,
-        )
+    def next(self, files: ServerFiles) -> NextStep:
+        """The stream's next step. It depends only on the stream's last record (and on
+        ``files``, fixed for a pass), so it is worked out again only when a record has
+        been added."""
+        last = self.records[-1].name if self.records else None
+        if self._step is None or self._step[0] != last:
+            snapshot = self.state.backup.snapshot
+            step = files.next_step(last, snapshot.binlog_file, snapshot.binlog_pos)
+            self._step = (last, step)
+        return self._step[1]
 
 
 class BinlogArchiver:
@@ -286,6 +288,14 @@ class BinlogArchiver:
 
     def archive_files(self, server: ServerBinlogs) -> ArchiveReport:
         """One pass over ``server``'s files (what :meth:`archive_once` runs under its lock)."""
+        try:
+            return self._archive_files(server)
+        finally:
+            # What the pass wrote, in one transaction; also when it failed half-way.
+            if self._cache is not None:
+                self._cache.commit()
+
+    def _archive_files(self, server: ServerBinlogs) -> ArchiveReport:
         report = ArchiveReport(at=self.now().isoformat())
         site = read_site(self.store, self.cache, incremental=True)
         all_streams = site.streams
@@ -301,18 +311,10 @@ class BinlogArchiver:
             and s.broken is None
         ]
         report.broken = _broken_streams(site.streams, site.backups.entries, self.settings.server_id)
-        for name in server.names:
-            if name == server.active:
-                break
-            wanting: list[tuple[_Stream, Archive]] = []
-            for stream in streams:
-                step = stream.next(server)
-                if isinstance(step, Archive) and step.name == name and not stream.problems:
-                    wanting.append((stream, step))
-            if wanting:
-                self._archive_file(server, name, wanting, refs, report)
+        files = ServerFiles(server.names, server.active)
+        self._walk(server, files, streams, refs, report)
         for stream in streams:
-            step = stream.next(server)
+            step = stream.next(files)
             if isinstance(step, Missing) and not stream.problems:
                 stream.problems.append(f"cannot archive {step.needed}: {step.detail}")
             caught_up = isinstance(step, Wait) and not stream.problems
@@ -326,14 +328,54 @@ class BinlogArchiver:
                 log.error("stream %s: %s", stream.stream_id, problem)
             if stream.error is not None:
                 log.error("stream %s: %s", stream.stream_id, stream.error)
-            report.streams.append(self._stream_report(stream, server))
+            report.streams.append(self._stream_report(stream, files))
             if not stream.closed:
                 self._publish_status(report.streams[-1])
         times = [s.newest_commit_time for s in report.streams if s.newest_commit_time is not None]
         report.newest_stored_commit_time = max(times) if times else None
         return report
 
-    def _stream_report(self, stream: _Stream, server: ServerBinlogs) -> StreamReport:
+    def _walk(
+        self,
+        server: ServerBinlogs,
+        files: ServerFiles,
+        streams: list[_Stream],
+        refs: dict[BinlogIdentity, ObjectRef],
+        report: ArchiveReport,
+    ) -> None:
+        """Walks the server's closed files oldest first, archiving each for the streams
+        that need it next. Costs O(files + streams) besides the archiving: which streams
+        want which file is kept by name, and only a stream that got a record moves."""
+        wanted: dict[str, dict[int, _Stream]] = defaultdict(dict)
+        for order, stream in enumerate(streams):
+            step = stream.next(files)
+            if isinstance(step, Archive):
+                wanted[step.name][order] = stream
+        for name in server.names:
+            if name == server.active:
+                break
+            waiting = wanted.get(name)
+            if not waiting:
+                continue
+            # In stream order, as every stream was asked in turn: the first stream's
+            # record decides who cleans up an upload that lost the race.
+            wanting: list[tuple[_Stream, Archive]] = []
+            for order in sorted(waiting):
+                stream = waiting[order]
+                step = stream.next(files)
+                if isinstance(step, Archive) and step.name == name and not stream.problems:
+                    wanting.append((stream, step))
+            if not wanting:
+                continue
+            self._archive_file(server, name, wanting, refs, report)
+            for order in sorted(waiting):
+                step = waiting[order].next(files)
+                if isinstance(step, Archive) and step.name != name:
+                    # A later file in the index (or an earlier one, in an index out of
+                    # order: the walk has passed it, so the next pass takes it, as before).
+                    wanted[step.name][order] = waiting[order]
+
+    def _stream_report(self, stream: _Stream, files: ServerFiles) -> StreamReport:
         records = stream.records
         times = [r.max_commit_time for r in records if r.max_commit_time is not None]
         end = records[-1].gtid_position_at_end if records else stream.state.snapshot_gtid
@@ -344,7 +386,7 @@ class BinlogArchiver:
             newest_commit_time=max(times) if times else None,
             completed=stream.completed,
             closed=stream.closed,
-            caught_up=isinstance(stream.next(server), Wait),
+            caught_up=isinstance(stream.next(files), Wait),
             problems=list(stream.problems),
             error=stream.error,
         )
@@ -390,8 +432,11 @@ class BinlogArchiver:
         report: ArchiveReport,
     ) -> None:
         path = server.path(name)
+        # A stream's first file must hold the snapshot: the states there come from the
+        # same scan that summarises the file (no per-transaction index is kept).
+        snapshots = {step.start_offset for stream, step in wanting if not stream.records}
         try:
-            index = read_binlog(path)
+            index = summarize_binlog(path, states_at=snapshots)
         except (CorruptBinlogError, OSError) as exc:
             for stream, _ in wanting:
                 stream.problems.append(f"cannot read {path}: {exc}")
@@ -410,7 +455,7 @@ class BinlogArchiver:
     def _store_file(
         self,
         path: Path,
-        index: BinlogIndex,
+        index: BinlogSummary,
         accepted: list[tuple[_Stream, Archive]],
         refs: dict[BinlogIdentity, ObjectRef],
         report: ArchiveReport,
@@ -439,7 +484,7 @@ class BinlogArchiver:
                 last_gtid=segment.last_gtid,
                 first_commit_time=segment.first_commit_time,
                 last_commit_time=segment.last_commit_time,
-                min_commit_time=min(index.transactions.commit_times, default=None),
+                min_commit_time=index.min_commit_time,
                 max_commit_time=segment.max_commit_time,
                 transactions=segment.transaction_count,
                 start_offset=step.start_offset,
@@ -456,7 +501,7 @@ class BinlogArchiver:
                 raise
             report.records_written += 1
 
-    def _fits(self, stream: _Stream, step: Archive, index: BinlogIndex) -> bool:
+    def _fits(self, stream: _Stream, step: Archive, index: BinlogSummary) -> bool:
         """Whether ``index`` continues ``stream`` exactly; records the problem if not."""
         if stream.records:
             previous = stream.records[-1]
@@ -470,9 +515,7 @@ class BinlogArchiver:
                 stream.problems.append(describe_problem(problem))
             return not problems
         snapshot = stream.state.snapshot_gtid
-        at_snapshot = state_at_offset(
-            index.gtid_list_at_start, index.transactions, step.start_offset
-        )
+        at_snapshot = index.states_at[step.start_offset]
         if at_snapshot is None or at_snapshot != snapshot:
             stream.problems.append(
                 f"the backup's snapshot {index.name}:{step.start_offset} "
@@ -482,7 +525,7 @@ class BinlogArchiver:
             return False
         return True
 
-    def _upload(self, identity: BinlogIdentity, path: Path, index: BinlogIndex) -> ObjectRef:
+    def _upload(self, identity: BinlogIdentity, path: Path, index: BinlogSummary) -> ObjectRef:
         key = binlog_data_key(identity, secrets.token_hex(8), suffix(self.codec.algorithm))
         # Written down before the first byte goes up: if this process dies before the
         # record names the object, the next pass knows the key is this host's to delete.
@@ -501,7 +544,7 @@ class BinlogArchiver:
             path.name,
             digest.plain_size,
             digest.stored_size,
-            len(index.transactions),
+            index.transaction_count,
             time.monotonic() - started,
         )
         return object_ref(key, self.codec, digest)
@@ -539,15 +582,27 @@ class BinlogArchiver:
         uploads_file(self.settings).write({**state, "pending": [], "swept_at": now.isoformat()})
 
     def _write_record(self, stream: _Stream, record: BinlogRecord) -> bool:
+        body = record.to_bytes()
         try:
-            self.store.put(record.key, [record.to_bytes()], if_absent=True)
+            info = self.store.put(record.key, [body], if_absent=True)
         except PreconditionFailedError:
             raise ConflictError(
                 f"{record.key} was written by someone else while this archiver held the "
                 "stream: two archivers for one stream (another host?)"
             ) from None
         stream.records.append(record)
+        self._written(info, body, record)
         return True
+
+    def _written(self, info: ObjectInfo, body: bytes, document: object) -> None:
+        """A document this pass has written (the write succeeded) goes into the cache as
+        if read back: otherwise the next pass fetches every record and marker this one
+        wrote. Kept only as the site describes it (size and etag, or mtime, from the
+        write's answer); a listing that differs makes the next pass read it again."""
+        cache = self.cache
+        if cache is not None:
+            cache.store(info, body)
+            cache.remember(info.key, body, document)
 
     def _mark(self, key: str, stream: _Stream, successor: str | None) -> None:
         marker = StreamMarker(
@@ -556,8 +611,12 @@ class BinlogArchiver:
             seq=stream.records[-1].seq if stream.records else None,
             successor=successor,
         )
-        with contextlib.suppress(PreconditionFailedError):
-            self.store.put(key, [marker.to_bytes()], if_absent=True)
+        body = marker.to_bytes()
+        try:
+            info = self.store.put(key, [body], if_absent=True)
+        except PreconditionFailedError:
+            return  # another writer's marker is there: the site's, not ours, is cached
+        self._written(info, body, marker)
 
     def _close_superseded(self, streams: list[_Stream]) -> None:
         """Closes every open stream older than the newest completed one: that one
@@ -755,11 +814,14 @@ def read_archive_status(store: ObjectStore, stream_id: str) -> ArchiveStatus | N
         return None
 
 
-def archive_end_notes(store: ObjectStore, stream_id: str) -> tuple[str, str | None]:
+def archive_end_notes(
+    store: ObjectStore, stream_id: str, cache: SiteCache | None = None
+) -> tuple[str, str | None]:
     """For a restore to the latest point: where the stream's archive ends (its last
     transaction and commit time), and a warning if the archiver's last pass over the
-    stream failed (written by the archiver to the site, so visible from any host)."""
-    records = read_records(store, stream_id)
+    stream failed (written by the archiver to the site, so visible from any host).
+    With ``cache``, the records the restore's planning read are not fetched again."""
+    records = read_records(store, stream_id, cache)
     last = next((r for r in reversed(records) if r.last_gtid is not None), None)
     if last is None or last.last_gtid is None:
         end = f"the archive of stream {stream_id} holds no transaction after its snapshot"

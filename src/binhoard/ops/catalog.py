@@ -38,21 +38,28 @@ from binhoard.storage.store import ObjectInfo, ObjectStore, read_all
 T = TypeVar("T")
 
 
-def read_records(store: ObjectStore, stream_id: str) -> list[BinlogRecord]:
-    """A stream's binlog records in ``seq`` order.
+def read_records(
+    store: ObjectStore, stream_id: str, cache: SiteCache | None = None
+) -> list[BinlogRecord]:
+    """A stream's binlog records in ``seq`` order; with ``cache``, only those it does not
+    hold (as listed now) are fetched.
 
     Records are written create-if-absent in ``seq`` order, so a hole in the numbering
     means a record was deleted: that is corruption, reported by the key that is missing.
     """
+    prefix = binlog_records_prefix(stream_id)
+    cached = cache.load(prefix) if cache is not None else {}
     records: list[BinlogRecord] = []
-    for info in store.list(binlog_records_prefix(stream_id)):
+    for info in store.list(prefix):
         try:
             seq = seq_of_record_key(info.key)
         except ValueError:
             continue
         if seq != len(records):
             raise _hole(stream_id, len(records), records)
-        records.append(BinlogRecord.from_bytes(read_all(store, info.key), key=info.key))
+        records.append(read_document(store, info, _parse_record, cache, cached))
+    if cache is not None:
+        cache.commit()
     return records
 
 

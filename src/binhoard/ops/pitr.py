@@ -58,6 +58,7 @@ from binhoard.ops.restore_backup import (
     restore_backup,
     set_gtid_state,
 )
+from binhoard.ops.sitecache import SiteCache, open_cache
 from binhoard.server import sql
 from binhoard.server.binlog_reader import read_binlog
 from binhoard.server.disk import disk_full, is_no_space
@@ -249,6 +250,24 @@ class BinlogPrefetcher:
 
 
 # --- the phase machine ------------------------------------------------------------------
+def plan_from_site(
+    store: ObjectStore, cache: SiteCache | None, request: PitrRequest
+) -> RestorePlan:
+    """The restore plan for ``request`` from what the site holds now. Reading the site
+    lists every backup and stream (the site decides what exists); with ``cache`` only
+    documents it does not hold, as listed, are fetched, and each is verified again."""
+    site = read_site(store, cache)
+    return plan_restore(
+        site.backups.usable,
+        {s.stream_id: s.records for s in site.streams},
+        request.target,
+        approximate_ok=request.approximate_ok,
+        backup_id=request.backup_id,
+        broken_backups={b: x.reason for b, x in site.backups.broken.items()},
+        broken_streams={b: x.reason for b, x in site.broken_streams.items()},
+    )
+
+
 class PointInTimeRestore:
     def __init__(
         self,
@@ -256,9 +275,12 @@ class PointInTimeRestore:
         store: ObjectStore,
         *,
         progress: PitrCallback | None = None,
+        use_cache: bool = True,
     ) -> None:
         self.settings = settings
         self.store = store
+        self.use_cache = use_cache
+        self._cache: SiteCache | None = None
         self.state_file = restore_state(settings)
         self.state: dict[str, Any] = {}
         self.progress = PitrProgress()
@@ -318,17 +340,18 @@ class PointInTimeRestore:
         self._set_phase("restoring_basebackup")
         return self._run(plan)
 
+    @property
+    def cache(self) -> SiteCache | None:
+        """This host's cache of the site's documents (``ops/sitecache.py``, in its own
+        state_directory, keyed by site), opened once: a restore over thousands of
+        records fetches only those it has not read before (a resume, a restore on the
+        archiving host, a second restore)."""
+        if self.use_cache and self._cache is None:
+            self._cache = open_cache(self.settings.state_directory, self.store.describe())
+        return self._cache
+
     def _plan(self, request: PitrRequest) -> RestorePlan:
-        site = read_site(self.store)
-        plan = plan_restore(
-            site.backups.usable,
-            {s.stream_id: s.records for s in site.streams},
-            request.target,
-            approximate_ok=request.approximate_ok,
-            backup_id=request.backup_id,
-            broken_backups={b: x.reason for b, x in site.backups.broken.items()},
-            broken_streams={b: x.reason for b, x in site.broken_streams.items()},
-        )
+        plan = plan_from_site(self.store, self.cache, request)
         log.info(
             "plan: backup %s, %d binlog files (%d bytes), stop: %s",
             plan.backup.backup_id,

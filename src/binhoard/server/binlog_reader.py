@@ -37,6 +37,13 @@ integers in a :class:`~binhoard.domain.binlog.TransactionTable` (48 bytes each),
 as objects. About 200+ MB/s here, 5-6x ``mariadb-binlog > /dev/null``
 (``bench/binlog_reader.py``).
 
+Two readings of a file, one scan each: :func:`read_binlog` keeps every transaction
+(restore resolves exact stops and batches from them); :func:`summarize_binlog` keeps
+only the file's summary and the GTID state at given offsets
+(:class:`~binhoard.domain.binlog.SegmentBuilder`), in memory independent of the number
+of transactions: what the archiver needs. The rows of one block are handed to the
+one or the other as the scan goes.
+
 Not supported, each failing with a clear error: encrypted binlogs, relay logs (they
 start with a Rotate event), MySQL binlogs, and binlogs from before MariaDB 10.0 (no
 Gtid_list).
@@ -46,12 +53,12 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Final
+from typing import BinaryIO, Final, Protocol
 
-from binhoard.domain.binlog import BinlogSegment, TransactionTable
+from binhoard.domain.binlog import BinlogSegment, SegmentBuilder, TransactionTable
 from binhoard.domain.errors import CorruptBinlogError
 from binhoard.domain.gtid import Gtid, GtidPosition
 
@@ -61,6 +68,11 @@ CRC_LEN: Final = 4
 # zlib.crc32(payload + crc32(payload).to_bytes(4, "little")) for every payload.
 CRC32_RESIDUE: Final = 0x2144DF1C
 DEFAULT_BLOCK_SIZE: Final = 8 << 20
+# A summary keeps nothing per transaction, so what it holds is the block being read (and
+# its copy when an event straddles two) and that block's rows: 8 MiB blocks of ~300-byte
+# transactions cost ~45 MiB of peak RSS, 1 MiB ones ~5 MiB, at the same speed
+# (docs/benchmarks.md). The archiver's memory bound leaves that room to the upload.
+SUMMARY_BLOCK_SIZE: Final = 1 << 20
 
 # Event types (MariaDB's log_event.h numbering).
 STOP_EVENT: Final = 3
@@ -195,8 +207,92 @@ def read_binlog(
     a time; events larger than that are read whole.
     """
     path = Path(path)
+    table = TransactionTable()
     with path.open("rb", buffering=0) as file:
-        return _Reader(path.name, file, block_size).read(allow_partial)
+        head = _Reader(path.name, file, block_size, table).read(allow_partial)
+    return BinlogIndex(**head.__dict__, transactions=table)
+
+
+@dataclass(frozen=True)
+class BinlogSummary:
+    """A binlog file summarised in one scan, without its transactions: what archiving a
+    file needs. The fields shared with :class:`BinlogIndex` mean the same."""
+
+    name: str
+    size: int
+    server_version: str
+    created: int
+    checksum: bool
+    in_use: bool
+    closed: bool
+    partial: bool
+    next_file: str | None
+    gtid_list: tuple[Gtid, ...]
+    gtid_list_at_start: GtidPosition
+    complete_offset: int
+    incident_offsets: tuple[int, ...]
+    transaction_count: int
+    min_commit_time: int | None
+    states_at: Mapping[int, GtidPosition | None] = field(default_factory=dict)
+    """The GTID state at each offset asked for; ``None`` where one falls inside a
+    transaction (not a position a snapshot can stand at)."""
+    _builder: SegmentBuilder | None = field(default=None, repr=False, compare=False)
+
+    def segment(self) -> BinlogSegment:
+        """The catalog summary of this file; raises as :meth:`BinlogIndex.segment` does
+        (:class:`~binhoard.domain.gtid.GtidOrderError` for GTIDs out of order)."""
+        if self._builder is None:
+            raise ValueError(f"{self.name}: no summary was built")
+        return self._builder.segment(self.size)
+
+
+def summarize_binlog(
+    path: Path | str,
+    *,
+    states_at: Collection[int] = (),
+    block_size: int = SUMMARY_BLOCK_SIZE,
+) -> BinlogSummary:
+    """Summarises the closed binlog file at ``path`` in one scan, verifying every event
+    as :func:`read_binlog` does and raising the same errors; also gives the GTID state at
+    each offset of ``states_at`` (e.g. a backup's snapshot in the file). Memory does not
+    grow with the number of transactions: only one block's rows are held at a time."""
+    path = Path(path)
+    with path.open("rb", buffering=0) as file:
+        reader = _Reader(path.name, file, block_size, None)
+        reader.summary_offsets = tuple(states_at)
+        head = reader.read(allow_partial=False)
+    builder = reader.builder
+    assert builder is not None  # made when the Gtid_list was read; read() checks there is one
+    return BinlogSummary(
+        **head.__dict__,
+        transaction_count=builder.transaction_count,
+        min_commit_time=builder.min_commit_time,
+        states_at={offset: builder.state_at(offset) for offset in states_at},
+        _builder=builder,
+    )
+
+
+class _RowSink(Protocol):
+    def extend_rows(self, rows: Iterable[tuple[int, int, int, int, int, int]]) -> None: ...
+
+
+@dataclass(frozen=True)
+class _Head:
+    """What a scan finds besides the transactions."""
+
+    name: str
+    size: int
+    server_version: str
+    created: int
+    checksum: bool
+    in_use: bool
+    closed: bool
+    partial: bool
+    next_file: str | None
+    gtid_list: tuple[Gtid, ...]
+    gtid_list_at_start: GtidPosition
+    complete_offset: int
+    incident_offsets: tuple[int, ...]
 
 
 class _Reader:
@@ -206,7 +302,10 @@ class _Reader:
     offset)``; the hot loop's current table says what state the pass is in.
     """
 
-    def __init__(self, name: str, file: BinaryIO, block_size: int) -> None:
+    def __init__(self, name: str, file: BinaryIO, block_size: int, sink: _RowSink | None) -> None:
+        """``sink`` takes the transactions' rows block by block; ``None``: a
+        :class:`SegmentBuilder` (``builder``) made when the Gtid_list is read, for the
+        states at ``summary_offsets``."""
         self.name = name
         self.file = file
         self.block_size = max(block_size, 4096)
@@ -220,7 +319,9 @@ class _Reader:
         self.closed = False
         self.next_file: str | None = None
         self.incidents: list[int] = []
-        self.table = TransactionTable()
+        self.sink = sink
+        self.summary_offsets: tuple[int, ...] = ()
+        self.builder: SegmentBuilder | None = None
         self.rows: list[tuple[int, int, int, int, int, int]] = []
         self.group: tuple[int, int, int, int, int] | None = None
         self.standalone = False
@@ -230,7 +331,7 @@ class _Reader:
         return CorruptBinlogError(self.name, offset, detail)
 
     # --- the pass ----------------------------------------------------------------------
-    def read(self, allow_partial: bool) -> BinlogIndex:
+    def read(self, allow_partial: bool) -> _Head:
         buf = self._read_exactly(4 + HEADER_LEN, 0)
         if buf[:4] != MAGIC:
             raise self.fail(0, f"not a binlog file (magic {buf[:4].hex()}, expected fe62696e)")
@@ -251,8 +352,8 @@ class _Reader:
             raise self.fail(complete, f"truncated: {problem}")
         if self.gtid_list is None:
             raise self.fail(complete, "no Gtid_list event: not a MariaDB 10 binlog, or cut short")
-        self.table.extend_rows(self.rows)
-        return BinlogIndex(
+        self._flush_rows()
+        return _Head(
             name=self.name,
             size=size,
             server_version=self.server_version,
@@ -264,7 +365,6 @@ class _Reader:
             next_file=self.next_file,
             gtid_list=self.gtid_list,
             gtid_list_at_start=GtidPosition.from_binlog_state(self.gtid_list),
-            transactions=self.table,
             complete_offset=complete,
             incident_offsets=tuple(self.incidents),
         )
@@ -386,8 +486,15 @@ class _Reader:
                         table = slow(buf, pos, end, event_type)
                         group = self.group
                 pos = end
-            self.table.extend_rows(rows)
-            rows.clear()
+            self._flush_rows()
+
+    def _flush_rows(self) -> None:
+        """Hands the rows collected so far to the sink: one block's worth at a time."""
+        if self.rows:
+            sink = self.sink if self.sink is not None else self.builder
+            assert sink is not None  # rows exist only after the Gtid_list made the builder
+            sink.extend_rows(self.rows)
+            self.rows.clear()
 
     def _bad_event(self, buf: bytes, pos: int) -> None:
         _, event_type, _, length, next_pos, _ = _HEADER.unpack_from(buf, pos)
@@ -496,6 +603,12 @@ class _Reader:
             Gtid(*_GTID_LIST_ENTRY.unpack_from(buf, body + 4 + i * _GTID_LIST_ENTRY.size))
             for i in range(count)
         )
+        if self.sink is None:
+            self.builder = SegmentBuilder(
+                self.name,
+                GtidPosition.from_binlog_state(self.gtid_list),
+                offsets=self.summary_offsets,
+            )
 
     def _on_rotate(self, buf: bytes, pos: int, end: int, offset: int) -> None:
         name = buf[pos + HEADER_LEN + 8 : end - self.crc_len]
