@@ -342,3 +342,24 @@ def test_what_a_pass_writes_is_cached_and_not_fetched_again(tmp_path: Path) -> N
     # either but the archive-status.json it has not seen yet.
     BinlogArchiver(settings_for(tmp_path / "host"), store).archive_files(server.binlogs())
     assert observer.take() == {"list": 2, "get": 1}
+
+
+def test_a_file_whose_gtids_go_backwards_stalls_its_stream_naming_the_file(
+    tmp_path: Path,
+) -> None:
+    """Strict mode broken on the server (0-1-5 after 0-1-7 in one file): the stream
+    stops there with the file named; the pass itself goes on and reports."""
+    server = Server(tmp_path / "binlogs")
+    store = MemoryStore()
+    snapshot_at = BinlogWriter(SERVER_ID, T0).offset
+    writer = BinlogWriter(SERVER_ID, T0)
+    for seq in (6, 7, 5):
+        writer.transaction(Gtid(0, SERVER_ID, seq), T0 + seq, [bytes(100)])
+    writer.close(server.directory / "binlog.000001")
+    server.names.append("binlog.000001")
+    put_backup(store, SnapshotPosition("binlog.000001", snapshot_at, ""))
+    report = BinlogArchiver(settings_for(tmp_path / "host"), store).archive_files(server.binlogs())
+    (problem,) = report.problems
+    assert "binlog.000001" in problem and f"0-{SERVER_ID}-5" in problem
+    assert report.stalled and report.records_written == 0
+    assert list(store.list("binlogs/")) == []  # refused before anything is uploaded

@@ -46,7 +46,12 @@ from binhoard.domain.archiving import (
     ServerFiles,
     Wait,
 )
-from binhoard.domain.binlog import binlog_sort_key, compare_positions, describe_problem
+from binhoard.domain.binlog import (
+    BinlogSegment,
+    binlog_sort_key,
+    compare_positions,
+    describe_problem,
+)
 from binhoard.domain.catalog import (
     ArchiveStatus,
     BinlogIdentity,
@@ -69,7 +74,7 @@ from binhoard.domain.errors import (
     PreconditionFailedError,
     UsageError,
 )
-from binhoard.domain.gtid import GtidPosition
+from binhoard.domain.gtid import GtidOrderError, GtidPosition
 from binhoard.domain.manifest import ObjectRef
 from binhoard.localstate import StateFile, exclusive
 from binhoard.metrics import Metrics
@@ -437,7 +442,10 @@ class BinlogArchiver:
         snapshots = {step.start_offset for stream, step in wanting if not stream.records}
         try:
             index = summarize_binlog(path, states_at=snapshots)
-        except (CorruptBinlogError, OSError) as exc:
+            segment = index.segment()  # before anything is uploaded: it checks GTID order
+        except (CorruptBinlogError, GtidOrderError, OSError) as exc:
+            # GtidOrderError: the file breaks gtid_strict_mode (a transaction not after
+            # the one before it in its domain); no restore could apply it as a stream.
             for stream, _ in wanting:
                 stream.problems.append(f"cannot read {path}: {exc}")
             return
@@ -445,7 +453,7 @@ class BinlogArchiver:
         if not accepted:
             return
         try:
-            self._store_file(path, index, accepted, refs, report)
+            self._store_file(path, index, segment, accepted=accepted, refs=refs, report=report)
         except BinhoardError as exc:
             # The file stays where it is for these streams; the next pass retries it.
             for stream, _ in accepted:
@@ -456,6 +464,8 @@ class BinlogArchiver:
         self,
         path: Path,
         index: BinlogSummary,
+        segment: BinlogSegment,
+        *,
         accepted: list[tuple[_Stream, Archive]],
         refs: dict[BinlogIdentity, ObjectRef],
         report: ArchiveReport,
@@ -470,7 +480,6 @@ class BinlogArchiver:
             ref = self._upload(identity, path, index)
             refs[identity] = ref
             report.uploaded.append(name)
-        segment = index.segment()
         for written, (stream, step) in enumerate(accepted):
             record = BinlogRecord(
                 stream_id=stream.stream_id,
