@@ -379,7 +379,9 @@ def test_data_after_the_compressed_stream_is_rejected(algorithm: Algorithm) -> N
     key = f"t{suffix(algorithm)}"
     # A well-formed compressed stream plus trailing bytes, stored as if uncompressed.
     compressor = pipeline._compressor(codec_for(algorithm))
-    compressed = compressor.compress(data) + compressor.flush() + b"\x00" * (AGE_CHUNK * 3)
+    compressed = b"".join([*compressor.compress(data), *compressor.flush()]) + b"\x00" * (
+        AGE_CHUNK * 3
+    )
     upload(store, key, [compressed], codec_for("none"))
     digest = digest_of(data, stored_bytes(store, key))
     _, error = consume(download(store, key, expected=digest, identities=[IDENTITY]))

@@ -83,7 +83,7 @@ _SUFFIXES: Final[dict[Algorithm, str]] = {
 }
 _DEFAULT_LEVELS: Final[dict[Algorithm, int]] = {"zstd": 3, "lzma": 6}
 _ZSTD_MIN_LEVEL: Final = -(1 << 17)
-_ZSTD_MIN_JOB: Final = 4 * 1024 * 1024
+_ZSTD_MIN_JOB: Final = 1024 * 1024  # zstd's own minimum (ZSTDMT_JOBSIZE_MIN)
 _ZSTD_MAX_JOB: Final = 16 * 1024 * 1024
 
 # Sizes. Large enough that per-chunk Python overhead is negligible next to the C work,
@@ -384,38 +384,57 @@ class _Coalescer:
 
 
 class _Compressor(Protocol):
-    def compress(self, data: bytes) -> bytes: ...
-    def flush(self) -> bytes: ...
+    """Each call returns the compressed bytes it produced, in pieces of bounded size."""
+
+    def compress(self, data: bytes) -> Iterable[bytes]: ...
+    def flush(self) -> Iterable[bytes]: ...
 
 
 class _ZstdCompressor:
     """A zstd frame with content checksum, compressed by ``workers`` threads of zstd's own.
 
-    With workers, zstd cuts the input into jobs of 4 x its window by default (8 MiB at
-    level 3) and keeps several in flight; the peak RSS of a 1 GiB upload grows with the
-    job size (bench/storage.py, local directory: 83 MiB at 2 x window, 100 MiB at 3 x,
-    116 MiB at 4 x; to S3 with 16 MiB parts x 4, 4 x reached 183 MiB, close to the
-    200 MB bound). 2 x window left the workers idle more often while the feeding thread
-    hashed or encrypted (base backup: 3 x is 3-6% faster); 3 x is as fast as 4 x within
-    the noise of a shared machine. Jobs are capped at 16 MiB so that high levels (large
-    windows) stay within the memory bound.
+    Output through a ``chunker`` of _STORED_CHUNK pieces, not ``compressobj``. zstd's
+    multithreaded mode holds each job's output until it is flushed in order, and
+    ``compressobj.compress`` keeps calling zstd until its input is consumed, appending
+    everything flushed meanwhile to one bytes object: on incompressible input a 1 MiB
+    call returned up to 12 MiB (two jobs' output), which the stages behind it then held
+    twice more (encrypted copy, queue of 4). Standalone, 256 MiB of random bytes at level
+    3, 2 workers, 6 MiB jobs: +162 MiB peak RSS with ``compressobj``, +55-61 MiB with the
+    chunker, as much as the ``zstd`` command uses (57 MiB); on a 2 GiB binlog of random
+    rows archived to S3 the whole process peaked at 492 MiB (docs/benchmarks.md).
+
+    What zstd itself keeps then grows with the job size J (input ring of 5 J, output of
+    the 4 jobs in flight 4 J: +23, +39, +58 MiB at J = 2, 4, 6 MiB), and on incompressible
+    input all of it is touched, where compressible input touches a third of the output
+    buffers. So J is 2 x window (2 MiB at level 3, the smallest zstd allows a window
+    to overlap), which keeps an S3 upload with 16 MiB x 5 parts in memory under the 200
+    MB bound with either kind of data; 6 MiB jobs were at most a few % faster
+    (docs/benchmarks.md has the figures). Jobs are capped at 16 MiB so that high levels
+    (large windows) stay within the bound.
     """
 
     def __init__(self, level: int, workers: int) -> None:
         options: dict[str, int] = {}
         if workers > 0:
-            window_log = zstandard.ZstdCompressionParameters.from_level(level).window_log
-            options["job_size"] = min(_ZSTD_MAX_JOB, max(_ZSTD_MIN_JOB, 3 << window_log))
+            options["job_size"] = _zstd_job_size(level)
         params = zstandard.ZstdCompressionParameters.from_level(
             level, threads=workers, write_checksum=1, write_content_size=0, **options
         )
-        self._obj = zstandard.ZstdCompressor(compression_params=params).compressobj()
+        cctx = zstandard.ZstdCompressor(compression_params=params)
+        self._chunker = cctx.chunker(chunk_size=_STORED_CHUNK)
 
-    def compress(self, data: bytes) -> bytes:
-        return self._obj.compress(data)
+    def compress(self, data: bytes) -> Iterable[bytes]:
+        return cast("Iterable[bytes]", self._chunker.compress(data))
 
-    def flush(self) -> bytes:
-        return self._obj.flush()
+    def flush(self) -> Iterable[bytes]:
+        # zstandard's stubs leave finish() untyped; it yields bytes like compress().
+        return cast("Iterable[bytes]", self._chunker.finish())  # type: ignore[no-untyped-call]
+
+
+def _zstd_job_size(level: int) -> int:
+    """The input zstd gives each worker at ``level`` (see ``_ZstdCompressor``)."""
+    window_log = zstandard.ZstdCompressionParameters.from_level(level).window_log
+    return min(_ZSTD_MAX_JOB, max(_ZSTD_MIN_JOB, 2 << window_log))
 
 
 class _SnappyCompressor:
@@ -425,37 +444,37 @@ class _SnappyCompressor:
         self._obj = cramjam.snappy.Compressor()
         self._written = False
 
-    def compress(self, data: bytes) -> bytes:
+    def compress(self, data: bytes) -> Iterable[bytes]:
         self._obj.compress(data)
         out = bytes(self._obj.flush())
         self._written = self._written or bool(out)
-        return out
+        return (out,)
 
-    def flush(self) -> bytes:
+    def flush(self) -> Iterable[bytes]:
         out = bytes(self._obj.finish())
         if not self._written and not out:
             # cramjam writes nothing for empty input; a framed stream needs its identifier.
-            return _SNAPPY_STREAM_ID
-        return out
+            return (_SNAPPY_STREAM_ID,)
+        return (out,)
 
 
 class _LzmaCompressor:
     def __init__(self, level: int) -> None:
         self._obj = lzma.LZMACompressor(format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC64, preset=level)
 
-    def compress(self, data: bytes) -> bytes:
-        return self._obj.compress(data)
+    def compress(self, data: bytes) -> Iterable[bytes]:
+        return (self._obj.compress(data),)
 
-    def flush(self) -> bytes:
-        return self._obj.flush()
+    def flush(self) -> Iterable[bytes]:
+        return (self._obj.flush(),)
 
 
 class _NoCompressor:
-    def compress(self, data: bytes) -> bytes:
-        return data
+    def compress(self, data: bytes) -> Iterable[bytes]:
+        return (data,)
 
-    def flush(self) -> bytes:
-        return b""
+    def flush(self) -> Iterable[bytes]:
+        return ()
 
 
 def _compressor(codec: Codec) -> _Compressor:
@@ -504,8 +523,8 @@ class _PlainSource:
                     raise _CancelledError
                 self.sha256.update(piece)
                 self.size += len(piece)
-                yield self._compressor.compress(piece)
-        yield self._compressor.flush()
+                yield from self._compressor.compress(piece)
+        yield from self._compressor.flush()
 
     def close_input(self) -> None:
         _close(self._chunks)
