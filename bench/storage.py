@@ -264,7 +264,7 @@ def _apply_variant(variant: str) -> None:
         setattr(pipeline, "_ZstdCompressor", _LegacyZstdCompressor)  # noqa: B010
     elif variant.startswith("job="):
         job = int(float(variant.removeprefix("job=")) * MIB)
-        setattr(pipeline, "_zstd_job_size", lambda _level: job)  # noqa: B010
+        setattr(pipeline, "_zstd_job_size", lambda: job)  # noqa: B010
     else:
         raise ValueError(f"unknown variant {variant!r}")
 

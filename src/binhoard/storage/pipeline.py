@@ -83,8 +83,7 @@ _SUFFIXES: Final[dict[Algorithm, str]] = {
 }
 _DEFAULT_LEVELS: Final[dict[Algorithm, int]] = {"zstd": 3, "lzma": 6}
 _ZSTD_MIN_LEVEL: Final = -(1 << 17)
-_ZSTD_MIN_JOB: Final = 1024 * 1024  # zstd's own minimum (ZSTDMT_JOBSIZE_MIN)
-_ZSTD_MAX_JOB: Final = 16 * 1024 * 1024
+_ZSTD_JOB: Final = 1024 * 1024  # zstd raises it to the overlap where that is larger
 
 # Sizes. Large enough that per-chunk Python overhead is negligible next to the C work,
 # small enough that a handful of them in flight is still "a few MiB".
@@ -416,7 +415,7 @@ class _ZstdCompressor:
     def __init__(self, level: int, workers: int) -> None:
         options: dict[str, int] = {}
         if workers > 0:
-            options["job_size"] = _zstd_job_size(level)
+            options["job_size"] = _zstd_job_size()
         params = zstandard.ZstdCompressionParameters.from_level(
             level, threads=workers, write_checksum=1, write_content_size=0, **options
         )
@@ -431,10 +430,9 @@ class _ZstdCompressor:
         return cast("Iterable[bytes]", self._chunker.finish())  # type: ignore[no-untyped-call]
 
 
-def _zstd_job_size(level: int) -> int:
-    """The input zstd gives each worker at ``level`` (see ``_ZstdCompressor``)."""
-    window_log = zstandard.ZstdCompressionParameters.from_level(level).window_log
-    return min(_ZSTD_MAX_JOB, max(_ZSTD_MIN_JOB, 2 << window_log))
+def _zstd_job_size() -> int:
+    """The input zstd gives each worker (see ``_ZstdCompressor``); a function for bench/."""
+    return _ZSTD_JOB
 
 
 class _SnappyCompressor:
