@@ -19,9 +19,8 @@ log = logging.getLogger("binhoard.allocator")
 
 _M_TRIM_THRESHOLD: Final = -1  # from glibc's malloc.h
 _M_MMAP_THRESHOLD: Final = -3
-# Above every buffer binhoard allocates (zstd's are 1 MiB jobs, or at high levels up to
-# a 16 MiB overlap), below anything
-# a runaway would need; a fixed value also stops glibc adjusting it.
+# Above every buffer binhoard allocates at the default levels (zstd's jobs are 1 MiB),
+# below anything a runaway would need; a fixed value also stops glibc adjusting it.
 MMAP_THRESHOLD: Final = 32 * 1024 * 1024
 # Free memory kept at the top of the heap before trimming: a few pipeline buffers' worth.
 TRIM_THRESHOLD: Final = 64 * 1024 * 1024
