@@ -11,7 +11,7 @@ references the object (manifest, catalog) and hands them back to ``download``.
 
 Memory stays bounded whatever the object size: nothing is collected whole, chunks of at
 most a few MiB flow through bounded queues. zstd's worker threads add their own buffers
-(about 55 MiB at level 3 with two workers, see ``_ZstdCompressor``).
+(20-25 MiB at level 3 with two workers, see ``_ZstdCompressor``).
 
 Threads. Encryption is age (``binhoard.storage.age``, on OpenSSL's ChaCha20-Poly1305),
 which, like hashing, compression and I/O, releases the GIL, so the stages overlap:
@@ -392,24 +392,29 @@ class _Compressor(Protocol):
 class _ZstdCompressor:
     """A zstd frame with content checksum, compressed by ``workers`` threads of zstd's own.
 
-    Output through a ``chunker`` of _STORED_CHUNK pieces, not ``compressobj``. zstd's
-    multithreaded mode holds each job's output until it is flushed in order, and
-    ``compressobj.compress`` keeps calling zstd until its input is consumed, appending
-    everything flushed meanwhile to one bytes object: on incompressible input a 1 MiB
-    call returned up to 12 MiB (two jobs' output), which the stages behind it then held
-    twice more (encrypted copy, queue of 4). Standalone, 256 MiB of random bytes at level
-    3, 2 workers, 6 MiB jobs: +162 MiB peak RSS with ``compressobj``, +55-61 MiB with the
-    chunker, as much as the ``zstd`` command uses (57 MiB); on a 2 GiB binlog of random
-    rows archived to S3 the whole process peaked at 492 MiB (docs/benchmarks.md).
+    Memory, measured with incompressible input, where all of it is touched (figures in
+    docs/benchmarks.md, "Incompressible data"):
 
-    What zstd itself keeps then grows with the job size J (input ring of 5 J, output of
-    the 4 jobs in flight 4 J: +23, +39, +58 MiB at J = 2, 4, 6 MiB), and on incompressible
-    input all of it is touched, where compressible input touches a third of the output
-    buffers. So J is 2 x window (2 MiB at level 3, the smallest zstd allows a window
-    to overlap), which keeps an S3 upload with 16 MiB x 5 parts in memory under the 200
-    MB bound with either kind of data; 6 MiB jobs were at most a few % faster
-    (docs/benchmarks.md has the figures). Jobs are capped at 16 MiB so that high levels
-    (large windows) stay within the bound.
+    * Output goes through a ``chunker`` of _STORED_CHUNK pieces, not ``compressobj``.
+      zstd's workers hold each job's output until it is flushed, in order, and
+      ``compressobj.compress`` keeps calling zstd until its input is consumed, appending
+      whatever is flushed meanwhile to one bytes object, grown by realloc: a 1 MiB call
+      returned up to 12 MiB (two jobs' output), and the stages behind it (age, the
+      queue of 4, the store) each held such pieces. A 256 MiB upload to a directory
+      grew peak RSS by 334 MiB; to S3 a 2 GiB binlog peaked at 492 MiB. Not the
+      allocator: MALLOC_ARENA_MAX=1 or 2, or glibc's default thresholds, changed it by
+      a few MiB.
+    * Jobs are 1 MiB. What zstd keeps is then its input ring (5 jobs with 2 workers)
+      and the output of the 4 jobs in flight, about 9 x the job size plus the workers'
+      tables, whatever the level's window: standalone +23 MiB with 2 MiB jobs, +39 with
+      4, +58 with 6 (the ``zstd`` command with -B6M: 57 MiB); through the pipeline to a
+      directory +26-29 MiB with 1 MiB jobs, +40 with 2, +66 with 4. An S3 upload adds
+      its parts (16 MiB x 5 by default) and the interpreter ~63 MiB: 178 MiB peak with
+      1 MiB jobs, 191 MiB with 2 (over 200 MB), 217 MiB with 4. Against 6 MiB jobs, 1
+      MiB ones store 0.7% more on backup-like data (ratio 3.013 instead of 3.034) for
+      the same CPU time and speed within the noise of a shared machine.
+    * At high levels zstd raises the job size to the overlap between jobs (the whole
+      window at 19+), so those levels need more memory than the defaults.
     """
 
     def __init__(self, level: int, workers: int) -> None:
