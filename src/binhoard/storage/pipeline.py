@@ -11,7 +11,7 @@ references the object (manifest, catalog) and hands them back to ``download``.
 
 Memory stays bounded whatever the object size: nothing is collected whole, chunks of at
 most a few MiB flow through bounded queues. zstd's worker threads add their own buffers
-(about 55 MiB at level 3 with two workers, see ``_ZstdCompressor``).
+(20-25 MiB at level 3 with two workers, see ``_ZstdCompressor``).
 
 Threads. Encryption is age (``binhoard.storage.age``, on OpenSSL's ChaCha20-Poly1305),
 which, like hashing, compression and I/O, releases the GIL, so the stages overlap:
@@ -83,8 +83,7 @@ _SUFFIXES: Final[dict[Algorithm, str]] = {
 }
 _DEFAULT_LEVELS: Final[dict[Algorithm, int]] = {"zstd": 3, "lzma": 6}
 _ZSTD_MIN_LEVEL: Final = -(1 << 17)
-_ZSTD_MIN_JOB: Final = 4 * 1024 * 1024
-_ZSTD_MAX_JOB: Final = 16 * 1024 * 1024
+_ZSTD_JOB: Final = 1024 * 1024  # zstd raises it to the overlap where that is larger
 
 # Sizes. Large enough that per-chunk Python overhead is negligible next to the C work,
 # small enough that a handful of them in flight is still "a few MiB".
@@ -384,38 +383,61 @@ class _Coalescer:
 
 
 class _Compressor(Protocol):
-    def compress(self, data: bytes) -> bytes: ...
-    def flush(self) -> bytes: ...
+    """Each call returns the compressed bytes it produced, in pieces of bounded size."""
+
+    def compress(self, data: bytes) -> Iterable[bytes]: ...
+    def flush(self) -> Iterable[bytes]: ...
 
 
 class _ZstdCompressor:
     """A zstd frame with content checksum, compressed by ``workers`` threads of zstd's own.
 
-    With workers, zstd cuts the input into jobs of 4 x its window by default (8 MiB at
-    level 3) and keeps several in flight; the peak RSS of a 1 GiB upload grows with the
-    job size (bench/storage.py, local directory: 83 MiB at 2 x window, 100 MiB at 3 x,
-    116 MiB at 4 x; to S3 with 16 MiB parts x 4, 4 x reached 183 MiB, close to the
-    200 MB bound). 2 x window left the workers idle more often while the feeding thread
-    hashed or encrypted (base backup: 3 x is 3-6% faster); 3 x is as fast as 4 x within
-    the noise of a shared machine. Jobs are capped at 16 MiB so that high levels (large
-    windows) stay within the memory bound.
+    Memory, measured with incompressible input, where all of it is touched (figures in
+    docs/benchmarks.md, "Incompressible data"):
+
+    * Output goes through a ``chunker`` of _STORED_CHUNK pieces, not ``compressobj``.
+      zstd's workers hold each job's output until it is flushed, in order, and
+      ``compressobj.compress`` keeps calling zstd until its input is consumed, appending
+      whatever is flushed meanwhile to one bytes object, grown by realloc: a 1 MiB call
+      returned up to 12 MiB (two jobs' output), and the stages behind it (age, the
+      queue of 4, the store) each held such pieces. A 256 MiB upload to a directory
+      grew peak RSS by 334 MiB; to S3 a 2 GiB binlog peaked at 492 MiB. Not the
+      allocator: MALLOC_ARENA_MAX=1 or 2, or glibc's default thresholds, changed it by
+      a few MiB.
+    * Jobs are 1 MiB. What zstd keeps is then its input ring (5 jobs with 2 workers)
+      and the output of the 4 jobs in flight, about 9 x the job size plus the workers'
+      tables, whatever the level's window: standalone +23 MiB with 2 MiB jobs, +39 with
+      4, +58 with 6 (the ``zstd`` command with -B6M: 57 MiB); through the pipeline to a
+      directory +26-29 MiB with 1 MiB jobs, +40 with 2, +66 with 4. An S3 upload adds
+      its parts (16 MiB x 5 by default) and the interpreter ~63 MiB: 178 MiB peak with
+      1 MiB jobs, 191 MiB with 2 (over 200 MB), 217 MiB with 4. Against 6 MiB jobs, 1
+      MiB ones store 0.7% more on backup-like data (ratio 3.013 instead of 3.034) for
+      the same CPU time and speed within the noise of a shared machine.
+    * At high levels zstd raises the job size to the overlap between jobs (the whole
+      window at 19+), so those levels need more memory than the defaults.
     """
 
     def __init__(self, level: int, workers: int) -> None:
         options: dict[str, int] = {}
         if workers > 0:
-            window_log = zstandard.ZstdCompressionParameters.from_level(level).window_log
-            options["job_size"] = min(_ZSTD_MAX_JOB, max(_ZSTD_MIN_JOB, 3 << window_log))
+            options["job_size"] = _zstd_job_size()
         params = zstandard.ZstdCompressionParameters.from_level(
             level, threads=workers, write_checksum=1, write_content_size=0, **options
         )
-        self._obj = zstandard.ZstdCompressor(compression_params=params).compressobj()
+        cctx = zstandard.ZstdCompressor(compression_params=params)
+        self._chunker = cctx.chunker(chunk_size=_STORED_CHUNK)
 
-    def compress(self, data: bytes) -> bytes:
-        return self._obj.compress(data)
+    def compress(self, data: bytes) -> Iterable[bytes]:
+        return cast("Iterable[bytes]", self._chunker.compress(data))
 
-    def flush(self) -> bytes:
-        return self._obj.flush()
+    def flush(self) -> Iterable[bytes]:
+        # zstandard's stubs leave finish() untyped; it yields bytes like compress().
+        return cast("Iterable[bytes]", self._chunker.finish())  # type: ignore[no-untyped-call]
+
+
+def _zstd_job_size() -> int:
+    """The input zstd gives each worker (see ``_ZstdCompressor``); a function for bench/."""
+    return _ZSTD_JOB
 
 
 class _SnappyCompressor:
@@ -425,37 +447,37 @@ class _SnappyCompressor:
         self._obj = cramjam.snappy.Compressor()
         self._written = False
 
-    def compress(self, data: bytes) -> bytes:
+    def compress(self, data: bytes) -> Iterable[bytes]:
         self._obj.compress(data)
         out = bytes(self._obj.flush())
         self._written = self._written or bool(out)
-        return out
+        return (out,)
 
-    def flush(self) -> bytes:
+    def flush(self) -> Iterable[bytes]:
         out = bytes(self._obj.finish())
         if not self._written and not out:
             # cramjam writes nothing for empty input; a framed stream needs its identifier.
-            return _SNAPPY_STREAM_ID
-        return out
+            return (_SNAPPY_STREAM_ID,)
+        return (out,)
 
 
 class _LzmaCompressor:
     def __init__(self, level: int) -> None:
         self._obj = lzma.LZMACompressor(format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC64, preset=level)
 
-    def compress(self, data: bytes) -> bytes:
-        return self._obj.compress(data)
+    def compress(self, data: bytes) -> Iterable[bytes]:
+        return (self._obj.compress(data),)
 
-    def flush(self) -> bytes:
-        return self._obj.flush()
+    def flush(self) -> Iterable[bytes]:
+        return (self._obj.flush(),)
 
 
 class _NoCompressor:
-    def compress(self, data: bytes) -> bytes:
-        return data
+    def compress(self, data: bytes) -> Iterable[bytes]:
+        return (data,)
 
-    def flush(self) -> bytes:
-        return b""
+    def flush(self) -> Iterable[bytes]:
+        return ()
 
 
 def _compressor(codec: Codec) -> _Compressor:
@@ -504,8 +526,8 @@ class _PlainSource:
                     raise _CancelledError
                 self.sha256.update(piece)
                 self.size += len(piece)
-                yield self._compressor.compress(piece)
-        yield self._compressor.flush()
+                yield from self._compressor.compress(piece)
+        yield from self._compressor.flush()
 
     def close_input(self) -> None:
         _close(self._chunks)
