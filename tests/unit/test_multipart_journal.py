@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -130,3 +131,22 @@ def test_clean_removes_a_dead_processs_half_written_journal(tmp_path: Path) -> N
     MultipartJournal(tmp_path).clean("s3://b/", Aborts())
     assert not half.exists()
     assert mine.exists()
+
+
+def test_botocore_is_loaded_only_to_clean_up(tmp_path: Path) -> None:
+    """botocore costs ~20 MiB that every upload would carry against its memory bound:
+    opening an S3 site and the CLI must not import it."""
+    code = (
+        "import sys\n"
+        "import binhoard.cli\n"
+        "from binhoard.config import S3Storage\n"
+        "from binhoard.storage.backends import open_store\n"
+        "open_store(S3Storage(storage_type='s3', bucket='b', region='r',"
+        " endpoint_url='http://127.0.0.1:9'), part_size=16 << 20, concurrency=4,"
+        f" state_directory=__import__('pathlib').Path({str(tmp_path)!r}))\n"
+        "print('botocore' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "False", out.stderr

@@ -25,15 +25,14 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
-
-import botocore.exceptions
-import botocore.session
-from botocore.config import Config
+from typing import TYPE_CHECKING, Any
 
 from binhoard.config import S3Storage
 from binhoard.domain.errors import PermanentStorageError, StorageError, TransientStorageError
 from binhoard.localstate import ProcessId, StateFile
+
+if TYPE_CHECKING:
+    import botocore.exceptions
 
 log = logging.getLogger("binhoard.storage")
 
@@ -185,6 +184,12 @@ class S3Uploads:
         self._lock = threading.Lock()
 
     def _s3(self) -> Any:
+        # Imported here, not with the module: botocore costs ~20 MiB of memory, which
+        # every upload would carry against its bound, and it is needed only to clean up
+        # after a killed process (rare).
+        import botocore.session  # noqa: PLC0415
+        from botocore.config import Config  # noqa: PLC0415
+
         with self._lock:
             if self._client is None:
                 c = self._config
@@ -213,6 +218,8 @@ class S3Uploads:
 
     def abort(self, key: str) -> int:
         """Aborts every incomplete multipart upload of ``key``; returns how many."""
+        import botocore.exceptions  # noqa: PLC0415 - lazily, see _s3
+
         full = f"{self._prefix}/{key}" if self._prefix else key
         bucket = self._config.bucket
         try:
@@ -242,6 +249,8 @@ def _code(exc: botocore.exceptions.ClientError) -> str:
 
 def _mapped(exc: Exception, bucket: str, key: str) -> StorageError:
     # botocore's messages name the operation and the error code, never the credentials.
+    import botocore.exceptions  # noqa: PLC0415 - lazily, see S3Uploads._s3
+
     detail = f"s3://{bucket}: abort multipart uploads of {key}: {str(exc)[:300]}"
     if isinstance(exc, botocore.exceptions.ClientError) and _code(exc) in _PERMANENT_CODES:
         return PermanentStorageError(detail)
