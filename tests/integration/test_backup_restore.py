@@ -15,13 +15,14 @@ import pytest
 
 from binhoard.app import open_site
 from binhoard.config import Settings, parse_settings
-from binhoard.domain.errors import IntegrityError, ServerError, UsageError
+from binhoard.domain.errors import DiskFullError, IntegrityError, ServerError, UsageError
 from binhoard.ops.backup import create_backup
 from binhoard.ops.restore_backup import ensure_server_running, restore_backup, set_gtid_state
 from binhoard.ops.site import find_leftovers, list_backups
 from binhoard.server.sandbox import Sandbox
 from binhoard.storage.store import ObjectStore
 from tests.support.configs import config_for, settings_for
+from tests.support.mounts import resize, tmpfs
 from tests.support.sandboxes import SandboxFactory
 from tests.support.workload import checksums, create_schema, write_rows
 
@@ -210,3 +211,28 @@ def test_a_server_that_cannot_start_shows_the_end_of_its_error_log(
     assert f"last lines of its error log {box.error_log}:" in message
     assert "Can't open and lock privilege tables" in message
     assert message.rstrip().endswith("[ERROR] Aborting")
+
+
+def test_a_full_temporary_directory_is_one_clear_line_and_the_next_backup_works(
+    sandboxes: SandboxFactory, tmp_path: Path
+) -> None:
+    """mariabackup's log (where it reports the snapshot position) lands in the temporary
+    directory: full, it was "did not report a binlog position: is log_bin ON?"."""
+    box = sandboxes.new()
+    create_schema(box)
+    write_rows(box, 100, seed=3)
+    settings = settings_for(box, tmp_path / "site")
+    store = open_site(settings)
+    with tmpfs(settings.temporary_directory, 16 * 1024):
+        with pytest.raises(DiskFullError) as info:
+            create_backup(settings, store)
+        message = str(info.value)
+        assert message.startswith(
+            f"no space left on device in {settings.temporary_directory} (temporary_directory, "
+            "mariabackup's log and LSN files)"
+        ), message
+        assert message.endswith("free space, then take the backup again")
+        resize(settings.temporary_directory, 64 * 1024**2)
+        manifest = create_backup(settings, store)
+    assert [b.backup_id for b in list_backups(store)] == [manifest.backup_id]
+    assert find_leftovers(store) == []  # the failed backup's data object is gone

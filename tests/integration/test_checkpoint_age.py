@@ -3,7 +3,10 @@ server): nothing is done when it already is, the server's settings always come b
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+import pytest
 
 from binhoard.ops.backup import FlushSettingsJournal
 from binhoard.server import sql
@@ -94,3 +97,40 @@ def test_changed_settings_are_journaled_and_a_killed_run_is_undone(
     finally:
         conn.close()
         watcher.close()
+
+
+def test_a_damaged_journal_puts_back_the_startup_values_and_says_so(
+    sandboxes: SandboxFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The saved values are lost: taking the changed ones for the server's own (as the
+    next backup did, after 'ignoring unreadable state file') kept it flushing at full
+    I/O capacity for good. The startup values (my.cnf, else the defaults) go back."""
+    box = sandboxes.new(options={"innodb_io_capacity": "300"})
+    settings = settings_for(box, tmp_path / "site")
+    path = settings.state_directory / "innodb-flush-settings.json"
+    conn = box.connect()
+    try:
+        original = sql.variables(conn, *FLUSH_SETTINGS)
+        assert original["innodb_io_capacity"] == "300"
+        for damage in (
+            b'{"settings": {"innodb_io_capa',
+            b"[]",
+            json.dumps({"settings": {"innodb_io_capacity": "lots"}}).encode(),
+            json.dumps({"settings": {"secure_file_priv": "/"}}).encode(),
+        ):
+            sql.query(conn, "SET GLOBAL innodb_io_capacity = @@GLOBAL.innodb_io_capacity_max")
+            sql.query(conn, "SET GLOBAL innodb_adaptive_flushing = OFF")
+            sql.query(conn, "SET GLOBAL innodb_max_dirty_pages_pct = 0")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(damage)
+            caplog.clear()
+            FlushSettingsJournal(settings).restore_left_over(conn)
+            assert sql.variables(conn, *FLUSH_SETTINGS) == original, damage
+            assert not path.exists()
+            assert any(
+                f"{path} is damaged" in r.getMessage()
+                and "innodb_io_capacity=300" in r.getMessage()
+                for r in caplog.records
+            ), damage
+    finally:
+        conn.close()

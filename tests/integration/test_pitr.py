@@ -11,6 +11,7 @@ import json
 import os
 import pwd
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,11 +26,12 @@ import pytest
 
 from binhoard.app import open_site
 from binhoard.config import Settings, parse_settings
-from binhoard.domain.errors import DiskFullError, UsageError
+from binhoard.domain.errors import DiskFullError, IntegrityError, UsageError
 from binhoard.ops.archive import BinlogArchiver
 from binhoard.ops.backup import create_backup
 from binhoard.ops.catalog import read_streams
 from binhoard.ops.pitr import PitrProgress, PitrRequest, PointInTimeRestore
+from binhoard.ops.restore_backup import empty_directory
 from binhoard.server.sandbox import Sandbox
 from binhoard.storage.store import ObjectStore
 from tests.support.configs import config_for
@@ -442,3 +444,50 @@ def test_a_restore_killed_while_planning_resumes_or_starts_again(archive: Archiv
         assert progress.phase == "completed"
         assert_restored_to(box, marker)
         box.stop()
+
+
+def test_a_corrupt_binlog_object_says_how_to_start_over_and_an_earlier_target_then_works(
+    archive: Archive,
+) -> None:
+    """The restore stops on the object, naming it; --resume cannot get past an immutable
+    corrupt object, so the message says how to start over, and following it works."""
+    site = archive.factory.root / "corrupt-site"
+    shutil.copytree(archive.config["backup_sites"]["default"]["object_storage"]["directory"], site)
+    source = parse_settings(archive.config, source="test")
+    records = read_streams(open_site(source))[0].records  # the full backup's stream
+    victim = records[-1].object.key  # the last file: read to resolve the exact stop
+    data = bytearray((site / victim).read_bytes())
+    data[len(data) // 2] ^= 1
+    (site / victim).write_bytes(bytes(data))
+    box = new_target(archive)
+    overrides = {
+        "backup_sites": {
+            "default": {
+                **archive.config["backup_sites"]["default"],
+                "object_storage": {"storage_type": "local", "directory": str(site)},
+            }
+        }
+    }
+    settings = parse_settings(target_config(archive, box, **overrides), source="test")
+    with pytest.raises(IntegrityError) as info:
+        PointInTimeRestore(settings, open_site(settings)).start(
+            PitrRequest("default", {"to_latest": True}, archive.full_backup_id)
+        )
+    message = str(info.value)
+    state = settings.state_directory / "restore.json"
+    assert message.startswith(f"object {victim} failed verification: ")
+    assert "`binhoard restore --resume` cannot get past this" in message
+    assert message.endswith(
+        f"stop the server of {box.cnf} if it runs, empty {box.datadir}, delete {state}, "
+        "then start a new restore"
+    )
+    box.stop()
+    empty_directory(box.datadir)
+    state.unlink()
+    marker = archive.markers[5]
+    progress = PointInTimeRestore(settings, open_site(settings)).start(
+        PitrRequest("default", {"to_gtid": marker.gtid})
+    )
+    assert progress.phase == "completed"
+    assert_restored_to(box, marker)
+    box.stop()

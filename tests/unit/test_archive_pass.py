@@ -4,6 +4,7 @@ caught up with it, so the pass only reads the site, marks and reports."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,34 @@ def test_an_idle_pass_with_the_cache_reads_nothing_old(
     # Without the cache, every record is read again.
     BinlogArchiver(settings, store, use_cache=False).archive_files(idle_server(build))
     assert observer.take()["get"] > 300
+
+
+@pytest.mark.parametrize(
+    "damaged",
+    [
+        {"pending": ["MANIFEST", 5, None]},
+        {"pending": "binlogs/x", "swept_at": "yesterday"},
+        {"pending": 5, "swept_at": 1700000000},
+        {"pending": [], "swept_at": "2024-05-01T00:00:00"},
+    ],
+)
+def test_a_damaged_uploads_file_deletes_nothing_but_binlog_data(
+    site: tuple[MemoryStore, SiteBuilder], tmp_path: Path, damaged: dict[str, object]
+) -> None:
+    """binlog-uploads.json names what the pass deletes at once: a damaged one (a key
+    that is not a binlog upload, wrong types, a time that is not one) is ignored with a
+    warning, never a traceback, and never costs a manifest."""
+    store, build = site
+    settings = settings_in(tmp_path)
+    pending = damaged["pending"]
+    if isinstance(pending, list):
+        damaged = {
+            **damaged,
+            "pending": [manifest_key("A") if k == "MANIFEST" else k for k in pending],
+        }
+    (settings.state_directory / "binlog-uploads.json").parent.mkdir(parents=True, exist_ok=True)
+    (settings.state_directory / "binlog-uploads.json").write_text(json.dumps(damaged))
+    report = BinlogArchiver(settings, store).archive_files(idle_server(build))
+    assert report.problems == []
+    store.stat(manifest_key("A"))
+    store.stat(manifest_key("B"))

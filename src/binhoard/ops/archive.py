@@ -195,6 +195,26 @@ def uploads_file(settings: Settings) -> StateFile:
     return StateFile(settings.state_directory / "binlog-uploads.json")
 
 
+def _is_binlog_data_key(key: str) -> bool:
+    return identity_of_data_key(key) is not None
+
+
+def _swept_at(value: object, path: Path) -> datetime | None:
+    """When this host last looked for other hosts' leftovers; None (look now) if the
+    file does not say so readably."""
+    if value is None:
+        return None
+    try:
+        swept = datetime.fromisoformat(str(value))
+    except ValueError:
+        log.warning("ignoring %s: 'swept_at' is not a time: %r", path, value)
+        return None
+    if swept.tzinfo is None:
+        log.warning("ignoring %s: 'swept_at' has no time zone: %r", path, value)
+        return None
+    return swept
+
+
 def _file_chunks(path: Path) -> Iterator[bytes]:
     with path.open("rb") as file:
         while chunk := file.read(READ_CHUNK):
@@ -559,8 +579,21 @@ class BinlogArchiver:
         return object_ref(key, self.codec, digest)
 
     def _pending(self) -> list[str]:
-        state = uploads_file(self.settings).read() or {}
-        return [str(k) for k in state.get("pending", [])]
+        """Keys of this host's uploads not yet recorded. Only data keys count: this list
+        decides what is deleted, and a damaged file must never name a manifest."""
+        file = uploads_file(self.settings)
+        pending = (file.read() or {}).get("pending", [])
+        if not isinstance(pending, list):
+            log.warning("ignoring %s: 'pending' is not a list of keys", file.path)
+            return []
+        keys = [k for k in pending if isinstance(k, str) and _is_binlog_data_key(k)]
+        if len(keys) != len(pending):
+            log.warning(
+                "ignoring %d entries of %s that are not binlog data keys",
+                len(pending) - len(keys),
+                file.path,
+            )
+        return keys
 
     def _set_pending(self, keys: list[str]) -> None:
         state = uploads_file(self.settings).read() or {}
@@ -579,8 +612,8 @@ class BinlogArchiver:
             self._set_pending([])
         state = uploads_file(self.settings).read() or {}
         now = self.now()
-        swept = state.get("swept_at")
-        if swept is not None and now - datetime.fromisoformat(str(swept)) < SWEEP_INTERVAL:
+        swept = _swept_at(state.get("swept_at"), uploads_file(self.settings).path)
+        if swept is not None and now - swept < SWEEP_INTERVAL:
             return
         for info in self.store.list(BINLOG_DATA_PREFIX):
             if info.key in named or info.last_modified is None:

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from binhoard.config import Settings
-from binhoard.domain.errors import ConflictError, NotFoundError, UsageError
+from binhoard.domain.errors import ConflictError, NotFoundError, ServerQueryError, UsageError
 from binhoard.domain.manifest import (
     BackupManifest,
     BackupType,
@@ -31,6 +31,7 @@ from binhoard.localstate import StateFile, exclusive
 from binhoard.ops.site import find_leftovers, list_backups, removable_leftovers
 from binhoard.server import sql
 from binhoard.server.backup_tool import MariaBackup
+from binhoard.server.mycnf import read_server_options
 from binhoard.storage.pipeline import Codec, ObjectDigest, suffix, upload
 from binhoard.storage.store import ObjectStore
 
@@ -301,6 +302,7 @@ class FlushSettingsJournal:
 
     def __init__(self, settings: Settings) -> None:
         self._file = StateFile(settings.state_directory / "innodb-flush-settings.json")
+        self._cnf = settings.mysql.config_file_name
 
     def save(self, values: dict[str, str]) -> None:
         self._file.write({"settings": values})
@@ -309,14 +311,47 @@ class FlushSettingsJournal:
         self._file.clear()
 
     def restore_left_over(self, conn: sql.Connection) -> None:
-        left = self._file.read()
-        if left is None:
+        if not self._file.path.exists():
             return
-        values = left.get("settings")
-        if isinstance(values, dict):
-            sql.restore_flush_settings(conn, {str(k): str(v) for k, v in values.items()})
-            log.warning("restored InnoDB flushing settings left changed by a killed backup")
+        left = self._file.read()
+        values = left.get("settings") if left else None
+        names = set(sql.flush_setting_names())
+        if (
+            isinstance(values, dict)
+            and values
+            and set(values) <= names
+            and all(isinstance(v, str) for v in values.values())
+        ):
+            try:
+                sql.restore_flush_settings(conn, values)
+            except ServerQueryError as exc:
+                self._restore_startup_values(conn, f"the server refused a value: {exc}")
+            else:
+                log.warning("restored InnoDB flushing settings left changed by a killed backup")
+        else:
+            self._restore_startup_values(conn, "it does not hold the settings")
         self._file.clear()
+
+    def _restore_startup_values(self, conn: sql.Connection, why: str) -> None:
+        """The saved values are lost: the server may still flush as a killed backup made
+        it. Its startup values (my.cnf, else defaults) are the best guess: set them and
+        say so, rather than take the changed values for the server's own."""
+        try:
+            configured = read_server_options(self._cnf).options
+        except UsageError as exc:
+            log.warning("%s", exc.message)
+            configured = {}
+        values = sql.startup_flush_settings(conn, configured)
+        sql.restore_flush_settings(conn, values)
+        log.warning(
+            "%s is damaged (%s): a killed backup may have left InnoDB flushing changed and "
+            "its saved values are lost; set them to the server's startup values (%s, else "
+            "the defaults): %s",
+            self._file.path,
+            why,
+            self._cnf,
+            ", ".join(f"{k}={v}" for k, v in values.items()),
+        )
 
 
 class _BackupRun:

@@ -23,6 +23,7 @@ at any moment continues where it was when started again (``binhoard restore --re
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import threading
@@ -30,15 +31,24 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from binhoard.config import Settings
 from binhoard.domain.binlog import TransactionTable
 from binhoard.domain.catalog import BinlogRecord
-from binhoard.domain.errors import BinhoardError, ConflictError, DiskFullError, UsageError
+from binhoard.domain.errors import (
+    BinhoardError,
+    ConflictError,
+    CorruptBinlogError,
+    DiskFullError,
+    IntegrityError,
+    ObjectNotFoundError,
+    UsageError,
+)
 from binhoard.domain.gtid import GtidPosition
 from binhoard.domain.manifest import BackupManifest
 from binhoard.domain.restore_plan import (
+    ArchiveInconsistentError,
     ResolvedStop,
     RestorePlan,
     Target,
@@ -293,7 +303,7 @@ class PointInTimeRestore:
     def start(self, request: PitrRequest) -> PitrProgress:
         """A new restore into ``mysql.data_directory``, to ``request.target``."""
         with exclusive(self.settings.state_directory / "restore.lock", "a restore"):
-            existing = self.state_file.read()
+            existing = self._recorded()
             # Stopped while planning, nothing was changed yet: a new start may replace it.
             if existing and existing.get("phase") not in (
                 "completed",
@@ -364,7 +374,7 @@ class PointInTimeRestore:
     def resume(self) -> PitrProgress:
         """Continues the restore recorded in the state file."""
         with exclusive(self.settings.state_directory / "restore.lock", "a restore"):
-            state = self.state_file.read()
+            state = self._recorded()
             if not state or state.get("phase") in ("completed", "failed", None):
                 raise UsageError(f"no unfinished restore recorded in {self.state_file.path}")
             self.state = state
@@ -395,6 +405,31 @@ class PointInTimeRestore:
                 )
             log.info("resuming the restore at phase %s", state["phase"])
             return self._run(plan)
+
+    def _recorded(self) -> dict[str, Any] | None:
+        """The restore recorded in ``restore.json``, or None if there is none. A file
+        that cannot be what this code wrote (a disk fault, an edit) is an error naming
+        it: guessing could resume the wrong restore, or start a new one over the
+        unfinished work of the old one."""
+        path = self.state_file.path
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            state = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise self._damaged(f"not JSON: {exc}") from None
+        why = state_problem(state)
+        if why is not None:
+            raise self._damaged(why)
+        return dict(state)
+
+    def _damaged(self, why: str) -> ConflictError:
+        return ConflictError(
+            f"{self.state_file.path} is damaged ({why}): the restore it recorded cannot be "
+            f"resumed. {start_over_advice(self.settings)}"
+        )
 
     # --- the phases -------------------------------------------------------------------
     def _run(self, plan: RestorePlan) -> PitrProgress:
@@ -454,13 +489,24 @@ class PointInTimeRestore:
             self._save()
             raise error from None
         except BinhoardError as exc:
-            self.state["error"] = exc.message
+            self.state["error"] = self._explain(exc)
             self._save()
             raise
         finally:
             prefetcher.stop()
             shutil.rmtree(prefetcher.directory, ignore_errors=True)
         return self.progress
+
+    def _explain(self, exc: BinhoardError) -> str:
+        """``exc``'s message, completed with what to do when resuming cannot help."""
+        if isinstance(exc, _CANNOT_GET_PAST):
+            # Resuming meets the same object again: say what the operator can do.
+            exc.args = (
+                f"{exc.message}. `binhoard restore --resume` cannot get past this; to "
+                "restore to an earlier target, or from another backup (--backup), start "
+                f"over: {start_over_advice(self.settings)}",
+            )
+        return exc.message
 
     def _restore_basebackup(self, backup: BackupManifest, prefetcher: BinlogPrefetcher) -> None:
         datadir = self.settings.mysql.data_directory
@@ -656,3 +702,70 @@ def describe_target(settings: Settings) -> TargetDescription:
 
 def _source_server_ids(plan: RestorePlan) -> set[int]:
     return {plan.backup.server_id, *(r.server_id for r in plan.records)}
+
+
+# What a resumed restore would meet again: the site's objects are immutable.
+_CANNOT_GET_PAST = (
+    IntegrityError,
+    ObjectNotFoundError,
+    CorruptBinlogError,
+    ArchiveInconsistentError,
+)
+
+
+def start_over_advice(settings: Settings) -> str:
+    """How to abandon an unfinished restore: what it changed is the datadir (and the
+    server running on it)."""
+    mysql = settings.mysql
+    return (
+        f"stop the server of {mysql.config_file_name} if it runs, empty "
+        f"{mysql.data_directory}, delete {restore_state(settings).path}, then start a new "
+        "restore"
+    )
+
+
+def state_problem(state: object) -> str | None:
+    """Why ``state`` cannot be a ``restore.json`` this code wrote, or None."""
+    if not isinstance(state, dict):
+        return "not a JSON object"
+    phase = state.get("phase")
+    if phase not in PHASES:
+        return f"unknown phase {phase!r}"
+    if phase in ("completed", "failed"):
+        return None  # nothing is resumed from it
+    problems = _request_problems(state)
+    if phase != "getting_backup_info":
+        problems += _progress_problems(state)
+    return problems[0] if problems else None
+
+
+def _request_problems(state: dict[str, Any]) -> list[str]:
+    problems = []
+    if not isinstance(state.get("site"), str):
+        problems.append("no site")
+    target_args = state.get("target_args")
+    if not isinstance(target_args, dict):
+        problems.append("no target")
+    else:
+        try:
+            parse_target(**target_args)
+        except (BinhoardError, TypeError) as exc:
+            problems.append(f"unusable target: {exc}")
+    if not isinstance(state.get("requested_backup_id"), (str, type(None))):
+        problems.append("requested_backup_id is not a backup id")
+    return problems
+
+
+def _progress_problems(state: dict[str, Any]) -> list[str]:
+    if not isinstance(state.get("backup_id"), str):
+        return ["no backup_id"]
+    records, applied = state.get("records"), state.get("applied_records")
+    if not (_is_count(records) and _is_count(applied)):
+        return ["records and applied_records are not counts"]
+    if applied > records:
+        return [f"applied_records {applied} exceeds records {records}"]
+    return []
+
+
+def _is_count(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0

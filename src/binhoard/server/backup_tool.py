@@ -22,10 +22,13 @@ from pathlib import Path
 from binhoard.config import ClientParams
 from binhoard.domain.errors import DiskFullError, ServerError
 from binhoard.domain.manifest import LsnRange, SnapshotPosition
-from binhoard.server.disk import says_no_space
+from binhoard.server.disk import disk_full, free_bytes, says_no_space
 from binhoard.server.process import find_executable
 
 READ_SIZE = 1024 * 1024
+# What mariabackup writes into its work directory (its log, the LSN files): a few KiB;
+# less free than this there explains a backup whose log is missing.
+WORK_DIR_SPACE = 1024 * 1024
 # mariabackup reads the data files with O_DIRECT, 10 MiB at a time, and writes nothing
 # while it waits for the disk. Reading its output ahead into this many chunks (of at most
 # READ_SIZE) lets it go back to the disk at once while the compressor works on what came
@@ -156,12 +159,17 @@ class BackupStream:
         code = self._process.wait()
         log = self._stderr.read_text(errors="replace")
         if code != 0:
+            if says_no_space(log) or self._work_dir_full():
+                raise self._disk_full()
             raise ServerError(f"mariabackup failed (exit {code}):\n{_tail(log)}")
         position = parse_binlog_position(log)
         if position is None:
             info = self._work_dir / "xtrabackup_info"
             position = parse_binlog_position(info.read_text()) if info.exists() else None
         if position is None:
+            if self._work_dir_full():
+                # Its log (where it reports the position) could not be written.
+                raise self._disk_full()
             raise ServerError("mariabackup did not report a binlog position: is log_bin ON?")
         checkpoints = self._work_dir / "xtrabackup_checkpoints"
         try:
@@ -169,6 +177,20 @@ class BackupStream:
         except FileNotFoundError:
             raise ServerError(f"mariabackup left no {checkpoints}") from None
         return position, lsn
+
+    def _work_dir_full(self) -> bool:
+        free = free_bytes(self._work_dir)
+        return free is not None and free < WORK_DIR_SPACE
+
+    def _disk_full(self) -> DiskFullError:
+        # The LSN directory is in backup-<id>/, which the caller removes: name the
+        # temporary_directory it is in.
+        return disk_full(
+            self._work_dir.parent.parent,
+            what="temporary_directory, mariabackup's log and LSN files",
+            needed=WORK_DIR_SPACE,
+            then="free space, then take the backup again",
+        )
 
     def kill(self) -> None:
         if self._process.poll() is None:

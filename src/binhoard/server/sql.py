@@ -296,6 +296,36 @@ def restore_flush_settings(conn: Connection, values: Mapping[str, str]) -> None:
         query(conn, f"SET GLOBAL {name} = %s", (_setting_value(value),))
 
 
+def flush_setting_names() -> tuple[str, ...]:
+    """The server settings ``bound_checkpoint_age`` changes while it runs."""
+    return tuple(name for name, _ in _FAST_FLUSH)
+
+
+def startup_flush_settings(conn: Connection, configured: Mapping[str, str]) -> dict[str, str]:
+    """The values the server starts with for the settings ``bound_checkpoint_age``
+    changes: ``configured`` (its my.cnf's options, names with ``_``), else the compiled
+    defaults. What to put back when the values saved before a change are lost."""
+    names = flush_setting_names()
+    placeholders = ", ".join(["%s"] * len(names))
+    rows = query(
+        conn,
+        "SELECT LOWER(VARIABLE_NAME), DEFAULT_VALUE FROM information_schema.SYSTEM_VARIABLES "
+        f"WHERE VARIABLE_NAME IN ({placeholders})",
+        [name.upper() for name in names],
+        purpose="reading the default flushing settings",
+    )
+    defaults = {str(name): "" if value is None else str(value) for name, value in rows}
+    values = {}
+    for name in names:
+        value = configured.get(name)
+        if value is None:
+            value = defaults[name]
+        elif value == "":  # a flag given without a value: ON
+            value = "ON"
+        values[name] = value
+    return values
+
+
 def bound_checkpoint_age(
     conn: Connection,
     *,
