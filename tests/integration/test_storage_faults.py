@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from binhoard.domain.errors import PreconditionFailedError
+from binhoard.domain.errors import PreconditionFailedError, TransientStorageError
 from binhoard.storage.backends import open_store
 from binhoard.storage.store import read_all
 from binhoard.storage.wrappers import RetryingStore
@@ -419,3 +419,44 @@ def test_s3_conditional_put_whose_answer_was_lost(s3_server: S3Server) -> None:
             store.put("owner", [b"writer-2"], if_absent=True)
         assert proxy.counts["reset_after"] == 2
     assert read_all(backend, "owner") == b"writer-1"
+
+
+def test_an_endpoint_that_never_answers_fails_each_attempt_within_a_bound(
+    s3_server: S3Server,
+) -> None:
+    """A listener that accepts and never answers: each request ends as transient within
+    about the read timeout (30 s), not after the client's 3-minute retry window (which,
+    under RetryingStore's 5 attempts, kept `backup list` silent for ~20 minutes)."""
+    import socket  # noqa: PLC0415 - only this test needs a raw listener
+
+    held: list[socket.socket] = []
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def accept_and_hold() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            held.append(connection)  # read nothing, answer nothing
+
+    thread = threading.Thread(target=accept_and_hold, daemon=True)
+    thread.start()
+    try:
+        port = listener.getsockname()[1]
+        config = s3_server.storage_config(prefix="never").model_copy(
+            update={"endpoint_url": f"http://127.0.0.1:{port}"}
+        )
+        backend = open_store(config, part_size=PART_SIZE, concurrency=2)
+        started = time.monotonic()
+        with pytest.raises(TransientStorageError):
+            list(backend.list("backups/"))
+        assert time.monotonic() - started < 75
+    finally:
+        stop.set()
+        thread.join()
+        for connection in held:
+            connection.close()
+        listener.close()

@@ -756,3 +756,21 @@ def test_a_gtid_target_that_leaves_out_a_domain_of_the_snapshot_says_so() -> Non
     assert [r.name for r in plan.records] == ["binlog.000001"]
     with pytest.raises(TargetBeforeSnapshotError, match="no backup precedes"):
         plan_restore([two.backup], two.catalog(), gtid("0-1-1,1-1-2"))  # truly before
+
+
+def test_an_exact_target_past_a_broken_newer_archive_is_planned_from_an_older_backup() -> None:
+    """B's archive is broken from its first record; A's reaches 0-1-9: the same database
+    comes from A. For --to-latest, whose end past the break is unknown, the refusal
+    names A and what it reaches instead of silently restoring less."""
+    why = "document streams/B/binlogs/0000000000.json is corrupt: checksum mismatch"
+    intact = {**A.catalog(), "B": []}
+    plan = plan_restore(BACKUPS, intact, gtid("0-1-9"), broken_streams={"B": why})
+    assert plan.backup.backup_id == "A"
+    assert seqs(applied(resolve(plan, TABLES), TABLES)) == [3, 4, 5, 6, 7, 8, 9]
+    with pytest.raises(BrokenBackupError) as caught:
+        plan_restore(BACKUPS, intact, Latest(), broken_streams={"B": why})
+    assert "archive of backup B is broken" in str(caught.value)
+    assert "--backup A --to-latest" in str(caught.value)
+    # Forced to B, the refusal stands.
+    with pytest.raises(BrokenBackupError, match="archive of backup B is broken"):
+        plan_restore(BACKUPS, intact, gtid("0-1-9"), backup_id="B", broken_streams={"B": why})

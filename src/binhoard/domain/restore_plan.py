@@ -745,7 +745,24 @@ def plan_restore(
     approximate = approximate_ok and isinstance(target, TimeTarget)
     why = stream_broken.get(backup.backup_id)
     if why is not None:
-        return _plan_in_broken(backup, records, target, approximate, why)
+        try:
+            return _plan_in_broken(backup, records, target, approximate, why)
+        except BrokenBackupError as refusal:
+            if backup_id is not None:
+                raise
+            older = _older_than(backups, backup)
+            plan = _plan_older(older, catalog, target, approximate_ok, broken_streams)
+            if plan is None:
+                raise
+            if isinstance(target, Latest):
+                # "Latest" is unknown past the break: never silently less; say what the
+                # older backup reaches and let the operator choose it.
+                raise BrokenBackupError(
+                    f"{refusal.message} Or restore backup {plan.backup.backup_id}, whose "
+                    f"archive {_reach(plan.backup, plan.records)}: --backup "
+                    f"{plan.backup.backup_id} --to-latest."
+                ) from None
+            return plan  # an exact target: the same database, from an older backup
     if isinstance(target, Latest):
         used, stop = _plan_latest(backup, snapshot, records)
     elif isinstance(target, TimeTarget):
@@ -755,6 +772,34 @@ def plan_restore(
     else:
         used, stop = _plan_position(backup, snapshot, records, target)
     return RestorePlan(backup, target, used, stop, approximate)
+
+
+def _older_than(backups: Sequence[BackupManifest], backup: BackupManifest) -> list[BackupManifest]:
+    ids = [b.backup_id for b in backups]
+    return list(backups[: ids.index(backup.backup_id)])
+
+
+def _plan_older(
+    older: Sequence[BackupManifest],
+    catalog: Mapping[str, Sequence[BinlogRecord]],
+    target: Target,
+    approximate_ok: bool,
+    broken_streams: Mapping[str, str] | None,
+) -> RestorePlan | None:
+    """The plan from an older backup whose archive reaches ``target``, if one does (a
+    newer backup's archive is broken before it)."""
+    if not older:
+        return None
+    try:
+        return plan_restore(
+            older,
+            catalog,
+            target,
+            approximate_ok=approximate_ok,
+            broken_streams=broken_streams,
+        )
+    except (PlanError, ArchiveInconsistentError):
+        return None
 
 
 def _plan_in_broken(

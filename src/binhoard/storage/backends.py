@@ -23,7 +23,7 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, NoReturn
 from urllib.parse import urlsplit, urlunsplit
@@ -584,10 +584,14 @@ class ObstoreStore:
         conditional_put_limit: int | None = None,
         secrets: Sequence[str] = (),
         own_uploads: OwnUploads | None = None,
+        multipart_native: NativeStore | None = None,
     ) -> None:
         if part_size < 1 or concurrency < 1:
             raise ValueError("part_size and concurrency must be positive")
         self.native = native
+        # Multipart uploads cannot be replayed by the layer above: their parts get the
+        # client's own long retries (``open_store``), everything else short ones.
+        self.multipart_native = multipart_native or native
         self.part_size = part_size
         self.concurrency = concurrency
         self.conditional_put_limit = (
@@ -670,7 +674,7 @@ class ObstoreStore:
         if self._own_uploads is not None:
             self._own_uploads.started(key)
         try:
-            result = self.native.put(
+            result = self.multipart_native.put(
                 key,
                 source,
                 use_multipart=True,
@@ -789,12 +793,13 @@ class ObstoreStore:
 
 
 # One overall deadline per request would cut off a long download (one GET streams the
-# whole object): make it generous, and detect stalls with the read timeout instead. An
-# hour still bounds a part upload the server stopped reading; a download that takes
-# longer fails as transient and ``RetryingStore`` resumes it from the byte it reached.
+# whole object): make it generous, and detect stalls with the read timeout instead (30 s
+# without a byte is a stall, not a slow network). An hour still bounds a part upload the
+# server stopped reading; a download that takes longer fails as transient and
+# ``RetryingStore`` resumes it from the byte it reached.
 _CLIENT_OPTIONS: ClientConfig = {
     "connect_timeout": "10s",
-    "read_timeout": "120s",
+    "read_timeout": "30s",
     "timeout": "1h",
     "user_agent": f"binhoard/{__version__}",
 }
@@ -915,6 +920,16 @@ def _open_azure(
     return native, where, secrets
 
 
+def _open_native(
+    config: S3Storage | GCSStorage | AzureStorage, retry: RetryConfig | None
+) -> tuple[NativeStore, str, list[str]]:
+    if isinstance(config, S3Storage):
+        return _open_s3(config, retry)
+    if isinstance(config, GCSStorage):
+        return _open_gcs(config, retry)
+    return _open_azure(config, retry)
+
+
 def open_store(
     config: LocalStorage | S3Storage | GCSStorage | AzureStorage,
     *,
@@ -938,12 +953,10 @@ def open_store(
     if isinstance(config, LocalStorage):
         return LocalStore(config.directory)
     try:
-        if isinstance(config, S3Storage):
-            native, where, secrets = _open_s3(config, retry)
-        elif isinstance(config, GCSStorage):
-            native, where, secrets = _open_gcs(config, retry)
-        else:
-            native, where, secrets = _open_azure(config, retry)
+        # ``retry`` (tests) applies to both; by default multipart uploads keep the
+        # client's long retries and everything else gets ``_SHORT_RETRY``.
+        native, where, secrets = _open_native(config, retry or _SHORT_RETRY)
+        multipart_native, _, _ = _open_native(config, retry)
     except _NATIVE_ERRORS as exc:
         scrubber = _Scrubber(_config_secrets(config))
         raise PermanentStorageError(
@@ -960,7 +973,15 @@ def open_store(
         concurrency=concurrency,
         secrets=secrets,
         own_uploads=own_uploads,
+        multipart_native=multipart_native,
     )
+
+
+# Requests ``RetryingStore`` can repeat (everything but a multipart upload) get short
+# retries inside the client: its own 3-minute default, times the 5 attempts above it,
+# kept an operator waiting ~20 minutes in silence on a stalled endpoint. Now each
+# attempt ends within about 30 s and every retry above is logged.
+_SHORT_RETRY: RetryConfig = {"max_retries": 3, "retry_timeout": timedelta(seconds=30)}
 
 
 def _config_secrets(config: S3Storage | GCSStorage | AzureStorage) -> list[str]:
