@@ -378,7 +378,8 @@ class RetryingStore:
                 if not is_retryable(exc):
                     raise
                 failures += 1
-                self._backoff("list", f"{prefix}* after {last or ''}", failures, exc)
+                where = f"{prefix}* after {last}" if last else f"{prefix}*"
+                self._backoff("list", where, failures, exc)
 
     def delete(self, key: str) -> None:
         self._call("delete", key, lambda: self.inner.delete(key))
