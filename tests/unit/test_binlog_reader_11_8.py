@@ -84,7 +84,7 @@ def test_a_wrong_nonzero_next_pos_is_still_refused(tmp_path: Path) -> None:
     struct.pack_into("<I", data, 867 + 27, zlib.crc32(data[867 : 867 + 27]))
     broken = tmp_path / "binlog.000001"
     broken.write_bytes(bytes(data))
-    with pytest.raises(CorruptBinlogError, match="offset 867.*says it ends at 899"):
+    with pytest.raises(CorruptBinlogError, match=r"offset 867.*says it ends at 899"):
         read_binlog(broken)
 
 
