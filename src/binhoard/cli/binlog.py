@@ -18,7 +18,7 @@ from rich.table import Table
 
 from binhoard.app import open_site, site_name
 from binhoard.cli.common import config_option, json_option, site_option
-from binhoard.config import load_settings
+from binhoard.config import Settings, load_settings
 from binhoard.domain.documents import CorruptDocumentError
 from binhoard.domain.errors import BinhoardError, NotFoundError
 from binhoard.metrics import Metrics
@@ -73,7 +73,11 @@ def archive(config_file: Path, follow: bool, interval: float) -> None:
     SIGINT) exits with status 9 if its last pass was stalled, else 0.
     """
     settings = load_settings(config_file)
-    archiver = BinlogArchiver(settings, open_site(settings))
+    with BinlogArchiver(settings, open_site(settings)) as archiver:
+        _archive(settings, archiver, follow, interval)
+
+
+def _archive(settings: Settings, archiver: BinlogArchiver, follow: bool, interval: float) -> None:
     metrics = Metrics(settings.statsd)
     if not follow:
         try:
@@ -113,9 +117,9 @@ def archive(config_file: Path, follow: bool, interval: float) -> None:
 def flush(config_file: Path, wait_seconds: float) -> None:
     """Rotate the binlog now and return once the file just closed is stored."""
     settings = load_settings(config_file)
-    archiver = BinlogArchiver(settings, open_site(settings))
     started = time.monotonic()
-    name, report = flush_and_wait(settings, archiver, timeout=wait_seconds)
+    with BinlogArchiver(settings, open_site(settings)) as archiver:
+        name, report = flush_and_wait(settings, archiver, timeout=wait_seconds)
     if report is not None:
         publish(settings, report, Metrics(settings.statsd))
     click.echo(f"{name} is stored ({time.monotonic() - started:.1f} s)")
@@ -189,7 +193,11 @@ def list_command(config_file: Path, site: str | None, stream_id: str | None, as_
     """
     settings = load_settings(config_file)
     store = open_site(settings, site_name(settings, site))
-    site_state = read_site(store, open_cache(settings.state_directory, store.describe()))
+    cache = open_cache(settings.state_directory, store.describe())
+    try:
+        site_state = read_site(store, cache)
+    finally:
+        cache.close()
     streams = list(site_state.streams)
     unreadable = [e for e in site_state.backups.entries if e.manifest is None and e.broken]
     if stream_id == "latest":

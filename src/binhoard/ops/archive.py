@@ -287,6 +287,20 @@ class BinlogArchiver:
         self.use_cache = use_cache
         self._cache: SiteCache | None = None
 
+    def close(self) -> None:
+        """Closes the site cache's database, if it was opened (it is opened again when
+        needed). An archiver is closed when its process is done with it: Python 3.13
+        reports an SQLite connection left to the garbage collector (ResourceWarning)."""
+        if self._cache is not None:
+            self._cache.close()
+            self._cache = None
+
+    def __enter__(self) -> BinlogArchiver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     @property
     def cache(self) -> SiteCache | None:
         """The local cache of the site's documents (``ops/sitecache.py``), opened once:

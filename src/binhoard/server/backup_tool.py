@@ -2,9 +2,10 @@
 
 Facts this relies on (proven in ../shared/notes/mariadb.md): ``--defaults-file`` must be
 the first argument; ``--extra-lsndir`` leaves ``xtrabackup_checkpoints`` and
-``xtrabackup_info`` on disk without extracting the stream; the snapshot position is
-printed on stderr as ``MySQL binlog position: filename 'F', position 'P', GTID of the
-last change 'G'``.
+``xtrabackup_info`` on disk without extracting the stream (``mariadb_backup_checkpoints``
+and ``mariadb_backup_info`` from MariaDB 11.1 on: ``backup_file``); the snapshot position
+is printed on stderr as ``MySQL binlog position: filename 'F', position 'P', GTID of the
+last change 'G'`` (the same words on 10.11 and 11.8).
 """
 
 from __future__ import annotations
@@ -50,8 +51,25 @@ _POSITION = re.compile(
 )
 
 
+# What mariabackup names the files it writes beside the data (``--extra-lsndir``, and
+# inside the stream): MariaDB 11.1 renamed ``xtrabackup_<what>`` to
+# ``mariadb_backup_<what>``. The newer name is looked for first.
+BACKUP_FILE_PREFIXES = ("mariadb_backup_", "xtrabackup_")
+
+
+def backup_file(directory: Path, what: str) -> Path | None:
+    """``directory``'s ``mariadb_backup_<what>`` or ``xtrabackup_<what>`` (``what`` is
+    ``checkpoints``, ``info``, ``binlog_info``, ...), whichever mariabackup wrote; None
+    if neither exists."""
+    for prefix in BACKUP_FILE_PREFIXES:
+        path = directory / f"{prefix}{what}"
+        if path.exists():
+            return path
+    return None
+
+
 def parse_binlog_position(text: str) -> SnapshotPosition | None:
-    """The snapshot position from mariabackup's stderr or ``xtrabackup_info``; None if absent."""
+    """The snapshot position from mariabackup's stderr or its ``info`` file; None if absent."""
     matches = list(_POSITION.finditer(text))
     if not matches:
         return None
@@ -76,7 +94,7 @@ def parse_checkpoints(text: str) -> LsnRange:
             last_lsn=int(values["last_lsn"]),
         )
     except (KeyError, ValueError) as exc:
-        raise ServerError(f"xtrabackup_checkpoints is incomplete: {exc}") from None
+        raise ServerError(f"mariabackup's checkpoints file is incomplete: {exc}") from None
 
 
 def client_defaults(server_cnf: Path, client: ClientParams) -> bytes:
@@ -164,19 +182,20 @@ class BackupStream:
             raise ServerError(f"mariabackup failed (exit {code}):\n{_tail(log)}")
         position = parse_binlog_position(log)
         if position is None:
-            info = self._work_dir / "xtrabackup_info"
-            position = parse_binlog_position(info.read_text()) if info.exists() else None
+            info = backup_file(self._work_dir, "info")
+            position = parse_binlog_position(info.read_text()) if info is not None else None
         if position is None:
             if self._work_dir_full():
                 # Its log (where it reports the position) could not be written.
                 raise self._disk_full()
             raise ServerError("mariabackup did not report a binlog position: is log_bin ON?")
-        checkpoints = self._work_dir / "xtrabackup_checkpoints"
-        try:
-            lsn = parse_checkpoints(checkpoints.read_text())
-        except FileNotFoundError:
-            raise ServerError(f"mariabackup left no {checkpoints}") from None
-        return position, lsn
+        checkpoints = backup_file(self._work_dir, "checkpoints")
+        if checkpoints is None:
+            raise ServerError(
+                f"mariabackup left no mariadb_backup_checkpoints (nor xtrabackup_checkpoints) "
+                f"in {self._work_dir}"
+            )
+        return position, parse_checkpoints(checkpoints.read_text())
 
     def _work_dir_full(self) -> bool:
         free = free_bytes(self._work_dir)
@@ -205,7 +224,8 @@ class MariaBackup:
     def __init__(self, server_cnf: Path, client: ClientParams) -> None:
         self.server_cnf = server_cnf
         self.client = client
-        self.binary = find_executable("mariabackup", "mariadb-backup")
+        # mariadb-backup is the name since 10.5 (mariabackup a symlink kept for now).
+        self.binary = find_executable("mariadb-backup", "mariabackup")
 
     def version(self) -> str:
         result = subprocess.run(

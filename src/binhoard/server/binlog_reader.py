@@ -460,9 +460,12 @@ class _Reader:
                 if end > size:
                     need = end - size
                     break
+                # next_pos 0: not filled in. MariaDB 11.4+ leaves it 0 in the events a
+                # transaction writes from its binlog cache (binlog_legacy_event_pos=OFF,
+                # the default); only the event that ends the transaction has it.
                 if (
                     (checksum and crc32(buf[pos:end]) != residue)
-                    or next_pos - base != end
+                    or (next_pos and next_pos - base != end)
                     or length < min_length
                 ):
                     self._bad_event(buf, pos)

@@ -77,7 +77,7 @@ class ServerOptions:
 
 def read_server_options(path: Path) -> ServerOptions:
     """The options mariadbd would read from ``path``; raises ``UsageError`` naming it."""
-    tool = find_executable("my_print_defaults", "mariadb-print-defaults")
+    tool = find_executable("mariadb-print-defaults", "my_print_defaults")
     result = subprocess.run(
         [tool, f"--defaults-file={path}", "--mysqld"],
         capture_output=True,

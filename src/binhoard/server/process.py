@@ -27,7 +27,7 @@ def find_executable(*names: str) -> str:
             if directory and candidate.is_file() and os.access(candidate, os.X_OK):
                 return str(candidate)
     raise ServerError(
-        f"{names[0]} not found: install MariaDB 10.11 (scripts/install does it: "
+        f"{names[0]} not found: install MariaDB 10.11 or 11.8 (scripts/install does it: "
         "apt-get install mariadb-server mariadb-client mariadb-backup)"
     )
 

@@ -153,12 +153,24 @@ class ServerFacts:
     gtid_current_pos: str
     gtid_binlog_pos: str
     gtid_slave_pos: str
+    # Where the binlog is kept: "" for files (every server before MariaDB 12.3, where the
+    # variable does not exist), "innodb" for MariaDB 12.3's binlog in InnoDB.
+    binlog_storage_engine: str = ""
 
     def problems(self, expected_server_id: int | None = None) -> list[str]:
         """Why this server cannot be backed up by binhoard, if it cannot."""
         found: list[str] = []
         if not self.log_bin:
             found.append("log_bin is OFF: binary logging is required for point-in-time recovery")
+        if self.binlog_storage_engine:
+            # Its .ibb files are InnoDB pages: no binlog events at file offsets, no binlog
+            # index, so no file binhoard can index, archive or present as a relay log.
+            found.append(
+                f"binlog_storage_engine is {self.binlog_storage_engine}: the binlog is stored "
+                "in InnoDB (MariaDB 12.3+), which binhoard cannot archive or replay; "
+                "binhoard needs the classic binlog files (remove binlog_storage_engine "
+                "from the server's configuration)"
+            )
         if self.binlog_format != "ROW":
             found.append(f"binlog_format is {self.binlog_format}, ROW is required")
         if not self.gtid_strict_mode:
@@ -188,20 +200,29 @@ def check_server(params: ClientParams, expected_server_id: int, *, what: str) ->
     return facts
 
 
+# The variables ServerFacts is made of. binlog_storage_engine exists from MariaDB 12.3
+# on; SHOW VARIABLES simply leaves out a name the server does not have.
+FACT_VARIABLES = (
+    "version",
+    "server_id",
+    "log_bin",
+    "binlog_format",
+    "gtid_strict_mode",
+    "log_slave_updates",
+    "read_only",
+    "gtid_current_pos",
+    "gtid_binlog_pos",
+    "gtid_slave_pos",
+    "binlog_storage_engine",
+)
+
+
 def server_facts(conn: Connection) -> ServerFacts:
-    v = variables(
-        conn,
-        "version",
-        "server_id",
-        "log_bin",
-        "binlog_format",
-        "gtid_strict_mode",
-        "log_slave_updates",
-        "read_only",
-        "gtid_current_pos",
-        "gtid_binlog_pos",
-        "gtid_slave_pos",
-    )
+    return facts_from_variables(variables(conn, *FACT_VARIABLES))
+
+
+def facts_from_variables(v: Mapping[str, str]) -> ServerFacts:
+    """The facts in the server's ``SHOW GLOBAL VARIABLES`` values (``FACT_VARIABLES``)."""
     return ServerFacts(
         version=v["version"],
         server_id=int(v["server_id"]),
@@ -213,6 +234,7 @@ def server_facts(conn: Connection) -> ServerFacts:
         gtid_current_pos=v["gtid_current_pos"],
         gtid_binlog_pos=v["gtid_binlog_pos"],
         gtid_slave_pos=v["gtid_slave_pos"],
+        binlog_storage_engine=v.get("binlog_storage_engine", "").strip(),
     )
 
 
