@@ -54,9 +54,9 @@ from __future__ import annotations
 import struct
 import zlib
 from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import BinaryIO, Final, Protocol
+from typing import Any, BinaryIO, Final, Protocol
 
 from binhoard.domain.binlog import BinlogSegment, SegmentBuilder, TransactionTable
 from binhoard.domain.errors import CorruptBinlogError
@@ -150,8 +150,8 @@ _GROUP_ENDING_QUERY_PREFIXES: Final = (b"XA COMMIT ", b"XA ROLLBACK ")
 
 
 @dataclass(frozen=True, slots=True)
-class BinlogIndex:
-    """What one binlog file holds, as far as archiving and restore care.
+class BinlogHead:
+    """What one scan of a binlog file finds besides its transactions.
 
     ``size`` is the number of bytes read (the file may grow while a server writes it).
     ``complete_offset`` is the offset up to which every event is whole and no group is
@@ -175,9 +175,21 @@ class BinlogIndex:
     next_file: str | None
     gtid_list: tuple[Gtid, ...]
     gtid_list_at_start: GtidPosition
-    transactions: TransactionTable
     complete_offset: int
     incident_offsets: tuple[int, ...]
+
+    def head_fields(self) -> dict[str, Any]:
+        """This head's fields, to build a :class:`BinlogIndex` or :class:`BinlogSummary`
+        (``asdict`` would also turn the GTIDs into dicts)."""
+        return {f.name: getattr(self, f.name) for f in fields(BinlogHead)}
+
+
+@dataclass(frozen=True, slots=True)
+class BinlogIndex(BinlogHead):
+    """What one binlog file holds, as far as archiving and restore care: the head and
+    every transaction (restore resolves its exact stop from them)."""
+
+    transactions: TransactionTable
 
     def segment(self) -> BinlogSegment:
         """The catalog summary of this file (only the complete part of a partial read).
@@ -210,27 +222,14 @@ def read_binlog(
     table = TransactionTable()
     with path.open("rb", buffering=0) as file:
         head = _Reader(path.name, file, block_size, table).read(allow_partial)
-    return BinlogIndex(**head.__dict__, transactions=table)
+    return BinlogIndex(**head.head_fields(), transactions=table)
 
 
 @dataclass(frozen=True)
-class BinlogSummary:
+class BinlogSummary(BinlogHead):
     """A binlog file summarised in one scan, without its transactions: what archiving a
-    file needs. The fields shared with :class:`BinlogIndex` mean the same."""
+    file needs."""
 
-    name: str
-    size: int
-    server_version: str
-    created: int
-    checksum: bool
-    in_use: bool
-    closed: bool
-    partial: bool
-    next_file: str | None
-    gtid_list: tuple[Gtid, ...]
-    gtid_list_at_start: GtidPosition
-    complete_offset: int
-    incident_offsets: tuple[int, ...]
     transaction_count: int
     min_commit_time: int | None
     states_at: Mapping[int, GtidPosition | None] = field(default_factory=dict)
@@ -264,7 +263,7 @@ def summarize_binlog(
     builder = reader.builder
     assert builder is not None  # made when the Gtid_list was read; read() checks there is one
     return BinlogSummary(
-        **head.__dict__,
+        **head.head_fields(),
         transaction_count=builder.transaction_count,
         min_commit_time=builder.min_commit_time,
         states_at={offset: builder.state_at(offset) for offset in states_at},
@@ -274,25 +273,6 @@ def summarize_binlog(
 
 class _RowSink(Protocol):
     def extend_rows(self, rows: Iterable[tuple[int, int, int, int, int, int]]) -> None: ...
-
-
-@dataclass(frozen=True)
-class _Head:
-    """What a scan finds besides the transactions."""
-
-    name: str
-    size: int
-    server_version: str
-    created: int
-    checksum: bool
-    in_use: bool
-    closed: bool
-    partial: bool
-    next_file: str | None
-    gtid_list: tuple[Gtid, ...]
-    gtid_list_at_start: GtidPosition
-    complete_offset: int
-    incident_offsets: tuple[int, ...]
 
 
 class _Reader:
@@ -331,7 +311,7 @@ class _Reader:
         return CorruptBinlogError(self.name, offset, detail)
 
     # --- the pass ----------------------------------------------------------------------
-    def read(self, allow_partial: bool) -> _Head:
+    def read(self, allow_partial: bool) -> BinlogHead:
         buf = self._read_exactly(4 + HEADER_LEN, 0)
         if buf[:4] != MAGIC:
             raise self.fail(0, f"not a binlog file (magic {buf[:4].hex()}, expected fe62696e)")
@@ -353,7 +333,7 @@ class _Reader:
         if self.gtid_list is None:
             raise self.fail(complete, "no Gtid_list event: not a MariaDB 10 binlog, or cut short")
         self._flush_rows()
-        return _Head(
+        return BinlogHead(
             name=self.name,
             size=size,
             server_version=self.server_version,
