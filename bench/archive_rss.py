@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))  # tests.support (the S3 server, binlog writer) li
 
 from tests.support.binlogs import BinlogWriter  # noqa: E402
 from tests.support.s3server import s3_server  # noqa: E402
+from tests.support.sites import put_full_backup  # noqa: E402
 
 from binhoard.allocator import keep_freed_memory  # noqa: E402
 from binhoard.app import open_site  # noqa: E402
@@ -41,11 +42,7 @@ from binhoard.config import parse_settings  # noqa: E402
 from binhoard.crypto.age import Identity  # noqa: E402
 from binhoard.domain.gtid import Gtid  # noqa: E402
 from binhoard.domain.manifest import (  # noqa: E402
-    BackupManifest,
-    LsnRange,
-    ObjectRef,
     SnapshotPosition,
-    manifest_key,
 )
 from binhoard.ops.archive import BinlogArchiver, ServerBinlogs  # noqa: E402
 from binhoard.ops.catalog import read_streams  # noqa: E402
@@ -172,25 +169,13 @@ def main() -> None:
             }
             settings = parse_settings(config, source="bench")
 
-            when = datetime.now(UTC)
-            ref = ObjectRef("backups/x", "none", (), 1, "0" * 64, 1, "0" * 64)
-            manifest = BackupManifest(
-                backup_id=BACKUP_ID,
-                backup_type="full",
-                parent_backup_id=None,
-                chain=(BACKUP_ID,),
+            put_full_backup(
+                open_site(settings),
+                BACKUP_ID,
+                SnapshotPosition("binlog.000001", snapshot, ""),
                 server_id=SERVER_ID,
-                flavour="mariadb",
-                server_version="10.11.19-MariaDB",
-                tool_version="mariabackup",
-                started_at=when,
-                completed_at=when,
-                snapshot=SnapshotPosition("binlog.000001", snapshot, ""),
-                lsn=LsnRange(0, 0, 0),
-                data=ref,
-                my_cnf=ref,
+                when=datetime.now(UTC),
             )
-            open_site(settings).put(manifest_key(BACKUP_ID), [manifest.to_bytes()])
             config_path = root / "config.json"
             config_path.write_text(json.dumps(config))
             subprocess.run(

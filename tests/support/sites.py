@@ -44,6 +44,36 @@ def binlog_name(n: int) -> str:
     return f"binlog.{n:06d}"
 
 
+def put_full_backup(
+    store: ObjectStore,
+    backup_id: str,
+    snapshot: SnapshotPosition,
+    *,
+    server_id: int = SERVER_ID,
+    when: datetime = EPOCH,
+) -> BackupManifest:
+    """A full backup's manifest with ``snapshot``, written as ``backup create`` would
+    (its data objects are not written: archiving and planning never read them)."""
+    manifest = BackupManifest(
+        backup_id=backup_id,
+        backup_type="full",
+        parent_backup_id=None,
+        chain=(backup_id,),
+        server_id=server_id,
+        flavour="mariadb",
+        server_version="10.11.19-MariaDB",
+        tool_version="mariabackup",
+        started_at=when,
+        completed_at=when,
+        snapshot=snapshot,
+        lsn=LsnRange(0, 0, 0),
+        data=ref(f"backups/{backup_id}/data.xbstream"),
+        my_cnf=ref(f"backups/{backup_id}/my.cnf"),
+    )
+    store.put(manifest_key(backup_id), [manifest.to_bytes()])
+    return manifest
+
+
 @dataclass
 class SiteBuilder:
     """Writes backups and their streams into ``store``; ``transactions`` per binlog file."""

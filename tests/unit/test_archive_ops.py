@@ -22,11 +22,7 @@ from binhoard.domain.catalog import (
 from binhoard.domain.errors import ArchiveStalledError, TransientStorageError
 from binhoard.domain.gtid import Gtid, GtidPosition
 from binhoard.domain.manifest import (
-    BackupManifest,
-    LsnRange,
-    ObjectRef,
     SnapshotPosition,
-    manifest_key,
 )
 from binhoard.metrics import Metrics
 from binhoard.ops.archive import (
@@ -41,7 +37,7 @@ from binhoard.ops.catalog import read_streams
 from binhoard.storage.store import MemoryStore, ObjectInfo, read_all
 from binhoard.storage.wrappers import MetricsStore
 from tests.support.binlogs import BinlogWriter
-from tests.support.sites import CountingObserver
+from tests.support.sites import CountingObserver, put_full_backup
 
 IDENTITY = Identity.generate()
 SERVER_ID = 7
@@ -67,10 +63,6 @@ def settings_for(root: Path) -> Settings:
         "temporary_directory": str(root / "tmp"),
     }
     return parse_settings(data, source="test")
-
-
-def _ref(key: str) -> ObjectRef:
-    return ObjectRef(key, "none", (), 1, "0" * 64, 1, "0" * 64)
 
 
 class Server:
@@ -102,24 +94,9 @@ class Server:
 
 
 def put_backup(store: MemoryStore, snapshot: SnapshotPosition) -> None:
-    when = datetime.fromtimestamp(T0, UTC)
-    manifest = BackupManifest(
-        backup_id=BACKUP_ID,
-        backup_type="full",
-        parent_backup_id=None,
-        chain=(BACKUP_ID,),
-        server_id=SERVER_ID,
-        flavour="mariadb",
-        server_version="10.11.19-MariaDB",
-        tool_version="mariabackup",
-        started_at=when,
-        completed_at=when,
-        snapshot=snapshot,
-        lsn=LsnRange(0, 0, 0),
-        data=_ref(f"backups/{BACKUP_ID}/data.xbstream"),
-        my_cnf=_ref(f"backups/{BACKUP_ID}/my.cnf"),
+    put_full_backup(
+        store, BACKUP_ID, snapshot, server_id=SERVER_ID, when=datetime.fromtimestamp(T0, UTC)
     )
-    store.put(manifest_key(BACKUP_ID), [manifest.to_bytes()])
 
 
 def site_with_one_file(tmp_path: Path) -> tuple[Server, MemoryStore]:

@@ -16,18 +16,15 @@ from binhoard.config import Settings, parse_settings
 from binhoard.domain.archiving import ServerFiles
 from binhoard.domain.gtid import Gtid, GtidPosition
 from binhoard.domain.manifest import (
-    BackupManifest,
-    LsnRange,
     ObjectRef,
     SnapshotPosition,
-    manifest_key,
 )
 from binhoard.ops.archive import ArchiveReport, BinlogArchiver, ServerBinlogs
 from binhoard.ops.catalog import read_streams
 from binhoard.storage.store import MemoryStore
 from tests.support.archiving_reference import ReferenceArchiver, reference_next_step
 from tests.support.binlogs import BinlogWriter
-from tests.support.sites import site_config
+from tests.support.sites import put_full_backup, site_config
 
 SERVER_ID = 101
 T0 = 1_767_225_600
@@ -116,24 +113,9 @@ class Binlogs:
 
 
 def _put_backup(store: MemoryStore, backup_id: str, snapshot: SnapshotPosition) -> None:
-    when = datetime.fromtimestamp(T0, UTC)
-    manifest = BackupManifest(
-        backup_id=backup_id,
-        backup_type="full",
-        parent_backup_id=None,
-        chain=(backup_id,),
-        server_id=SERVER_ID,
-        flavour="mariadb",
-        server_version="10.11.19-MariaDB",
-        tool_version="mariabackup",
-        started_at=when,
-        completed_at=when,
-        snapshot=snapshot,
-        lsn=LsnRange(0, 0, 0),
-        data=_ref(f"backups/{backup_id}/data.xbstream"),
-        my_cnf=_ref(f"backups/{backup_id}/my.cnf"),
+    put_full_backup(
+        store, backup_id, snapshot, server_id=SERVER_ID, when=datetime.fromtimestamp(T0, UTC)
     )
-    store.put(manifest_key(backup_id), [manifest.to_bytes()])
 
 
 def _site(binlogs: Binlogs) -> MemoryStore:
