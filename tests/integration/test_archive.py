@@ -29,6 +29,7 @@ from binhoard.ops.restore_backup import digest_of
 from binhoard.server.sandbox import Sandbox
 from binhoard.storage.pipeline import download, identities_from_site
 from binhoard.storage.store import ObjectStore
+from tests.support.cli import cli_env, run_binhoard
 from tests.support.configs import config_for, settings_for
 from tests.support.s3server import S3Server
 from tests.support.sandboxes import SandboxFactory
@@ -343,18 +344,10 @@ def test_an_archive_that_cannot_advance_fails_the_command_and_status(
     source.query("FLUSH BINARY LOGS")
     config_path = sandboxes.root / "binhoard.json"
     config_path.write_text(json.dumps(config_for(source, sandboxes.root / "site")))
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    env = cli_env()
 
     def binhoard(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "binhoard", *args, "--config", str(config_path)],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=120,
-        )
+        return run_binhoard(*args, "--config", str(config_path), timeout=120)
 
     archived = binhoard("binlog", "archive")
     assert archived.returncode == 9, archived.stderr
@@ -400,18 +393,9 @@ def test_a_stalled_stream_is_loud_in_status_and_in_a_restore_to_latest(
     source_config.write_text(json.dumps(config_for(source, site, identity=identity)))
     settings = load_settings(source_config)
     create_backup(settings, open_site(settings))
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
 
     def binhoard(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "binhoard", *args, "--config", str(config)],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=300,
-        )
+        return run_binhoard(*args, "--config", str(config))
 
     write_rows(source, 50, seed=1)
     source.query("FLUSH BINARY LOGS")

@@ -34,6 +34,7 @@ from binhoard.ops.pitr import PitrProgress, PitrRequest, PointInTimeRestore
 from binhoard.ops.restore_backup import empty_directory
 from binhoard.server.sandbox import Sandbox
 from binhoard.storage.store import ObjectStore
+from tests.support.cli import run_binhoard
 from tests.support.configs import config_for
 from tests.support.mounts import resize, tmpfs
 from tests.support.sandboxes import SandboxFactory, sandbox_factory
@@ -371,20 +372,11 @@ def test_a_full_temporary_directory_is_one_clear_line_and_resume_continues(
     config_path = box.directory / "binhoard.json"
     config_path.write_text(json.dumps(target_config(archive, box)))
     temporary = box.directory / "binhoard" / "tmp"
-    command = [sys.executable, "-m", "binhoard", "restore", "--config", str(config_path)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    command = ("restore", "--config", str(config_path))
     marker = archive.markers[10]
     with tmpfs(temporary, 4 * 1024**2):
         try:
-            failed = subprocess.run(
-                [*command, "--to-gtid", marker.gtid],
-                check=False,
-                cwd=ROOT,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=300,
-            )
+            failed = run_binhoard(*command, "--to-gtid", marker.gtid)
             assert failed.returncode == 10, failed.stderr[-3000:]
             # Besides the phases it went through, one line, no traceback.
             assert "Traceback" not in failed.stderr
@@ -395,15 +387,7 @@ def test_a_full_temporary_directory_is_one_clear_line_and_resume_continues(
             ), line
             assert "MiB needed there, " in line and " free; free space, then run" in line
             resize(temporary, 1024**3)
-            resumed = subprocess.run(
-                [*command, "--resume"],
-                check=False,
-                cwd=ROOT,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=300,
-            )
+            resumed = run_binhoard(*command, "--resume")
             assert resumed.returncode == 0, resumed.stderr[-3000:]
             assert_restored_to(box, marker)
         finally:

@@ -1,0 +1,33 @@
+"""Running the ``binhoard`` command line as an operator does: a child process of this
+checkout's code, its output captured."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cli_env() -> dict[str, str]:
+    """The environment a child ``python -m binhoard`` needs to run this checkout."""
+    return {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+
+
+def binhoard_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "binhoard", *args]
+
+
+def run_binhoard(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Runs ``binhoard ARGS`` to its end; the caller checks ``returncode``."""
+    return subprocess.run(
+        binhoard_command(*args),
+        cwd=ROOT,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+    )
