@@ -51,10 +51,14 @@ sys.path.insert(0, str(ROOT))  # tests.support (sites, the S3 server) lives besi
 from tests.support.archiving_reference import ReferenceArchiver  # noqa: E402
 from tests.support.faultproxy import FaultProxy  # noqa: E402
 from tests.support.s3server import s3_server, weed_binary  # noqa: E402
-from tests.support.sites import SERVER_ID, CountingObserver, SiteBuilder, binlog_name  # noqa: E402
+from tests.support.sites import (  # noqa: E402
+    CountingObserver,
+    SiteBuilder,
+    binlog_name,
+    site_config,
+)
 
 from binhoard.config import Settings, parse_settings  # noqa: E402
-from binhoard.crypto.age import Identity  # noqa: E402
 from binhoard.ops.archive import BinlogArchiver, ServerBinlogs  # noqa: E402
 from binhoard.storage.backends import LocalStore, open_store  # noqa: E402
 from binhoard.storage.store import ObjectInfo, ObjectStore  # noqa: E402
@@ -121,26 +125,7 @@ def build_site(store: ObjectStore, records: int, streams: int) -> SiteBuilder:
 
 
 def settings_for(directory: Path) -> Settings:
-    identity = Identity.generate()
-    return parse_settings(
-        {
-            "backup_sites": {
-                "default": {
-                    "object_storage": {"storage_type": "local", "directory": str(directory)},
-                    "encryption_keys": {"public": str(identity.recipient)},
-                }
-            },
-            "mysql": {
-                "config_file_name": str(directory / "my.cnf"),
-                "data_directory": str(directory / "data"),
-                "binlog_prefix": str(directory / "binlogs" / "binlog"),
-            },
-            "server_id": SERVER_ID,
-            "state_directory": str(directory / "state"),
-            "temporary_directory": str(directory / "tmp"),
-        },
-        source="bench",
-    )
+    return parse_settings(site_config(directory), source="bench")
 
 
 def idle_server(build: SiteBuilder) -> ServerBinlogs:

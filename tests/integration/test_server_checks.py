@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 
 from binhoard.app import open_site
-from binhoard.cli import main
 from binhoard.config import parse_settings
 from binhoard.domain.errors import (
     ServerAccessDeniedError,
@@ -22,21 +21,11 @@ from binhoard.ops.archive import BinlogArchiver
 from binhoard.ops.restore_backup import ensure_server_running
 from binhoard.server import sql
 from binhoard.server.sandbox import Sandbox
+from tests.support.cli import run_main as run
 from tests.support.configs import config_for
 from tests.support.sandboxes import SandboxFactory
 
 PASSWORD = "pw-of-a-test-user"
-
-
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """``binhoard ARGV`` as the command line runs it: (exit status, stdout, stderr)."""
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def user_config(box: Sandbox, site: Path, user: str, password: str, **top: Any) -> dict[str, Any]:

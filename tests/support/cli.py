@@ -8,6 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from binhoard.cli import main
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -31,3 +35,15 @@ def run_binhoard(*args: str, timeout: float = 300) -> subprocess.CompletedProces
         check=False,
         timeout=timeout,
     )
+
+
+def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """``binhoard ARGV`` in this process, as the command line runs it: (exit status,
+    stdout, stderr)."""
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -187,10 +187,12 @@ class CountingObserver:
         return counts
 
 
-def site_config(directory: Path) -> dict[str, Any]:
+def site_config(
+    directory: Path, *, server_id: int = SERVER_ID, identity: Identity | None = None
+) -> dict[str, Any]:
     """A binhoard configuration (as data) whose upload site is ``directory/site``, for
     commands that only read or write the site (no server is reached)."""
-    identity = Identity.generate()
+    identity = identity or Identity.generate()
     return {
         "backup_sites": {
             "default": {
@@ -203,7 +205,7 @@ def site_config(directory: Path) -> dict[str, Any]:
             "data_directory": str(directory / "data"),
             "binlog_prefix": str(directory / "binlogs" / "binlog"),
         },
-        "server_id": SERVER_ID,
+        "server_id": server_id,
         "state_directory": str(directory / "state"),
         "temporary_directory": str(directory / "tmp"),
     }

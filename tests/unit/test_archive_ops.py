@@ -37,7 +37,7 @@ from binhoard.ops.catalog import read_streams
 from binhoard.storage.store import MemoryStore, ObjectInfo, read_all
 from binhoard.storage.wrappers import MetricsStore
 from tests.support.binlogs import BinlogWriter
-from tests.support.sites import CountingObserver, put_full_backup
+from tests.support.sites import CountingObserver, put_full_backup, site_config
 
 IDENTITY = Identity.generate()
 SERVER_ID = 7
@@ -46,23 +46,7 @@ T0 = 1_767_225_600  # 2026-01-01T00:00:00Z
 
 
 def settings_for(root: Path) -> Settings:
-    data: dict[str, Any] = {
-        "backup_sites": {
-            "default": {
-                "object_storage": {"storage_type": "local", "directory": str(root / "site")},
-                "encryption_keys": {"public": str(IDENTITY.recipient)},
-            }
-        },
-        "mysql": {
-            "config_file_name": str(root / "my.cnf"),
-            "data_directory": str(root / "data"),
-            "binlog_prefix": str(root / "binlogs" / "binlog"),
-        },
-        "server_id": SERVER_ID,
-        "state_directory": str(root / "state"),
-        "temporary_directory": str(root / "tmp"),
-    }
-    return parse_settings(data, source="test")
+    return parse_settings(site_config(root, server_id=SERVER_ID, identity=IDENTITY), source="test")
 
 
 class Server:

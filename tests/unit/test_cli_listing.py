@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from binhoard.cli import main
 from binhoard.domain.catalog import archive_status_key
 from binhoard.domain.manifest import manifest_key
 from binhoard.storage.backends import LocalStore
 from binhoard.storage.store import read_all
+from tests.support.cli import run_main as run
 from tests.support.sites import SiteBuilder, site_config
 
 
@@ -34,16 +34,6 @@ def config(tmp_path: Path) -> Path:
     path = tmp_path / "bh.json"
     path.write_text(json.dumps(site_config(tmp_path)))
     return path
-
-
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_backup_list_marks_broken_backups_and_lists_the_others(
