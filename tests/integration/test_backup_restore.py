@@ -7,8 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,6 +22,7 @@ from binhoard.storage.store import ObjectStore
 from tests.support.configs import config_for, settings_for
 from tests.support.mounts import resize, tmpfs
 from tests.support.sandboxes import SandboxFactory
+from tests.support.waiting import wait_for
 from tests.support.workload import checksums, create_schema, write_rows
 
 
@@ -121,14 +120,6 @@ def _files_containing(root: Path, needle: bytes) -> list[Path]:
     return found
 
 
-def _wait_for(what: str, condition: Callable[[], bool], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 def test_killed_backup_leaves_no_password_and_the_next_run_removes_its_leftovers(
     sandboxes: SandboxFactory, tmp_path: Path
 ) -> None:
@@ -165,7 +156,7 @@ def test_killed_backup_leaves_no_password_and_the_next_run_removes_its_leftovers
     try:
         # Ready when a MiB of mariabackup's stream has reached the site: mariabackup runs
         # with its credentials, and the upload is under way.
-        _wait_for("the backup's upload", lambda: uploading() or process.poll() is not None)
+        wait_for("the backup's upload", lambda: uploading() or process.poll() is not None)
         assert process.poll() is None, process.stdout.read() if process.stdout else ""
         assert _files_containing(settings.state_directory.parent, PASSWORD.encode()) == []
     finally:

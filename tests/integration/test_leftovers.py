@@ -8,9 +8,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ from binhoard.storage.backends import open_store
 from tests.support.configs import config_for
 from tests.support.s3server import S3Server
 from tests.support.sandboxes import SandboxFactory
+from tests.support.waiting import wait_for
 from tests.support.workload import create_schema, write_rows
 
 MiB = 1024 * 1024
@@ -44,14 +44,6 @@ store.put("backups/big", data())
 """
 
 
-def _wait_for(what: str, condition: Callable[[], bool], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 def test_s3_multipart_upload_of_a_killed_process_is_aborted_by_the_next_run(
     s3_server: S3Server, tmp_path: Path
 ) -> None:
@@ -68,7 +60,7 @@ def test_s3_multipart_upload_of_a_killed_process_is_aborted_by_the_next_run(
     )
     try:
         # Ready when the server has the upload: the writer is then inside it.
-        _wait_for(
+        wait_for(
             "the writer's multipart upload",
             lambda: bool(s3_server.multipart_uploads(prefix)) or writer.poll() is not None,
         )
@@ -143,7 +135,7 @@ def test_killed_backup_to_s3_leaves_an_upload_the_next_backup_aborts(
         stderr=subprocess.STDOUT,
     )
     try:
-        _wait_for(
+        wait_for(
             "the backup's multipart upload",
             lambda: bool(s3_server.multipart_uploads(prefix)) or process.poll() is not None,
             timeout=120,
