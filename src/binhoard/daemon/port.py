@@ -1,0 +1,227 @@
+"""The seam between the daemon's HTTP side and its controller.
+
+The HTTP side only ever does two things with the controller: it reads the latest
+immutable ``Snapshot`` the controller published, and it submits a ``Command`` and
+waits (with a deadline) on the returned ``Ticket``. It never runs SQL, storage calls
+or subprocesses and never takes a lock the controller's workers hold; the controller
+takes commands off its queue at its next step, decides, and resolves the ticket.
+
+Field names of the views follow MyHoard's HTTP API, so that its users' automation
+reads them unchanged; what MyHoard does not have is marked as a binhoard extension.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal, Protocol
+
+from binhoard.domain.errors import BinhoardError
+
+Mode = Literal["idle", "active", "observe", "restore", "promote"]
+MODES: tuple[Mode, ...] = ("idle", "active", "observe", "restore", "promote")
+
+
+# --- what the controller publishes ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StreamWindow:
+    """binhoard extension: the span a stream can restore to exactly, from its backup's
+    snapshot to its newest archived transaction."""
+
+    first_time: datetime
+    first_gtid: str
+    last_time: datetime
+    last_gtid: str
+
+
+@dataclass(frozen=True)
+class BackupView:
+    """One stream (a backup and the binlogs that follow it), as ``GET /backup`` lists it."""
+
+    stream_id: str
+    site: str
+    # MyHoard's ``basebackup_info``: what the backup holds (start/end times, GTID,
+    # sizes, incremental parent). A plain JSON-able mapping.
+    basebackup_info: Mapping[str, object]
+    completed_at: datetime | None
+    closed_at: datetime | None
+    broken_at: datetime | None
+    preserve_until: datetime | None
+    recovery_site: bool
+    resumable: bool
+    window: StreamWindow | None = None  # extension
+
+
+@dataclass(frozen=True)
+class RestoreView:
+    """``GET /status/restore``: MyHoard's fields and phase names, plus extensions."""
+
+    phase: str
+    basebackup_compressed_bytes_downloaded: int
+    basebackup_compressed_bytes_total: int
+    binlogs_being_restored: int
+    binlogs_pending: int
+    binlogs_restored: int
+    # Extensions.
+    stream_id: str = ""
+    site: str = ""
+    target: str = ""  # human-readable target ("latest", a time, a GTID, a position)
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class StatusView:
+    """``GET /status``: ``mode`` as MyHoard; the rest are binhoard extensions."""
+
+    mode: Mode
+    backups_paused_until: datetime | None = None
+    last_backup_at: datetime | None = None
+    newest_archived_commit_at: datetime | None = None
+    archive_stalled_reason: str | None = None
+    last_error: str | None = None
+    replication_state: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything the HTTP side may read, published whole by the controller after each
+    step. ``backups`` is None until the site was listed once (MyHoard's
+    ``"backups": null``)."""
+
+    taken_at: datetime
+    status: StatusView
+    backups: tuple[BackupView, ...] | None
+    restore: RestoreView | None
+
+
+# --- what the HTTP side asks for -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RequestBackup:
+    """``POST /backup {"backup_type": "basebackup"}``: take a backup at the next chance."""
+
+    incremental: bool = False
+
+
+@dataclass(frozen=True)
+class RotateBinlog:
+    """``POST /backup {"backup_type": "binlog"}``: rotate the binlog now and archive the
+    file it closed. The ticket is done once that file is stored in every open stream."""
+
+
+@dataclass(frozen=True)
+class PauseBackups:
+    """``PATCH /backup/settings {"paused_until": ...}``; None resumes."""
+
+    until: datetime | None
+
+
+@dataclass(frozen=True)
+class MarkBroken:
+    """``PATCH /backup/{stream_id} {"broken": true}``."""
+
+    stream_id: str
+
+
+@dataclass(frozen=True)
+class Preserve:
+    """``PUT /backup/{stream_id}/preserve``; None removes the preservation. The ticket is
+    done once retention sees it (``wait_for_applied_preservation``)."""
+
+    stream_id: str
+    until: datetime | None
+
+
+@dataclass(frozen=True)
+class SetReplicationState:
+    """``PUT /replication_state``: per node name, its reported positions (MariaDB: e.g.
+    ``{"gtid_current_pos": "0-1-5", "gtid_slave_pos": ...}``). Stored for binlog purge."""
+
+    state: Mapping[str, Mapping[str, str]]
+
+
+RestoreTargetKind = Literal["latest", "time", "gtid", "position"]
+
+
+@dataclass(frozen=True)
+class SetMode:
+    """``PUT /status``. ``restore`` needs ``site`` and ``stream_id``; its target is the
+    newest transaction unless one of the target fields is given."""
+
+    mode: Mode
+    site: str | None = None
+    stream_id: str | None = None
+    target_time: datetime | None = None
+    target_time_approximate_ok: bool = False
+    target_gtid: str | None = None  # extension
+    target_position: str | None = None  # extension: "<binlog file>:<offset>"
+    force: bool = False
+
+
+Command = (
+    RequestBackup
+    | RotateBinlog
+    | PauseBackups
+    | MarkBroken
+    | Preserve
+    | SetReplicationState
+    | SetMode
+)
+
+
+class Ticket:
+    """The answer to one command, resolved by the controller thread.
+
+    ``decided`` is set once the controller accepted or refused the command (``error``
+    then says why, as a ``BinhoardError`` whose ``http_status`` the API answers with);
+    ``done`` once the work it asked for finished (or failed: ``error``). Commands with
+    nothing to wait for are done when decided. Waiting never holds a lock the
+    controller needs.
+    """
+
+    def __init__(self, command: Command) -> None:
+        self.command = command
+        self.error: BinhoardError | None = None
+        self._decided = threading.Event()
+        self._done = threading.Event()
+
+    def accept(self) -> None:
+        self._decided.set()
+
+    def refuse(self, error: BinhoardError) -> None:
+        self.error = error
+        self._decided.set()
+        self._done.set()
+
+    def finish(self, error: BinhoardError | None = None) -> None:
+        if error is not None:
+            self.error = error
+        self._decided.set()
+        self._done.set()
+
+    def wait_decided(self, timeout: float) -> bool:
+        return self._decided.wait(timeout)
+
+    def wait_done(self, timeout: float) -> bool:
+        return self._done.wait(timeout)
+
+    @property
+    def is_done(self) -> bool:
+        return self._done.is_set()
+
+
+class Daemon(Protocol):
+    """What the HTTP side sees of the controller."""
+
+    def snapshot(self) -> Snapshot: ...
+
+    def submit(self, command: Command) -> Ticket: ...
+
+    def metrics_text(self) -> str:
+        """The metrics in the Prometheus text exposition format."""
+        ...
