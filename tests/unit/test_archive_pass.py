@@ -5,18 +5,27 @@ caught up with it, so the pass only reads the site, marks and reports."""
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from binhoard.config import Settings, parse_settings
 from binhoard.domain.catalog import completed_key
-from binhoard.domain.manifest import manifest_key
+from binhoard.domain.manifest import SnapshotPosition, manifest_key
 from binhoard.ops.archive import BinlogArchiver, ServerBinlogs
 from binhoard.ops.catalog import read_streams
 from binhoard.storage.store import MemoryStore, read_all
 from binhoard.storage.wrappers import MetricsStore
-from tests.support.sites import CountingObserver, SiteBuilder, binlog_name, site_config
+from tests.support.sites import (
+    EPOCH,
+    CountingObserver,
+    SiteBuilder,
+    binlog_name,
+    position,
+    put_full_backup,
+    site_config,
+)
 
 
 def settings_in(directory: Path) -> Settings:
@@ -128,3 +137,38 @@ def test_a_damaged_uploads_file_deletes_nothing_but_binlog_data(
     assert report.problems == []
     store.stat(manifest_key("A"))
     store.stat(manifest_key("B"))
+
+
+def test_an_older_stream_is_closed_only_once_its_archive_reaches_the_new_snapshot(
+    tmp_path: Path,
+) -> None:
+    """A new backup whose snapshot sits in the server's active file, after transactions,
+    completes before that file is archived; the older stream must stay open until it
+    has the file, or those transactions would be in neither stream."""
+    store = MemoryStore()
+    build = SiteBuilder(store)
+    build.backup("A")
+    build.archive("A", 2)  # A ends at transaction 20, the end of binlog.000002
+    snapshot = SnapshotPosition(binlog_name(3), 1000, position(25).format())
+    newer = put_full_backup(store, "B", snapshot, when=EPOCH + timedelta(hours=1))
+    build.backups.append(newer)
+    build.records["B"] = []
+    archiver = BinlogArchiver(settings_in(tmp_path), store)
+
+    def server(active: int) -> ServerBinlogs:
+        names = tuple(binlog_name(n) for n in range(1, active + 1))
+        return ServerBinlogs(directory=Path("/nonexistent"), names=names, active=names[-1])
+
+    report = archiver.archive_files(server(3))
+    assert report.problems == []
+    a, b = read_streams(store)
+    assert b.completed is not None and a.closed is None  # transactions 21-25 are only in A
+
+    # The server closed binlog.000003 and a pass archived it into both streams.
+    build.archive("A", 1)
+    build.archive("B", 1)
+    report = archiver.archive_files(server(4))
+    assert report.problems == []
+    a, b = read_streams(store)
+    assert a.closed is not None and a.closed.successor == "B"
+    assert a.end_position.covers(b.snapshot_gtid)

@@ -266,3 +266,12 @@ class ArchiveStalledError(BinhoardError):
     from the site until it moves again."""
 
     exit_code = 9
+
+
+class CancelledError(BinhoardError):
+    """Stopped before it finished: the daemon is shutting down. What was done so far is
+    resumable (or cleaned up by the next run), so trying again later is right."""
+
+    exit_code = 130  # as an interrupted command
+    http_status = 503
+    retryable = True

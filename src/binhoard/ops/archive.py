@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
@@ -68,6 +69,7 @@ from binhoard.domain.documents import CorruptDocumentError
 from binhoard.domain.errors import (
     ArchiveStalledError,
     BinhoardError,
+    CancelledError,
     ConflictError,
     CorruptBinlogError,
     ObjectNotFoundError,
@@ -133,6 +135,7 @@ class StreamReport:
     caught_up: bool  # every closed file of the server it needs is archived
     problems: list[str] = field(default_factory=list)  # gaps: the stream cannot continue
     error: str | None = None  # this pass failed to advance it; the next pass retries
+    last_file: str | None = None  # the newest binlog archived into it
 
     @property
     def stalled(self) -> bool:
@@ -215,9 +218,12 @@ def _swept_at(value: object, path: Path) -> datetime | None:
     return swept
 
 
-def _file_chunks(path: Path) -> Iterator[bytes]:
+def _file_chunks(path: Path, cancel: threading.Event | None) -> Iterator[bytes]:
     with path.open("rb") as file:
         while chunk := file.read(READ_CHUNK):
+            if cancel is not None and cancel.is_set():
+                # The key is in binlog-uploads.json: the next pass deletes the partial upload.
+                raise CancelledError(f"archiving {path.name} cancelled")
             yield chunk
 
 
@@ -276,9 +282,11 @@ class BinlogArchiver:
         *,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         use_cache: bool = True,
+        cancel: threading.Event | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
+        self.cancel = cancel  # stops an upload in progress (the daemon is stopping)
         self.codec = Codec.from_site(settings.upload_site)
         self.now = now
         # The archive-status.json last written or read per stream: what makes an idle
@@ -428,6 +436,7 @@ class BinlogArchiver:
             caught_up=isinstance(stream.next(files), Wait),
             problems=list(stream.problems),
             error=stream.error,
+            last_file=records[-1].name if records else None,
         )
 
     def _publish_status(self, stream: StreamReport) -> None:
@@ -574,7 +583,7 @@ class BinlogArchiver:
         # record names the object, the next pass knows the key is this host's to delete.
         self._set_pending([*self._pending(), key])
         started = time.monotonic()
-        digest = upload(self.store, key, _file_chunks(path), self.codec)
+        digest = upload(self.store, key, _file_chunks(path, self.cancel), self.codec)
         if digest.plain_size != index.size:
             raise CorruptBinlogError(
                 str(path),
@@ -676,13 +685,29 @@ class BinlogArchiver:
 
     def _close_superseded(self, streams: list[_Stream]) -> None:
         """Closes every open stream older than the newest completed one: that one
-        carries archiving on, so the older ones get no more binlogs."""
+        carries archiving on, so the older ones get no more binlogs. Only once the older
+        stream's archive reaches the newer one's snapshot, though: a newer stream whose
+        snapshot sits in the server's active file is completed before that file is
+        archived anywhere, and closing the older one then would leave the transactions
+        between the file's start and the snapshot in neither (a hole in the PITR
+        window). A stream that cannot continue (a gap) is closed at once."""
         newest_completed = next((s for s in reversed(streams) if s.completed), None)
         if newest_completed is None:
             return
+        snapshot = newest_completed.state.snapshot_gtid
         for stream in streams:
             if stream is newest_completed:
                 break
+            end = stream.records[-1].gtid_position_at_end if stream.records else None
+            end = end if end is not None else stream.state.snapshot_gtid
+            if not stream.problems and not end.covers(snapshot):
+                log.debug(
+                    "stream %s stays open until its archive reaches the snapshot %s of %s",
+                    stream.stream_id,
+                    snapshot,
+                    newest_completed.stream_id,
+                )
+                continue
             self._mark(closed_key(stream.stream_id), stream, newest_completed.stream_id)
             stream.closed = True
             log.info(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
@@ -17,7 +18,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from binhoard.config import Settings
-from binhoard.domain.errors import ConflictError, NotFoundError, ServerQueryError, UsageError
+from binhoard.domain.errors import (
+    CancelledError,
+    ConflictError,
+    NotFoundError,
+    ServerQueryError,
+    UsageError,
+)
 from binhoard.domain.manifest import (
     BackupManifest,
     BackupType,
@@ -219,8 +226,10 @@ def create_backup(
     backup_type: BackupType = "full",
     progress: ProgressCallback | None = None,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    cancel: threading.Event | None = None,
 ) -> BackupManifest:
-    """Takes a backup of exactly ``backup_type`` into ``store`` and returns its manifest."""
+    """Takes a backup of exactly ``backup_type`` into ``store`` and returns its manifest.
+    Once ``cancel`` is set it stops (``CancelledError``) and removes what it stored."""
     with _backup_lock(settings):
         backups = list_backups(store) if backup_type == "incremental" else []
         return _take_locked(
@@ -230,6 +239,7 @@ def create_backup(
             backups=backups,
             progress=progress,
             now=now,
+            cancel=cancel,
         )
 
 
@@ -247,6 +257,7 @@ def _take_locked(
     backups: Sequence[BackupManifest],
     progress: ProgressCallback | None,
     now: Callable[[], datetime],
+    cancel: threading.Event | None = None,
 ) -> BackupManifest:
     """The backup itself; the caller holds the backup lock. ``backups``: the site's, from
     which an incremental's parent is chosen."""
@@ -263,7 +274,7 @@ def _take_locked(
     _in_progress(settings).write({"backup_id": backup_id, "started_at": started.isoformat()})
     state = BackupProgress(backup_id=backup_id)
     state.estimated_total = _datadir_size(settings.mysql.data_directory)
-    run = _BackupRun(settings, store, Codec.from_site(site), state, progress)
+    run = _BackupRun(settings, store, Codec.from_site(site), state, progress, cancel=cancel)
     try:
         manifest = run.execute(backup_id, backup_type, parent, started, now)
     except Exception:
@@ -362,14 +373,19 @@ class _BackupRun:
         codec: Codec,
         state: BackupProgress,
         progress: ProgressCallback | None,
+        *,
+        cancel: threading.Event | None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.codec = codec
         self.state = state
         self.progress = progress
+        self.cancel = cancel
 
     def report(self, phase: str | None = None) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise CancelledError(f"backup {self.state.backup_id} cancelled")
         if phase is not None:
             self.state.phase = phase
         if self.progress is not None:

@@ -38,6 +38,7 @@ from binhoard.domain.binlog import TransactionTable
 from binhoard.domain.catalog import BinlogRecord
 from binhoard.domain.errors import (
     BinhoardError,
+    CancelledError,
     ConflictError,
     CorruptBinlogError,
     DiskFullError,
@@ -286,8 +287,12 @@ class PointInTimeRestore:
         *,
         progress: PitrCallback | None = None,
         use_cache: bool = True,
+        cancel: threading.Event | None = None,
     ) -> None:
         self.settings = settings
+        # Checked at every progress report (of every phase): once set, the restore stops
+        # with CancelledError, resumable like any interrupted one.
+        self.cancel = cancel
         self.store = store
         self.use_cache = use_cache
         self._cache: SiteCache | None = None
@@ -671,6 +676,8 @@ class PointInTimeRestore:
         self.state_file.write(self.state)
 
     def _report(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise CancelledError("the restore was cancelled")
         self.progress.phase = str(self.state.get("phase", self.progress.phase))
         if self.callback is not None:
             self.callback(self.progress)
