@@ -355,6 +355,13 @@ class PointInTimeRestore:
         self._set_phase("restoring_basebackup")
         return self._run(plan)
 
+    def close(self) -> None:
+        """Closes the site cache's database, if it was opened (a daemon restores many
+        times over; each restore's connection is closed when it ends)."""
+        if self._cache is not None:
+            self._cache.close()
+            self._cache = None
+
     @property
     def cache(self) -> SiteCache | None:
         """This host's cache of the site's documents (``ops/sitecache.py``, in its own

@@ -1,0 +1,639 @@
+"""The controller: the one owner of the daemon's state, and the only one who decides.
+
+Everything reaches it through its inbox: commands from the HTTP side (as ``Ticket``s)
+and the workers' progress and results. :meth:`Controller.step` takes what arrived,
+decides with an explicit ``now`` (the mode's handler: what to list, archive, back up,
+restore), saves the state if it changed, and only then resolves the tickets and
+starts the work decided, so that nothing is acknowledged or begun that a crash could
+forget. Then it publishes a new immutable ``Snapshot`` for the HTTP side. Tests drive
+``step`` tick by tick with a scripted clock; :meth:`Controller.run` is the real loop,
+which waits on the inbox until something arrives or the next thing is due.
+
+What each piece of work does is in ``workers.py`` (behind ``jobs.Doers``); which mode
+changes are allowed is in ``modes.py``; the backup schedule is ``domain/schedule.py``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+
+from binhoard.config import Settings
+from binhoard.daemon import modes
+from binhoard.daemon.jobs import (
+    ARCHIVE,
+    BACKUP,
+    RESTORE,
+    SITE,
+    ArchiveDone,
+    BackupDone,
+    Doers,
+    Executor,
+    Inbox,
+    Job,
+    JobDone,
+    JobProgress,
+    RestoreDone,
+    RestoreStatus,
+    SiteView,
+    StreamInfo,
+    ThreadExecutor,
+)
+from binhoard.daemon.port import (
+    BackupView,
+    Command,
+    MarkBroken,
+    PauseBackups,
+    Preserve,
+    RequestBackup,
+    RotateBinlog,
+    SetMode,
+    SetReplicationState,
+    Snapshot,
+    Ticket,
+)
+from binhoard.daemon.state import (
+    BackupRequest,
+    RotationRequest,
+    StateStore,
+)
+from binhoard.daemon.views import backup_views, restore_view, status_view
+from binhoard.domain.binlog import binlog_sort_key
+from binhoard.domain.errors import (
+    ArchiveStalledError,
+    BinhoardError,
+    CancelledError,
+    ConflictError,
+    UsageError,
+)
+from binhoard.domain.manifest import BackupManifest, BackupType
+from binhoard.domain.schedule import (
+    backup_due,
+    choose_backup_type,
+    incremental_parent,
+    next_slot,
+)
+from binhoard.metrics import Metrics
+
+log = logging.getLogger("binhoard.daemon")
+
+# How often the sites are listed (GET /backup) when nothing else asks for it.
+LIST_INTERVAL = timedelta(seconds=60)
+# How often an archive pass runs in active mode (a rotation request runs one at once).
+ARCHIVE_INTERVAL = timedelta(seconds=5)
+# A failed job is retried after RETRY_FIRST, doubling up to RETRY_MAX.
+RETRY_FIRST = timedelta(seconds=5)
+RETRY_MAX = timedelta(minutes=5)
+# The loop steps at least this often, whatever it expects.
+MAX_IDLE = timedelta(seconds=60)
+
+
+@dataclass(frozen=True)
+class Reload:
+    """New settings, already checked to need no restart (``cli/daemon.py``)."""
+
+    settings: Settings
+
+
+@dataclass
+class _Running:
+    on_done: Callable[[JobDone], None]
+    on_progress: Callable[[object], None] | None
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Controller:
+    """Implements ``port.Daemon`` for the HTTP side."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: StateStore,
+        doers: Doers,
+        *,
+        metrics: Metrics | None = None,
+        make_executor: Callable[[Callable[[object], None]], Executor] = ThreadExecutor,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.doers = doers
+        self.metrics = metrics or Metrics()
+        self.inbox = Inbox()
+        self.executor = make_executor(self.inbox.put)
+        self.state = store.load()
+        self.view: SiteView | None = None
+        self._now = utc_now()
+        self._running: dict[str, _Running] = {}
+        self._failures: dict[str, int] = {}
+        self._retry_at: dict[str, datetime] = {}
+        self._next_list_at: datetime | None = None
+        self._next_archive_at: datetime | None = None
+        # Changes to the site made by this daemon (backups taken), and how many of them
+        # the last listing saw: decisions about backups wait for a listing that did.
+        self._site_changes = 0
+        self._listed_changes = 0
+        self._after_commit: list[Callable[[], None]] = []
+        self._to_start: list[tuple[str, Job, _Running]] = []
+        self._rotation_tickets: dict[int, list[Ticket]] = {}
+        self.restore_progress: RestoreStatus | None = None
+        self._views_of: tuple[SiteView | None, tuple[BackupView, ...] | None] = (None, None)
+        self._stopping = threading.Event()
+        log.info("daemon state %s: mode %s", store.path, self.state.mode)
+        self._snapshot = self._build_snapshot()
+
+    # --- port.Daemon --------------------------------------------------------------------
+    def snapshot(self) -> Snapshot:
+        return self._snapshot  # replaced whole by the controller thread: no lock needed
+
+    def submit(self, command: Command) -> Ticket:
+        ticket = Ticket(command)
+        self.inbox.put(ticket)
+        return ticket
+
+    def metrics_text(self) -> str:
+        return self.metrics.prometheus()
+
+    # --- the loop -----------------------------------------------------------------------
+    def run(self, clock: Callable[[], datetime] = utc_now) -> None:
+        """Steps until :meth:`stop`; between steps waits on the inbox until the next
+        thing is due (never a blind sleep)."""
+        while not self._stopping.is_set():
+            wake_at = self.step(clock())
+            self.inbox.wait((wake_at - clock()).total_seconds())
+
+    def stop(self) -> None:
+        """Asks :meth:`run` to return after its current step (any thread)."""
+        self._stopping.set()
+        self.inbox.put(None)
+
+    def shutdown(self, timeout: float) -> bool:
+        """Cancels the workers and waits up to ``timeout`` s; the state is saved at every
+        step, so what a worker leaves is resumable. Returns whether all ended."""
+        done = self.executor.stop(timeout)
+        self.store.close()
+        return done
+
+    def reload(self, settings: Settings) -> None:
+        self.inbox.put(Reload(settings))
+
+    # --- one step -----------------------------------------------------------------------
+    def step(self, now: datetime) -> datetime:
+        """Takes what arrived, decides, saves, then acts and publishes. Returns when the
+        next step is wanted at the latest."""
+        self._now = now
+        for item in self.inbox.drain():
+            if isinstance(item, JobDone):
+                self._job_done(item)
+            elif isinstance(item, JobProgress):
+                handler = self._running.get(item.slot)
+                if handler is not None and handler.on_progress is not None:
+                    handler.on_progress(item.progress)
+            elif isinstance(item, Ticket):
+                self._command(item)
+            elif isinstance(item, Reload):
+                self.settings = item.settings
+                self.doers.configure(item.settings)
+                log.info("configuration reloaded")
+        if not self._stopping.is_set():
+            self._decide()
+        self._commit()
+        for slot, job, running in self._to_start:
+            self._running[slot] = running
+            self.executor.start(slot, job)
+        self._to_start.clear()
+        self._snapshot = self._build_snapshot()
+        return self._next_wake()
+
+    def _decide(self) -> None:
+        control = self.state.control
+        paused = control.backups_paused_until
+        if paused is not None and paused <= self._now:
+            self._update(control=replace(control, backups_paused_until=None))
+            log.info("backups resume: the pause ended at %s", paused.isoformat())
+        self._keep_listed()
+        mode = self.state.mode
+        if mode == "active":
+            self._archive()
+            self._backup()
+        elif mode == "restore":
+            self._restore()
+        elif mode == "promote":
+            self._promote()
+
+    def _commit(self) -> None:
+        """Saves the state, then resolves what waited for it to be durable."""
+        self.store.save(self.state)
+        callbacks, self._after_commit = self._after_commit, []
+        for callback in callbacks:
+            callback()
+
+    def _update(self, **changes: object) -> None:
+        self.state = replace(self.state, **changes)  # type: ignore[arg-type]
+
+    def _facts(self, **changes: object) -> None:
+        self._update(facts=replace(self.state.facts, **changes))  # type: ignore[arg-type]
+
+    # --- jobs ---------------------------------------------------------------------------
+    def _free(self, slot: str) -> bool:
+        """Whether ``slot`` can take a job now (none running, not waiting to retry)."""
+        if slot in self._running or any(s == slot for s, _, _ in self._to_start):
+            return False
+        retry = self._retry_at.get(slot)
+        return retry is None or self._now >= retry
+
+    def _start(
+        self,
+        slot: str,
+        job: Job,
+        on_done: Callable[[JobDone], None],
+        on_progress: Callable[[object], None] | None = None,
+    ) -> None:
+        """Starts ``job`` once this step's state is saved."""
+        self._to_start.append((slot, job, _Running(on_done, on_progress)))
+
+    def _job_done(self, done: JobDone) -> None:
+        running = self._running.pop(done.slot, None)
+        if running is None:
+            return
+        if done.error is None:
+            self._failures.pop(done.slot, None)
+            self._retry_at.pop(done.slot, None)
+        elif not isinstance(done.error, CancelledError):
+            failures = self._failures.get(done.slot, 0) + 1
+            self._failures[done.slot] = failures
+            delay = min(RETRY_FIRST * 2 ** (failures - 1), RETRY_MAX)
+            self._retry_at[done.slot] = self._now + delay
+            log.error("%s failed (retry in %s): %s", done.slot, delay, done.error.message)
+            self._facts(last_error=done.error.message, last_error_at=self._now)
+            self.metrics.increment("binhoard.daemon.job_failures", tags={"job": done.slot})
+        running.on_done(done)
+
+    # --- commands -----------------------------------------------------------------------
+    def _command(self, ticket: Ticket) -> None:
+        command = ticket.command
+        try:
+            if isinstance(command, SetMode):
+                self._set_mode(command)
+            elif isinstance(command, RequestBackup):
+                self._request_backup(command)
+            elif isinstance(command, RotateBinlog):
+                self._request_rotation(ticket)
+                return  # done once the file is stored
+            elif isinstance(command, PauseBackups):
+                if command.until is not None and command.until <= self._now:
+                    raise UsageError("paused_until is in the past")
+                control = replace(self.state.control, backups_paused_until=command.until)
+                self._update(control=control)
+            elif isinstance(command, SetReplicationState):
+                control = replace(self.state.control, replication_state=command.state)
+                self._update(control=control)
+            elif isinstance(command, (Preserve, MarkBroken)):
+                self._site_request(command)
+        except BinhoardError as exc:
+            ticket.refuse(exc)
+            return
+        self._after_commit.append(ticket.finish)
+
+    def _set_mode(self, command: SetMode) -> None:
+        streams = None if self.view is None else self.view.streams
+        decision = modes.decide(
+            self.state.mode,
+            self.state.restore,
+            command,
+            streams,
+            list(self.settings.backup_sites),
+            self._now,
+        )
+        if isinstance(decision, modes.Stay):
+            return
+        log.info("mode %s -> %s", self.state.mode, decision.mode)
+        self.state = self.state.with_mode(decision.mode)
+        if decision.restore is not None:
+            self._update(restore=decision.restore)
+            self.restore_progress = None
+            self._retry_at.pop(RESTORE, None)
+            self._failures.pop(RESTORE, None)
+
+    def _request_backup(self, command: RequestBackup) -> None:
+        if self.state.mode not in ("active", "promote"):
+            raise ConflictError(f"backups are taken in active mode; the mode is {self.state.mode}")
+        request = BackupRequest(command.incremental, "requested", self._now)
+        queued = self.state.backups
+        if queued and queued[-1].started_at is None:
+            # Not started yet: one backup serves both; full if either asked for full.
+            last = queued[-1]
+            merged = replace(last, incremental=last.incremental and command.incremental)
+            self._update(backups=(*queued[:-1], replace(merged, reason="requested")))
+        else:
+            self._update(backups=(*queued, request))
+
+    def _request_rotation(self, ticket: Ticket) -> None:
+        if self.state.mode != "active":
+            raise ConflictError(
+                f"binlogs are archived in active mode; the mode is {self.state.mode}"
+            )
+        waiting = [r for r in self.state.rotations if r.closed_file is None]
+        if waiting:
+            request = waiting[0]  # not rotated yet: that rotation serves this one too
+        else:
+            number = max((r.request_id for r in self.state.rotations), default=0) + 1
+            request = RotationRequest(number, self._now)
+            self._update(rotations=(*self.state.rotations, request))
+        self._rotation_tickets.setdefault(request.request_id, []).append(ticket)
+        self._after_commit.append(ticket.accept)
+
+    def _site_request(self, command: Preserve | MarkBroken) -> None:
+        raise UsageError(
+            f"{type(command).__name__} needs the retention support of the site, which this "
+            "binhoard does not have yet"
+        )
+
+    # --- listing ------------------------------------------------------------------------
+    @property
+    def _list_stale(self) -> bool:
+        return self._listed_changes < self._site_changes
+
+    def _keep_listed(self) -> None:
+        due = self.view is None or self._list_stale
+        due = due or (self._next_list_at is not None and self._now >= self._next_list_at)
+        if due and self._free(SITE):
+            changes = self._site_changes
+            self._start(SITE, self.doers.list_sites, lambda done: self._listed(done, changes))
+
+    def _listed(self, done: JobDone, changes: int) -> None:
+        self._next_list_at = self._now + LIST_INTERVAL
+        if done.error is not None or not isinstance(done.result, SiteView):
+            return
+        self._listed_changes = changes
+        fresh = done.result
+        if self.view is not None and fresh.failures:
+            # A site that could not be listed keeps what was known of it.
+            kept = tuple(s for s in self.view.streams if s.site in fresh.failures)
+            fresh = replace(fresh, streams=kept + fresh.streams)
+        for site, why in fresh.failures.items():
+            log.error("cannot list site %s: %s", site, why)
+        self.view = fresh
+        mine = self._own_backups()
+        if mine:
+            newest = max(mine, key=lambda m: m.completed_at)
+            if self.state.facts.last_backup_id != newest.backup_id:
+                self._facts(last_backup_id=newest.backup_id, last_backup_at=newest.completed_at)
+
+    def _upload_streams(self) -> list[StreamInfo]:
+        site = self.settings.backup_settings.upload_site
+        return [s for s in (self.view.streams if self.view else ()) if s.site == site]
+
+    def _own_backups(self) -> list[BackupManifest]:
+        return [
+            s.manifest
+            for s in self._upload_streams()
+            if s.manifest is not None and s.manifest.server_id == self.settings.server_id
+        ]
+
+    # --- active: archiving ----------------------------------------------------------------
+    def _archive(self) -> None:
+        rotate = [r.request_id for r in self.state.rotations if r.closed_file is None]
+        due = self._next_archive_at is None or self._now >= self._next_archive_at
+        if not (due or rotate) or not self._free(ARCHIVE):
+            return
+
+        def done(result: JobDone) -> None:
+            self._archived(result, rotate)
+
+        self._start(ARCHIVE, lambda work: self.doers.archive(bool(rotate), work), done)
+
+    def _archived(self, done: JobDone, rotated: list[int]) -> None:
+        self._next_archive_at = self._now + ARCHIVE_INTERVAL
+        if done.error is not None or not isinstance(done.result, ArchiveDone):
+            error = done.error or BinhoardError("the archive pass returned nothing")
+            for request_id in rotated:
+                self._end_rotation(request_id, error)
+            return
+        result = done.result
+        if result.closed_file is not None:
+            self._update(
+                rotations=tuple(
+                    replace(r, closed_file=result.closed_file) if r.request_id in rotated else r
+                    for r in self.state.rotations
+                )
+            )
+        for request in self.state.rotations:
+            if request.closed_file is None:
+                continue
+            if _stored(request.closed_file, result):
+                self._end_rotation(request.request_id, None)
+            elif result.stall_reasons or not result.open_streams:
+                reasons = "; ".join(result.stall_reasons) or "no open backup stream"
+                why = f"{request.closed_file} cannot be stored now: {reasons}"
+                self._end_rotation(request.request_id, ArchiveStalledError(why))
+        facts = self.state.facts
+        stalled = bool(result.stall_reasons)
+        newest = facts.newest_archived_commit_at
+        if result.newest_commit_time is not None:
+            newest = datetime.fromtimestamp(result.newest_commit_time, UTC)
+        self._facts(
+            newest_archived_commit_at=newest,
+            archive_stalled_since=(facts.archive_stalled_since or self._now) if stalled else None,
+            archive_stall_reason="; ".join(result.stall_reasons) or None,
+        )
+
+    def _end_rotation(self, request_id: int, error: BinhoardError | None) -> None:
+        self._update(rotations=tuple(r for r in self.state.rotations if r.request_id != request_id))
+        for ticket in self._rotation_tickets.pop(request_id, []):
+            self._after_commit.append(functools.partial(ticket.finish, error))
+
+    # --- active: backups ------------------------------------------------------------------
+    def _backup(self) -> None:
+        if self.view is None or self._list_stale or not self._free(BACKUP):
+            return
+        queued = self.state.backups
+        if queued and queued[0].started_at is not None:
+            # Started before the daemon stopped: if it completed, it is on the site.
+            started = queued[0].started_at
+            taken = [b for b in self._own_backups() if b.started_at >= started]
+            if taken:
+                log.info("backup %s was completed before the restart", taken[0].backup_id)
+                self._update(backups=queued[1:])
+            else:
+                self._update(backups=(replace(queued[0], started_at=None), *queued[1:]))
+            queued = self.state.backups
+        if not queued:
+            scheduled = self._scheduled()
+            if scheduled is None:
+                return
+            queued = (scheduled,)
+        request = replace(queued[0], started_at=self._now)
+        self._update(backups=(request, *queued[1:]))
+        backup_type = self._backup_type(request)
+        log.info("taking a %s backup (%s)", backup_type, request.reason)
+        self._start(
+            BACKUP,
+            lambda work: self.doers.take_backup(backup_type, work),
+            lambda done: self._backed_up(done, request),
+        )
+
+    def _scheduled(self) -> BackupRequest | None:
+        paused = self.state.control.backups_paused_until
+        if paused is not None and self._now < paused:
+            return None
+        streams = self._upload_streams()
+        usable = [s.manifest for s in streams if s.manifest is not None and not s.broken_reason]
+        own_open = [
+            s
+            for s in streams
+            if s.server_id == self.settings.server_id
+            and s.closed_at is None
+            and s.broken_reason is None
+        ]
+        bs = self.settings.backup_settings
+        due = backup_due(
+            self._now, usable, bs.backup_hour, bs.backup_minute, bs.backup_interval_minutes
+        )
+        if not own_open or due.due:
+            # No open stream of this server: nothing archives its binlogs (first
+            # backup, or a node that took over).
+            why = due.reason if own_open else "no open backup stream of this server"
+            log.info("scheduled backup due: %s", why)
+            return BackupRequest(False, "scheduled", self._now)
+        return None
+
+    def _backup_type(self, request: BackupRequest) -> BackupType:
+        usable = [
+            s.manifest
+            for s in self._upload_streams()
+            if s.manifest is not None and s.broken_reason is None
+        ]
+        server_id = self.settings.server_id
+        if request.reason == "requested":
+            if request.incremental and incremental_parent(usable, server_id) is None:
+                log.warning("incremental backup requested with nothing to build on: full")
+                return "full"
+            return "incremental" if request.incremental else "full"
+        incremental = self.settings.backup_settings.incremental
+        choice = choose_backup_type(
+            self._now, usable, server_id, incremental.enabled, incremental.full_backup_days
+        )
+        return choice.backup_type
+
+    def _backed_up(self, done: JobDone, request: BackupRequest) -> None:
+        queued = self.state.backups
+        rest = queued[1:] if queued and queued[0] == request else queued
+        if isinstance(done.result, BackupDone):
+            result = done.result
+            log.info("backup %s (%s) completed", result.backup_id, result.backup_type)
+            self.metrics.increment("binhoard.backup.completed", tags={"type": result.backup_type})
+            self._update(backups=rest)
+            self._facts(last_backup_id=result.backup_id, last_backup_at=result.completed_at)
+            self._site_changes += 1  # listed at once: for GET /backup, and the schedule
+            self._next_archive_at = self._now  # its stream starts archiving now
+            return
+        error = done.error
+        if error is not None and not error.retryable and request.reason == "requested":
+            self._update(backups=rest)  # retrying cannot help; the error is in the status
+        elif queued and queued[0] == request:
+            self._update(backups=(replace(request, started_at=None), *rest))
+
+    # --- restore and promote ----------------------------------------------------------------
+    def _restore(self) -> None:
+        record = self.state.restore
+        if record is None:
+            log.error("mode restore, but no restore is recorded: PUT /status to restore")
+            return
+        if record.phase in ("completed", "failed") or not self._free(RESTORE):
+            return
+        self._start(
+            RESTORE,
+            lambda work: self.doers.restore(record, work),
+            self._restored,
+            self._restore_moved,
+        )
+
+    def _restore_moved(self, progress: object) -> None:
+        record = self.state.restore
+        if not isinstance(progress, RestoreStatus) or record is None:
+            return
+        self.restore_progress = progress
+        if progress.phase != record.phase and progress.phase not in ("completed", "failed"):
+            log.info("restore phase %s", progress.phase)
+            self._update(restore=replace(record, phase=progress.phase, updated_at=self._now))
+
+    def _restored(self, done: JobDone) -> None:
+        record = self.state.restore
+        if record is None:
+            return
+        if isinstance(done.result, RestoreDone):
+            log.info("restore completed at GTID %s: mode observe", done.result.final_gtid)
+            completed = replace(
+                record,
+                phase="completed",
+                error=None,
+                final_gtid=done.result.final_gtid,
+                updated_at=self._now,
+            )
+            self._update(restore=completed)
+            self.state = self.state.with_mode("observe")
+            return
+        error = done.error
+        if error is None or isinstance(error, CancelledError):
+            return
+        phase = record.phase if error.retryable else "failed"
+        self._update(
+            restore=replace(record, phase=phase, error=error.message, updated_at=self._now)
+        )
+        if phase == "failed":
+            log.error("restore failed, not retried: %s", error.message)
+
+    def _promote(self) -> None:
+        if self._free(RESTORE):
+            self._start(RESTORE, self.doers.promote, self._promoted)
+
+    def _promoted(self, done: JobDone) -> None:
+        if done.error is None:
+            log.info("promoted: mode active")
+            self.state = self.state.with_mode("active")
+
+    # --- publishing -----------------------------------------------------------------------
+    def _build_snapshot(self) -> Snapshot:
+        view, backups = self._views_of
+        if view is not self.view or backups is None:
+            backups = backup_views(self.view)
+            self._views_of = (self.view, backups)
+        return Snapshot(
+            taken_at=self._now,
+            status=status_view(self.state),
+            backups=backups,
+            restore=restore_view(self.state.restore, self.restore_progress),
+        )
+
+    def _next_wake(self) -> datetime:
+        times = [self._now + MAX_IDLE, *self._retry_at.values()]
+        if self._next_list_at is not None:
+            times.append(self._next_list_at)
+        if self.state.mode == "active" and self._next_archive_at is not None:
+            times.append(self._next_archive_at)
+        paused = self.state.control.backups_paused_until
+        if paused is not None:
+            times.append(paused)
+        if self.state.mode == "active":
+            bs = self.settings.backup_settings
+            times.append(
+                next_slot(self._now, bs.backup_hour, bs.backup_minute, bs.backup_interval_minutes)
+            )
+        return max(self._now, min(times))
+
+
+def _stored(name: str, result: ArchiveDone) -> bool:
+    """Whether binlog ``name`` is archived in every open stream of this server."""
+    if not result.open_streams:
+        return False
+    key = binlog_sort_key(name)
+    return all(
+        s.last_file is not None and binlog_sort_key(s.last_file) >= key for s in result.open_streams
+    )

@@ -1,0 +1,76 @@
+"""What the controller publishes: its state and the last listing, as the immutable
+views of ``port.py`` (MyHoard's field names and phase names)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+
+from binhoard.daemon.jobs import RestoreStatus, SiteView, StreamInfo
+from binhoard.daemon.port import BackupView, RestoreView, StatusView
+from binhoard.daemon.state import DaemonState, RestoreRecord
+
+# ops/pitr.py's phases as MyHoard names them. ``pending`` is a restore accepted but not
+# started; ``basebackup_restored`` (server started, GTID state set) is the step MyHoard
+# calls refreshing the binlogs to apply.
+_MYHOARD_PHASES: Mapping[str, str] = {
+    "pending": "getting_backup_info",
+    "basebackup_restored": "refreshing_binlogs",
+}
+
+
+def backup_views(view: SiteView | None) -> tuple[BackupView, ...] | None:
+    if view is None:
+        return None
+    return tuple(backup_view(s, view.listed_at) for s in view.streams)
+
+
+def backup_view(stream: StreamInfo, listed_at: datetime) -> BackupView:
+    broken = stream.broken_reason is not None
+    return BackupView(
+        stream_id=stream.stream_id,
+        site=stream.site,
+        basebackup_info=stream.basebackup_info,
+        completed_at=stream.completed_at,
+        closed_at=stream.closed_at,
+        broken_at=listed_at if broken else None,
+        preserve_until=stream.preserve_until,
+        recovery_site=stream.recovery_site,
+        # MyHoard: whether a restore can continue from a partial download of it.
+        resumable=not broken and stream.manifest is not None,
+        window=stream.window,
+    )
+
+
+def status_view(state: DaemonState) -> StatusView:
+    facts = state.facts
+    return StatusView(
+        mode=state.mode,
+        backups_paused_until=state.control.backups_paused_until,
+        last_backup_at=facts.last_backup_at,
+        newest_archived_commit_at=facts.newest_archived_commit_at,
+        archive_stalled_reason=facts.archive_stall_reason,
+        last_error=facts.last_error,
+        replication_state=state.control.replication_state,
+    )
+
+
+def restore_view(
+    record: RestoreRecord | None, progress: RestoreStatus | None
+) -> RestoreView | None:
+    if record is None:
+        return None
+    phase = record.phase
+    counters = progress if progress is not None else RestoreStatus(phase)
+    return RestoreView(
+        phase=_MYHOARD_PHASES.get(phase, phase),
+        basebackup_compressed_bytes_downloaded=counters.basebackup_compressed_bytes_downloaded,
+        basebackup_compressed_bytes_total=counters.basebackup_compressed_bytes_total,
+        binlogs_being_restored=counters.binlogs_being_restored,
+        binlogs_pending=counters.binlogs_pending,
+        binlogs_restored=counters.binlogs_restored,
+        stream_id=record.stream_id,
+        site=record.site,
+        target=record.describe_target(),
+        error=record.error,
+    )

@@ -1,0 +1,282 @@
+"""The real doers (``jobs.Doers``): the only module of the daemon that calls ``ops``.
+
+Each method runs on its slot's worker thread (``jobs.ThreadExecutor``) and keeps what
+it opens on that thread (an archiver and its SQLite cache, the listing's caches).
+Settings reloaded with SIGHUP reach them through :meth:`OpsDoers.configure`: the
+objects built from the old settings are dropped by their own thread at its next job.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import UTC, datetime
+
+from binhoard.app import open_site
+from binhoard.config import Settings
+from binhoard.daemon.jobs import (
+    ArchiveDone,
+    BackupDone,
+    BackupStatus,
+    OpenStream,
+    RestoreDone,
+    RestoreStatus,
+    SiteView,
+    StreamInfo,
+    Work,
+)
+from binhoard.daemon.port import StreamWindow
+from binhoard.daemon.state import RestoreRecord
+from binhoard.domain.errors import BinhoardError, ConflictError
+from binhoard.domain.manifest import BackupManifest, BackupType
+from binhoard.metrics import Metrics
+from binhoard.ops.archive import ArchiveLoop, BinlogArchiver, server_binlogs
+from binhoard.ops.backup import BackupProgress, create_backup
+from binhoard.ops.catalog import SiteState, StreamState, read_site
+from binhoard.ops.pitr import PitrProgress, PitrRequest, PointInTimeRestore, restore_state
+from binhoard.ops.sitecache import SiteCache, open_cache
+from binhoard.server import sql
+
+log = logging.getLogger("binhoard.daemon")
+
+
+class OpsDoers:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self._generation = 0  # bumped by configure(): objects of older settings are rebuilt
+        self._archive: tuple[int, ArchiveLoop] | None = None
+        self._caches: dict[str, tuple[int, SiteCache]] = {}
+
+    def configure(self, settings: Settings) -> None:
+        self.settings = settings
+        self._generation += 1
+
+    # --- listing ------------------------------------------------------------------------
+    def list_sites(self, work: Work) -> SiteView:
+        listed_at = datetime.now(UTC)
+        streams: list[StreamInfo] = []
+        failures: dict[str, str] = {}
+        for name, site in self.settings.backup_sites.items():
+            work.check()
+            store = open_site(self.settings, name)
+            try:
+                state = read_site(store, self._cache(name, store.describe()), incremental=True)
+            except BinhoardError as exc:
+                failures[name] = exc.message
+                continue
+            streams += site_streams(name, state, recovery_site=site.recovery_only)
+        return SiteView(listed_at, tuple(streams), failures)
+
+    def _cache(self, site: str, location: str) -> SiteCache:
+        known = self._caches.get(site)
+        if known is not None and known[0] == self._generation:
+            return known[1]
+        if known is not None:
+            known[1].close()
+        cache = open_cache(self.settings.state_directory, location)
+        self._caches[site] = (self._generation, cache)
+        return cache
+
+    # --- backups ------------------------------------------------------------------------
+    def take_backup(self, backup_type: BackupType, work: Work) -> BackupDone:
+        def progress(state: BackupProgress) -> None:
+            status = BackupStatus(
+                state.backup_id, state.phase, state.bytes_read, state.estimated_total
+            )
+            work.report(status)
+
+        manifest = create_backup(
+            self.settings,
+            open_site(self.settings),
+            backup_type=backup_type,
+            progress=progress,
+            cancel=work.cancel,
+        )
+        return BackupDone(
+            manifest.backup_id, manifest.backup_type, manifest.started_at, manifest.completed_at
+        )
+
+    # --- archiving ----------------------------------------------------------------------
+    def archive(self, rotate: bool, work: Work) -> ArchiveDone:
+        loop = self._archive_loop()
+        loop.archiver.cancel = work.cancel
+        closed = self._rotate() if rotate else None
+        report = loop.tick()
+        open_streams = tuple(
+            OpenStream(s.stream_id, s.last_file) for s in report.streams if not s.closed
+        )
+        return ArchiveDone(
+            closed_file=closed,
+            open_streams=open_streams,
+            newest_commit_time=report.newest_stored_commit_time,
+            stall_reasons=tuple(report.stall_reasons),
+        )
+
+    def _archive_loop(self) -> ArchiveLoop:
+        if self._archive is not None and self._archive[0] == self._generation:
+            return self._archive[1]
+        if self._archive is not None:
+            self._archive[1].archiver.close()
+        archiver = BinlogArchiver(self.settings, open_site(self.settings))
+        loop = ArchiveLoop(self.settings, archiver, self.metrics)
+        self._archive = (self._generation, loop)
+        return loop
+
+    def _rotate(self) -> str:
+        """``FLUSH BINARY LOGS``; the name of the file it closed."""
+        conn = sql.connect(self.settings.mysql.client_params)
+        try:
+            closed = server_binlogs(conn, self.settings.mysql.binlog_prefix).active
+            sql.query(conn, "FLUSH BINARY LOGS")
+        finally:
+            conn.close()
+        log.info("rotated the binlog as asked: %s closed", closed)
+        return closed
+
+    # --- restore and promotion ----------------------------------------------------------
+    def restore(self, request: RestoreRecord, work: Work) -> RestoreDone:
+        """Starts the restore ``request`` asks for, or continues it: ``restore.json``
+        records this request's restore if it was started after the request was
+        accepted (an older one there is another request's)."""
+        pitr_request = PitrRequest(
+            site=request.site,
+            target_args=request.target_args,
+            backup_id=request.stream_id,
+            approximate_ok=request.approximate_ok,
+        )
+        last_phase = [""]
+
+        def progress(p: PitrProgress) -> None:
+            status = RestoreStatus(
+                phase=p.phase,
+                basebackup_compressed_bytes_downloaded=p.basebackup_compressed_bytes_downloaded,
+                basebackup_compressed_bytes_total=p.basebackup_compressed_bytes_total,
+                binlogs_being_restored=p.binlogs_being_restored,
+                binlogs_pending=p.binlogs_pending,
+                binlogs_restored=p.binlogs_restored,
+            )
+            work.report(status, force=p.phase != last_phase[0])
+            last_phase[0] = p.phase
+
+        restore = PointInTimeRestore(
+            self.settings,
+            open_site(self.settings, request.site),
+            progress=progress,
+            cancel=work.cancel,
+        )
+        recorded = restore_state(self.settings).read() or {}
+        ours = _same_restore(recorded, pitr_request, request.requested_at)
+        phase = recorded.get("phase")
+        try:
+            if ours and phase == "completed":
+                return RestoreDone(str(recorded.get("final_gtid_position") or ""))
+            if ours and phase != "failed":
+                restore.resume()
+            else:
+                restore.start(pitr_request)
+        finally:
+            restore.close()
+        return RestoreDone(str(restore.state.get("final_gtid_position") or ""))
+
+    def promote(self, work: Work) -> None:
+        """This node takes over: its server must answer as the configured one, with no
+        replication running (a restored node's restore removed it). Its first backup,
+        taken in active mode, opens its own stream."""
+        facts = sql.check_server(
+            self.settings.mysql.client_params, self.settings.server_id, what="cannot take over"
+        )
+        conn = sql.connect(self.settings.mysql.client_params)
+        try:
+            rows = sql.query_dicts(conn, "SHOW SLAVE STATUS")
+        finally:
+            conn.close()
+        running = [
+            r for r in rows if "No" not in (r.get("Slave_IO_Running"), r.get("Slave_SQL_Running"))
+        ]
+        if running:
+            raise ConflictError(
+                f"the server replicates from {running[0].get('Master_Host')}: stop "
+                "replication (STOP SLAVE; RESET SLAVE ALL) before it takes over"
+            )
+        if facts.read_only:
+            log.warning("the server is read-only: set read_only=OFF for it to take writes")
+
+
+def _same_restore(recorded: Mapping[str, object], request: PitrRequest, since: datetime) -> bool:
+    """Whether ``restore.json`` records ``request``, started at or after ``since``."""
+    try:
+        started = datetime.fromisoformat(str(recorded.get("started_at")))
+    except ValueError:
+        return False
+    return (
+        recorded.get("site") == request.site
+        and recorded.get("target_args") == request.target_args
+        and recorded.get("requested_backup_id") == request.backup_id
+        and started.tzinfo is not None
+        and started >= since
+    )
+
+
+# --- what a site holds, as the API shows it ---------------------------------------------
+def site_streams(name: str, site: SiteState, *, recovery_site: bool) -> list[StreamInfo]:
+    """Every backup of ``site`` with its stream, oldest first; a backup whose manifest
+    cannot be read is listed too, broken."""
+    streams = {s.stream_id: s for s in site.streams}
+    found = []
+    for entry in site.backups.entries:
+        stream = streams.get(entry.backup_id)
+        broken = entry.broken or (stream.broken if stream is not None else None)
+        manifest = entry.manifest
+        found.append(
+            StreamInfo(
+                site=name,
+                stream_id=entry.backup_id,
+                manifest=manifest,
+                completed_at=manifest.completed_at if manifest else None,
+                closed_at=stream.closed.at if stream and stream.closed else None,
+                caught_up_at=stream.completed.at if stream and stream.completed else None,
+                broken_reason=broken.reason if broken else None,
+                preserve_until=None,
+                recovery_site=recovery_site,
+                window=_window(stream) if stream is not None else None,
+                basebackup_info=basebackup_info(manifest) if manifest else {},
+            )
+        )
+    return found
+
+
+def _window(stream: StreamState) -> StreamWindow:
+    backup = stream.backup
+    first_gtid = backup.snapshot.gtid_position
+    newest = stream.newest_commit_time
+    return StreamWindow(
+        first_time=backup.completed_at,
+        first_gtid=first_gtid,
+        last_time=datetime.fromtimestamp(newest, UTC) if newest else backup.completed_at,
+        last_gtid=stream.end_position.format(),
+    )
+
+
+def basebackup_info(manifest: BackupManifest) -> dict[str, object]:
+    """MyHoard's ``basebackup_info`` fields that binhoard has, and a few of its own."""
+    return {
+        "backup_type": manifest.backup_type,
+        "incremental": manifest.backup_type == "incremental",
+        "parent_backup_id": manifest.parent_backup_id,
+        "server_id": manifest.server_id,
+        "server_version": manifest.server_version,
+        "tool_version": manifest.tool_version,
+        "start_ts": manifest.started_at.timestamp(),
+        "end_ts": manifest.completed_at.timestamp(),
+        "gtid": manifest.snapshot.gtid_position,
+        "binlog_name": manifest.snapshot.binlog_file,
+        "binlog_position": manifest.snapshot.binlog_pos,
+        "compressed_size": manifest.data.stored_size,
+        "end_size": manifest.data.plain_size,
+        "lsn_info": {
+            "from_lsn": manifest.lsn.from_lsn,
+            "to_lsn": manifest.lsn.to_lsn,
+            "last_lsn": manifest.lsn.last_lsn,
+        },
+    }

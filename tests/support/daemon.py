@@ -1,0 +1,294 @@
+"""Fakes for driving the daemon's controller step by step: a scripted clock, an
+executor that runs jobs only when the test says so, and doers with behaviour over a
+memory site (``SiteBuilder``): backups are written as manifests, archive passes as
+records and markers, and the listing is the real ``read_site`` of that store."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from binhoard.config import Settings, parse_settings
+from binhoard.daemon.controller import Controller
+from binhoard.daemon.jobs import (
+    ArchiveDone,
+    BackupDone,
+    Job,
+    JobProgress,
+    OpenStream,
+    RestoreDone,
+    RestoreStatus,
+    SiteView,
+    Work,
+    run_job,
+)
+from binhoard.daemon.port import Command, Ticket
+from binhoard.daemon.state import RestoreRecord, StateStore
+from binhoard.daemon.workers import site_streams
+from binhoard.domain.catalog import closed_key, completed_key
+from binhoard.domain.errors import BinhoardError
+from binhoard.domain.manifest import (
+    BackupManifest,
+    BackupType,
+    LsnRange,
+    SnapshotPosition,
+    manifest_key,
+    new_backup_id,
+)
+from binhoard.ops.catalog import read_site
+from binhoard.storage.store import MemoryStore
+from tests.support.sites import SERVER_ID, SiteBuilder, binlog_name, position, ref, site_config
+
+RESTORE_PHASES = (
+    "getting_backup_info",
+    "restoring_basebackup",
+    "basebackup_restored",
+    "applying_binlogs",
+    "finalizing",
+)
+
+
+@dataclass
+class ScriptedClock:
+    now: datetime
+
+    def advance(self, **delta: float) -> datetime:
+        self.now += timedelta(**delta)
+        return self.now
+
+
+class ManualExecutor:
+    """Holds started jobs until the test runs them (on its own thread, so that a step
+    sees exactly what the test made happen)."""
+
+    def __init__(self, post: Callable[[object], None]) -> None:
+        self.post = post
+        self.pending: list[tuple[str, Job]] = []
+        self.stopped = False
+
+    def start(self, slot: str, job: Job) -> None:
+        self.pending.append((slot, job))
+
+    def busy(self, slot: str) -> bool:
+        return any(s == slot for s, _ in self.pending)
+
+    def run(self, slot: str) -> None:
+        """Runs the oldest pending job of ``slot``; it must have one."""
+        index = next(i for i, (s, _) in enumerate(self.pending) if s == slot)
+        _, job = self.pending.pop(index)
+        work = Work(threading.Event(), lambda p: self.post(JobProgress(slot, p)))
+        self.post(run_job(slot, job, work))
+
+    def stop(self, timeout: float) -> bool:
+        self.stopped = True
+        return True
+
+
+@dataclass
+class FakeDoers:
+    """Doers over a memory site and a pretend server whose binlog ``build.files + 1``
+    is the active one. ``failures`` scripts an error for a method's next calls."""
+
+    clock: ScriptedClock
+    store: MemoryStore = field(default_factory=MemoryStore)
+    server_id: int = SERVER_ID
+    failures: dict[str, list[BinhoardError]] = field(default_factory=dict)
+    restores: list[RestoreRecord] = field(default_factory=list)
+    restore_stops_after: str | None = None  # raise once this phase is reported
+    rotations: int = 0
+    configured: list[Settings] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.build = SiteBuilder(self.store, server_id=self.server_id)
+
+    def _fail(self, method: str) -> None:
+        queued = self.failures.get(method)
+        if queued:
+            raise queued.pop(0)
+
+    # --- jobs.Doers ---------------------------------------------------------------------
+    def list_sites(self, work: Work) -> SiteView:
+        self._fail("list_sites")
+        state = read_site(self.store)
+        streams = site_streams("default", state, recovery_site=False)
+        return SiteView(self.clock.now, tuple(streams), {})
+
+    def take_backup(self, backup_type: BackupType, work: Work) -> BackupDone:
+        self._fail("take_backup")
+        manifest = self.put_backup(backup_type)
+        return BackupDone(
+            manifest.backup_id, backup_type, manifest.started_at, manifest.completed_at
+        )
+
+    def archive(self, rotate: bool, work: Work) -> ArchiveDone:
+        self._fail("archive")
+        closed = None
+        if rotate:
+            closed = binlog_name(self.build.files + 1)
+            self.rotate()
+        open_streams = []
+        streams = [s for s in self.build.backups if s.server_id == self.server_id]
+        for backup in streams:
+            records = self.build.records[backup.backup_id]
+            if self._closed(backup.backup_id):
+                continue
+            last = int(records[-1].name.rsplit(".", 1)[1]) if records else None
+            first = last + 1 if last is not None else int(backup.snapshot.binlog_file[-6:])
+            if self.build.files >= first:
+                self.build.archive(backup.backup_id, self.build.files - first + 1)
+            records = self.build.records[backup.backup_id]
+            open_streams.append((backup.backup_id, records[-1].name if records else None))
+        if open_streams:
+            # The newest is caught up (completed) and takes over from the older ones.
+            newest = open_streams[-1][0]
+            if not self._marked(completed_key(newest)):
+                self.build.mark(newest)
+            for stream_id, _ in open_streams[:-1]:
+                self.build.mark(stream_id, completed=False, closed_by=newest)
+            open_streams = open_streams[-1:]
+        return ArchiveDone(
+            closed_file=closed,
+            open_streams=tuple(OpenStream(s, f) for s, f in open_streams),
+            newest_commit_time=None,
+            stall_reasons=() if open_streams else ("no open backup stream of this server",),
+        )
+
+    def restore(self, request: RestoreRecord, work: Work) -> RestoreDone:
+        self.restores.append(request)
+        for phase in RESTORE_PHASES:
+            work.report(RestoreStatus(phase), force=True)
+            if phase == self.restore_stops_after:
+                self._fail("restore")
+        self._fail("restore")
+        return RestoreDone(position(42).format())
+
+    def promote(self, work: Work) -> None:
+        self._fail("promote")
+
+    def configure(self, settings: Settings) -> None:
+        self.configured.append(settings)
+
+    # --- the pretend server and site ----------------------------------------------------
+    def rotate(self) -> None:
+        self.rotations += 1
+        self.build.files += 1
+
+    def put_backup(
+        self, backup_type: BackupType = "full", *, server_id: int | None = None
+    ) -> BackupManifest:
+        """A backup taken now (of another server: ``server_id``), its snapshot at the
+        start of the active binlog."""
+        now = self.clock.now
+        backup_id = new_backup_id(now)
+        active = self.build.files + 1
+        parent = None
+        if backup_type == "incremental":
+            parent = max(
+                (b for b in self.build.backups if b.server_id == self.server_id),
+                key=lambda b: b.started_at,
+            )
+        manifest = BackupManifest(
+            backup_id=backup_id,
+            backup_type=backup_type,
+            parent_backup_id=parent.backup_id if parent else None,
+            chain=(*parent.chain, backup_id) if parent else (backup_id,),
+            server_id=server_id or self.server_id,
+            flavour="mariadb",
+            server_version="10.11.19-MariaDB",
+            tool_version="mariabackup",
+            started_at=now,
+            completed_at=now,
+            snapshot=SnapshotPosition(
+                binlog_name(active), 4, position(self.build._done(active)).format()
+            ),
+            lsn=LsnRange(0, 0, 0),
+            data=ref(f"backups/{backup_id}/data.xbstream"),
+            my_cnf=ref(f"backups/{backup_id}/my.cnf"),
+        )
+        self.store.put(manifest_key(backup_id), [manifest.to_bytes()], if_absent=True)
+        self.build.backups.append(manifest)
+        self.build.records[backup_id] = []
+        return manifest
+
+    def _closed(self, stream_id: str) -> bool:
+        return self._marked(closed_key(stream_id))
+
+    def _marked(self, key: str) -> bool:
+        return key in {i.key for i in self.store.list("streams/")}
+
+    def backup_ids(self) -> list[str]:
+        return [b.backup_id for b in self.build.backups]
+
+
+class Harness:
+    """A controller over a state directory, fake doers and a manual executor."""
+
+    def __init__(self, directory: Path, start: datetime, **overrides: Any) -> None:
+        self.directory = directory
+        self.clock = ScriptedClock(start)
+        self.settings = daemon_settings(directory, **overrides)
+        self.doers = FakeDoers(self.clock)
+        self.controller = self._controller()
+
+    def _controller(self) -> Controller:
+        return Controller(
+            self.settings,
+            StateStore.open(self.settings.state_directory),
+            self.doers,
+            make_executor=ManualExecutor,
+        )
+
+    @property
+    def executor(self) -> ManualExecutor:
+        executor = self.controller.executor
+        assert isinstance(executor, ManualExecutor)
+        return executor
+
+    def restart(self) -> None:
+        """As after a crash: a new controller on the same state; jobs in flight are lost."""
+        self.controller.store.close()
+        self.controller = self._controller()
+
+    def step(self, **advance: float) -> None:
+        if advance:
+            self.clock.advance(**advance)
+        self.controller.step(self.clock.now)
+
+    def run(self, slot: str) -> None:
+        """Runs the job waiting in ``slot``, then steps so the controller takes its result."""
+        self.executor.run(slot)
+        self.step()
+
+    def settle(self, limit: int = 20) -> None:
+        """Steps and runs jobs until nothing is left to run (at this clock time)."""
+        self.step()
+        for _ in range(limit):
+            if not self.executor.pending:
+                return
+            slot, _ = self.executor.pending[0]
+            self.run(slot)
+        raise AssertionError(f"still running after {limit} jobs: {self.executor.pending}")
+
+    def submit(self, command: Command) -> Ticket:
+        ticket = self.controller.submit(command)
+        self.step()
+        return ticket
+
+    @property
+    def mode(self) -> str:
+        return self.controller.snapshot().status.mode
+
+
+def daemon_settings(directory: Path, **overrides: Any) -> Settings:
+    data = site_config(directory)
+    for key, value in overrides.items():
+        section, _, name = key.partition("__")
+        if name:
+            data.setdefault(section, {})[name] = value
+        else:
+            data[key] = value
+    return parse_settings(data, source="test")

@@ -1,0 +1,318 @@
+"""The controller driven tick by tick: a scripted clock, a manual executor and doers
+with behaviour over a memory site (tests/support/daemon.py). Mode changes and
+refusals, the schedule, requested backups and rotations, restore -> observe, promote,
+and what survives a restart."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from binhoard.daemon.jobs import ARCHIVE, BACKUP, RESTORE, SITE
+from binhoard.daemon.port import (
+    PauseBackups,
+    RequestBackup,
+    RotateBinlog,
+    SetMode,
+    SetReplicationState,
+    Ticket,
+)
+from binhoard.daemon.state import StateStore
+from binhoard.domain.errors import (
+    ArchiveStalledError,
+    BinhoardError,
+    ConflictError,
+    NotFoundError,
+    ServerError,
+    UsageError,
+)
+from tests.support.daemon import Harness
+
+START = datetime(2026, 3, 2, 1, 0, tzinfo=UTC)  # a Monday, 01:00 UTC
+
+
+@pytest.fixture
+def h(tmp_path: Path) -> Harness:
+    return Harness(tmp_path, START)
+
+
+def refused(ticket: Ticket) -> BinhoardError:
+    assert ticket.is_done and ticket.error is not None, "the command was not refused"
+    return ticket.error
+
+
+def accepted(ticket: Ticket) -> None:
+    assert ticket.wait_decided(0), "the command was not decided"
+    assert ticket.error is None, ticket.error.message
+
+
+def activate(h: Harness) -> str:
+    """idle -> active; the first backup (no open stream of this server) is taken at once."""
+    h.settle()
+    accepted(h.submit(SetMode("active")))
+    h.settle()
+    (backup_id,) = h.doers.backup_ids()
+    return backup_id
+
+
+def test_starts_idle_and_lists_the_backups(h: Harness) -> None:
+    assert h.mode == "idle"
+    assert h.controller.snapshot().backups is None  # MyHoard's "backups": null
+    h.step()
+    assert h.executor.busy(SITE) and not h.executor.busy(BACKUP)
+    h.run(SITE)
+    assert h.controller.snapshot().backups == ()
+    # idle does nothing else, and lists again a minute later.
+    h.step(seconds=30)
+    assert not h.executor.pending
+    h.step(seconds=31)
+    assert h.executor.busy(SITE)
+
+
+def test_active_takes_the_first_backup_archives_and_shows_it(h: Harness) -> None:
+    backup_id = activate(h)
+    assert h.mode == "active"
+    backups = h.controller.snapshot().backups
+    assert backups is not None and [b.stream_id for b in backups] == [backup_id]
+    status = h.controller.snapshot().status
+    assert status.last_backup_at == START
+    # Archive passes run every few seconds in active mode.
+    h.step(seconds=6)
+    assert h.executor.busy(ARCHIVE)
+
+
+@pytest.mark.parametrize("target", ["observe", "idle", "restore"])
+def test_active_is_never_left(h: Harness, target: str) -> None:
+    activate(h)
+    ticket = h.submit(SetMode(target, site="default", stream_id=h.doers.backup_ids()[0]))  # type: ignore[arg-type]
+    assert isinstance(refused(ticket), ConflictError)
+    assert h.mode == "active"
+    accepted(h.submit(SetMode("active")))  # what it is already: accepted, nothing changes
+
+
+def test_restore_requests_are_checked_before_anything_starts(h: Harness) -> None:
+    h.doers.put_backup()
+    h.doers.archive(rotate=True, work=None)  # type: ignore[arg-type]
+    stream_id = h.doers.backup_ids()[0]
+    # Before the first listing the stream cannot be checked.
+    assert isinstance(
+        refused(h.submit(SetMode("restore", site="default", stream_id=stream_id))), ConflictError
+    )
+    h.settle()
+    cases = [
+        (SetMode("restore"), UsageError),
+        (SetMode("restore", site="nowhere", stream_id=stream_id), UsageError),
+        (SetMode("restore", site="default", stream_id="20260101T000000Z-00000000"), NotFoundError),
+        (
+            SetMode(
+                "restore",
+                site="default",
+                stream_id=stream_id,
+                target_time=START - timedelta(days=1),
+            ),
+            UsageError,
+        ),
+        (SetMode("restore", site="default", stream_id=stream_id, target_gtid="x-y"), UsageError),
+        (
+            SetMode(
+                "restore", site="default", stream_id=stream_id, target_gtid="0-1-1", force=True
+            ),
+            UsageError,
+        ),
+        (SetMode("idle"), None),  # already idle
+    ]
+    for command, error in cases:
+        ticket = h.submit(command)
+        if error is None:
+            accepted(ticket)
+        else:
+            assert isinstance(refused(ticket), error), command
+    assert h.mode == "idle" and not h.executor.busy(RESTORE)
+
+
+def test_restore_runs_then_observe_then_promote_to_active(h: Harness) -> None:
+    h.doers.put_backup(server_id=7)  # the node this one is restored from
+    stream_id = h.doers.backup_ids()[0]
+    h.settle()
+    accepted(h.submit(SetMode("restore", site="default", stream_id=stream_id)))
+    assert h.mode == "restore"
+    view = h.controller.snapshot().restore
+    assert view is not None and view.phase == "getting_backup_info"  # accepted, not started
+    assert h.executor.busy(RESTORE)
+    # Nothing else is accepted while it runs.
+    assert isinstance(refused(h.submit(SetMode("observe"))), ConflictError)
+    assert isinstance(refused(h.submit(SetMode("active"))), ConflictError)
+    assert isinstance(refused(h.submit(RequestBackup())), ConflictError)
+    h.run(RESTORE)
+    assert h.mode == "observe"
+    view = h.controller.snapshot().restore
+    assert view is not None and view.phase == "completed"
+    (request,) = h.doers.restores
+    assert (request.stream_id, request.target_kind) == (stream_id, "latest")
+    # observe only lists; active goes through promote, which then switches by itself.
+    accepted(h.submit(SetMode("active")))
+    assert h.mode == "promote"
+    h.run(RESTORE)
+    assert h.mode == "active"
+    # This node has no open stream of its own: its first backup is taken at once.
+    h.settle()
+    assert len(h.doers.backup_ids()) == 2
+
+
+def test_a_restore_that_cannot_go_on_is_failed_and_may_be_replaced(h: Harness) -> None:
+    h.doers.put_backup()
+    stream_id = h.doers.backup_ids()[0]
+    h.settle()
+    h.doers.failures["restore"] = [
+        ServerError("the server went away"),  # retryable: tried again
+        UsageError("the datadir is not empty"),  # not: failed
+    ]
+    h.doers.restore_stops_after = "restoring_basebackup"
+    accepted(h.submit(SetMode("restore", site="default", stream_id=stream_id)))
+    h.run(RESTORE)
+    record = h.controller.state.restore
+    assert record is not None and record.phase == "restoring_basebackup"
+    assert record.error == "the server went away"
+    h.step(seconds=1)
+    assert not h.executor.busy(RESTORE)  # waits before trying again
+    h.step(seconds=5)
+    h.run(RESTORE)
+    record = h.controller.state.restore
+    assert record is not None and (record.phase, record.error) == (
+        "failed",
+        "the datadir is not empty",
+    )
+    h.step(seconds=600)
+    assert not h.executor.busy(RESTORE)  # failed is final
+    # Written durably: a restart shows the same.
+    h.restart()
+    h.step()
+    assert h.mode == "restore" and not h.executor.busy(RESTORE)
+    view = h.controller.snapshot().restore
+    assert view is not None and view.phase == "failed" and view.error == "the datadir is not empty"
+    h.settle()
+    accepted(h.submit(SetMode("restore", site="default", stream_id=stream_id)))
+    h.doers.restore_stops_after = None
+    h.run(RESTORE)
+    assert h.mode == "observe"
+
+
+def test_the_schedule_takes_a_backup_when_the_clock_crosses_backup_hour(h: Harness) -> None:
+    activate(h)  # at 01:00; backup_hour is 3 (UTC)
+    for _ in range(5):  # until 02:59:30
+        h.clock.advance(minutes=23, seconds=54)
+        h.settle()
+    assert h.clock.now < START.replace(hour=3) and len(h.doers.backup_ids()) == 1
+    h.clock.now = START.replace(hour=3, second=1)
+    h.settle()
+    assert len(h.doers.backup_ids()) == 2
+    h.step(hours=1)
+    h.settle()
+    assert len(h.doers.backup_ids()) == 2  # one a day
+
+
+def test_a_pause_holds_scheduled_backups_but_not_requested_ones(h: Harness) -> None:
+    activate(h)
+    assert isinstance(refused(h.submit(PauseBackups(START - timedelta(hours=1)))), UsageError)
+    accepted(h.submit(PauseBackups(START.replace(hour=5))))
+    h.clock.now = START.replace(hour=2)
+    ticket = h.submit(RequestBackup(incremental=True))
+    assert ticket.is_done and ticket.error is None
+    h.settle()
+    assert len(h.doers.backup_ids()) == 2
+    assert h.doers.build.backups[-1].backup_type == "incremental"
+    h.clock.now = START.replace(hour=3, second=1)
+    h.settle()
+    assert len(h.doers.backup_ids()) == 2  # the 03:00 backup waits for the pause to end
+    h.clock.now = START.replace(hour=5, second=1)
+    h.settle()
+    assert len(h.doers.backup_ids()) == 3
+    assert h.controller.snapshot().status.backups_paused_until is None
+
+
+def test_binlog_rotation_tickets_end_when_the_file_is_stored(h: Harness) -> None:
+    h.settle()
+    assert isinstance(refused(h.submit(RotateBinlog())), ConflictError)  # not active
+    activate(h)
+    first = h.submit(RotateBinlog())
+    second = h.submit(RotateBinlog())  # before the rotation: one rotation serves both
+    assert first.wait_decided(0) and not first.is_done
+    h.run(ARCHIVE)
+    assert first.is_done and first.error is None
+    assert second.is_done and second.error is None
+    assert h.doers.rotations == 1
+    assert h.controller.state.rotations == ()
+
+
+def test_a_rotation_with_no_stream_to_store_into_fails(h: Harness) -> None:
+    h.settle()
+    accepted(h.submit(SetMode("active")))
+    h.doers.failures["take_backup"] = [ServerError("mariabackup failed")]
+    h.settle()
+    assert h.doers.backup_ids() == []
+    ticket = h.submit(RotateBinlog())
+    h.run(ARCHIVE)
+    assert isinstance(refused(ticket), ArchiveStalledError)
+    assert "no open backup stream" in refused(ticket).message
+    assert h.controller.snapshot().status.last_error == "mariabackup failed"
+
+
+def test_state_survives_a_restart(h: Harness) -> None:
+    activate(h)
+    accepted(h.submit(SetReplicationState({"node-b": {"gtid_current_pos": "0-1-5"}})))
+    accepted(h.submit(PauseBackups(START + timedelta(days=1))))
+    h.clock.advance(minutes=1)
+    h.submit(RequestBackup())
+    h.restart()
+    h.step()
+    snapshot = h.controller.snapshot()
+    assert snapshot.status.mode == "active"
+    assert snapshot.status.replication_state == {"node-b": {"gtid_current_pos": "0-1-5"}}
+    assert snapshot.status.backups_paused_until == START + timedelta(days=1)
+    assert len(h.controller.state.backups) == 1  # the requested backup is still to take
+    h.settle()
+    assert len(h.doers.backup_ids()) == 2
+
+
+def test_a_backup_that_completed_before_a_crash_is_not_taken_again(h: Harness) -> None:
+    activate(h)
+    h.clock.advance(minutes=1)
+    h.submit(RequestBackup())
+    assert h.executor.busy(BACKUP)
+    h.executor.run(BACKUP)  # the backup completes on the site...
+    h.restart()  # ...but the daemon dies before it hears of it
+    h.settle()
+    assert len(h.doers.backup_ids()) == 2
+    assert h.controller.state.backups == ()
+    # One that did not complete is taken again.
+    h.clock.advance(minutes=1)
+    h.submit(RequestBackup())
+    h.restart()
+    h.settle()
+    assert len(h.doers.backup_ids()) == 3
+
+
+def test_a_failed_backup_is_retried_later(h: Harness) -> None:
+    h.settle()
+    accepted(h.submit(SetMode("active")))
+    h.doers.failures["take_backup"] = [ServerError("server not ready")]
+    h.settle()
+    assert h.doers.backup_ids() == []
+    h.step(seconds=2)
+    assert not h.executor.busy(BACKUP)
+    h.clock.advance(seconds=5)
+    h.settle()
+    assert len(h.doers.backup_ids()) == 1
+
+
+def test_the_state_file_is_only_written_when_something_changed(h: Harness) -> None:
+    activate(h)
+    path = h.controller.store.path
+    wal = path.with_name(path.name + "-wal")
+    size = wal.stat().st_size
+    for _ in range(3):
+        h.step(seconds=1)
+    assert wal.stat().st_size == size
+    assert StateStore(path).load().mode == "active"
