@@ -145,6 +145,7 @@ class Controller:
         self.restore_progress: RestoreStatus | None = None
         self._views_of: tuple[SiteView | None, tuple[BackupView, ...] | None] = (None, None)
         self._stopping = threading.Event()
+        self.crashed: str | None = None  # why run() ended, if not asked to
         log.info("daemon state %s: mode %s", store.path, self.state.mode)
         self._snapshot = self._build_snapshot()
 
@@ -163,10 +164,15 @@ class Controller:
     # --- the loop -----------------------------------------------------------------------
     def run(self, clock: Callable[[], datetime] = utc_now) -> None:
         """Steps until :meth:`stop`; between steps waits on the inbox until the next
-        thing is due (never a blind sleep)."""
-        while not self._stopping.is_set():
-            wake_at = self.step(clock())
-            self.inbox.wait((wake_at - clock()).total_seconds())
+        thing is due (never a blind sleep). An unexpected error ends it (``crashed``):
+        the daemon exits, its state as of the last step, and its supervisor restarts it."""
+        try:
+            while not self._stopping.is_set():
+                wake_at = self.step(clock())
+                self.inbox.wait((wake_at - clock()).total_seconds())
+        except Exception as exc:  # a bug, or the state cannot be saved: stop, loudly
+            log.exception("the controller failed")
+            self.crashed = repr(exc)
 
     def stop(self) -> None:
         """Asks :meth:`run` to return after its current step (any thread)."""

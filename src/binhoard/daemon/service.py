@@ -1,0 +1,157 @@
+"""``binhoard daemon``: the process. Wires the controller, its workers and the HTTP
+API, then waits for signals on the main thread.
+
+* SIGTERM, SIGINT: stop within ``STOP_SECONDS``. The controller's loop ends after its
+  step, the workers are cancelled (a backup removes what it stored, an upload or a
+  restore stops where it is, resumable) and waited for; whatever still runs after
+  that is left as ``kill -9`` would leave it, which every operation resumes from, and
+  the tools this process started (mariabackup, mbstream) are stopped with it. A
+  server a restore started is not: it outlives the daemon by design.
+* SIGHUP: the configuration file is read again. Keys the running daemon can take
+  (``RELOADABLE``) are applied to the work started from then on; if any other key
+  changed, nothing is applied and the log names the keys that need a restart.
+
+Signals are blocked in every thread and taken with ``sigtimedwait`` on the main one,
+so that no handler ever runs inside a lock a thread holds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+from binhoard.config import Settings, load_settings
+from binhoard.daemon.api import HttpServer
+from binhoard.daemon.controller import Controller
+from binhoard.daemon.state import StateStore
+from binhoard.daemon.workers import OpsDoers
+from binhoard.domain.errors import BinhoardError
+from binhoard.localstate import exclusive
+from binhoard.metrics import Metrics
+
+log = logging.getLogger("binhoard.daemon")
+
+STOP_SECONDS = 10.0
+SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+# Top-level keys a running daemon applies on SIGHUP: each job reads them when it starts
+# (backup schedule and counts, sites and their keys, restore limits). Others (the
+# server, state and temporary directories, HTTP, statsd, Sentry) are wired once.
+RELOADABLE = frozenset(
+    {
+        "backup_settings",
+        "backup_sites",
+        "binlog_purge_settings",
+        "restore_max_binlog_bytes",
+        "restore_parallel_threads",
+    }
+)
+
+
+def run(config_file: Path) -> None:
+    """Runs the daemon until SIGTERM or SIGINT; raises ``BinhoardError`` if it cannot
+    start (or its controller died)."""
+    settings = load_settings(config_file)
+    signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)  # inherited by every thread started
+    with exclusive(settings.state_directory / "daemon.lock", "a daemon on this state_directory"):
+        metrics = Metrics(settings.statsd)
+        controller = Controller(
+            settings,
+            StateStore.open(settings.state_directory),
+            OpsDoers(settings, metrics),
+            metrics=metrics,
+        )
+        token = settings.http_auth_token
+        http = HttpServer(
+            controller,
+            address=settings.http_address,
+            port=settings.http_port,
+            auth_token=token.get_secret_value() if token is not None else None,
+        )
+        loop = threading.Thread(target=controller.run, name="binhoard-controller", daemon=True)
+        loop.start()
+        try:
+            http.start()
+            log.info("binhoard daemon running (mode %s)", controller.snapshot().status.mode)
+            _wait_for_signals(config_file, controller, loop)
+        finally:
+            _stop(controller, loop, http)
+    if not loop.is_alive() and controller.crashed is not None:
+        raise BinhoardError(f"the daemon's controller stopped: {controller.crashed}")
+
+
+def _wait_for_signals(config_file: Path, controller: Controller, loop: threading.Thread) -> None:
+    while loop.is_alive():
+        received = signal.sigtimedwait(SIGNALS, 1.0)
+        if received is None:
+            continue
+        if received.si_signo == signal.SIGHUP:
+            _reload(config_file, controller)
+            continue
+        log.info("stopping (%s)", signal.Signals(received.si_signo).name)
+        return
+
+
+def _stop(controller: Controller, loop: threading.Thread, http: HttpServer) -> None:
+    deadline = time.monotonic() + STOP_SECONDS - 1  # a second for what follows
+    controller.stop()
+    http.stop(timeout=1.0)
+    loop.join(max(0.0, deadline - time.monotonic()))
+    if not controller.shutdown(max(0.0, deadline - time.monotonic())):
+        log.warning(
+            "work still running after %g s is left as it is: resumable, or cleaned up "
+            "by the next run",
+            STOP_SECONDS,
+        )
+        _stop_own_tools()
+    log.info("stopped")
+
+
+def _reload(config_file: Path, controller: Controller) -> None:
+    try:
+        new = load_settings(config_file)
+    except BinhoardError as exc:
+        log.error("configuration not reloaded: %s", exc.message)
+        return
+    changed = changed_keys(controller.settings, new)
+    restart = sorted(changed - RELOADABLE)
+    if restart:
+        log.error(
+            "configuration not reloaded: %s changed, which needs a restart of the daemon "
+            "(it keeps running with the configuration it has)",
+            ", ".join(restart),
+        )
+        return
+    if not changed:
+        log.info("configuration reloaded: nothing changed")
+        return
+    controller.reload(new)
+    log.info("configuration reloaded: %s", ", ".join(sorted(changed)))
+
+
+def changed_keys(old: Settings, new: Settings) -> set[str]:
+    """Top-level keys whose values differ (secrets compared, never shown)."""
+    return {name for name in Settings.model_fields if getattr(old, name) != getattr(new, name)}
+
+
+def _stop_own_tools() -> None:
+    """Stops the processes this one started in its own session (mariabackup, mbstream):
+    a tool left running would write into what the next run cleans up or resumes. A
+    server started by a restore runs in a session of its own and is left alone."""
+    me, session = os.getpid(), os.getsid(0)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        # After "(comm)": state, ppid, pgrp, session.
+        if len(fields) > 3 and int(fields[1]) == me and int(fields[3]) == session:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry.name), signal.SIGTERM)
+                log.info("stopped pid %s, started by this daemon", entry.name)
