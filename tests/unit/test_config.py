@@ -232,3 +232,12 @@ def test_a_bad_http_auth_token_is_named_never_printed(token: str) -> None:
     error = problems_of({**minimal(), "http_auth_token": token})
     assert [path for path, _ in error.problems] == ["http_auth_token"]
     assert token not in str(error)
+
+
+def test_the_sample_configuration_in_contrib_is_valid() -> None:
+    """contrib/binhoard.json, which contrib/binhoard.service runs the daemon with."""
+    root = Path(__file__).resolve().parents[2]
+    settings = load_settings(root / "contrib" / "binhoard.json")
+    assert settings.http_address == "127.0.0.1"
+    service = (root / "contrib" / "binhoard.service").read_text()
+    assert "binhoard daemon --config /etc/binhoard/binhoard.json" in service

@@ -1,9 +1,12 @@
-"""``binhoard status``: is the configured server ready to be backed up?"""
+"""``binhoard status``: is the configured server ready to be backed up? With a daemon
+running for this configuration, what the daemon says (its HTTP API)."""
 
 from __future__ import annotations
 
 import json
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +15,12 @@ import click
 from binhoard.cli.common import config_option, json_option
 from binhoard.config import Settings, load_settings
 from binhoard.domain.archiving import archive_lag
-from binhoard.domain.errors import ArchiveStalledError, ServerNotReadyError
+from binhoard.domain.errors import (
+    ArchiveStalledError,
+    AuthenticationError,
+    ServerNotReadyError,
+    UnavailableError,
+)
 from binhoard.domain.gtid import GtidPosition
 from binhoard.domain.privileges import BACKUP_PRIVILEGES, RESTORE_PRIVILEGES, Grants
 from binhoard.ops.archive import status_file
@@ -49,8 +57,20 @@ def _archive_lag(archive: dict[str, Any], gtid_binlog_pos: str) -> dict[str, Any
 @config_option
 @json_option
 def status_command(config_file: Path, as_json: bool) -> None:
-    """Show the server binhoard is configured for and whether it can be backed up."""
+    """Show the server binhoard is configured for and whether it can be backed up.
+
+    When a daemon runs with this configuration (it answers on http_address, http_port),
+    show what the daemon says instead: its mode, backups, archive and restore.
+    """
     settings = load_settings(config_file)
+    daemon = daemon_status(settings)
+    if daemon is not None:
+        _show_daemon(daemon, as_json)
+    else:
+        _local_status(settings, as_json)
+
+
+def _local_status(settings: Settings, as_json: bool) -> None:
     conn = sql.connect(settings.mysql.client_params)
     try:
         facts = sql.server_facts(conn)
@@ -123,3 +143,77 @@ def _missing(grants: Grants, required: dict[str, str], what: str) -> list[str]:
         "(docs/configuration.md, Grants)"
         for privilege in grants.missing(required)
     ]
+
+
+# --- a running daemon ----------------------------------------------------------------
+def _daemon_url(settings: Settings, path: str) -> str:
+    host = settings.http_address
+    # A daemon listening on every address answers on loopback too.
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # noqa: S104 - reaching it
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{settings.http_port}{path}"
+
+
+def _get(settings: Settings, path: str) -> dict[str, Any]:
+    request = urllib.request.Request(_daemon_url(settings, path))  # noqa: S310 - http://
+    token = settings.http_auth_token
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token.get_secret_value()}")
+    with urllib.request.urlopen(request, timeout=5) as answer:  # noqa: S310 - http://
+        body = json.loads(answer.read())
+    if not isinstance(body, dict):
+        raise UnavailableError(f"{_daemon_url(settings, path)} did not answer a JSON object")
+    return body
+
+
+def daemon_status(settings: Settings) -> dict[str, Any] | None:
+    """The running daemon's ``GET /status`` (and ``GET /status/restore`` while it
+    restores); None when no daemon answers on the configured address."""
+    try:
+        status = _get(settings, "/status")
+    except urllib.error.HTTPError as exc:
+        if exc.code == 401:
+            raise AuthenticationError(
+                f"the daemon on {_daemon_url(settings, '')} refused the http_auth_token of "
+                "this configuration"
+            ) from None
+        raise UnavailableError(f"the daemon answered GET /status with {exc.code}") from None
+    except (urllib.error.URLError, OSError):
+        return None  # nothing listens: no daemon, the local status follows
+    if status.get("mode") == "restore":
+        try:
+            status["restore"] = _get(settings, "/status/restore")
+        except (urllib.error.URLError, OSError):
+            status["restore"] = None  # it just finished (observe) or is starting
+    status["url"] = _daemon_url(settings, "")
+    return status
+
+
+def _show_daemon(status: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps({"daemon": status}, indent=2))
+    else:
+        click.echo(f"daemon      {status['url']}, mode {status.get('mode')}")
+        paused = status.get("backups_paused_until")
+        click.echo(f"last backup {status.get('last_backup_at') or '(none yet)'}")
+        if paused:
+            click.echo(f"paused      scheduled backups until {paused}")
+        newest = status.get("newest_archived_commit_at")
+        click.echo(f"archive     newest archived commit {newest or '(none yet)'}")
+        if status.get("archive_stalled_reason"):
+            click.echo(f"archive     STALLED: {status['archive_stalled_reason']}")
+        restore = status.get("restore")
+        if restore:
+            click.echo(
+                f"restore     phase {restore.get('phase')}, stream {restore.get('stream_id')}, "
+                f"to {restore.get('target')}; {restore.get('binlogs_restored')} binlogs "
+                f"restored, {restore.get('binlogs_pending')} pending"
+            )
+            if restore.get("error"):
+                click.echo(f"  - {restore['error']}")
+        if status.get("last_error"):
+            click.echo(f"last error  {status['last_error']}")
+    if status.get("archive_stalled_reason"):
+        raise ArchiveStalledError(
+            f"binlog archiving is stalled: {status['archive_stalled_reason']}"
+        )
