@@ -38,16 +38,9 @@ from tests.support.cli import run_binhoard
 from tests.support.configs import config_for
 from tests.support.mounts import resize, tmpfs
 from tests.support.sandboxes import SandboxFactory, sandbox_factory
-from tests.support.workload import checksums, create_schema, write_rows
+from tests.support.workload import Marker, checksums, create_schema, mark, write_rows
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@dataclass(frozen=True)
-class Marker:
-    time: int  # every transaction before has commit time < time, every one after >= time
-    gtid: str
-    sums: dict[str, int]
 
 
 @dataclass
@@ -70,15 +63,6 @@ def small_transactions(box: Sandbox, count: int, *, table: str = "app.ticks") ->
                 cursor.execute(f"INSERT INTO {table} (v) VALUES (%s)", (i,))
     finally:
         conn.close()
-
-
-def mark(box: Sandbox) -> Marker:
-    """Writes are paused here: waits for the next whole second, so that every commit so
-    far has an earlier timestamp and every later one this or a later timestamp."""
-    boundary = int(time.time()) + 1
-    time.sleep(max(0.0, boundary - time.time()) + 0.05)
-    gtid = str(box.query("SELECT @@gtid_current_pos")[0][0])
-    return Marker(boundary, gtid, checksums(box))
 
 
 @pytest.fixture(scope="module")

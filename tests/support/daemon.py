@@ -155,6 +155,7 @@ class FakeDoers:
             open_streams=tuple(OpenStream(s, f) for s, f in open_streams),
             newest_commit_time=None,
             stall_reasons=() if open_streams else ("no open backup stream of this server",),
+            wrote=True,
         )
 
     def restore(self, request: RestoreRecord, work: Work) -> RestoreDone:

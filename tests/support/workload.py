@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import time
+from dataclasses import dataclass
 
 from binhoard.server.sandbox import Sandbox
 
@@ -68,3 +70,19 @@ def checksums(box: Sandbox) -> dict[str, int]:
     return {
         str(name): int(value) for name, value in box.query(f"CHECKSUM TABLE {', '.join(tables)}")
     }
+
+
+@dataclass(frozen=True)
+class Marker:
+    time: int  # every transaction before has commit time < time, every one after >= time
+    gtid: str
+    sums: dict[str, int]
+
+
+def mark(box: Sandbox) -> Marker:
+    """Writes are paused here: waits for the next whole second, so that every commit so
+    far has an earlier timestamp and every later one this or a later timestamp."""
+    boundary = int(time.time()) + 1
+    time.sleep(max(0.0, boundary - time.time()) + 0.05)
+    gtid = str(box.query("SELECT @@gtid_current_pos")[0][0])
+    return Marker(boundary, gtid, checksums(box))

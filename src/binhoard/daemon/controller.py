@@ -209,12 +209,17 @@ class Controller:
                 log.info("configuration reloaded")
         if not self._stopping.is_set():
             self._decide()
-        self._commit()
+        self.store.save(self.state)
+        # Published before the tickets are resolved: a client that got its answer
+        # reads a snapshot that already shows what it asked for.
+        self._snapshot = self._build_snapshot()
+        callbacks, self._after_commit = self._after_commit, []
+        for callback in callbacks:
+            callback()
         for slot, job, running in self._to_start:
             self._running[slot] = running
             self.executor.start(slot, job)
         self._to_start.clear()
-        self._snapshot = self._build_snapshot()
         return self._next_wake()
 
     def _decide(self) -> None:
@@ -232,13 +237,6 @@ class Controller:
             self._restore()
         elif mode == "promote":
             self._promote()
-
-    def _commit(self) -> None:
-        """Saves the state, then resolves what waited for it to be durable."""
-        self.store.save(self.state)
-        callbacks, self._after_commit = self._after_commit, []
-        for callback in callbacks:
-            callback()
 
     def _update(self, **changes: object) -> None:
         self.state = replace(self.state, **changes)  # type: ignore[arg-type]
@@ -261,7 +259,7 @@ class Controller:
         on_done: Callable[[JobDone], None],
         on_progress: Callable[[object], None] | None = None,
     ) -> None:
-        """Starts ``job`` once this step's state is saved."""
+        """Starts ``job`` once this step's state is saved (what it acts on is durable)."""
         self._to_start.append((slot, job, _Running(on_done, on_progress)))
 
     def _job_done(self, done: JobDone) -> None:
@@ -423,6 +421,8 @@ class Controller:
                 self._end_rotation(request_id, error)
             return
         result = done.result
+        if result.wrote:
+            self._site_changes += 1  # GET /backup shows the new windows and closed streams
         if result.closed_file is not None:
             self._update(
                 rotations=tuple(

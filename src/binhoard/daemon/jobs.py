@@ -89,6 +89,7 @@ class ArchiveDone:
     open_streams: tuple[OpenStream, ...]  # this server's open streams after the pass
     newest_commit_time: int | None
     stall_reasons: tuple[str, ...]
+    wrote: bool = False  # records or markers were written: the listing is out of date
 
 
 @dataclass(frozen=True)

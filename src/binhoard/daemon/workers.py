@@ -111,6 +111,7 @@ class OpsDoers:
             open_streams=open_streams,
             newest_commit_time=report.newest_stored_commit_time,
             stall_reasons=tuple(report.stall_reasons),
+            wrote=report.records_written > 0 or any(s.closed for s in report.streams),
         )
 
     def _archive_loop(self) -> ArchiveLoop:
