@@ -274,7 +274,7 @@ class Controller:
             self._failures[done.slot] = failures
             delay = min(RETRY_FIRST * 2 ** (failures - 1), RETRY_MAX)
             self._retry_at[done.slot] = self._now + delay
-            log.error("%s failed (retry in %s): %s", done.slot, delay, done.error.message)
+            log.error("%s failed: %s", done.slot, done.error.message)
             self._facts(last_error=done.error.message, last_error_at=self._now)
             self.metrics.increment("binhoard.daemon.job_failures", tags={"job": done.slot})
         running.on_done(done)

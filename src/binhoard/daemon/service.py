@@ -4,9 +4,10 @@ API, then waits for signals on the main thread.
 * SIGTERM, SIGINT: stop within ``STOP_SECONDS``. The controller's loop ends after its
   step, the workers are cancelled (a backup removes what it stored, an upload or a
   restore stops where it is, resumable) and waited for; whatever still runs after
-  that is left as ``kill -9`` would leave it, which every operation resumes from, and
-  the tools this process started (mariabackup, mbstream) are stopped with it. A
-  server a restore started is not: it outlives the daemon by design.
+  that is left as ``kill -9`` would leave it, which every operation resumes from; the
+  tools it started (mariabackup, mbstream) die with the process
+  (``server/backup_tool.py``, ``die_with_parent``). A server a restore started does
+  not: it outlives the daemon by design.
 * SIGHUP: the configuration file is read again. Keys the running daemon can take
   (``RELOADABLE``) are applied to the work started from then on; if any other key
   changed, nothing is applied and the log names the keys that need a restart.
@@ -17,9 +18,7 @@ so that no handler ever runs inside a lock a thread holds.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import signal
 import threading
 import time
@@ -102,12 +101,12 @@ def _stop(controller: Controller, loop: threading.Thread, http: HttpServer) -> N
     http.stop(timeout=1.0)
     loop.join(max(0.0, deadline - time.monotonic()))
     if not controller.shutdown(max(0.0, deadline - time.monotonic())):
+        # Its tools (mariabackup, mbstream) die with this process (die_with_parent).
         log.warning(
             "work still running after %g s is left as it is: resumable, or cleaned up "
             "by the next run",
             STOP_SECONDS,
         )
-        _stop_own_tools()
     log.info("stopped")
 
 
@@ -136,22 +135,3 @@ def _reload(config_file: Path, controller: Controller) -> None:
 def changed_keys(old: Settings, new: Settings) -> set[str]:
     """Top-level keys whose values differ (secrets compared, never shown)."""
     return {name for name in Settings.model_fields if getattr(old, name) != getattr(new, name)}
-
-
-def _stop_own_tools() -> None:
-    """Stops the processes this one started in its own session (mariabackup, mbstream):
-    a tool left running would write into what the next run cleans up or resumes. A
-    server started by a restore runs in a session of its own and is left alone."""
-    me, session = os.getpid(), os.getsid(0)
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        # After "(comm)": state, ppid, pgrp, session.
-        if len(fields) > 3 and int(fields[1]) == me and int(fields[3]) == session:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(entry.name), signal.SIGTERM)
-                log.info("stopped pid %s, started by this daemon", entry.name)
