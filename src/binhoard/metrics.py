@@ -189,7 +189,7 @@ class Metrics:
         if spec is None:
             raise ValueError(f"metric {name} is not in the catalogue (binhoard/metric_names.py)")
         if spec.kind != kind:
-            raise ValueError(f"metric {name} is a {spec.kind}, not a {kind}")
+            raise ValueError(f"metric {name} is of kind {spec.kind}, not {kind}")
         key = _tags(tags)
         if tuple(k for k, _ in key) != tuple(sorted(spec.tags)):
             raise ValueError(

@@ -147,7 +147,8 @@ def init_sentry(settings: Settings, *, transport: Transport | None = None) -> bo
             AtexitIntegration(callback=lambda pending, timeout: None),
         ],
         include_local_variables=False,
-        send_default_pii=False,
+        # No send_default_pii (deprecated in favour of data_collection): unset, no
+        # personal data is sent and Sentry's own scrubber stays on.
         auto_session_tracking=False,
         before_send=before_send,
         before_breadcrumb=before_breadcrumb,

@@ -11,7 +11,7 @@ from binhoard import __version__
 from binhoard.allocator import keep_freed_memory
 from binhoard.cli.backup import backup_group
 from binhoard.cli.binlog import binlog_group
-from binhoard.cli.common import report_command_error
+from binhoard.cli.common import report_command_error, stop_telemetry
 from binhoard.cli.config_cmd import config_group
 from binhoard.cli.keys import keys_group
 from binhoard.cli.restore import restore_command
@@ -68,3 +68,5 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:
         report_command_error(exc)  # a bug: counted, sent to Sentry, and its traceback shown
         raise
+    finally:
+        stop_telemetry()

@@ -8,7 +8,7 @@ import click
 
 from binhoard.config import Settings
 from binhoard.metrics import Metrics
-from binhoard.telemetry import init_sentry, report_error
+from binhoard.telemetry import init_sentry, report_error, shutdown_sentry
 
 config_option = click.option(
     "-c",
@@ -45,3 +45,13 @@ def report_command_error(exc: BaseException) -> None:
     if _telemetry is not None:
         metrics, command = _telemetry
         report_error(exc, metrics, command)
+
+
+def stop_telemetry() -> None:
+    """When the command is over: sends what Sentry has queued and forgets the command's
+    telemetry (``main`` runs one command per call, tests run several per process)."""
+    global _telemetry  # noqa: PLW0603 - see start_telemetry
+    if _telemetry is not None:
+        _telemetry[0].close()
+        _telemetry = None
+    shutdown_sentry()
