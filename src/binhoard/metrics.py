@@ -68,6 +68,7 @@ class Metrics:
         self._timings: dict[str, dict[Tags, tuple[int, float]]] = {}
         self._statsd = statsd if statsd is not None and statsd.host and statsd.port else None
         self._socket: socket.socket | None = None
+        self._address: tuple[str, int] | None = None
         self._global_tags: Tags = ()
         if self._statsd is not None:
             self._socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -97,7 +98,8 @@ class Metrics:
         with self._lock:
             series = self._values.setdefault(name, {})
             series[key] = series.get(key, 0.0) + value
-        self._send([(name, value, "c", key)])
+        if value:  # the series exists now (Prometheus shows 0); statsd learns nothing
+            self._send([(name, value, "c", key)])
 
     def timing(self, name: str, seconds: float, tags: Mapping[str, str] | None = None) -> None:
         key = self._key(name, "timing", tags)
@@ -207,8 +209,17 @@ class Metrics:
             for line in statsd_lines(fmt, name, value, kind, self._merged(key))
         ]
         with contextlib.suppress(OSError):
+            address = self._address or self._resolve(self._statsd)
             for datagram in _datagrams(lines):
-                self._socket.sendto(datagram, (str(self._statsd.host), int(self._statsd.port or 0)))
+                self._socket.sendto(datagram, address)
+
+    def _resolve(self, statsd: StatsdSettings) -> tuple[str, int]:
+        """The statsd address, looked up once (``sendto`` with a host name would ask the
+        resolver for every datagram); a failed lookup is tried again on the next send."""
+        infos = socket.getaddrinfo(statsd.host, statsd.port, socket.AF_INET, socket.SOCK_DGRAM)
+        host, port = infos[0][4][:2]
+        self._address = (str(host), int(port))
+        return self._address
 
     def _merged(self, key: Tags) -> Tags:
         if not self._global_tags:

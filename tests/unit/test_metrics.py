@@ -294,3 +294,14 @@ def test_updates_from_many_threads_are_all_counted() -> None:
     assert count == threads_count * per_thread
     for text in texts:
         families(text)  # every export in between is well formed
+
+
+def test_a_host_name_is_resolved_and_a_zero_increment_is_not_sent(
+    statsd_server: socket.socket,
+) -> None:
+    settings = StatsdSettings(host="localhost", port=statsd_server.getsockname()[1])
+    metrics = Metrics(settings)
+    metrics.increment(BINLOG_ARCHIVE_PASS_FAILURES, 0)
+    metrics.gauge(BINLOG_PENDING_BYTES, 1)
+    assert received(statsd_server, 1) == [b"binhoard.binlog.pending_bytes:1|g"]
+    metrics.close()
