@@ -242,6 +242,8 @@ class StatsdSettings(_Section):
     host: str | None = None
     port: int | None = Field(default=None, ge=1, le=65535)
     tags: dict[str, str] = Field(default_factory=dict)
+    # telegraf: ``name,tag=v:1|c`` (MyHoard's); dogstatsd: ``name:1|c|#tag:v``.
+    format: Literal["telegraf", "dogstatsd"] = "telegraf"
 
 
 class Settings(_Section):

@@ -11,6 +11,7 @@ from binhoard import __version__
 from binhoard.allocator import keep_freed_memory
 from binhoard.cli.backup import backup_group
 from binhoard.cli.binlog import binlog_group
+from binhoard.cli.common import report_command_error, stop_telemetry
 from binhoard.cli.config_cmd import config_group
 from binhoard.cli.keys import keys_group
 from binhoard.cli.restore import restore_command
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="binhoard", standalone_mode=False)
     except BinhoardError as exc:
+        report_command_error(exc)
         click.echo(f"binhoard: error: {exc.message}", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
@@ -59,6 +61,12 @@ def main(argv: list[str] | None = None) -> None:
         # The local file system refused (a state or temporary directory that cannot be
         # created, a permission): one line naming the path, never a traceback. Space
         # (ENOSPC) is mapped where it happens, with what the step needs (DiskFullError).
+        report_command_error(exc)
         where = f"{exc.filename}: " if exc.filename else ""
         click.echo(f"binhoard: error: {where}{exc.strerror or exc}", err=True)
         sys.exit(1)
+    except Exception as exc:
+        report_command_error(exc)  # a bug: counted, sent to Sentry, and its traceback shown
+        raise
+    finally:
+        stop_telemetry()

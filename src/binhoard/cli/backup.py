@@ -13,12 +13,13 @@ from rich.console import Console
 from rich.table import Table
 
 from binhoard.app import open_site, site_name
-from binhoard.cli.common import config_option, json_option, site_option
+from binhoard.cli.common import config_option, json_option, site_option, start_telemetry
 from binhoard.cli.progress import ByteProgress
 from binhoard.config import load_settings
 from binhoard.domain.manifest import BackupManifest, BackupType
 from binhoard.domain.schedule import format_utc
 from binhoard.ops.backup import BackupDecision, BackupProgress, take_backup
+from binhoard.ops.observe import Throttle, record_backup, record_backup_progress
 from binhoard.ops.site import BackupEntry, read_backups, read_manifest
 from binhoard.ops.sitecache import open_cache
 
@@ -56,7 +57,9 @@ def create(config_file: Path, full: bool, incremental: bool, if_due: bool) -> No
         raise click.UsageError("--full and --incremental are mutually exclusive")
     requested: BackupType | None = "full" if full else "incremental" if incremental else None
     settings = load_settings(config_file)
-    store = open_site(settings)
+    metrics = start_telemetry(settings, "backup create")
+    store = open_site(settings, metrics=metrics)
+    throttle = Throttle()
     with ExitStack() as stack:
         bars: list[ByteProgress] = []
 
@@ -69,6 +72,8 @@ def create(config_file: Path, full: bool, incremental: bool, if_due: bool) -> No
         def show(state: BackupProgress) -> None:
             for bar in bars:
                 bar.update(state.phase, state.bytes_read, state.estimated_total)
+            if throttle.due(state.phase):
+                record_backup_progress(metrics, state)
 
         manifest = take_backup(
             settings,
@@ -80,6 +85,7 @@ def create(config_file: Path, full: bool, incremental: bool, if_due: bool) -> No
         )
     if manifest is None:
         return
+    record_backup(metrics, manifest)
     click.echo(
         f"backup {manifest.backup_id} ({manifest.backup_type}) stored: "
         f"{_mb(manifest.data.plain_size)} read, {_mb(manifest.data.stored_size)} stored, "
