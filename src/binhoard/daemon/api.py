@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import uvicorn
-from fastapi import FastAPI, Path, Query, Request
+from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -329,6 +329,19 @@ class _Routes:
         return m.Health()
 
 
+async def _no_unknown_query_parameters(request: Request) -> None:
+    """A misspelt parameter (``?ordr=asc``) is refused, as unknown body fields are."""
+    route = request.scope.get("route")
+    known = (
+        {param.alias for param in route.dependant.query_params}
+        if isinstance(route, APIRoute)
+        else set()
+    )
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        raise UsageError(f"unknown query parameter: {', '.join(map(repr, unknown))}")
+
+
 def _in_the_future(when: datetime | None, name: str) -> None:
     if when is not None and when <= datetime.now(UTC):
         raise UsageError(f"{name} is in the past: give a future time, or null")
@@ -352,6 +365,7 @@ def build_app(
         # Like MyHoard, a JSON body without a Content-Type is read as JSON (Gate refuses
         # other types, 415).
         strict_content_type=False,
+        dependencies=[Depends(_no_unknown_query_parameters)],
     )
     routes = _Routes(daemon, metrics_text or daemon.metrics_text, decision_timeout)
     app.state.waits = routes.waits
@@ -405,8 +419,13 @@ def build_app(
     ]
     for method, path, handler, model, tag, extra in table:
         responses = dict(_ERRORS)
-        if model is None:
+        if model is None:  # plain text; errors are JSON all the same
             responses[200] = {"content": {"text/plain": {}}}
+            error_schema = {"schema": {"$ref": "#/components/schemas/ErrorBody"}}
+            responses["default"] = {
+                "description": _ERRORS["default"]["description"],
+                "content": {"application/json": error_schema},
+            }
         app.add_api_route(
             path,
             handler,

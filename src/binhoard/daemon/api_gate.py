@@ -69,7 +69,11 @@ class Gate:
             scheme, _, given = headers.get("authorization", b"").partition(b" ")
             # Constant time: the comparison must not tell how much of a guess was right.
             if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self._token):
-                await _refuse(send, AuthenticationError(), [(b"www-authenticate", b"Bearer")])
+                refusal = AuthenticationError(
+                    "authentication required: send the http_auth_token of the daemon's "
+                    "configuration as Authorization: Bearer <token>"
+                )
+                await _refuse(send, refusal, [(b"www-authenticate", b"Bearer")])
                 return
         declared = headers.get("content-length", b"")
         if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
@@ -91,7 +95,9 @@ class Gate:
                 break
         body = b"".join(chunks)
         if body and not _is_json(headers.get("content-type")):
-            await _refuse(send, UnsupportedMediaTypeError())
+            await _refuse(
+                send, UnsupportedMediaTypeError("the request body must be JSON (application/json)")
+            )
             return
         replayed = False
 

@@ -21,7 +21,6 @@ from pydantic import (
     Field,
     PlainValidator,
     RootModel,
-    StrictBool,
     WithJsonSchema,
     model_validator,
 )
@@ -113,7 +112,9 @@ Name = Annotated[str, Field(min_length=1, max_length=255)]
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Strict: true is not 1, "3" is not 3 (JSON has the types; a client that mixes
+    # them up is told, as the document says).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class _Out(BaseModel):
@@ -134,7 +135,7 @@ class BackupRequest(_Body):
         default=None,
         description="binlog only: wait up to this many seconds for the file to be stored",
     )
-    incremental: StrictBool = Field(
+    incremental: bool = Field(
         default=False, description="basebackup only: incremental if a backup to build on exists"
     )
 
@@ -158,7 +159,7 @@ class BackupSettingsUpdate(_Body):
 class StreamUpdate(_Body):
     """``PATCH /backup/{stream_id}``."""
 
-    broken: StrictBool = Field(
+    broken: bool = Field(
         description="true marks the stream broken (never chosen for a restore); false clears it"
     )
     expire_after_seconds: WaitSeconds | None = Field(
@@ -206,7 +207,7 @@ class StatusUpdate(_Body):
     target_time: Timestamp | None = Field(
         default=None, description="restore only: the last transaction at or before this time"
     )
-    target_time_approximate_ok: StrictBool | None = Field(
+    target_time_approximate_ok: bool | None = Field(
         default=None,
         description="restore only: whole binlog files up to target_time are enough",
     )
@@ -220,7 +221,7 @@ class StatusUpdate(_Body):
         max_length=1_000,
         description=EXTENSION + "restore only: stop at FILE:POS of the source's binlogs",
     )
-    force: StrictBool | None = Field(
+    force: bool | None = Field(
         default=None,
         description="active only: promote without applying the remaining binlogs (loses data)",
     )
