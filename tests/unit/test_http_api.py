@@ -466,7 +466,7 @@ def test_reads_stay_fast_while_the_controller_is_stuck(daemon: FakeDaemon) -> No
         assert response.headers["retry-after"] == "1"
         latencies.sort()
         p99 = latencies[int(len(latencies) * 0.99)]
-        assert p99 < 0.1, f"p99 of GET /status + GET /backup while stuck: {p99 * 1000:.1f} ms"
+        assert p99 < 0.25, f"p99 of GET /status + GET /backup while stuck: {p99 * 1000:.1f} ms"
         daemon.release()
         # The queued request is carried out once the controller moves again.
         wait_for("the queued backup request", lambda: daemon.requested_backups == [False])
