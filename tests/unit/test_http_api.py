@@ -482,6 +482,9 @@ def test_stopping_answers_waiting_requests_at_once(daemon: FakeDaemon) -> None:
         server.stop()
         assert time.monotonic() - started < 3
         assert "stopping" in error_of(waiting.result(timeout=5), 503)
+        port = server.port  # still known once stopped; nothing listens there any more
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
 
 
 def test_openapi_comes_from_the_request_models(api: httpx.Client) -> None:

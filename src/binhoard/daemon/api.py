@@ -125,33 +125,10 @@ class _BackupListing:
             views = list(backups)
             if order is not None:  # as MyHoard: sorted by stream id, which sorts by time
                 views.sort(key=lambda view: view.stream_id, reverse=order == "desc")
-            listing = m.BackupList(backups=[_backup_out(view) for view in views])
+            listing = m.BackupList(backups=[m.BackupOut.model_validate(view) for view in views])
             self._source, self._order = backups, order
             self._body = listing.model_dump_json().encode()
         return self._body
-
-
-def _backup_out(view: BackupView) -> m.BackupOut:
-    window = view.window
-    return m.BackupOut(
-        basebackup_info=dict(view.basebackup_info),
-        broken_at=view.broken_at,
-        closed_at=view.closed_at,
-        completed_at=view.completed_at,
-        preserve_until=view.preserve_until,
-        recovery_site=view.recovery_site,
-        resumable=view.resumable,
-        site=view.site,
-        stream_id=view.stream_id,
-        restorable_window=None
-        if window is None
-        else m.StreamWindowOut(
-            first_time=window.first_time,
-            first_gtid=window.first_gtid,
-            last_time=window.last_time,
-            last_gtid=window.last_gtid,
-        ),
-    )
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -269,16 +246,7 @@ class _Routes:
         return state
 
     async def show_status(self) -> m.StatusOut:
-        status = self.daemon.snapshot().status
-        return m.StatusOut(
-            mode=status.mode,
-            backups_paused_until=status.backups_paused_until,
-            last_backup_at=status.last_backup_at,
-            newest_archived_commit_at=status.newest_archived_commit_at,
-            archive_stalled_reason=status.archive_stalled_reason,
-            last_error=status.last_error,
-            replication_state={node: dict(pos) for node, pos in status.replication_state.items()},
-        )
+        return m.StatusOut.model_validate(self.daemon.snapshot().status)
 
     async def update_status(self, body: m.StatusUpdate) -> m.ModeOut:
         await self.decide(
@@ -304,23 +272,7 @@ class _Routes:
         view = snapshot.restore
         if view is None:
             raise UnavailableError("the restore is starting: its status follows shortly")
-        return m.RestoreStatusOut(
-            basebackup_compressed_bytes_downloaded=view.basebackup_compressed_bytes_downloaded,
-            basebackup_compressed_bytes_total=view.basebackup_compressed_bytes_total,
-            basebackup_prepare_progress=view.basebackup_prepare_progress,
-            binlogs_being_restored=view.binlogs_being_restored,
-            binlogs_pending=view.binlogs_pending,
-            binlogs_restored=view.binlogs_restored,
-            current_backup_incremental=view.current_backup_incremental,
-            current_backup_name=view.current_backup_name or view.stream_id,
-            phase=view.phase,
-            restore_chain_index=view.restore_chain_index,
-            restore_chain_total=view.restore_chain_total,
-            stream_id=view.stream_id,
-            site=view.site,
-            target=view.target,
-            error=view.error,
-        )
+        return m.RestoreStatusOut.model_validate(view)
 
     async def metrics(self) -> PlainTextResponse:
         return PlainTextResponse(self.metrics_text(), media_type="text/plain; version=0.0.4")
@@ -547,6 +499,7 @@ class HttpServer:
             decision_timeout=decision_timeout,
         )
         self._socket: socket.socket | None = None
+        self._bound_port = 0
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -554,15 +507,14 @@ class HttpServer:
     @property
     def port(self) -> int:
         """The bound port once started (port 0 asks for an ephemeral one)."""
-        if self._socket is None:
-            return self._requested_port
-        return int(self._socket.getsockname()[1])
+        return self._bound_port or self._requested_port
 
     def start(self) -> None:
         """Binds and serves in a daemon thread; returns once listening."""
         if self._thread is not None:
             raise BinhoardError("the HTTP server was already started")
         self._socket = self._listen()
+        self._bound_port = int(self._socket.getsockname()[1])
         config = uvicorn.Config(
             self._app,
             http="h11",

@@ -118,7 +118,8 @@ class _Body(BaseModel):
 
 
 class _Out(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    # Built from the controller's views (daemon/port.py dataclasses) by attribute.
+    model_config = ConfigDict(frozen=True, from_attributes=True)
 
 
 # --- requests ------------------------------------------------------------------------
@@ -302,8 +303,9 @@ class BackupOut(_Out):
     site: str
     stream_id: str
     restorable_window: StreamWindowOut | None = Field(
+        validation_alias="window",
         description=EXTENSION + "from the backup's snapshot to the newest archived "
-        "transaction of the stream: every point in it can be restored exactly"
+        "transaction of the stream: every point in it can be restored exactly",
     )
 
 
@@ -347,6 +349,12 @@ class RestoreStatusOut(_Out):
     site: str = Field(description=EXTENSION)
     target: str = Field(description=EXTENSION + "what the restore stops at, in words")
     error: str | None = Field(description=EXTENSION + "why the last attempt failed")
+
+    @model_validator(mode="after")
+    def _name_the_backup(self) -> RestoreStatusOut:
+        if not self.current_backup_name:  # a controller that does not walk chains
+            return self.model_copy(update={"current_backup_name": self.stream_id})
+        return self
 
 
 class Health(_Out):
