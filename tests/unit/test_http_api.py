@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from binhoard.daemon.api import HttpServer
-from binhoard.daemon.api_gate import MAX_BODY_BYTES
+from binhoard.daemon.api_edges import MAX_BODY_BYTES
 from binhoard.daemon.port import MarkBroken, Preserve, RotateBinlog, SetMode
 from binhoard.domain.errors import BinhoardError, UsageError
 from tests.support.fake_daemon import FakeDaemon, stream

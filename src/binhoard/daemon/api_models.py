@@ -317,13 +317,19 @@ class BackupList(_Out):
 
 class StatusOut(_Out):
     mode: Mode
-    backups_paused_until: datetime | None = Field(description=EXTENSION)
-    last_backup_at: datetime | None = Field(description=EXTENSION)
+    backups_paused_until: datetime | None = Field(
+        description=EXTENSION + "no scheduled backups until then (PATCH /backup/settings)"
+    )
+    last_backup_at: datetime | None = Field(
+        description=EXTENSION + "when the newest complete backup finished"
+    )
     newest_archived_commit_at: datetime | None = Field(
         description=EXTENSION + "commit time of the newest archived transaction (RPO)"
     )
-    archive_stalled_reason: str | None = Field(description=EXTENSION)
-    last_error: str | None = Field(description=EXTENSION)
+    archive_stalled_reason: str | None = Field(
+        description=EXTENSION + "why binlog archiving cannot advance; null while it does"
+    )
+    last_error: str | None = Field(description=EXTENSION + "the daemon's last error")
     replication_state: dict[str, dict[str, str]] = Field(
         description=EXTENSION + "as last stored by PUT /replication_state"
     )
@@ -346,7 +352,7 @@ class RestoreStatusOut(_Out):
     restore_chain_index: int
     restore_chain_total: int
     stream_id: str = Field(description=EXTENSION + "the stream being restored")
-    site: str = Field(description=EXTENSION)
+    site: str = Field(description=EXTENSION + "the site of that stream")
     target: str = Field(description=EXTENSION + "what the restore stops at, in words")
     error: str | None = Field(description=EXTENSION + "why the last attempt failed")
 
