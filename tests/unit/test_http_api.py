@@ -398,6 +398,24 @@ def test_a_chunked_body_without_end_is_cut_at_the_limit(daemon: FakeDaemon) -> N
     assert answer.endswith(b'{"message": "the request body is larger than 1048576 bytes"}')
 
 
+def test_a_bug_is_a_500_with_a_message_and_no_traceback(
+    daemon: FakeDaemon, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken() -> str:
+        raise RuntimeError("metrics registry exploded")
+
+    server = HttpServer(daemon, address="127.0.0.1", port=0, auth_token=None, metrics_text=broken)
+    server.start()
+    try:
+        response = httpx.get(f"http://127.0.0.1:{server.port}/metrics")
+        message = error_of(response, 500)
+        assert message == "internal error: the daemon's log has the details"
+        assert "exploded" not in response.text
+    finally:
+        server.stop()
+    assert "metrics registry exploded" in caplog.text  # the log has it
+
+
 # --- security ----------------------------------------------------------------------------
 
 

@@ -329,7 +329,7 @@ def build_app(
             {"name": EXTENSION, "description": "binhoard's own; MyHoard lacks these"},
         ],
     )
-    app.add_middleware(Gate, token=auth_token, open_paths=frozenset({"/healthz"}))
+    app.add_middleware(Gate, token=auth_token)
     return app
 
 

@@ -37,6 +37,7 @@ from binhoard.domain.errors import (
 log = logging.getLogger("binhoard.http")
 
 MAX_BODY_BYTES = 1024 * 1024  # the largest request is a replication state of a few nodes
+OPEN_PATHS = frozenset({"/healthz"})  # the routes that need no token
 
 
 def error_body(message: str) -> dict[str, str]:
@@ -44,10 +45,11 @@ def error_body(message: str) -> dict[str, str]:
 
 
 class Gate:
-    def __init__(self, app: ASGIApp, *, token: str | None, open_paths: frozenset[str]) -> None:
+    """The ASGI middleware every request passes before the application sees it."""
+
+    def __init__(self, app: ASGIApp, *, token: str | None) -> None:
         self.app = app
         self._token = None if token is None else token.encode()
-        self._open_paths = open_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -76,7 +78,7 @@ class Gate:
 
     async def _pass(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = {name.decode("latin-1"): value for name, value in scope["headers"]}
-        if self._token is not None and scope["path"] not in self._open_paths:
+        if self._token is not None and scope["path"] not in OPEN_PATHS:
             scheme, _, given = headers.get("authorization", b"").partition(b" ")
             # Constant time: the comparison must not tell how much of a guess was right.
             if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self._token):
@@ -254,7 +256,7 @@ def describe(app: FastAPI, *, with_token: bool, tags: list[dict[str, str]]) -> N
                     "bearer": {"type": "http", "scheme": "bearer"}
                 }
                 for path, operations in schema["paths"].items():
-                    if path != "/healthz":
+                    if path not in OPEN_PATHS:
                         for operation in operations.values():
                             operation["security"] = [{"bearer": []}]
             app.openapi_schema = schema
