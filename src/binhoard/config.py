@@ -8,8 +8,10 @@ default, in ``docs/configuration.md``.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -121,8 +123,34 @@ def _check_identity_file(value: Path) -> Path:
     return value
 
 
+# RFC 6750's token68: what a bearer token may hold so that it travels in a header as is.
+_TOKEN68 = re.compile(r"[A-Za-z0-9._~+/-]+=*")
+HTTP_AUTH_TOKEN_MIN_LENGTH = 16
+
+
+def _check_http_auth_token(value: SecretStr) -> SecretStr:
+    secret = value.get_secret_value()
+    # Never echo the value: it is the API's password.
+    if len(secret) < HTTP_AUTH_TOKEN_MIN_LENGTH:
+        raise ValueError(f"must be at least {HTTP_AUTH_TOKEN_MIN_LENGTH} characters long")
+    if not _TOKEN68.fullmatch(secret):
+        raise ValueError("may hold only letters, digits and - . _ ~ + / (then = padding)")
+    return value
+
+
+def is_loopback_address(address: str) -> bool:
+    """Whether ``address`` (an IP literal or ``localhost``) reaches this host only."""
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
 AgeRecipient = Annotated[str, AfterValidator(_check_age_recipient)]
 AgeIdentity = Annotated[SecretStr, AfterValidator(_check_age_identity)]
+HttpAuthToken = Annotated[SecretStr, AfterValidator(_check_http_auth_token)]
 IdentityFile = Annotated[Path, AfterValidator(_resolve_path), AfterValidator(_check_identity_file)]
 
 
@@ -251,6 +279,7 @@ class Settings(_Section):
     backup_sites: dict[str, BackupSite] = Field(min_length=1)
     binlog_purge_settings: BinlogPurgeSettings = BinlogPurgeSettings()
     http_address: str = "127.0.0.1"
+    http_auth_token: HttpAuthToken | None = None
     http_port: int = Field(default=16001, ge=1, le=65535)
     mysql: MySQLSettings
     restore_max_binlog_bytes: int = Field(default=4 * 1024**3, ge=1024 * 1024)
@@ -303,6 +332,14 @@ def _semantic_problems(settings: Settings) -> list[tuple[str, str]]:
             (
                 "backup_settings.backup_count_min",
                 f"is {bs.backup_count_min}, larger than backup_count_max {bs.backup_count_max}",
+            )
+        )
+    if settings.http_auth_token is None and not is_loopback_address(settings.http_address):
+        problems.append(
+            (
+                "http_address",
+                f"{settings.http_address!r} is not a loopback address: set http_auth_token "
+                "so that only those who know it can drive the daemon",
             )
         )
     statsd = settings.statsd

@@ -210,3 +210,35 @@ def test_a_bad_private_key_file_names_the_key_and_the_file_never_the_secret(
         (f"{prefix}[2]", f"{two}: expected exactly one AGE-SECRET-KEY line, found 2"),
     ]
     assert secret[20:40] not in text
+
+
+def test_http_api_binds_loopback_unless_a_token_guards_it(tmp_path: Path) -> None:
+    settings = parse_settings(minimal(), source="x.json")
+    assert settings.http_address == "127.0.0.1"
+    assert settings.http_auth_token is None
+    for loopback in ("127.0.0.2", "::1", "localhost"):
+        assert parse_settings({**minimal(), "http_address": loopback}, source="x.json")
+
+    config = tmp_path / "bh.json"
+    everywhere = "0.0.0.0"  # noqa: S104 (only validated here, never bound)
+    config.write_text(json.dumps({**minimal(), "http_address": everywhere}))
+    with pytest.raises(ConfigError) as info:
+        load_settings(config)
+    assert info.value.problems[0][0] == "http_address"
+    assert str(config) in str(info.value)
+    assert "http_auth_token" in str(info.value)
+
+    token = "s3cret-Token_0123456789"
+    guarded = parse_settings(
+        {**minimal(), "http_address": everywhere, "http_auth_token": token}, source="x.json"
+    )
+    assert guarded.http_auth_token is not None
+    assert guarded.http_auth_token.get_secret_value() == token
+    assert token not in repr(guarded)
+
+
+@pytest.mark.parametrize("token", ["short-secret", "has a space in it, 0123456789"])
+def test_a_bad_http_auth_token_is_named_never_printed(token: str) -> None:
+    error = problems_of({**minimal(), "http_auth_token": token})
+    assert [path for path, _ in error.problems] == ["http_auth_token"]
+    assert token not in str(error)

@@ -12,16 +12,36 @@ reads them unchanged; what MyHoard does not have is marked as a binhoard extensi
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, Protocol
 
 from binhoard.domain.errors import BinhoardError
 
+log = logging.getLogger("binhoard.daemon")
+
 Mode = Literal["idle", "active", "observe", "restore", "promote"]
 MODES: tuple[Mode, ...] = ("idle", "active", "observe", "restore", "promote")
+
+# MyHoard's restore phase names, which ``RestoreView.phase`` uses so that its users'
+# automation reads them unchanged (docs/http-api.md says what each means).
+RESTORE_PHASES: tuple[str, ...] = (
+    "getting_backup_info",
+    "initiating_binlog_downloads",
+    "restoring_basebackup",
+    "preparing_backup",
+    "rebuilding_tables",
+    "refreshing_binlogs",
+    "applying_binlogs",
+    "waiting_for_apply_to_finish",
+    "finalizing",
+    "completed",
+    "failed",
+    "failed_basebackup",
+)
 
 
 # --- what the controller publishes ---------------------------------------------------
@@ -66,6 +86,12 @@ class RestoreView:
     binlogs_being_restored: int
     binlogs_pending: int
     binlogs_restored: int
+    # MyHoard's (incremental restores walk a chain of backups, full one first).
+    basebackup_prepare_progress: int | None = None  # percent, while preparing_backup
+    current_backup_name: str = ""
+    current_backup_incremental: bool = False
+    restore_chain_index: int = 1  # 1-based
+    restore_chain_total: int = 1
     # Extensions.
     stream_id: str = ""
     site: str = ""
@@ -123,9 +149,10 @@ class PauseBackups:
 
 @dataclass(frozen=True)
 class MarkBroken:
-    """``PATCH /backup/{stream_id} {"broken": true}``."""
+    """``PATCH /backup/{stream_id} {"broken": true}``; ``broken=False`` clears the mark."""
 
     stream_id: str
+    broken: bool = True
 
 
 @dataclass(frozen=True)
@@ -182,6 +209,10 @@ class Ticket:
     ``done`` once the work it asked for finished (or failed: ``error``). Commands with
     nothing to wait for are done when decided. Waiting never holds a lock the
     controller needs.
+
+    A waiter that must not block a thread (the HTTP side's event loop) registers a
+    wake-up call with ``add_callback`` instead and re-reads ``is_decided``/``is_done``
+    when woken.
     """
 
     def __init__(self, command: Command) -> None:
@@ -189,20 +220,26 @@ class Ticket:
         self.error: BinhoardError | None = None
         self._decided = threading.Event()
         self._done = threading.Event()
+        # Guards the list only; never held while a callback runs.
+        self._callbacks_lock = threading.Lock()
+        self._callbacks: list[Callable[[], None]] = []
 
     def accept(self) -> None:
         self._decided.set()
+        self._changed()
 
     def refuse(self, error: BinhoardError) -> None:
         self.error = error
         self._decided.set()
         self._done.set()
+        self._changed()
 
     def finish(self, error: BinhoardError | None = None) -> None:
         if error is not None:
             self.error = error
         self._decided.set()
         self._done.set()
+        self._changed()
 
     def wait_decided(self, timeout: float) -> bool:
         return self._decided.wait(timeout)
@@ -211,16 +248,43 @@ class Ticket:
         return self._done.wait(timeout)
 
     @property
+    def is_decided(self) -> bool:
+        return self._decided.is_set()
+
+    @property
     def is_done(self) -> bool:
         return self._done.is_set()
+
+    def add_callback(self, wake: Callable[[], None]) -> None:
+        """Calls ``wake()`` now and after every change (decided, done), in the thread
+        that made the change: it must return at once (e.g. schedule work on an event
+        loop) and must not raise. Calling it once now means a change that happened
+        before registering is never missed."""
+        with self._callbacks_lock:
+            self._callbacks.append(wake)
+        wake()
+
+    def _changed(self) -> None:
+        with self._callbacks_lock:
+            callbacks = list(self._callbacks)
+        for wake in callbacks:
+            try:
+                wake()
+            except Exception:
+                # A waiter's bug must not stop the controller that resolved the ticket.
+                log.exception("a ticket's wake-up callback failed")
 
 
 class Daemon(Protocol):
     """What the HTTP side sees of the controller."""
 
-    def snapshot(self) -> Snapshot: ...
+    def snapshot(self) -> Snapshot:
+        """The latest published snapshot; returns at once (no lock a worker holds)."""
+        ...
 
-    def submit(self, command: Command) -> Ticket: ...
+    def submit(self, command: Command) -> Ticket:
+        """Queues the command for the controller's next step; returns at once."""
+        ...
 
     def metrics_text(self) -> str:
         """The metrics in the Prometheus text exposition format."""

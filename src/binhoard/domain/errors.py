@@ -51,6 +51,34 @@ class ConfigError(UsageError):
         super().__init__("\n".join([header, *lines]))
 
 
+class AuthenticationError(UsageError):
+    """The HTTP API needs the bearer token of ``http_auth_token``: send
+    ``Authorization: Bearer <token>``."""
+
+    http_status = 401
+
+
+class RequestTooLargeError(UsageError):
+    """The request body is larger than the HTTP API accepts."""
+
+    http_status = 413
+
+
+class UnsupportedMediaTypeError(UsageError):
+    """The request body must be JSON (``Content-Type: application/json``)."""
+
+    http_status = 415
+
+
+class UnavailableError(BinhoardError):
+    """The daemon cannot answer now: its controller did not decide in time, or it is
+    stopping. Retrying later may work."""
+
+    exit_code = 11
+    http_status = 503
+    retryable = True
+
+
 class NotFoundError(BinhoardError):
     """The requested thing does not exist."""
 
