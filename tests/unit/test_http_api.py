@@ -117,7 +117,12 @@ def test_backup_requests(api: httpx.Client, daemon: FakeDaemon) -> None:
         response = api.post("/backup", json=body)
         assert response.status_code == 200
         assert response.json() == {"success": True}
-    assert daemon.requested_backups == [False, True]
+    # Plain `curl -d '{...}'` (a url-encoded content type with a JSON body) as MyHoard's
+    # users' scripts send it.
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    response = api.post("/backup", content=b'{"backup_type": "basebackup"}', headers=form)
+    assert response.status_code == 200, response.text
+    assert daemon.requested_backups == [False, True, False]
     message = error_of(
         api.post("/backup", json={"backup_type": "basebackup", "wait_for_upload": 3}), 400
     )
@@ -346,6 +351,13 @@ def test_bad_requests_are_4xx_with_a_message_never_5xx(api: httpx.Client) -> Non
                 "content": b"backup_type=binlog",
                 "headers": {"content-type": "application/x-www-form-urlencoded"},
             },
+            400,
+            "JSON",
+        ),
+        (
+            "POST",
+            "/backup",
+            {"content": b'{"backup_type": "binlog"}', "headers": {"content-type": "text/plain"}},
             415,
             "must be JSON",
         ),

@@ -107,7 +107,13 @@ class Gate:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
-        if body and not _is_json(headers.get("content-type")):
+        content_type = headers.get("content-type")
+        if body and _is_curl_form(content_type):
+            # What plain `curl -d '{...}'` sends (MyHoard's users' scripts do): read it as
+            # JSON. Safe against a web page's form: a browser percent-encodes such a body,
+            # so it can never be a JSON object; text/plain forms stay refused below.
+            scope = {**scope, "headers": _with_json_type(scope["headers"])}
+        elif body and not _is_json(content_type):
             await _refuse(
                 send, UnsupportedMediaTypeError("the request body must be JSON (application/json)")
             )
@@ -135,6 +141,17 @@ def _is_json(content_type: bytes | None) -> bool:
     return parsed.get_content_maintype() == "application" and (
         subtype == "json" or subtype.endswith("+json")
     )
+
+
+def _is_curl_form(content_type: bytes | None) -> bool:
+    return content_type is not None and content_type.split(b";")[0].strip().lower() == (
+        b"application/x-www-form-urlencoded"
+    )
+
+
+def _with_json_type(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    kept = [(name, value) for name, value in headers if name.lower() != b"content-type"]
+    return [*kept, (b"content-type", b"application/json")]
 
 
 def _too_large() -> RequestTooLargeError:
