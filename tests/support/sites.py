@@ -168,6 +168,14 @@ class SiteBuilder:
     def record_key(self, backup_id: str, seq: int) -> str:
         return binlog_record_key(backup_id, seq)
 
+    def put_objects(self) -> None:
+        """Writes the objects the manifests and records name (a few bytes each), for
+        tests of what deleting a backup removes."""
+        keys = {k for b in self.backups for k in (b.data.key, b.my_cnf.key)}
+        keys |= {r.object.key for records in self.records.values() for r in records}
+        for key in sorted(keys):
+            self.store.put(key, [key.encode()])
+
 
 class CountingObserver:
     """A ``StoreObserver`` (for ``MetricsStore``) that counts calls by operation."""

@@ -13,6 +13,7 @@ from binhoard.cli.backup import backup_group
 from binhoard.cli.binlog import binlog_group
 from binhoard.cli.config_cmd import config_group
 from binhoard.cli.keys import keys_group
+from binhoard.cli.prune import prune_command
 from binhoard.cli.restore import restore_command
 from binhoard.cli.sandbox import sandbox_group
 from binhoard.cli.status import status_command
@@ -37,6 +38,7 @@ cli.add_command(status_command)
 cli.add_command(backup_group)
 cli.add_command(restore_command)
 cli.add_command(binlog_group)
+cli.add_command(prune_command)
 
 
 def main(argv: list[str] | None = None) -> None:

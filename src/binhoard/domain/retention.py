@@ -33,6 +33,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from binhoard.domain.manifest import backup_id_time
+from binhoard.domain.schedule import format_utc
 
 Rule = Literal[
     "open-stream",
@@ -99,10 +100,6 @@ class RetentionDecision:
     @property
     def action(self) -> str:
         return "keep" if self.keep else "delete"
-
-
-def format_time(moment: datetime) -> str:
-    return f"{moment.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
 
 
 def _days(age: timedelta) -> str:
@@ -183,7 +180,7 @@ def _protection(
             "set again",
         )
     if c.preserve_until is not None and c.preserve_until > now:
-        return "preserved", f"preserved until {format_time(c.preserve_until)}"
+        return "preserved", f"preserved until {format_utc(c.preserve_until)}"
     return None
 
 
@@ -254,8 +251,8 @@ def _by_count_and_age(
         return (
             False,
             "expired",
-            f"{following.backup_id}, newer, was taken {format_time(following.time)}, before "
-            f"the {days}-day window (backup_age_days_max) began at {format_time(start)}: "
+            f"{following.backup_id}, newer, was taken {format_utc(following.time)}, before "
+            f"the {days}-day window (backup_age_days_max) began at {format_utc(start)}: "
             "no restore in the window starts from this one",
         )
     if c.time <= start:
@@ -263,7 +260,7 @@ def _by_count_and_age(
             True,
             "window",
             f"restores to the start of the {days}-day window (backup_age_days_max), "
-            f"{format_time(start)}, start from it",
+            f"{format_utc(start)}, start from it",
         )
     return True, "window", f"taken within the last {days} days (backup_age_days_max)"
 

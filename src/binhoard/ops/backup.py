@@ -29,7 +29,7 @@ from binhoard.domain.manifest import (
 from binhoard.domain.schedule import Due, backup_due, choose_backup_type, incremental_parent
 from binhoard.localstate import StateFile, exclusive
 from binhoard.ops.catalog import read_site
-from binhoard.ops.expire import DeletionJournal, finish_leftovers, live_binlog_keys
+from binhoard.ops.expire import DeletionJournal, binlog_references, finish_leftovers
 from binhoard.ops.site import LEFTOVER_GRACE, find_leftovers, list_backups, removable_leftovers
 from binhoard.server import sql
 from binhoard.server.backup_tool import MariaBackup
@@ -85,7 +85,7 @@ def cleanup_leftovers(settings: Settings, store: ObjectStore, now: datetime) -> 
     removable = removable_leftovers(find_leftovers(store), ours=ours, now=now, grace=LEFTOVER_GRACE)
     # The site's references are read only if a leftover is an interrupted deletion
     # whose stream still names binlog data objects (rare).
-    finish_leftovers(store, removable, lambda: live_binlog_keys(store, read_site(store)))
+    finish_leftovers(store, removable, lambda: binlog_references(store, read_site(store)))
     _remove_work_dirs(settings)
     _in_progress(settings).clear()
     return [left.backup_id for left in removable]

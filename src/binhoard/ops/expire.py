@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -126,19 +127,16 @@ class Deletion:
     binlog_objects: int  # binlog data objects no other stream referenced
 
 
-def live_binlog_keys(
-    store: ObjectStore, site: SiteState, excluding: Collection[str] = ()
-) -> set[str]:
-    """The binlog data objects that streams other than ``excluding`` name. Streams whose
+def binlog_references(store: ObjectStore, site: SiteState) -> dict[str, set[str]]:
+    """The binlog data objects each stream's records name, by stream. Streams whose
     manifest cannot be read (not in ``site.streams``; rare) are read here: their
     objects are kept as long as their records are."""
-    keys = {r.object.key for s in site.streams if s.stream_id not in excluding for r in s.records}
-    present = {s.stream_id for s in site.streams}
+    found = {s.stream_id: {r.object.key for r in s.records} for s in site.streams}
     for entry in site.backups.entries:
-        if entry.backup_id not in present and entry.backup_id not in excluding:
-            listing = list(store.list(stream_prefix(entry.backup_id)))
-            keys |= _named_data_keys(store, listing, ())
-    return keys
+        if entry.backup_id not in found:
+            listing = store.list(stream_prefix(entry.backup_id))
+            found[entry.backup_id] = _named_data_keys(store, listing, ())
+    return found
 
 
 def _named_data_keys(
@@ -160,21 +158,31 @@ def _named_data_keys(
 
 
 class _Deleter:
-    """Deletes backups in the order of the module docstring; the references of the
-    streams that stay (``live``) are worked out once, when first needed."""
+    """Deletes backups in the order of the module docstring. A binlog data object goes
+    with the last stream that names it: the references of every stream (``references``,
+    read when first needed) are counted down as streams go."""
 
     def __init__(
         self,
         store: ObjectStore,
-        live: Callable[[], set[str]],
+        references: Callable[[], dict[str, set[str]]],
         records: dict[str, Sequence[BinlogRecord]] | None = None,
         cache: SiteCache | None = None,
     ) -> None:
         self.store = store
-        self._live = live
-        self._live_keys: set[str] | None = None
+        self._references = references
+        self._by_stream: dict[str, set[str]] | None = None
+        self._count: Counter[str] = Counter()
         self.records = records or {}
         self.cache = cache
+
+    def _unreferenced(self, backup_id: str, keys: set[str]) -> set[str]:
+        """Of ``keys``, those no stream but ``backup_id`` (going now) names."""
+        if self._by_stream is None:
+            self._by_stream = self._references()
+            self._count.update(k for named in self._by_stream.values() for k in named)
+        self._count.subtract(self._by_stream.pop(backup_id, set()))
+        return {k for k in keys if self._count[k] <= 0}
 
     def delete(self, backup_id: str) -> Deletion:
         """Steps 1-4."""
@@ -186,9 +194,7 @@ class _Deleter:
         stream = list(self.store.list(stream_prefix(backup_id)))
         data = _named_data_keys(self.store, stream, self.records.get(backup_id, ()))
         if data:
-            if self._live_keys is None:
-                self._live_keys = self._live()
-            data -= self._live_keys
+            data = self._unreferenced(backup_id, data)
         for key in sorted(data):
             self.store.delete(key)
         rest = [*stream, *self.store.list(promotions_prefix(backup_id))]
@@ -220,7 +226,7 @@ def delete_backups(
         journal.begin(backup_ids)
     deleter = _Deleter(
         store,
-        lambda: live_binlog_keys(store, site, excluding=set(backup_ids)),
+        lambda: binlog_references(store, site),
         {s.stream_id: s.records for s in site.streams},
         cache,
     )
@@ -243,13 +249,13 @@ def delete_backups(
 def finish_leftovers(
     store: ObjectStore,
     leftovers: Iterable[Leftover],
-    live: Callable[[], set[str]],
+    references: Callable[[], dict[str, set[str]]],
     cache: SiteCache | None = None,
 ) -> list[Deletion]:
     """Removes what backups without a manifest left: an interrupted deletion's streams
     and binlog data objects (steps 2-4) as well as an interrupted backup's objects.
-    ``live``: the data objects the site's streams name (asked only if needed)."""
-    deleter = _Deleter(store, live, cache=cache)
+    ``references``: ``binlog_references`` of the site (asked only if needed)."""
+    deleter = _Deleter(store, references, cache=cache)
     done = []
     try:
         for left in leftovers:
@@ -302,7 +308,7 @@ def prune_site(
     waiting = [left.backup_id for left in leftovers if left not in removable]
     if dry_run:
         return PruneReport(decisions, leftovers=waiting)
-    finished = finish_leftovers(store, removable, lambda: live_binlog_keys(store, site), cache)
+    finished = finish_leftovers(store, removable, lambda: binlog_references(store, site), cache)
     deleted = apply_retention(store, site, decisions, journal=journal, cache=cache)
     if journal is not None:
         journal.done()
