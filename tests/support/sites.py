@@ -177,6 +177,25 @@ class SiteBuilder:
             self.store.put(key, [key.encode()])
 
 
+def full_incremental_full(store: ObjectStore) -> SiteBuilder:
+    """A full backup A (binlog files 1-4) with an incremental B on it (4-6), then a full
+    C (6-7); streams A and B are closed by C, which is completed. Neighbouring streams
+    share a file (4, 6)."""
+    build = SiteBuilder(store)
+    build.backup("A")
+    build.archive("A", 3)
+    build.backup("B", parent="A")
+    build.archive("A", 1)
+    build.archive("B", 2)
+    build.backup("C")
+    build.archive("B", 1)
+    build.archive("C", 2)
+    build.mark("A", closed_by="C")
+    build.mark("B", closed_by="C")
+    build.mark("C")
+    return build
+
+
 class CountingObserver:
     """A ``StoreObserver`` (for ``MetricsStore``) that counts calls by operation."""
 

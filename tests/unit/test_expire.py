@@ -19,7 +19,7 @@ from binhoard.ops.expire import DeletionJournal, delete_backup, prune
 from binhoard.ops.marks import preserve
 from binhoard.storage.store import MemoryStore, ObjectStore, read_all
 from binhoard.storage.wrappers import FaultPlan, FaultyStore
-from tests.support.sites import SiteBuilder, site_config
+from tests.support.sites import SiteBuilder, full_incremental_full, site_config
 
 KEEP_TWO = RetentionPolicy(count_min=0, count_max=2)
 
@@ -30,24 +30,14 @@ def now() -> datetime:
 
 
 def build_site(store: ObjectStore) -> SiteBuilder:
-    """Full A (files 1-4), incremental B on A (4-6), full C (6-8), full D (8): each
-    stream closed by the next full one's; neighbours share a binlog file's object."""
-    build = SiteBuilder(store)
-    build.backup("A")
-    build.archive("A", 3)
-    build.backup("B", parent="A")
-    build.archive("A", 1)
-    build.archive("B", 2)
-    build.backup("C")
-    build.archive("B", 1)
-    build.archive("C", 2)
-    build.mark("A", closed_by="C")
-    build.mark("B", closed_by="C")
+    """``full_incremental_full`` (A, B on A, C), then a full D (file 8) that closes C;
+    each stream shares a binlog file's object with the next."""
+    build = full_incremental_full(store)
     build.backup("D")
     build.archive("C", 1)
     build.archive("D", 1)
-    build.mark("C", closed_by="D")
-    build.mark("D", completed=True)
+    build.mark("C", completed=False, closed_by="D")
+    build.mark("D")
     build.put_objects()
     return build
 
@@ -213,3 +203,12 @@ def test_an_open_stream_is_kept_and_a_broken_backup_goes_once_a_newer_one_is_usa
         ("D", "keep", "open-stream"),
         ("E", "keep", "newest"),
     ]
+
+
+def test_two_deletions_on_one_host_do_not_run_together(tmp_path: Path) -> None:
+    store = MemoryStore()
+    build_site(store)
+    journal = DeletionJournal(tmp_path)
+    with journal.locked(), pytest.raises(ConflictError, match="already running a deletion"):
+        prune(store, KEEP_TWO, now(), journal=DeletionJournal(tmp_path))
+    assert prune(store, KEEP_TWO, now(), journal=journal).deleted

@@ -19,7 +19,7 @@ from binhoard.ops.site import list_backups, read_backups
 from binhoard.ops.sitecache import open_cache
 from binhoard.storage.store import MemoryStore, read_all
 from binhoard.storage.wrappers import MetricsStore
-from tests.support.sites import CountingObserver, SiteBuilder
+from tests.support.sites import CountingObserver, full_incremental_full
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 
@@ -28,13 +28,7 @@ NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 def store() -> MemoryStore:
     """Full A, incremental B on A, full C."""
     store = MemoryStore()
-    build = SiteBuilder(store)
-    build.backup("A")
-    build.archive("A", 2)
-    build.backup("B", parent="A")
-    build.archive("B", 1)
-    build.backup("C")
-    build.archive("C", 1)
+    full_incremental_full(store)
     return store
 
 

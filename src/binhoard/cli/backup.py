@@ -15,8 +15,8 @@ from rich.table import Table
 from binhoard.app import open_site, site_name
 from binhoard.cli.common import config_option, json_option, site_option
 from binhoard.cli.progress import ByteProgress
-from binhoard.config import Settings, load_settings
-from binhoard.domain.errors import UsageError
+from binhoard.config import load_settings
+from binhoard.domain.errors import DeletionRefusedError, UsageError
 from binhoard.domain.manifest import BackupManifest, BackupType
 from binhoard.domain.restore_plan import parse_time_target
 from binhoard.domain.schedule import format_utc
@@ -255,10 +255,6 @@ def show(backup_id: str, config_file: Path, site: str | None) -> None:
     click.echo(json.dumps(summary, indent=2))
 
 
-def _deletion_journal(settings: Settings) -> DeletionJournal:
-    return DeletionJournal(settings.state_directory)
-
-
 @backup_group.command("delete")
 @click.argument("backup_id")
 @config_option
@@ -280,18 +276,18 @@ def delete(backup_id: str, config_file: Path, force: bool) -> None:
     """
     settings = load_settings(config_file)
     store = open_site(settings)
-    cache = open_cache(settings.state_directory, store.describe())
-    try:
-        deleted = delete_backup(
-            store,
-            backup_id,
-            datetime.now(UTC),
-            force=force,
-            journal=_deletion_journal(settings),
-            cache=cache,
-        )
-    finally:
-        cache.close()
+    with open_cache(settings.state_directory, store.describe()) as cache:
+        try:
+            deleted = delete_backup(
+                store,
+                backup_id,
+                datetime.now(UTC),
+                force=force,
+                journal=DeletionJournal(settings.state_directory),
+                cache=cache,
+            )
+        except DeletionRefusedError as exc:
+            raise DeletionRefusedError(f"{exc.message} (--force deletes it anyway)") from None
     for done in deleted:
         click.echo(deleted_line(done))
 

@@ -32,8 +32,7 @@ def prune_command(config_file: Path, dry_run: bool, as_json: bool) -> None:
     """
     settings = load_settings(config_file)
     store = open_site(settings)
-    cache = open_cache(settings.state_directory, store.describe())
-    try:
+    with open_cache(settings.state_directory, store.describe()) as cache:
         report = prune(
             store,
             retention_policy(settings.backup_settings),
@@ -42,8 +41,6 @@ def prune_command(config_file: Path, dry_run: bool, as_json: bool) -> None:
             cache=cache,
             dry_run=dry_run,
         )
-    finally:
-        cache.close()
     if as_json:
         click.echo(json.dumps(_as_json(report, dry_run), indent=2))
         return

@@ -36,7 +36,7 @@ from pathlib import Path
 from binhoard.config import BackupSettings
 from binhoard.domain.catalog import BinlogRecord, stream_prefix
 from binhoard.domain.documents import CorruptDocumentError
-from binhoard.domain.errors import ConflictError, NotFoundError, ObjectNotFoundError
+from binhoard.domain.errors import DeletionRefusedError, NotFoundError, ObjectNotFoundError
 from binhoard.domain.manifest import backup_prefix, manifest_key
 from binhoard.domain.retention import (
     GfsCounts,
@@ -184,6 +184,24 @@ class _Deleter:
         self._count.subtract(self._by_stream.pop(backup_id, set()))
         return {k for k in keys if self._count[k] <= 0}
 
+    def run(self, backup_ids: Iterable[str], step: Callable[[str], Deletion]) -> list[Deletion]:
+        """``step`` for each backup in turn; what the cache must forget is written even
+        when one fails."""
+        done = []
+        try:
+            for backup_id in backup_ids:
+                done.append(step(backup_id))
+                log.info(
+                    "removed backup %s: %d objects, %d binlog data objects",
+                    backup_id,
+                    done[-1].objects,
+                    done[-1].binlog_objects,
+                )
+        finally:
+            if self.cache is not None:
+                self.cache.commit()
+        return done
+
     def delete(self, backup_id: str) -> Deletion:
         """Steps 1-4."""
         self.store.delete(manifest_key(backup_id))
@@ -230,20 +248,7 @@ def delete_backups(
         {s.stream_id: s.records for s in site.streams},
         cache,
     )
-    done = []
-    try:
-        for backup_id in backup_ids:
-            done.append(deleter.delete(backup_id))
-            log.info(
-                "deleted backup %s: %d objects, %d binlog data objects",
-                backup_id,
-                done[-1].objects,
-                done[-1].binlog_objects,
-            )
-    finally:
-        if cache is not None:
-            cache.commit()
-    return done
+    return deleter.run(backup_ids, deleter.delete)
 
 
 def finish_leftovers(
@@ -256,15 +261,7 @@ def finish_leftovers(
     and binlog data objects (steps 2-4) as well as an interrupted backup's objects.
     ``references``: ``binlog_references`` of the site (asked only if needed)."""
     deleter = _Deleter(store, references, cache=cache)
-    done = []
-    try:
-        for left in leftovers:
-            done.append(deleter.finish(left.backup_id))
-            log.info("removed %d objects left by backup %s", done[-1].objects, left.backup_id)
-    finally:
-        if cache is not None:
-            cache.commit()
-    return done
+    return deleter.run([left.backup_id for left in leftovers], deleter.finish)
 
 
 def apply_retention(
@@ -300,19 +297,30 @@ def prune_site(
 ) -> PruneReport:
     """Retention on ``site`` (read just before, e.g. by an archive pass): finishes
     leftovers that may be removed now, then deletes what the policy says. No request
-    beyond the deletions themselves (and a listing per backup deleted)."""
+    beyond the deletions themselves (and a few listings per backup deleted). With a
+    ``journal``, holds this host's deletion lock (``ConflictError`` if another process
+    here is deleting)."""
     decisions = plan_retention(retention_candidates(site), policy, now)
-    ours = journal.pending() if journal is not None else set()
-    leftovers = list(site.backups.leftovers)
-    removable = removable_leftovers(leftovers, ours=ours, now=now, grace=LEFTOVER_GRACE)
-    waiting = [left.backup_id for left in leftovers if left not in removable]
-    if dry_run:
-        return PruneReport(decisions, leftovers=waiting)
-    finished = finish_leftovers(store, removable, lambda: binlog_references(store, site), cache)
-    deleted = apply_retention(store, site, decisions, journal=journal, cache=cache)
-    if journal is not None:
-        journal.done()
+    with _locked(journal):
+        ours = journal.pending() if journal is not None else set()
+        leftovers = list(site.backups.leftovers)
+        removable = removable_leftovers(leftovers, ours=ours, now=now, grace=LEFTOVER_GRACE)
+        waiting = [left.backup_id for left in leftovers if left not in removable]
+        if dry_run:
+            return PruneReport(decisions, leftovers=waiting)
+
+        def references() -> dict[str, set[str]]:
+            return binlog_references(store, site)
+
+        finished = finish_leftovers(store, removable, references, cache)
+        deleted = apply_retention(store, site, decisions, journal=journal, cache=cache)
+        if journal is not None:
+            journal.done()
     return PruneReport(decisions, deleted, finished, waiting)
+
+
+def _locked(journal: DeletionJournal | None) -> contextlib.AbstractContextManager[None]:
+    return journal.locked() if journal is not None else contextlib.nullcontext()
 
 
 def prune(
@@ -324,11 +332,10 @@ def prune(
     cache: SiteCache | None = None,
     dry_run: bool = False,
 ) -> PruneReport:
-    """Reads the site and applies retention (``prune_site``), holding this host's
-    deletion lock when there is a journal."""
-    with journal.locked() if journal is not None else contextlib.nullcontext():
-        site = read_site(store, cache, incremental=True)
-        return prune_site(store, site, policy, now, journal=journal, cache=cache, dry_run=dry_run)
+    """Reads the site (through ``cache``: only what is new) and applies retention
+    (``prune_site``)."""
+    site = read_site(store, cache, incremental=True)
+    return prune_site(store, site, policy, now, journal=journal, cache=cache, dry_run=dry_run)
 
 
 def delete_backup(
@@ -341,19 +348,17 @@ def delete_backup(
     cache: SiteCache | None = None,
 ) -> list[Deletion]:
     """Deletes one backup by hand, with the incrementals that build on it. Refused
-    (``ConflictError``, saying why) for what retention would never delete (an open
+    (``DeletionRefusedError``, saying why) for what retention would never delete (an open
     stream, the newest backup that can be restored, a preserved one) and when
     incrementals would go with it, unless ``force``."""
-    with journal.locked() if journal is not None else contextlib.nullcontext():
+    with _locked(journal):
         site = read_site(store, cache, incremental=True)
         plan = plan_deletion(retention_candidates(site), backup_id, now)
         if plan is None:
             raise NotFoundError(f"no backup {backup_id} in {store.describe()}")
         if plan.refusals and not force:
-            raise ConflictError(
-                f"not deleting backup {backup_id}: "
-                + "; ".join(plan.refusals)
-                + " (--force deletes it anyway)"
+            raise DeletionRefusedError(
+                f"not deleting backup {backup_id}: " + "; ".join(plan.refusals)
             )
         deleted = delete_backups(store, site, plan.backup_ids, journal=journal, cache=cache)
         if journal is not None:
