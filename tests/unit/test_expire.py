@@ -10,12 +10,17 @@ from pathlib import Path
 import pytest
 
 from binhoard.config import parse_settings
-from binhoard.domain.errors import ConflictError, NotFoundError, TransientStorageError
+from binhoard.domain.errors import (
+    ConfigError,
+    ConflictError,
+    NotFoundError,
+    TransientStorageError,
+)
 from binhoard.domain.manifest import manifest_key
-from binhoard.domain.retention import RetentionPolicy
+from binhoard.domain.retention import GfsCounts, RetentionPolicy
 from binhoard.ops.backup import cleanup_leftovers
 from binhoard.ops.catalog import read_site
-from binhoard.ops.expire import DeletionJournal, delete_backup, prune
+from binhoard.ops.expire import DeletionJournal, delete_backup, prune, retention_policy
 from binhoard.ops.marks import preserve
 from binhoard.storage.store import MemoryStore, ObjectStore, read_all
 from binhoard.storage.wrappers import FaultPlan, FaultyStore
@@ -212,3 +217,22 @@ def test_two_deletions_on_one_host_do_not_run_together(tmp_path: Path) -> None:
     with journal.locked(), pytest.raises(ConflictError, match="already running a deletion"):
         prune(store, KEEP_TWO, now(), journal=DeletionJournal(tmp_path))
     assert prune(store, KEEP_TWO, now(), journal=journal).deleted
+
+
+def test_the_policy_comes_from_backup_settings(tmp_path: Path) -> None:
+    data = site_config(tmp_path)
+    data["backup_settings"] = {
+        "backup_count_min": 2,
+        "backup_count_max": 9,
+        "backup_age_days_max": 1.5,
+        "retention": {"daily": 7, "monthly": 12},
+    }
+    policy = retention_policy(parse_settings(data, source="test").backup_settings)
+    assert policy == RetentionPolicy(2, 9, timedelta(hours=36), GfsCounts(daily=7, monthly=12))
+    data["backup_settings"] = {"retention": {"daily": -1, "fortnightly": 2}}
+    with pytest.raises(ConfigError) as raised:
+        parse_settings(data, source="bh.json")
+    assert raised.value.problems == [
+        ("backup_settings.retention.daily", "Input should be greater than or equal to 0"),
+        ("backup_settings.retention.fortnightly", "unknown key"),
+    ]
