@@ -99,7 +99,7 @@ def test_delete_refuses_with_reasons_unless_forced(
 ) -> None:
     code, out, err = run(["backup", "delete", "D", "--config", str(config)], capsys)
     assert code == 4
-    assert "not deleting backup D: D: the newest backup that can be restored" in err
+    assert "not deleting backup D: the newest backup that can be restored" in err
     assert "--force" in err and "Traceback" not in err
     code, out, err = run(["backup", "delete", "nope", "--config", str(config)], capsys)
     assert code == 3 and "no backup nope" in err

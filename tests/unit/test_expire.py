@@ -167,12 +167,12 @@ def test_delete_by_hand_refuses_what_retention_keeps_unless_forced(tmp_path: Pat
     journal = DeletionJournal(tmp_path)
     with pytest.raises(NotFoundError, match="no backup X"):
         delete_backup(store, "X", now(), journal=journal)
-    with pytest.raises(ConflictError, match="D: the newest backup that can be restored"):
+    with pytest.raises(ConflictError, match="backup D: the newest backup that can be restored"):
         delete_backup(store, "D", now(), journal=journal)
     with pytest.raises(ConflictError, match=r"incremental backups build on A .*: B"):
         delete_backup(store, "A", now(), journal=journal)
     preserve(store, "C", now() + timedelta(days=1), now=now())
-    with pytest.raises(ConflictError, match="C: preserved until"):
+    with pytest.raises(ConflictError, match="backup C: preserved until"):
         delete_backup(store, "C", now(), journal=journal)
     assert [d.backup_id for d in delete_backup(store, "B", now(), journal=journal)] == ["B"]
     assert_consistent(store)

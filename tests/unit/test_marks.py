@@ -78,7 +78,7 @@ def test_a_backup_marked_broken_is_never_restored_or_built_on(store: MemoryStore
     broken = listing.broken
     assert broken["A"].key == "backups/A/broken/0000000000.json"
     assert broken["A"].reason == (
-        "backup A was marked broken at 2026-03-10T12:00:00+00:00: restore test failed"
+        "backup A was marked broken at 2026-03-10 12:00:00 UTC: restore test failed"
     )
     assert "builds on backup A, which is broken" in broken["B"].reason  # its incremental
     assert listing.entries[0].broken_mark is not None

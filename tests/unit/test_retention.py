@@ -277,10 +277,17 @@ def test_deleting_by_hand_says_what_retention_would_refuse() -> None:
     assert single is not None and single.backup_ids == ("i1",) and single.refusals == ()
     open_one = plan_deletion(backups, "f2", NOW)
     assert open_one is not None
-    assert open_one.refusals == ("f2: its stream is open: it still receives binlogs",)
+    assert open_one.refusals == ("its stream is open: it still receives binlogs",)
     newest = plan_deletion(backups, "f3", NOW)
     assert newest is not None
-    assert newest.refusals == ("f3: the newest backup that can be restored",)
+    assert newest.refusals == ("the newest backup that can be restored",)
+    i2 = backup("i2", 2 * DAY, parent=f3)
+    with_newest = plan_deletion([f1, i1, f2, f3, i2], "f3", NOW)
+    assert with_newest is not None
+    assert with_newest.refusals == (
+        "i2, which builds on it: the newest backup that can be restored",
+        "incremental backups build on f3 and would be deleted with it: i2",
+    )
 
 
 # --- invariants on random catalogs ----------------------------------------------------------

@@ -207,8 +207,10 @@ def plan_deletion(
     refusals = []
     for c in going:
         protected = _protection(c, newest, now)
-        if protected is not None:
-            refusals.append(f"{c.backup_id}: {protected[1]}")
+        if protected is not None and c.backup_id == backup_id:
+            refusals.append(protected[1])
+        elif protected is not None:
+            refusals.append(f"{c.backup_id}, which builds on it: {protected[1]}")
     dependents = [c.backup_id for c in going if c.backup_id != backup_id]
     if dependents:
         refusals.append(

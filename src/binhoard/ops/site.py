@@ -15,6 +15,7 @@ from binhoard.domain.documents import CorruptDocumentError
 from binhoard.domain.errors import NotFoundError, ObjectNotFoundError
 from binhoard.domain.manifest import BackupManifest, manifest_key
 from binhoard.domain.marks import BackupMark, MarkKind, parse_mark_key
+from binhoard.domain.schedule import format_utc
 from binhoard.ops.sitecache import CachedDocument, SiteCache
 from binhoard.storage.store import ObjectInfo, ObjectStore, read_all
 
@@ -224,9 +225,8 @@ def read_backups(store: ObjectStore, cache: SiteCache | None = None) -> BackupLi
 
 def _marked_broken(mark: BackupMark) -> Broken:
     why = f": {mark.reason}" if mark.reason else ""
-    return Broken(
-        mark.key, f"backup {mark.backup_id} was marked broken at {mark.at.isoformat()}{why}"
-    )
+    when = format_utc(mark.at)
+    return Broken(mark.key, f"backup {mark.backup_id} was marked broken at {when}{why}")
 
 
 def _entry(
