@@ -14,6 +14,7 @@ from binhoard.cli.binlog import binlog_group
 from binhoard.cli.common import report_command_error, stop_telemetry
 from binhoard.cli.config_cmd import config_group
 from binhoard.cli.keys import keys_group
+from binhoard.cli.prune import prune_command
 from binhoard.cli.restore import restore_command
 from binhoard.cli.sandbox import sandbox_group
 from binhoard.cli.status import status_command
@@ -38,6 +39,7 @@ cli.add_command(status_command)
 cli.add_command(backup_group)
 cli.add_command(restore_command)
 cli.add_command(binlog_group)
+cli.add_command(prune_command)
 
 
 def main(argv: list[str] | None = None) -> None:
