@@ -70,6 +70,17 @@ class IncrementalSettings(_Section):
         return frozenset(self.full_backup_week_schedule.split(","))
 
 
+class RetentionCounts(_Section):
+    """Grandfather-father-son counts, kept on top of backup_count_*/backup_age_days_max:
+    the newest backup of each of the last N hours, days, ISO weeks, months, years (UTC)."""
+
+    hourly: int = Field(default=0, ge=0)
+    daily: int = Field(default=0, ge=0)
+    weekly: int = Field(default=0, ge=0)
+    monthly: int = Field(default=0, ge=0)
+    yearly: int = Field(default=0, ge=0)
+
+
 class BackupSettings(_Section):
     backup_age_days_max: float | None = Field(default=None, gt=0)
     backup_count_max: int = Field(default=100, ge=1)
@@ -80,6 +91,7 @@ class BackupSettings(_Section):
     forced_binlog_rotation_interval: float = Field(default=300, gt=0)
     upload_site: str = "default"
     incremental: IncrementalSettings = IncrementalSettings()
+    retention: RetentionCounts = RetentionCounts()
 
 
 class CompressionSettings(_Section):
@@ -270,6 +282,8 @@ class StatsdSettings(_Section):
     host: str | None = None
     port: int | None = Field(default=None, ge=1, le=65535)
     tags: dict[str, str] = Field(default_factory=dict)
+    # telegraf: ``name,tag=v:1|c`` (MyHoard's); dogstatsd: ``name:1|c|#tag:v``.
+    format: Literal["telegraf", "dogstatsd"] = "telegraf"
 
 
 class Settings(_Section):

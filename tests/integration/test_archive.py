@@ -149,7 +149,7 @@ def test_a_binlog_purged_before_archiving_is_reported_as_a_gap(sandboxes: Sandbo
     metrics = Metrics()
     publish(settings, again, metrics)
     assert metrics.value("binhoard.binlog.archive_problems") == 1
-    assert "binhoard_binlog_archive_problems 1" in metrics.prometheus()
+    assert "binhoard_binlog_archive_problems 1" in metrics.prometheus_text()
     status = json.loads((settings.state_directory / "binlog-archive.json").read_text())
     assert status["problems"] == [problem]
     assert active  # the server itself is unaffected
@@ -242,6 +242,9 @@ def test_forced_rotation_brings_a_waiting_transaction_to_storage(
     assert metrics.value("binhoard.binlog.forced_rotations") == 1
     newest = metrics.value("binhoard.binlog.newest_stored_commit_time")
     assert newest is not None and abs(newest - time.time()) < 30
+    age = metrics.age("binhoard.binlog.newest_stored_commit_time")
+    assert age is not None and 0 <= age < 30  # the RPO seen
+    assert metrics.value("binhoard.binlog.pending_files") == 0
     for _ in range(3):
         loop.tick()  # nothing waits any more: no further rotation
     assert metrics.value("binhoard.binlog.forced_rotations") == 1

@@ -146,11 +146,6 @@ class FakeDaemon:
             ticket.refuse(error)
             return
         status = self._apply(command, snapshot.status, by_id)
-        if isinstance(command, RotateBinlog | Preserve) and self._hold_uploads:
-            ticket.accept()  # the upload (or retention's pass) is still to come
-            self._held.append(ticket)
-        else:
-            ticket.finish()
         restore = snapshot.restore
         if isinstance(command, SetMode) and command.mode == "restore":
             restore = RestoreView(
@@ -170,6 +165,13 @@ class FakeDaemon:
             backups=None if snapshot.backups is None else tuple(by_id.values()),
             restore=restore,
         )
+        # As the port asks: the snapshot shows a decision before its ticket resolves, so
+        # a read right after a write sees it.
+        if isinstance(command, RotateBinlog | Preserve) and self._hold_uploads:
+            ticket.accept()  # the upload (or retention's pass) is still to come
+            self._held.append(ticket)
+        else:
+            ticket.finish()
 
     def _refusal(
         self, command: Command, mode: str, by_id: dict[str, BackupView]

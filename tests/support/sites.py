@@ -168,6 +168,33 @@ class SiteBuilder:
     def record_key(self, backup_id: str, seq: int) -> str:
         return binlog_record_key(backup_id, seq)
 
+    def put_objects(self) -> None:
+        """Writes the objects the manifests and records name (a few bytes each), for
+        tests of what deleting a backup removes."""
+        keys = {k for b in self.backups for k in (b.data.key, b.my_cnf.key)}
+        keys |= {r.object.key for records in self.records.values() for r in records}
+        for key in sorted(keys):
+            self.store.put(key, [key.encode()])
+
+
+def full_incremental_full(store: ObjectStore) -> SiteBuilder:
+    """A full backup A (binlog files 1-4) with an incremental B on it (4-6), then a full
+    C (6-7); streams A and B are closed by C, which is completed. Neighbouring streams
+    share a file (4, 6)."""
+    build = SiteBuilder(store)
+    build.backup("A")
+    build.archive("A", 3)
+    build.backup("B", parent="A")
+    build.archive("A", 1)
+    build.archive("B", 2)
+    build.backup("C")
+    build.archive("B", 1)
+    build.archive("C", 2)
+    build.mark("A", closed_by="C")
+    build.mark("B", closed_by="C")
+    build.mark("C")
+    return build
+
 
 class CountingObserver:
     """A ``StoreObserver`` (for ``MetricsStore``) that counts calls by operation."""

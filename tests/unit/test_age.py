@@ -20,8 +20,11 @@ from binhoard.crypto.age import (
     AgeError,
     Decryptor,
     Encryptor,
+    HeaderError,
+    HeaderMacError,
     Identity,
     NoMatchingKeyError,
+    PayloadError,
     Recipient,
 )
 
@@ -240,14 +243,40 @@ def test_a_tampered_header_fails_its_mac() -> None:
     lines = stored.split(b"\n")
     # Swap the two recipient stanzas (each is two lines): same stanzas, another header.
     swapped = b"\n".join([lines[0], lines[3], lines[4], lines[1], lines[2], *lines[5:]])
-    with pytest.raises(AgeError, match="MAC"):
+    with pytest.raises(HeaderMacError, match="MAC"):
         decrypt(swapped)
 
 
+@pytest.mark.parametrize(
+    ("closing", "message"),
+    [
+        (b"---", "closing line"),
+        (b"---AAAA", "closing line"),
+        (b"--- ", "MAC is 0 bytes"),
+        (b"--- AAAA", "MAC is 3 bytes"),
+    ],
+)
+def test_a_malformed_closing_line_is_a_header_error_whatever_the_key(
+    closing: bytes, message: str
+) -> None:
+    # The whole header is parsed before any key is tried (the spec's order): a damaged
+    # closing line is reported as such, not as a MAC mismatch or as the wrong key.
+    start = STORED.index(b"\n---") + 1
+    damaged = STORED[:start] + closing + STORED[STORED.index(b"\n", start) :]
+    for identities in ([IDENTITY], [Identity.generate()]):
+        with pytest.raises(HeaderError, match=message):
+            decrypt(damaged, identities)
+
+
+def test_a_missing_nonce_is_named() -> None:
+    with pytest.raises(HeaderError, match="payload nonce"):
+        decrypt(STORED[: header_length(STORED) + 15])
+
+
 def test_data_after_the_last_chunk_fails() -> None:
-    with pytest.raises(AgeError):
+    with pytest.raises(PayloadError):
         decrypt(STORED + b"x")
-    with pytest.raises(AgeError):
+    with pytest.raises(PayloadError):
         decrypt(STORED + STORED[-SEALED_CHUNK:])
 
 

@@ -154,6 +154,18 @@ class FailingRecordStore(MemoryStore):
         return super().put(key, data, if_absent=if_absent)
 
 
+def two_files_records_refused(tmp_path: Path) -> tuple[Server, FailingRecordStore]:
+    """A backup whose stream needs binlog.000001 (20 transactions) and binlog.000002
+    (5), both closed, in a store that refuses their records until ``fail`` is unset."""
+    server = Server(tmp_path / "binlogs")
+    store = FailingRecordStore()
+    snapshot_at = BinlogWriter(SERVER_ID, T0).offset
+    server.write_file(20)
+    server.write_file(5)
+    put_backup(store, SnapshotPosition("binlog.000001", snapshot_at, ""))
+    return server, store
+
+
 def test_an_upload_never_recorded_is_removed_by_the_next_pass_on_this_host(
     tmp_path: Path,
 ) -> None:
@@ -277,12 +289,7 @@ def test_a_corrupt_archive_status_is_a_warning_for_a_restore_to_latest() -> None
 def test_what_a_pass_writes_is_cached_and_not_fetched_again(tmp_path: Path) -> None:
     """Records and markers a pass writes go into the site cache (once written): the next
     pass only lists. Objects never written (a refused write) are not cached."""
-    server = Server(tmp_path / "binlogs")
-    memory = FailingRecordStore()
-    snapshot_at = BinlogWriter(SERVER_ID, T0).offset
-    server.write_file(20)
-    server.write_file(5)
-    put_backup(memory, SnapshotPosition("binlog.000001", snapshot_at, ""))
+    server, memory = two_files_records_refused(tmp_path)
     observer = CountingObserver()
     store = MetricsStore(memory, observer)
     archiver = BinlogArchiver(settings_for(tmp_path / "host"), store)

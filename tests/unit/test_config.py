@@ -111,6 +111,16 @@ def test_cross_key_problems() -> None:
     assert paths == ["backup_settings.upload_site", "statsd"]
 
 
+def test_statsd_format_is_telegraf_unless_dogstatsd_is_asked_for() -> None:
+    assert parse_settings(minimal(), source="t").statsd.format == "telegraf"
+    data = minimal()
+    data["statsd"] = {"host": "127.0.0.1", "port": 8125, "format": "dogstatsd"}
+    assert parse_settings(data, source="t").statsd.format == "dogstatsd"
+    data["statsd"]["format"] = "graphite"
+    (problem,) = problems_of(data).problems
+    assert problem[0] == "statsd.format" and "telegraf" in problem[1]
+
+
 def test_bad_weekday_schedule() -> None:
     data = minimal()
     data["backup_settings"] = {"incremental": {"full_backup_week_schedule": "sun,funday"}}

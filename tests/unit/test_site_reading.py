@@ -17,7 +17,7 @@ from binhoard.ops.sitecache import SiteCache, open_cache
 from binhoard.storage.backends import LocalStore
 from binhoard.storage.store import MemoryStore, ObjectStore, read_all
 from binhoard.storage.wrappers import MetricsStore
-from tests.support.sites import CountingObserver, SiteBuilder
+from tests.support.sites import CountingObserver, SiteBuilder, full_incremental_full
 
 
 def corrupt(store: MemoryStore, key: str) -> None:
@@ -30,19 +30,7 @@ def site() -> tuple[MemoryStore, SiteBuilder]:
     """A full backup A with an incremental B on it, then a full C; streams A (closed by
     C), B (closed by C) and C (open)."""
     store = MemoryStore()
-    build = SiteBuilder(store)
-    build.backup("A")
-    build.archive("A", 3)
-    build.backup("B", parent="A")
-    build.archive("A", 1)
-    build.archive("B", 2)
-    build.backup("C")
-    build.archive("B", 1)
-    build.archive("C", 2)
-    build.mark("A", closed_by="C")
-    build.mark("B", closed_by="C")
-    build.mark("C")
-    return store, build
+    return store, full_incremental_full(store)
 
 
 # --- broken backups ----------------------------------------------------------------------

@@ -11,9 +11,11 @@ from binhoard import __version__
 from binhoard.allocator import keep_freed_memory
 from binhoard.cli.backup import backup_group
 from binhoard.cli.binlog import binlog_group
+from binhoard.cli.common import report_command_error, stop_telemetry
 from binhoard.cli.config_cmd import config_group
 from binhoard.cli.daemon import daemon_command
 from binhoard.cli.keys import keys_group
+from binhoard.cli.prune import prune_command
 from binhoard.cli.restore import restore_command
 from binhoard.cli.sandbox import sandbox_group
 from binhoard.cli.status import status_command
@@ -38,6 +40,7 @@ cli.add_command(status_command)
 cli.add_command(backup_group)
 cli.add_command(restore_command)
 cli.add_command(binlog_group)
+cli.add_command(prune_command)
 cli.add_command(daemon_command)
 
 
@@ -47,6 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="binhoard", standalone_mode=False)
     except BinhoardError as exc:
+        report_command_error(exc)
         click.echo(f"binhoard: error: {exc.message}", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
@@ -61,6 +65,12 @@ def main(argv: list[str] | None = None) -> None:
         # The local file system refused (a state or temporary directory that cannot be
         # created, a permission): one line naming the path, never a traceback. Space
         # (ENOSPC) is mapped where it happens, with what the step needs (DiskFullError).
+        report_command_error(exc)
         where = f"{exc.filename}: " if exc.filename else ""
         click.echo(f"binhoard: error: {where}{exc.strerror or exc}", err=True)
         sys.exit(1)
+    except Exception as exc:
+        report_command_error(exc)  # a bug: counted, sent to Sentry, and its traceback shown
+        raise
+    finally:
+        stop_telemetry()

@@ -13,12 +13,17 @@ from rich.console import Console
 from rich.table import Table
 
 from binhoard.app import open_site, site_name
-from binhoard.cli.common import config_option, json_option, site_option
+from binhoard.cli.common import config_option, json_option, site_option, start_telemetry
 from binhoard.cli.progress import ByteProgress
 from binhoard.config import load_settings
+from binhoard.domain.errors import DeletionRefusedError, UsageError
 from binhoard.domain.manifest import BackupManifest, BackupType
+from binhoard.domain.restore_plan import parse_time_target
 from binhoard.domain.schedule import format_utc
 from binhoard.ops.backup import BackupDecision, BackupProgress, take_backup
+from binhoard.ops.expire import Deletion, DeletionJournal, delete_backup
+from binhoard.ops.marks import mark_broken, preserve
+from binhoard.ops.observe import Throttle, record_backup, record_backup_progress
 from binhoard.ops.site import BackupEntry, read_backups, read_manifest
 from binhoard.ops.sitecache import open_cache
 
@@ -56,7 +61,9 @@ def create(config_file: Path, full: bool, incremental: bool, if_due: bool) -> No
         raise click.UsageError("--full and --incremental are mutually exclusive")
     requested: BackupType | None = "full" if full else "incremental" if incremental else None
     settings = load_settings(config_file)
-    store = open_site(settings)
+    metrics = start_telemetry(settings, "backup create")
+    store = open_site(settings, metrics=metrics)
+    throttle = Throttle()
     with ExitStack() as stack:
         bars: list[ByteProgress] = []
 
@@ -69,6 +76,8 @@ def create(config_file: Path, full: bool, incremental: bool, if_due: bool) -> No
         def show(state: BackupProgress) -> None:
             for bar in bars:
                 bar.update(state.phase, state.bytes_read, state.estimated_total)
+            if throttle.due(state.phase):
+                record_backup_progress(metrics, state)
 
         manifest = take_backup(
             settings,
@@ -80,6 +89,7 @@ def create(config_file: Path, full: bool, incremental: bool, if_due: bool) -> No
         )
     if manifest is None:
         return
+    record_backup(metrics, manifest)
     click.echo(
         f"backup {manifest.backup_id} ({manifest.backup_type}) stored: "
         f"{_mb(manifest.data.plain_size)} read, {_mb(manifest.data.stored_size)} stored, "
@@ -128,6 +138,7 @@ def manifest_summary(manifest: BackupManifest, site: str) -> dict[str, Any]:
         "broken_at": None,
         "broken_object": None,
         "broken_reason": None,
+        "preserve_until": None,
     }
 
 
@@ -141,11 +152,15 @@ def entry_summary(entry: BackupEntry, site: str, now: datetime) -> dict[str, Any
         summary = {key: None for key in manifest_summary_keys()}
         summary.update(backup_id=entry.backup_id, site=site)
     if entry.broken is not None:
+        # An operator's mark says when; corruption is known from when this listing saw it.
+        mark = entry.broken_mark
         summary.update(
-            broken_at=now.isoformat(),
+            broken_at=(now if mark is None else mark.at).isoformat(),
             broken_object=entry.broken.key,
             broken_reason=entry.broken.reason,
         )
+    if entry.preserve_until is not None:
+        summary["preserve_until"] = entry.preserve_until.isoformat()
     return summary
 
 
@@ -166,6 +181,7 @@ def manifest_summary_keys() -> tuple[str, ...]:
         "broken_at",
         "broken_object",
         "broken_reason",
+        "preserve_until",
     )
 
 
@@ -177,10 +193,11 @@ def list_command(config_file: Path, site: str | None, as_json: bool) -> None:
     """List the backups of a site, oldest first.
 
     A broken backup (its manifest, or that of a backup it builds on, is corrupt or
-    missing) is listed as BROKEN with the object to look at; it is never restored or
-    built on. The listing itself succeeds (exit status 0): broken is a state of the
-    backup, shown (``broken_at``, ``broken_object``, ``broken_reason`` with --json) and
-    repeated on stderr.
+    missing, or it was marked broken) is listed as BROKEN with the object to look at; it
+    is never restored or built on. The listing itself succeeds (exit status 0): broken
+    is a state of the backup, shown (``broken_at``, ``broken_object``, ``broken_reason``
+    with --json) and repeated on stderr. A preserved backup shows until when
+    (``preserve_until``).
     """
     settings = load_settings(config_file)
     name = site_name(settings, site)
@@ -196,12 +213,14 @@ def list_command(config_file: Path, site: str | None, as_json: bool) -> None:
         click.echo(f"no backups in site {name}")
     else:
         table = Table(show_edge=False)
-        for column in ("id", "type", "started", "duration", "size", "snapshot GTID", "site"):
+        columns = ("id", "type", "started", "duration", "size", "snapshot GTID", "preserved until")
+        for column in (*columns, "site"):
             table.add_column(column)
         for entry in listing.entries:
             b = entry.manifest
+            until = _preserved(entry)
             if b is None:
-                table.add_row(entry.backup_id, "BROKEN", "-", "-", "-", "-", name)
+                table.add_row(entry.backup_id, "BROKEN", "-", "-", "-", "-", until, name)
                 continue
             table.add_row(
                 b.backup_id,
@@ -210,11 +229,18 @@ def list_command(config_file: Path, site: str | None, as_json: bool) -> None:
                 f"{b.duration_seconds:.1f} s",
                 _mb(b.data.stored_size),
                 b.snapshot.gtid_position or "-",
+                until,
                 name,
             )
         Console(width=200).print(table)
     for backup_id, broken in listing.broken.items():
         click.echo(f"BROKEN: backup {backup_id}: {broken.reason}", err=True)
+
+
+def _preserved(entry: BackupEntry) -> str:
+    if entry.preserve_unreadable is not None:
+        return "UNREADABLE"
+    return "-" if entry.preserve_until is None else format_utc(entry.preserve_until)
 
 
 @backup_group.command("show")
@@ -233,3 +259,96 @@ def show(backup_id: str, config_file: Path, site: str | None) -> None:
     summary["tool_version"] = manifest.tool_version
     summary["objects"] = {"data": manifest.data.to_dict(), "my_cnf": manifest.my_cnf.to_dict()}
     click.echo(json.dumps(summary, indent=2))
+
+
+@backup_group.command("delete")
+@click.argument("backup_id")
+@config_option
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Delete even the newest backup that can be restored, an open stream, a preserved "
+    "backup, and the incremental backups that build on it.",
+)
+def delete(backup_id: str, config_file: Path, force: bool) -> None:
+    """Delete BACKUP_ID and its stream (binlog records, and the binlog files no other
+    stream needs) from the upload site.
+
+    Refused, saying why, for what retention never deletes: the newest backup that can be
+    restored, a stream still receiving binlogs (stop archiving into it first), a
+    preserved backup, and a backup that incremental backups build on (they would go
+    with it). --force deletes it anyway, incrementals included. A deletion that was
+    interrupted is finished by the next delete or prune.
+    """
+    settings = load_settings(config_file)
+    store = open_site(settings)
+    with open_cache(settings.state_directory, store.describe()) as cache:
+        try:
+            deleted = delete_backup(
+                store,
+                backup_id,
+                datetime.now(UTC),
+                force=force,
+                journal=DeletionJournal(settings.state_directory),
+                cache=cache,
+            )
+        except DeletionRefusedError as exc:
+            raise DeletionRefusedError(f"{exc.message} (--force deletes it anyway)") from None
+    for done in deleted:
+        click.echo(deleted_line(done))
+
+
+def deleted_line(done: Deletion) -> str:
+    return (
+        f"deleted backup {done.backup_id}: {done.objects} objects and "
+        f"{done.binlog_objects} binlog files no other stream needs"
+    )
+
+
+@backup_group.command("preserve")
+@click.argument("backup_id")
+@config_option
+@click.option("--until", "until", metavar="TIME", help="ISO 8601 with a time zone, or @unix.")
+@click.option("--clear", is_flag=True, help="Take an earlier preservation back.")
+def preserve_command(backup_id: str, config_file: Path, until: str | None, clear: bool) -> None:
+    """Keep BACKUP_ID and its stream from retention (prune) until TIME.
+
+    The newest preservation holds: a later one with another --until replaces it, and
+    --clear takes it back. `backup delete` refuses a preserved backup without --force.
+    """
+    if clear == (until is not None):
+        raise click.UsageError("give exactly one of --until TIME and --clear")
+    now = datetime.now(UTC)
+    when = None
+    if until is not None:
+        when = datetime.fromtimestamp(parse_time_target(until, "--until").at, UTC)
+        if when <= now:
+            raise UsageError(f"--until {until} is in the past; --clear takes a preservation back")
+    settings = load_settings(config_file)
+    mark = preserve(open_site(settings), backup_id, when, now=now)
+    if when is None:
+        click.echo(f"backup {backup_id} is no longer preserved ({mark.key})")
+    else:
+        click.echo(f"backup {backup_id} is preserved until {format_utc(when)} ({mark.key})")
+
+
+@backup_group.command("mark-broken")
+@click.argument("backup_id")
+@config_option
+@click.option("--reason", help="Why, in your words (shown with the backup).")
+@click.option("--clear", is_flag=True, help="Take an earlier mark back.")
+def mark_broken_command(backup_id: str, config_file: Path, reason: str | None, clear: bool) -> None:
+    """Mark BACKUP_ID and its stream broken: never restored, built on or archived into;
+    prune deletes it once a newer backup can be restored. --clear takes it back."""
+    if clear and reason is not None:
+        raise click.UsageError("--reason and --clear are mutually exclusive")
+    settings = load_settings(config_file)
+    mark = mark_broken(
+        open_site(settings),
+        backup_id,
+        broken=not clear,
+        reason=reason,
+        now=datetime.now(UTC),
+    )
+    state = "no longer marked broken" if clear else "marked broken"
+    click.echo(f"backup {backup_id} is {state} ({mark.key})")

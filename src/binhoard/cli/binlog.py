@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from binhoard.app import open_site, site_name
-from binhoard.cli.common import config_option, json_option, site_option
+from binhoard.cli.common import config_option, json_option, site_option, start_telemetry
 from binhoard.config import Settings, load_settings
 from binhoard.domain.documents import CorruptDocumentError
 from binhoard.domain.errors import BinhoardError, NotFoundError
@@ -73,12 +73,14 @@ def archive(config_file: Path, follow: bool, interval: float) -> None:
     SIGINT) exits with status 9 if its last pass was stalled, else 0.
     """
     settings = load_settings(config_file)
-    with BinlogArchiver(settings, open_site(settings)) as archiver:
-        _archive(settings, archiver, follow, interval)
+    metrics = start_telemetry(settings, "binlog archive")
+    with BinlogArchiver(settings, open_site(settings, metrics=metrics)) as archiver:
+        _archive(settings, archiver, metrics, follow, interval)
 
 
-def _archive(settings: Settings, archiver: BinlogArchiver, follow: bool, interval: float) -> None:
-    metrics = Metrics(settings.statsd)
+def _archive(
+    settings: Settings, archiver: BinlogArchiver, metrics: Metrics, follow: bool, interval: float
+) -> None:
     if not follow:
         try:
             report = archiver.archive_once()
@@ -99,6 +101,7 @@ def _archive(settings: Settings, archiver: BinlogArchiver, follow: bool, interva
     last: ArchiveReport | None = None
     while not stop.is_set():
         last = loop.tick()
+        metrics.refresh()  # statsd gets the ages ("seconds since") again
         stop.wait(interval)
     if last is not None:
         raise_if_stalled(last)
@@ -117,11 +120,12 @@ def _archive(settings: Settings, archiver: BinlogArchiver, follow: bool, interva
 def flush(config_file: Path, wait_seconds: float) -> None:
     """Rotate the binlog now and return once the file just closed is stored."""
     settings = load_settings(config_file)
+    metrics = start_telemetry(settings, "binlog flush")
     started = time.monotonic()
-    with BinlogArchiver(settings, open_site(settings)) as archiver:
+    with BinlogArchiver(settings, open_site(settings, metrics=metrics)) as archiver:
         name, report = flush_and_wait(settings, archiver, timeout=wait_seconds)
     if report is not None:
-        publish(settings, report, Metrics(settings.statsd))
+        publish(settings, report, metrics)
     click.echo(f"{name} is stored ({time.monotonic() - started:.1f} s)")
 
 

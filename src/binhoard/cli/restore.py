@@ -8,12 +8,13 @@ from typing import Any
 import click
 
 from binhoard.app import open_site, site_name
-from binhoard.cli.common import config_option, site_option
+from binhoard.cli.common import config_option, site_option, start_telemetry
 from binhoard.cli.progress import ByteProgress
 from binhoard.config import Settings, load_settings
 from binhoard.domain.errors import BinhoardError, UsageError
 from binhoard.domain.restore_plan import parse_target
 from binhoard.ops.archive import archive_end_notes
+from binhoard.ops.observe import Throttle, record_restore_progress
 from binhoard.ops.pitr import PitrProgress, PitrRequest, PointInTimeRestore
 from binhoard.ops.restore_backup import RestoreProgress, restore_backup, start_restored_server
 from binhoard.ops.sitecache import SiteCache
@@ -127,7 +128,9 @@ def _point_in_time(
         raise UsageError("--resume continues the recorded target; give no --to-* option")
     if not resume:
         parse_target(**target_args)  # a bad target is refused before anything is touched
-    store = open_site(settings, name)
+    metrics = start_telemetry(settings, "restore")
+    throttle = Throttle()
+    store = open_site(settings, name, metrics=metrics)
     latest = "to_latest" in target_args
     warned: list[str] = []
     with ByteProgress("restore") as bar:
@@ -151,6 +154,8 @@ def _point_in_time(
                 p.basebackup_compressed_bytes_downloaded + p.binlog_bytes_applied,
                 p.basebackup_compressed_bytes_total + p.binlog_bytes_total,
             )
+            if throttle.due(p.phase):
+                record_restore_progress(metrics, p)
 
         restore = PointInTimeRestore(settings, store, progress=show)
         if resume:
@@ -158,6 +163,7 @@ def _point_in_time(
         else:
             request = PitrRequest(name, target_args, backup_id, approximate_ok=approximate)
             result = restore.start(request)
+    record_restore_progress(metrics, result)
     if latest:
         end, warning = _archive_notes(store, result.backup_id, restore.cache)
         if end:

@@ -21,6 +21,11 @@ The format, in short:
 
 So every chunk is authenticated before it is released, and a stream cut at any point
 (even at a chunk boundary: the last chunk is marked) fails.
+
+Decryption checks what the spec says in the spec's order, and each failure has its class
+(the outcomes of the C2SP/CCTV test vectors, tests/unit/test_age_vectors.py): the header
+is parsed whole first (``HeaderError``), then a stanza is opened (``NoMatchingKeyError``),
+then the header MAC is checked (``HeaderMacError``), then the payload (``PayloadError``).
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from binhoard.crypto import bech32
 
 _VERSION_LINE: Final = b"age-encryption.org/v1\n"
+_CLOSING: Final = b"---"  # the start of the header's last line
 _MAC_PREFIX: Final = b"--- "
 _STANZA_PREFIX: Final = b"-> "
 _X25519_LABEL: Final = b"age-encryption.org/v1/X25519"
@@ -50,6 +56,7 @@ _FILE_KEY_SIZE: Final = 16
 _NONCE_SIZE: Final = 16
 _TAG_SIZE: Final = 16
 _KEY_SIZE: Final = 32
+_MAC_SIZE: Final = 32  # HMAC-SHA256
 _COLUMNS: Final = 64  # base64 characters per stanza body line
 _MAX_HEADER: Final = 64 * 1024  # binhoard writes ~100 bytes per recipient
 CHUNK: Final = 64 * 1024  # plaintext bytes per payload chunk
@@ -59,6 +66,20 @@ _LAST_CHUNK: Final = 0x01
 
 class AgeError(Exception):
     """The data is not an age file this module can decrypt; the message says why."""
+
+
+class HeaderError(AgeError):
+    """The age header is malformed or cut short (or the payload nonce after it is)."""
+
+
+class HeaderMacError(AgeError):
+    """A private key opened a stanza, but the header's MAC does not match: the header
+    was modified after it was written."""
+
+
+class PayloadError(AgeError):
+    """The payload does not authenticate: a chunk was modified, the payload is cut short,
+    or data follows its last chunk."""
 
 
 class NoMatchingKeyError(AgeError):
@@ -86,9 +107,9 @@ def _b64decode(text: bytes) -> bytes:
     try:
         data = base64.b64decode(text + b"=" * (-len(text) % 4), validate=True)
     except binascii.Error:
-        raise AgeError("invalid base64 in the age header") from None
+        raise HeaderError("invalid base64 in the age header") from None
     if _b64encode(data) != text:
-        raise AgeError("non-canonical base64 in the age header")
+        raise HeaderError("non-canonical base64 in the age header")
     return data
 
 
@@ -168,7 +189,7 @@ class Identity:
         try:
             shared = self._key.exchange(X25519PublicKey.from_public_bytes(share))
         except ValueError:  # an all-zero shared secret: a low-order point
-            raise AgeError("an X25519 stanza has an invalid ephemeral share") from None
+            raise HeaderError("an X25519 stanza's ephemeral share is a low-order point") from None
         wrap_key = _hkdf(shared, share + self.recipient.raw, _X25519_LABEL)
         try:
             return ChaCha20Poly1305(wrap_key).decrypt(bytes(12), body, None)
@@ -306,18 +327,34 @@ class Encryptor:
 
 
 def _split_header(data: bytes) -> tuple[int, int] | None:
-    """(end of the MAC line, position of "---") once the whole header has arrived."""
+    """(end of the closing line, its start) once the whole header has arrived.
+
+    The first line that starts with "---" closes the header, whatever follows on it
+    (``_mac`` then checks that line), as in the reference implementation. Data that
+    does not start with the version line is refused as soon as that shows.
+    """
+    if not _VERSION_LINE.startswith(data[: len(_VERSION_LINE)]):
+        raise HeaderError("not an age v1 file (the first line is not age-encryption.org/v1)")
     search = 0
     while True:
         newline = data.find(b"\n", search)
         if newline < 0:
             if len(data) > _MAX_HEADER:
-                raise AgeError("no age header end in the first 64 KiB: not an age file")
+                raise HeaderError("no age header end in the first 64 KiB: not an age file")
             return None
-        line_start = search
-        if data.startswith(_MAC_PREFIX, line_start) or data[line_start:newline] == b"---":
-            return newline + 1, line_start
+        if data.startswith(_CLOSING, search):
+            return newline + 1, search
         search = newline + 1
+
+
+def _mac(closing_line: bytes) -> bytes:
+    """The MAC of the closing line (without its newline): "--- " and 32 bytes of base64."""
+    if not closing_line.startswith(_MAC_PREFIX):
+        raise HeaderError('malformed age header: the closing line is not "--- " and a MAC')
+    mac = _b64decode(closing_line[len(_MAC_PREFIX) :])
+    if len(mac) != _MAC_SIZE:
+        raise HeaderError(f"malformed age header: the MAC is {len(mac)} bytes, not {_MAC_SIZE}")
+    return mac
 
 
 def _parse_stanzas(lines: list[bytes]) -> list[tuple[list[bytes], bytes]]:
@@ -327,19 +364,19 @@ def _parse_stanzas(lines: list[bytes]) -> list[tuple[list[bytes], bytes]]:
     while index < len(lines):
         line = lines[index]
         if not line.startswith(_STANZA_PREFIX):
-            raise AgeError("malformed age header: a line that is not a stanza")
+            raise HeaderError("malformed age header: a line that is not a stanza")
         args = line[len(_STANZA_PREFIX) :].split(b" ")
         if not args or any(not arg or not all(33 <= c <= 126 for c in arg) for arg in args):
-            raise AgeError("malformed age header: bad stanza arguments")
+            raise HeaderError("malformed age header: bad stanza arguments")
         body_lines = []
         index += 1
         while True:
             if index >= len(lines):
-                raise AgeError("malformed age header: a stanza body is not terminated")
+                raise HeaderError("malformed age header: a stanza body is not terminated")
             body_line = lines[index]
             index += 1
             if len(body_line) > _COLUMNS:
-                raise AgeError("malformed age header: a stanza body line is too long")
+                raise HeaderError("malformed age header: a stanza body line is too long")
             body_lines.append(body_line)
             if len(body_line) < _COLUMNS:
                 break
@@ -347,21 +384,35 @@ def _parse_stanzas(lines: list[bytes]) -> list[tuple[list[bytes], bytes]]:
     return stanzas
 
 
-def _file_key(header: bytes, identities: Sequence[Identity]) -> bytes:
-    """The file key of ``header`` (version line and stanzas, up to and excluding ---)."""
-    if not header.startswith(_VERSION_LINE):
-        raise AgeError("not an age v1 file (the first line is not age-encryption.org/v1)")
-    lines = header[len(_VERSION_LINE) :].split(b"\n")[:-1]
+def _open_header(header: bytes, closing: int, identities: Sequence[Identity]) -> bytes:
+    """The file key of ``header`` (up to the end of its closing line, which starts at
+    ``closing``), checked in the spec's order: syntax, then stanzas, then the MAC."""
+    mac = _mac(header[closing:-1])
+    stanzas = _parse_stanzas(header[len(_VERSION_LINE) : closing].split(b"\n")[:-1])
+    file_key = _file_key(stanzas, identities)
+    expected = hmac.digest(_hkdf(file_key, None, b"header"), header[: closing + 3], "sha256")
+    if not hmac.compare_digest(mac, expected):
+        raise HeaderMacError("the age header's MAC does not match: the header was modified")
+    return file_key
+
+
+def _file_key(stanzas: list[tuple[list[bytes], bytes]], identities: Sequence[Identity]) -> bytes:
     x25519_stanzas = 0
-    for args, body in _parse_stanzas(lines):
+    for args, body in stanzas:
         if args[0] != b"X25519":
             continue  # other recipient types (and grease) are skipped, as the spec says
         x25519_stanzas += 1
-        if len(args) != 2 or len(body) != _FILE_KEY_SIZE + _TAG_SIZE:
-            raise AgeError("malformed X25519 stanza in the age header")
+        if len(args) != 2:
+            raise HeaderError(f"an X25519 stanza has {len(args) - 1} arguments, not 1")
         share = _b64decode(args[1])
         if len(share) != _KEY_SIZE:
-            raise AgeError("malformed X25519 stanza in the age header")
+            raise HeaderError(f"an X25519 stanza's share is {len(share)} bytes, not {_KEY_SIZE}")
+        if len(body) != _FILE_KEY_SIZE + _TAG_SIZE:
+            # Checked before decrypting, as the spec asks: a file key is 16 bytes.
+            raise HeaderError(
+                f"an X25519 stanza's body is {len(body)} bytes, not"
+                f" {_FILE_KEY_SIZE + _TAG_SIZE} (a wrapped 16-byte file key)"
+            )
         for identity in identities:
             file_key = identity.unwrap(share, body)
             if file_key is not None:
@@ -382,7 +433,8 @@ class Decryptor:
         self._identities = list(identities)
         self._header = bytearray()
         self._pending = bytearray()
-        self._chunks: _Chunks | None = None
+        self._file_key: bytes | None = None  # once the header is read and checked
+        self._chunks: _Chunks | None = None  # once the payload nonce is read too
         self._finished = False
 
     def update(self, data: bytes | bytearray | memoryview) -> bytes:
@@ -403,33 +455,31 @@ class Decryptor:
         if self._finished:
             raise AgeError("the decryptor has finished")
         self._finished = True
+        if self._file_key is None:
+            raise HeaderError("truncated: the age header is incomplete")
         if self._chunks is None:
-            raise AgeError("truncated: the age header is incomplete")
+            raise HeaderError("truncated: the age file ends inside its 16-byte payload nonce")
         if len(self._pending) < _TAG_SIZE:
-            raise AgeError("truncated: the age payload ends before its last chunk")
+            raise PayloadError("truncated: the age payload ends before its last chunk")
         out = self._open([memoryview(bytes(self._pending))], last=True)
         self._pending.clear()
         return out
 
     def _read_header(self) -> bool:
-        """Parses and checks the header once it is complete; keeps what follows it."""
+        """Checks the header once it is complete, then reads the payload nonce; keeps
+        what follows them."""
         buffer = self._header
-        found = _split_header(bytes(buffer[: _MAX_HEADER + 1]))
-        if found is None:
+        if self._file_key is None:
+            found = _split_header(bytes(buffer[: _MAX_HEADER + 1]))
+            if found is None:
+                return False
+            end, closing = found
+            self._file_key = _open_header(bytes(buffer[:end]), closing, self._identities)
+            del buffer[:end]
+        if len(buffer) < _NONCE_SIZE:
             return False
-        end, mac_line = found
-        if end + _NONCE_SIZE > len(buffer):
-            return False
-        header = bytes(buffer[:end])
-        file_key = _file_key(header[: mac_line + 1], self._identities)
-        if not header.startswith(_MAC_PREFIX, mac_line):
-            raise AgeError("malformed age header: no MAC")
-        mac = _b64decode(header[mac_line + len(_MAC_PREFIX) : end - 1])
-        expected = hmac.digest(_hkdf(file_key, None, b"header"), header[: mac_line + 3], "sha256")
-        if not hmac.compare_digest(mac, expected):
-            raise AgeError("the age header's MAC does not match: the header was modified")
-        self._chunks = _Chunks(file_key, bytes(buffer[end : end + _NONCE_SIZE]))
-        del buffer[: end + _NONCE_SIZE]
+        self._chunks = _Chunks(self._file_key, bytes(buffer[:_NONCE_SIZE]))
+        del buffer[:_NONCE_SIZE]
         return True
 
     def _open(self, pieces: list[memoryview], *, last: bool) -> bytes:
@@ -447,11 +497,14 @@ def _open_chunks(chunks: _Chunks, pieces: list[memoryview], last: bool) -> bytes
     for index, piece in enumerate(pieces):
         is_last = last and index == len(pieces) - 1
         if is_last and len(piece) == _TAG_SIZE and chunks.counter > 0:
-            raise AgeError("corrupt: an empty last chunk after data")
+            raise PayloadError(
+                f"payload chunk {chunks.counter} is an empty last chunk after data, which age"
+                " never writes: the object is modified"
+            )
         position = chunks.counter
         end = pos + len(piece) - _TAG_SIZE
         if not chunks.open_into(piece, view[pos:end], is_last):
-            raise AgeError(_chunk_failure(position, is_last))
+            raise PayloadError(_chunk_failure(position, is_last))
         pos = end
     return bytes(out)
 

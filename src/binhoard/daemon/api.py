@@ -21,17 +21,18 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import uvicorn
-from fastapi import FastAPI, Path, Query, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from fastapi.routing import APIRoute
-from starlette.exceptions import HTTPException
+from fastapi import Depends, FastAPI, Path, Query
+from fastapi.responses import PlainTextResponse, Response
 
 from binhoard import __version__
 from binhoard.config import is_loopback_address
 from binhoard.daemon import api_models as m
-from binhoard.daemon.api_gate import Gate, error_body
+from binhoard.daemon.api_edges import (
+    Gate,
+    describe,
+    handle_errors,
+    no_unknown_query_parameters,
+)
 from binhoard.daemon.port import (
     BackupView,
     Command,
@@ -125,61 +126,10 @@ class _BackupListing:
             views = list(backups)
             if order is not None:  # as MyHoard: sorted by stream id, which sorts by time
                 views.sort(key=lambda view: view.stream_id, reverse=order == "desc")
-            listing = m.BackupList(backups=[_backup_out(view) for view in views])
+            listing = m.BackupList(backups=[m.BackupOut.model_validate(view) for view in views])
             self._source, self._order = backups, order
             self._body = listing.model_dump_json().encode()
         return self._body
-
-
-def _backup_out(view: BackupView) -> m.BackupOut:
-    window = view.window
-    return m.BackupOut(
-        basebackup_info=dict(view.basebackup_info),
-        broken_at=view.broken_at,
-        closed_at=view.closed_at,
-        completed_at=view.completed_at,
-        preserve_until=view.preserve_until,
-        recovery_site=view.recovery_site,
-        resumable=view.resumable,
-        site=view.site,
-        stream_id=view.stream_id,
-        restorable_window=None
-        if window is None
-        else m.StreamWindowOut(
-            first_time=window.first_time,
-            first_gtid=window.first_gtid,
-            last_time=window.last_time,
-            last_gtid=window.last_gtid,
-        ),
-    )
-
-
-def _validation_message(exc: RequestValidationError) -> str:
-    """One line naming each bad field; never the value sent."""
-    parts: list[str] = []
-    for error in exc.errors()[:5]:
-        where, *path = error["loc"] or ("body",)
-        kind = error["type"]
-        if kind == "json_invalid":
-            detail = (error.get("ctx") or {}).get("error", "")
-            return f"the request body is not valid JSON: {detail}".rstrip(": ")
-        field = ".".join(str(part) for part in path)
-        if where == "body" and not field:
-            if kind == "missing":
-                parts.append("the request body is missing: send a JSON object")
-                continue
-            if kind in ("model_type", "model_attributes_type", "dict_type"):
-                parts.append("the request body must be a JSON object")
-                continue
-        if kind == "extra_forbidden":
-            message = "unknown field"
-        elif kind == "missing":
-            message = "required"
-        else:
-            message = str(error["msg"]).removeprefix("Value error, ")
-        label = {"query": "query parameter ", "path": "path parameter "}.get(str(where), "")
-        parts.append(f"{label}{field}: {message}" if field else message)
-    return "; ".join(parts)
 
 
 StreamId = Annotated[str, Path(min_length=1, max_length=255, description="a stream id")]
@@ -269,16 +219,7 @@ class _Routes:
         return state
 
     async def show_status(self) -> m.StatusOut:
-        status = self.daemon.snapshot().status
-        return m.StatusOut(
-            mode=status.mode,
-            backups_paused_until=status.backups_paused_until,
-            last_backup_at=status.last_backup_at,
-            newest_archived_commit_at=status.newest_archived_commit_at,
-            archive_stalled_reason=status.archive_stalled_reason,
-            last_error=status.last_error,
-            replication_state={node: dict(pos) for node, pos in status.replication_state.items()},
-        )
+        return m.StatusOut.model_validate(self.daemon.snapshot().status)
 
     async def update_status(self, body: m.StatusUpdate) -> m.ModeOut:
         await self.decide(
@@ -304,23 +245,7 @@ class _Routes:
         view = snapshot.restore
         if view is None:
             raise UnavailableError("the restore is starting: its status follows shortly")
-        return m.RestoreStatusOut(
-            basebackup_compressed_bytes_downloaded=view.basebackup_compressed_bytes_downloaded,
-            basebackup_compressed_bytes_total=view.basebackup_compressed_bytes_total,
-            basebackup_prepare_progress=view.basebackup_prepare_progress,
-            binlogs_being_restored=view.binlogs_being_restored,
-            binlogs_pending=view.binlogs_pending,
-            binlogs_restored=view.binlogs_restored,
-            current_backup_incremental=view.current_backup_incremental,
-            current_backup_name=view.current_backup_name or view.stream_id,
-            phase=view.phase,
-            restore_chain_index=view.restore_chain_index,
-            restore_chain_total=view.restore_chain_total,
-            stream_id=view.stream_id,
-            site=view.site,
-            target=view.target,
-            error=view.error,
-        )
+        return m.RestoreStatusOut.model_validate(view)
 
     async def metrics(self) -> PlainTextResponse:
         return PlainTextResponse(self.metrics_text(), media_type="text/plain; version=0.0.4")
@@ -352,61 +277,22 @@ def build_app(
         # Like MyHoard, a JSON body without a Content-Type is read as JSON (Gate refuses
         # other types, 415).
         strict_content_type=False,
+        dependencies=[Depends(no_unknown_query_parameters)],
     )
     routes = _Routes(daemon, metrics_text or daemon.metrics_text, decision_timeout)
     app.state.waits = routes.waits
-    plain = {"response_model_exclude_none": True}
-    # method, path, handler, response model, tag (MyHoard's routes first, in its order).
-    table: list[tuple[str, str, Callable[..., Any], Any, str, dict[str, Any]]] = [
-        ("GET", "/backup", routes.list_backups, m.BackupList, MYHOARD, {}),
-        ("POST", "/backup", routes.create_backup, m.BackupCreated, MYHOARD, plain),
-        ("PATCH", "/backup/settings", routes.update_backup_settings, m.Success, MYHOARD, {}),
-        ("PATCH", "/backup/{stream_id}", routes.update_stream, m.Success, MYHOARD, {}),
-        (
-            "PUT",
-            "/backup/{stream_id}/preserve",
-            routes.preserve_stream,
-            m.PreserveResult,
-            MYHOARD,
-            plain,
-        ),
-        (
-            "PUT",
-            "/replication_state",
-            routes.set_replication_state,
-            dict[str, dict[str, str]],
-            MYHOARD,
-            {},
-        ),
-        ("GET", "/status", routes.show_status, m.StatusOut, MYHOARD, {}),
-        ("PUT", "/status", routes.update_status, m.ModeOut, MYHOARD, {}),
-        ("GET", "/status/restore", routes.show_restore_status, m.RestoreStatusOut, MYHOARD, {}),
-        (
-            "GET",
-            "/metrics",
-            routes.metrics,
-            None,
-            EXTENSION,
-            {
-                "response_class": PlainTextResponse,
-                "description": "The daemon's metrics in the Prometheus text format.",
-            },
-        ),
-        (
-            "GET",
-            "/healthz",
-            routes.healthz,
-            m.Health,
-            EXTENSION,
-            {
-                "description": "Answers while the HTTP server runs; needs no token.",
-            },
-        ),
-    ]
-    for method, path, handler, model, tag, extra in table:
+
+    def add(
+        method: str, path: str, handler: Callable[..., Any], model: Any, tag: str, **extra: Any
+    ) -> None:
         responses = dict(_ERRORS)
-        if model is None:
+        if model is None:  # plain text; errors are JSON all the same
+            error_schema = {"schema": {"$ref": "#/components/schemas/ErrorBody"}}
             responses[200] = {"content": {"text/plain": {}}}
+            responses["default"] = {
+                "description": _ERRORS["default"]["description"],
+                "content": {"application/json": error_schema},
+            }
         app.add_api_route(
             path,
             handler,
@@ -416,76 +302,35 @@ def build_app(
             responses=responses,
             **extra,
         )
-    _handle_errors(app)
-    _describe(app, with_token=auth_token is not None)
-    app.add_middleware(Gate, token=auth_token, open_paths=frozenset({"/healthz"}))
+
+    # MyHoard's routes, in its order; "exclude none" leaves out unset extension fields.
+    add("GET", "/backup", routes.list_backups, m.BackupList, MYHOARD)
+    add("POST", "/backup", routes.create_backup, m.BackupCreated, MYHOARD,
+        response_model_exclude_none=True)  # fmt: skip
+    add("PATCH", "/backup/settings", routes.update_backup_settings, m.Success, MYHOARD)
+    add("PATCH", "/backup/{stream_id}", routes.update_stream, m.Success, MYHOARD)
+    add("PUT", "/backup/{stream_id}/preserve", routes.preserve_stream, m.PreserveResult, MYHOARD,
+        response_model_exclude_none=True)  # fmt: skip
+    add("PUT", "/replication_state", routes.set_replication_state, dict[str, dict[str, str]],
+        MYHOARD)  # fmt: skip
+    add("GET", "/status", routes.show_status, m.StatusOut, MYHOARD)
+    add("PUT", "/status", routes.update_status, m.ModeOut, MYHOARD)
+    add("GET", "/status/restore", routes.show_restore_status, m.RestoreStatusOut, MYHOARD)
+    add("GET", "/metrics", routes.metrics, None, EXTENSION, response_class=PlainTextResponse,
+        description="The daemon's metrics in the Prometheus text format.")  # fmt: skip
+    add("GET", "/healthz", routes.healthz, m.Health, EXTENSION,
+        description="Answers while the HTTP server runs; needs no token.")  # fmt: skip
+    handle_errors(app)
+    describe(
+        app,
+        with_token=auth_token is not None,
+        tags=[
+            {"name": MYHOARD, "description": "as MyHoard's HTTP API"},
+            {"name": EXTENSION, "description": "binhoard's own; MyHoard lacks these"},
+        ],
+    )
+    app.add_middleware(Gate, token=auth_token)
     return app
-
-
-def _handle_errors(app: FastAPI) -> None:
-    @app.exception_handler(BinhoardError)
-    async def binhoard_error(_request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, BinhoardError)
-        headers = {"Retry-After": "1"} if exc.http_status == 503 else None
-        return JSONResponse(error_body(exc.message), exc.http_status, headers=headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(_request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, RequestValidationError)
-        return JSONResponse(error_body(_validation_message(exc)), UsageError.http_status)
-
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: Exception) -> Response:
-        # The router's own: no such route (404), or not this method (405).
-        assert isinstance(exc, HTTPException)
-        message = f"{exc.detail}: {request.method} {request.url.path}"
-        headers = exc.headers
-        if exc.status_code == 405:
-            # Starlette names only the first route of the path (GET of GET and PUT /status).
-            path = request.url.path
-            allowed = {
-                method
-                for route in app.routes
-                if isinstance(route, APIRoute) and route.path_regex.fullmatch(path)
-                for method in route.methods or ()
-            }
-            headers = {**(headers or {}), "Allow": ", ".join(sorted(allowed))}
-        return JSONResponse(error_body(message), exc.status_code, headers=headers)
-
-    @app.exception_handler(Exception)
-    async def bug(_request: Request, _exc: Exception) -> Response:
-        # A bug: uvicorn logs the traceback (this handler's exception is raised again
-        # after the answer), the client gets only this.
-        return JSONResponse(error_body("internal error: the daemon's log has the details"), 500)
-
-
-def _describe(app: FastAPI, *, with_token: bool) -> None:
-    """The OpenAPI document, with the bearer token declared when one is required."""
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = get_openapi(
-                title=app.title,
-                version=app.version,
-                description=app.description,
-                routes=app.routes,
-                tags=[
-                    {"name": MYHOARD, "description": "as MyHoard's HTTP API"},
-                    {"name": EXTENSION, "description": "binhoard's own; MyHoard lacks these"},
-                ],
-            )
-            if with_token:
-                schema.setdefault("components", {})["securitySchemes"] = {
-                    "bearer": {"type": "http", "scheme": "bearer"}
-                }
-                for path, operations in schema["paths"].items():
-                    if path != "/healthz":
-                        for operation in operations.values():
-                            operation["security"] = [{"bearer": []}]
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
 
 
 class _Server(uvicorn.Server):
@@ -528,6 +373,7 @@ class HttpServer:
             decision_timeout=decision_timeout,
         )
         self._socket: socket.socket | None = None
+        self._bound_port = 0
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -535,15 +381,14 @@ class HttpServer:
     @property
     def port(self) -> int:
         """The bound port once started (port 0 asks for an ephemeral one)."""
-        if self._socket is None:
-            return self._requested_port
-        return int(self._socket.getsockname()[1])
+        return self._bound_port or self._requested_port
 
     def start(self) -> None:
         """Binds and serves in a daemon thread; returns once listening."""
         if self._thread is not None:
             raise BinhoardError("the HTTP server was already started")
         self._socket = self._listen()
+        self._bound_port = int(self._socket.getsockname()[1])
         config = uvicorn.Config(
             self._app,
             http="h11",

@@ -21,7 +21,6 @@ from pydantic import (
     Field,
     PlainValidator,
     RootModel,
-    StrictBool,
     WithJsonSchema,
     model_validator,
 )
@@ -113,11 +112,14 @@ Name = Annotated[str, Field(min_length=1, max_length=255)]
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Strict: true is not 1, "3" is not 3 (JSON has the types; a client that mixes
+    # them up is told, as the document says).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class _Out(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    # Built from the controller's views (daemon/port.py dataclasses) by attribute.
+    model_config = ConfigDict(frozen=True, from_attributes=True)
 
 
 # --- requests ------------------------------------------------------------------------
@@ -134,7 +136,7 @@ class BackupRequest(_Body):
         default=None,
         description="binlog only: wait up to this many seconds for the file to be stored",
     )
-    incremental: StrictBool = Field(
+    incremental: bool = Field(
         default=False, description="basebackup only: incremental if a backup to build on exists"
     )
 
@@ -158,7 +160,7 @@ class BackupSettingsUpdate(_Body):
 class StreamUpdate(_Body):
     """``PATCH /backup/{stream_id}``."""
 
-    broken: StrictBool = Field(
+    broken: bool = Field(
         description="true marks the stream broken (never chosen for a restore); false clears it"
     )
     expire_after_seconds: WaitSeconds | None = Field(
@@ -206,7 +208,7 @@ class StatusUpdate(_Body):
     target_time: Timestamp | None = Field(
         default=None, description="restore only: the last transaction at or before this time"
     )
-    target_time_approximate_ok: StrictBool | None = Field(
+    target_time_approximate_ok: bool | None = Field(
         default=None,
         description="restore only: whole binlog files up to target_time are enough",
     )
@@ -220,7 +222,7 @@ class StatusUpdate(_Body):
         max_length=1_000,
         description=EXTENSION + "restore only: stop at FILE:POS of the source's binlogs",
     )
-    force: StrictBool | None = Field(
+    force: bool | None = Field(
         default=None,
         description="active only: promote without applying the remaining binlogs (loses data)",
     )
@@ -301,8 +303,9 @@ class BackupOut(_Out):
     site: str
     stream_id: str
     restorable_window: StreamWindowOut | None = Field(
+        validation_alias="window",
         description=EXTENSION + "from the backup's snapshot to the newest archived "
-        "transaction of the stream: every point in it can be restored exactly"
+        "transaction of the stream: every point in it can be restored exactly",
     )
 
 
@@ -314,13 +317,19 @@ class BackupList(_Out):
 
 class StatusOut(_Out):
     mode: Mode
-    backups_paused_until: datetime | None = Field(description=EXTENSION)
-    last_backup_at: datetime | None = Field(description=EXTENSION)
+    backups_paused_until: datetime | None = Field(
+        description=EXTENSION + "no scheduled backups until then (PATCH /backup/settings)"
+    )
+    last_backup_at: datetime | None = Field(
+        description=EXTENSION + "when the newest complete backup finished"
+    )
     newest_archived_commit_at: datetime | None = Field(
         description=EXTENSION + "commit time of the newest archived transaction (RPO)"
     )
-    archive_stalled_reason: str | None = Field(description=EXTENSION)
-    last_error: str | None = Field(description=EXTENSION)
+    archive_stalled_reason: str | None = Field(
+        description=EXTENSION + "why binlog archiving cannot advance; null while it does"
+    )
+    last_error: str | None = Field(description=EXTENSION + "the daemon's last error")
     replication_state: dict[str, dict[str, str]] = Field(
         description=EXTENSION + "as last stored by PUT /replication_state"
     )
@@ -343,9 +352,15 @@ class RestoreStatusOut(_Out):
     restore_chain_index: int
     restore_chain_total: int
     stream_id: str = Field(description=EXTENSION + "the stream being restored")
-    site: str = Field(description=EXTENSION)
+    site: str = Field(description=EXTENSION + "the site of that stream")
     target: str = Field(description=EXTENSION + "what the restore stops at, in words")
     error: str | None = Field(description=EXTENSION + "why the last attempt failed")
+
+    @model_validator(mode="after")
+    def _name_the_backup(self) -> RestoreStatusOut:
+        if not self.current_backup_name:  # a controller that does not walk chains
+            return self.model_copy(update={"current_backup_name": self.stream_id})
+        return self
 
 
 class Health(_Out):

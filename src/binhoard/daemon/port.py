@@ -208,7 +208,8 @@ class Ticket:
     then says why, as a ``BinhoardError`` whose ``http_status`` the API answers with);
     ``done`` once the work it asked for finished (or failed: ``error``). Commands with
     nothing to wait for are done when decided. Waiting never holds a lock the
-    controller needs.
+    controller needs. The controller publishes the snapshot that shows a decision
+    before it resolves the ticket, so a read right after a write sees the write.
 
     A waiter that must not block a thread (the HTTP side's event loop) registers a
     wake-up call with ``add_callback`` instead and re-reads ``is_decided``/``is_done``

@@ -93,6 +93,12 @@ class ConflictError(BinhoardError):
     http_status = 409
 
 
+class DeletionRefusedError(ConflictError):
+    """A backup asked to be deleted is one retention would keep (the newest that can be
+    restored, an open stream, a preserved one) or has incrementals that would go with
+    it; the message says which. Deleting it anyway must be asked for explicitly."""
+
+
 class ServerError(BinhoardError):
     """The database server or one of its tools failed."""
 

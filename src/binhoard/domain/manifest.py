@@ -18,6 +18,15 @@ def new_backup_id(now: datetime, token: str | None = None) -> str:
     return f"{now.astimezone(UTC):%Y%m%dT%H%M%SZ}-{suffix}"
 
 
+def backup_id_time(backup_id: str) -> datetime | None:
+    """The start time (UTC, whole seconds) a backup id begins with; ``None`` for an id
+    of another form."""
+    try:
+        return datetime.strptime(backup_id[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
 def backup_prefix(backup_id: str) -> str:
     return f"backups/{backup_id}/"
 

@@ -231,9 +231,10 @@ class FilePosTarget:
 Target = Latest | TimeTarget | GtidTarget | FilePosTarget
 
 
-def parse_time_target(text: str) -> TimeTarget:
-    """``--to-time``: ISO 8601 with a time zone (``2024-05-01T12:00:00Z``,
-    ``2024-05-01 14:00:00+02:00``) or ``@<unix seconds>``."""
+def parse_time_target(text: str, option: str = "--to-time") -> TimeTarget:
+    """``--to-time`` (or another ``option`` that takes a time): ISO 8601 with a time
+    zone (``2024-05-01T12:00:00Z``, ``2024-05-01 14:00:00+02:00``) or ``@<unix
+    seconds>``."""
     text = text.strip()
     match = _UNIX_RE.fullmatch(text)
     try:
@@ -248,7 +249,7 @@ def parse_time_target(text: str) -> TimeTarget:
             ) from None
         return TimeTarget.from_datetime(when)
     except ValueError as exc:
-        raise TargetSyntaxError(f"--to-time: {exc}") from None
+        raise TargetSyntaxError(f"{option}: {exc}") from None
 
 
 def parse_gtid_target(text: str) -> GtidTarget:

@@ -27,6 +27,7 @@ that stream where it is and is reported on every pass until a newer stream takes
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import secrets
@@ -79,6 +80,17 @@ from binhoard.domain.errors import (
 from binhoard.domain.gtid import GtidOrderError, GtidPosition
 from binhoard.domain.manifest import ObjectRef
 from binhoard.localstate import StateFile, exclusive
+from binhoard.metric_names import (
+    BINLOG_ARCHIVE_PASS_FAILURES,
+    BINLOG_ARCHIVE_PROBLEMS,
+    BINLOG_ARCHIVE_STALLED,
+    BINLOG_FILES_UPLOADED,
+    BINLOG_FORCED_ROTATIONS,
+    BINLOG_LAST_PASS_TIME,
+    BINLOG_NEWEST_STORED_COMMIT_TIME,
+    BINLOG_PENDING_BYTES,
+    BINLOG_PENDING_FILES,
+)
 from binhoard.metrics import Metrics
 from binhoard.ops.backup import object_ref
 from binhoard.ops.catalog import StreamState, read_records, read_site, read_streams
@@ -88,6 +100,7 @@ from binhoard.server import sql
 from binhoard.server.binlog_reader import BinlogSummary, summarize_binlog
 from binhoard.storage.pipeline import Codec, suffix, upload
 from binhoard.storage.store import ObjectInfo, ObjectStore, read_all
+from binhoard.telemetry import report_error
 
 log = logging.getLogger("binhoard.archive")
 
@@ -166,6 +179,9 @@ class ArchiveReport:
     newest_stored_commit_time: int | None = None
     failure: str | None = None
     broken: list[BrokenStreamReport] = field(default_factory=list)
+    # Closed server files an open stream still needs, and their size (None: unknown).
+    pending_files: int | None = None
+    pending_bytes: int | None = None
 
     @property
     def problems(self) -> list[str]:
@@ -380,6 +396,7 @@ class BinlogArchiver:
                 self._publish_status(report.streams[-1])
         times = [s.newest_commit_time for s in report.streams if s.newest_commit_time is not None]
         report.newest_stored_commit_time = max(times) if times else None
+        report.pending_files, report.pending_bytes = _pending(server, files, streams)
         return report
 
     def _walk(
@@ -715,6 +732,25 @@ class BinlogArchiver:
             )
 
 
+def _pending(server: ServerBinlogs, files: ServerFiles, streams: list[_Stream]) -> tuple[int, int]:
+    """The closed files of the server that an open stream still needs after the pass
+    (from the earliest file any of them waits for, in index order), and their size. A
+    file gone from the directory meanwhile counts with size 0."""
+    wanted = {
+        step.name
+        for stream in streams
+        if not stream.closed and isinstance(step := stream.next(files), Archive)
+    }
+    closed = [name for name in server.names if name != server.active]
+    first = next((i for i, name in enumerate(closed) if name in wanted), len(closed))
+    pending = closed[first:]
+    size = 0
+    for name in pending:
+        with contextlib.suppress(OSError):  # purged since the index was read
+            size += server.path(name).stat().st_size
+    return len(pending), size
+
+
 def _broken_streams(
     streams: Sequence[StreamState], entries: Sequence[BackupEntry], server_id: int
 ) -> list[BrokenStreamReport]:
@@ -806,6 +842,7 @@ class ArchiveLoop:
         self.metrics = metrics
         self.clock = clock
         self.timer = RotationTimer(settings.backup_settings.forced_binlog_rotation_interval)
+        self._failure: str | None = None  # the last pass's, reported once to Sentry
 
     def tick(self) -> ArchiveReport:
         """One pass (and a rotation if due). Never raises a ``BinhoardError``: a failed pass
@@ -817,6 +854,9 @@ class ArchiveLoop:
                 report = self.archiver.archive_once()
         except BinhoardError as exc:
             report = ArchiveReport(at=self.archiver.now().isoformat(), failure=exc.message)
+            # Counted every pass; sent to Sentry when it changes, not every two seconds.
+            report_error(exc, self.metrics, "archive", to_sentry=exc.message != self._failure)
+        self._failure = report.failure
         publish(self.settings, report, self.metrics)
         return report
 
@@ -839,7 +879,7 @@ class ArchiveLoop:
         finally:
             conn.close()
         self.timer.rotated()
-        self.metrics.increment("binhoard.binlog.forced_rotations")
+        self.metrics.increment(BINLOG_FORCED_ROTATIONS)
         log.info(
             "rotated the binlog: transactions waited %.0f s or more",
             self.settings.backup_settings.forced_binlog_rotation_interval,
@@ -872,12 +912,17 @@ def publish(settings: Settings, report: ArchiveReport, metrics: Metrics) -> None
         }
     )
     if report.newest_stored_commit_time is not None:
-        metrics.gauge("binhoard.binlog.newest_stored_commit_time", report.newest_stored_commit_time)
-    metrics.gauge("binhoard.binlog.archive_problems", len(report.problems))
-    metrics.gauge("binhoard.binlog.archive_stalled", 1 if reasons else 0)
+        metrics.set_time(BINLOG_NEWEST_STORED_COMMIT_TIME, report.newest_stored_commit_time)
+    if report.failure is None:
+        metrics.set_time(BINLOG_LAST_PASS_TIME, datetime.fromisoformat(report.at))
+    if report.pending_files is not None and report.pending_bytes is not None:
+        metrics.gauge(BINLOG_PENDING_FILES, report.pending_files)
+        metrics.gauge(BINLOG_PENDING_BYTES, report.pending_bytes)
+    metrics.gauge(BINLOG_ARCHIVE_PROBLEMS, len(report.problems))
+    metrics.gauge(BINLOG_ARCHIVE_STALLED, 1 if reasons else 0)
     if report.failure is not None or any(s.error for s in report.streams):
-        metrics.increment("binhoard.binlog.archive_pass_failures")
-    metrics.increment("binhoard.binlog.files_uploaded", len(report.uploaded))
+        metrics.increment(BINLOG_ARCHIVE_PASS_FAILURES)
+    metrics.increment(BINLOG_FILES_UPLOADED, len(report.uploaded))
 
 
 def raise_if_stalled(report: ArchiveReport) -> None:

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 from binhoard.config import Settings
@@ -35,7 +35,9 @@ from binhoard.domain.manifest import (
 )
 from binhoard.domain.schedule import Due, backup_due, choose_backup_type, incremental_parent
 from binhoard.localstate import StateFile, exclusive
-from binhoard.ops.site import find_leftovers, list_backups, removable_leftovers
+from binhoard.ops.catalog import read_site
+from binhoard.ops.expire import DeletionJournal, binlog_references, finish_leftovers
+from binhoard.ops.site import LEFTOVER_GRACE, find_leftovers, list_backups, removable_leftovers
 from binhoard.server import sql
 from binhoard.server.backup_tool import MariaBackup
 from binhoard.server.mycnf import read_server_options
@@ -44,7 +46,6 @@ from binhoard.storage.store import ObjectStore
 
 log = logging.getLogger("binhoard.backup")
 
-LEFTOVER_GRACE = timedelta(hours=24)
 # mariabackup's copy threads (--parallel). They mostly wait for O_DIRECT reads; with two,
 # one reads while the other writes to the stream, which keeps the compressor busy
 # (bench/basebackup.py: -7% wall time against one).
@@ -81,20 +82,20 @@ def _in_progress(settings: Settings) -> StateFile:
 
 
 def cleanup_leftovers(settings: Settings, store: ObjectStore, now: datetime) -> list[str]:
-    """Deletes objects of backups that never got a manifest; returns their backup ids."""
+    """Removes what backups without a manifest left (``expire.finish_leftovers``): at
+    once the backup this host was taking, or the deletions it was making, when it
+    stopped; any other once untouched for a day. Returns their backup ids."""
     state = _in_progress(settings).read()
-    ours = state.get("backup_id") if state else None
-    removed = []
-    for left in removable_leftovers(
-        find_leftovers(store), ours=ours, now=now, grace=LEFTOVER_GRACE
-    ):
-        for info in left.objects:
-            store.delete(info.key)
-        log.info("deleted %d objects of unfinished backup %s", len(left.objects), left.backup_id)
-        removed.append(left.backup_id)
+    ours = DeletionJournal(settings.state_directory).pending()
+    if state is not None and isinstance(state.get("backup_id"), str):
+        ours.add(state["backup_id"])
+    removable = removable_leftovers(find_leftovers(store), ours=ours, now=now, grace=LEFTOVER_GRACE)
+    # The site's references are read only if a leftover is an interrupted deletion
+    # whose stream still names binlog data objects (rare).
+    finish_leftovers(store, removable, lambda: binlog_references(store, read_site(store)))
     _remove_work_dirs(settings)
     _in_progress(settings).clear()
-    return removed
+    return [left.backup_id for left in removable]
 
 
 def _remove_work_dirs(settings: Settings) -> None:

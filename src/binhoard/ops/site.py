@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TypeVar, cast
@@ -14,10 +14,15 @@ from binhoard.domain.catalog import Broken, chain_breaks, stream_prefix
 from binhoard.domain.documents import CorruptDocumentError
 from binhoard.domain.errors import NotFoundError, ObjectNotFoundError
 from binhoard.domain.manifest import BackupManifest, manifest_key
+from binhoard.domain.marks import BackupMark, MarkKind, parse_mark_key
+from binhoard.domain.schedule import format_utc
 from binhoard.ops.sitecache import CachedDocument, SiteCache
 from binhoard.storage.store import ObjectInfo, ObjectStore, read_all
 
 BACKUPS = "backups/"
+# Objects of a backup without a manifest are deleted by any host once untouched this
+# long: a backup in progress writes continuously (docs/format.md, leftovers).
+LEFTOVER_GRACE = timedelta(hours=24)
 
 log = logging.getLogger("binhoard.site")
 
@@ -76,11 +81,16 @@ def read_document(
 
 @dataclass(frozen=True)
 class BackupEntry:
-    """One backup of a site: its manifest if it could be read, and why it is broken."""
+    """One backup of a site: its manifest if it could be read, why it is broken, and the
+    operator's marks (``domain/marks.py``): until when it is preserved, or why its
+    newest preservation mark cannot be read, and the mark that says it is broken."""
 
     backup_id: str
     manifest: BackupManifest | None
     broken: Broken | None
+    preserve_until: datetime | None = None
+    preserve_unreadable: Broken | None = None
+    broken_mark: BackupMark | None = None
 
     @property
     def key(self) -> str:
@@ -88,10 +98,25 @@ class BackupEntry:
 
 
 @dataclass(frozen=True)
+class Leftover:
+    """Objects of a backup that never got its manifest (interrupted, crashed)."""
+
+    backup_id: str
+    objects: tuple[ObjectInfo, ...]
+
+    @property
+    def newest(self) -> datetime | None:
+        times = [o.last_modified for o in self.objects if o.last_modified is not None]
+        return max(times) if times else None
+
+
+@dataclass(frozen=True)
 class BackupListing:
-    """Every backup of a site (every ``manifest.json``), oldest first."""
+    """Every backup of a site (every ``manifest.json``), oldest first, and the objects
+    under ``backups/`` of backups that have none (``leftovers``)."""
 
     entries: tuple[BackupEntry, ...]
+    leftovers: tuple[Leftover, ...] = ()
 
     @property
     def usable(self) -> list[BackupManifest]:
@@ -112,15 +137,59 @@ def _parse_manifest(raw: bytes, key: str) -> BackupManifest:
     return BackupManifest.from_bytes(raw, key=key)
 
 
+def _parse_mark(raw: bytes, key: str) -> BackupMark:
+    return BackupMark.from_bytes(raw, key=key)
+
+
+class _Marks:
+    """The newest mark of each kind of each backup, from the listing of ``backups/``:
+    only the newest is read, since it alone holds."""
+
+    def __init__(self) -> None:
+        self.newest: dict[tuple[str, MarkKind], ObjectInfo] = {}
+
+    def add(self, info: ObjectInfo) -> bool:
+        parsed = parse_mark_key(info.key)
+        if parsed is None:
+            return False
+        backup_id, kind, _ = parsed
+        known = self.newest.get((backup_id, kind))
+        if known is None or known.key < info.key:
+            self.newest[(backup_id, kind)] = info
+        return True
+
+    def read(
+        self,
+        store: ObjectStore,
+        backup_id: str,
+        kind: MarkKind,
+        cache: SiteCache | None,
+        cached: Mapping[str, CachedDocument],
+    ) -> BackupMark | Broken | None:
+        """The newest mark of ``kind``; ``Broken`` if it cannot be read."""
+        info = self.newest.get((backup_id, kind))
+        if info is None:
+            return None
+        try:
+            return read_document(store, info, _parse_mark, cache, cached)
+        except ObjectNotFoundError:
+            return None  # deleted since the listing: the backup is being deleted
+        except CorruptDocumentError as exc:
+            return Broken(exc.key, exc.message)
+
+
 def read_backups(store: ObjectStore, cache: SiteCache | None = None) -> BackupListing:
-    """Every backup of the site with what is broken (``Broken``); one listing, and a GET
-    for each manifest the cache does not hold."""
+    """Every backup of the site with what is broken (``Broken``) and its marks; one
+    listing, and a GET for each manifest (and newest mark) the cache does not hold."""
     cached = cache.load(BACKUPS) if cache is not None else {}
     manifests: dict[str, BackupManifest] = {}
     unreadable: dict[str, Broken] = {}
     order: list[str] = []
+    marks = _Marks()
+    listed: list[ObjectInfo] = []
     for info in store.list(BACKUPS):
-        if not info.key.endswith("/manifest.json"):
+        listed.append(info)
+        if marks.add(info) or not info.key.endswith("/manifest.json"):
             continue
         backup_id = _backup_id_of(info.key)
         try:
@@ -130,12 +199,47 @@ def read_backups(store: ObjectStore, cache: SiteCache | None = None) -> BackupLi
         except CorruptDocumentError as exc:
             unreadable[backup_id] = Broken(exc.key, exc.message)
         order.append(backup_id)
+    preserved: dict[str, BackupMark | Broken | None] = {}
+    marked: dict[str, BackupMark] = {}
+    for backup_id in order:
+        preserved[backup_id] = marks.read(store, backup_id, "preserve", cache, cached)
+        mark = marks.read(store, backup_id, "broken", cache, cached)
+        if isinstance(mark, Broken):
+            unreadable.setdefault(backup_id, mark)
+        elif mark is not None and mark.broken:
+            marked[backup_id] = mark
     if cache is not None:
         _forget_deleted(cache, cached, set(order))
-    chained = chain_breaks(list(manifests.values()), unreadable)
+    broken = {**{b: _marked_broken(m) for b, m in marked.items()}, **unreadable}
+    chained = chain_breaks(list(manifests.values()), broken)
     return BackupListing(
-        tuple(BackupEntry(b, manifests.get(b), unreadable.get(b) or chained.get(b)) for b in order)
+        tuple(
+            _entry(
+                b, manifests.get(b), broken.get(b) or chained.get(b), preserved[b], marked.get(b)
+            )
+            for b in order
+        ),
+        tuple(_leftovers(listed)),
     )
+
+
+def _marked_broken(mark: BackupMark) -> Broken:
+    why = f": {mark.reason}" if mark.reason else ""
+    when = format_utc(mark.at)
+    return Broken(mark.key, f"backup {mark.backup_id} was marked broken at {when}{why}")
+
+
+def _entry(
+    backup_id: str,
+    manifest: BackupManifest | None,
+    broken: Broken | None,
+    preserve: BackupMark | Broken | None,
+    broken_mark: BackupMark | None,
+) -> BackupEntry:
+    if isinstance(preserve, Broken):
+        return BackupEntry(backup_id, manifest, broken, None, preserve, broken_mark)
+    until = preserve.preserve_until if preserve is not None else None
+    return BackupEntry(backup_id, manifest, broken, until, None, broken_mark)
 
 
 def _forget_deleted(
@@ -159,22 +263,9 @@ def list_backups(store: ObjectStore, cache: SiteCache | None = None) -> list[Bac
     return listing.usable
 
 
-@dataclass(frozen=True)
-class Leftover:
-    """Objects of a backup that never got its manifest (interrupted, crashed)."""
-
-    backup_id: str
-    objects: tuple[ObjectInfo, ...]
-
-    @property
-    def newest(self) -> datetime | None:
-        times = [o.last_modified for o in self.objects if o.last_modified is not None]
-        return max(times) if times else None
-
-
-def find_leftovers(store: ObjectStore) -> list[Leftover]:
+def _leftovers(listing: Iterable[ObjectInfo]) -> list[Leftover]:
     grouped: dict[str, list[ObjectInfo]] = defaultdict(list)
-    for info in store.list(BACKUPS):
+    for info in listing:
         grouped[_backup_id_of(info.key)].append(info)
     return [
         Leftover(backup_id, tuple(objects))
@@ -183,14 +274,21 @@ def find_leftovers(store: ObjectStore) -> list[Leftover]:
     ]
 
 
+def find_leftovers(store: ObjectStore) -> list[Leftover]:
+    """Objects under ``backups/`` of backups without a manifest (one listing; a
+    :class:`BackupListing` has them too, from the listing it was read from)."""
+    return _leftovers(store.list(BACKUPS))
+
+
 def removable_leftovers(
-    leftovers: list[Leftover], *, ours: str | None, now: datetime, grace: timedelta
+    leftovers: Iterable[Leftover], *, ours: Collection[str], now: datetime, grace: timedelta
 ) -> list[Leftover]:
-    """Leftovers safe to delete: the one this host was taking when it stopped, and any
-    untouched for ``grace`` (another host's crash). A backup in progress elsewhere writes
-    continuously, so its objects are never older than the grace period."""
+    """Leftovers safe to delete: those this host was writing or deleting when it stopped
+    (``ours``), and any untouched for ``grace`` (another host's crash). A backup in
+    progress elsewhere writes continuously, so its objects are never older than the
+    grace period."""
     return [
         left
         for left in leftovers
-        if left.backup_id == ours or (left.newest is not None and now - left.newest > grace)
+        if left.backup_id in ours or (left.newest is not None and now - left.newest > grace)
     ]

@@ -154,6 +154,12 @@ class SiteCache:
         with self._lock:
             self._close()
 
+    def __enter__(self) -> SiteCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # --- reading -------------------------------------------------------------------
     def load(self, prefix: str) -> dict[str, CachedDocument]:
         """Every cached document whose key starts with ``prefix``."""
