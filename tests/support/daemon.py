@@ -22,12 +22,13 @@ from binhoard.daemon.jobs import (
     OpenStream,
     RestoreDone,
     RestoreStatus,
+    RetentionDone,
     SiteView,
     Work,
     run_job,
 )
 from binhoard.daemon.port import Command, Ticket
-from binhoard.daemon.state import RestoreRecord, StateStore
+from binhoard.daemon.state import BrokenRequest, PreservationRequest, RestoreRecord, StateStore
 from binhoard.daemon.workers import site_streams
 from binhoard.domain.catalog import closed_key, completed_key
 from binhoard.domain.errors import BinhoardError
@@ -40,6 +41,8 @@ from binhoard.domain.manifest import (
     new_backup_id,
 )
 from binhoard.ops.catalog import read_site
+from binhoard.ops.expire import prune, retention_policy
+from binhoard.ops.marks import mark_broken, preserve
 from binhoard.storage.store import MemoryStore
 from tests.support.sites import SERVER_ID, SiteBuilder, binlog_name, position, ref, site_config
 
@@ -94,6 +97,7 @@ class FakeDoers:
     is the active one. ``failures`` scripts an error for a method's next calls."""
 
     clock: ScriptedClock
+    settings: Settings
     store: MemoryStore = field(default_factory=MemoryStore)
     server_id: int = SERVER_ID
     failures: dict[str, list[BinhoardError]] = field(default_factory=dict)
@@ -170,6 +174,21 @@ class FakeDoers:
     def promote(self, work: Work) -> None:
         self._fail("promote")
 
+    def write_mark(self, request: PreservationRequest | BrokenRequest, work: Work) -> None:
+        self._fail("write_mark")
+        if isinstance(request, PreservationRequest):
+            preserve(self.store, request.stream_id, request.preserve_until, now=self.clock.now)
+        else:
+            mark_broken(self.store, request.stream_id, broken=request.broken, now=self.clock.now)
+
+    def retention(self, work: Work) -> RetentionDone:
+        self._fail("retention")
+        policy = retention_policy(self.settings.backup_settings)
+        report = prune(self.store, policy, self.clock.now)
+        deleted = {d.backup_id for d in report.deleted}
+        self.build.backups = [b for b in self.build.backups if b.backup_id not in deleted]
+        return RetentionDone(tuple(sorted(deleted)))
+
     def configure(self, settings: Settings) -> None:
         self.configured.append(settings)
 
@@ -232,7 +251,7 @@ class Harness:
         self.directory = directory
         self.clock = ScriptedClock(start)
         self.settings = daemon_settings(directory, **overrides)
-        self.doers = FakeDoers(self.clock)
+        self.doers = FakeDoers(self.clock, self.settings)
         self.controller = self._controller()
 
     def _controller(self) -> Controller:
@@ -285,6 +304,7 @@ class Harness:
 
 
 def daemon_settings(directory: Path, **overrides: Any) -> Settings:
+    """``site_config``'s settings; ``section__key=value`` sets a key of a section."""
     data = site_config(directory)
     for key, value in overrides.items():
         section, _, name = key.partition("__")

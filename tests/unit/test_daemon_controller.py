@@ -12,7 +12,9 @@ import pytest
 
 from binhoard.daemon.jobs import ARCHIVE, BACKUP, RESTORE, SITE
 from binhoard.daemon.port import (
+    MarkBroken,
     PauseBackups,
+    Preserve,
     RequestBackup,
     RotateBinlog,
     SetMode,
@@ -316,3 +318,63 @@ def test_the_state_file_is_only_written_when_something_changed(h: Harness) -> No
         h.step(seconds=1)
     assert wal.stat().st_size == size
     assert StateStore(path).load().mode == "active"
+
+
+def test_a_preservation_is_written_in_active_mode_and_listed_before_it_is_done(
+    h: Harness,
+) -> None:
+    h.doers.put_backup()
+    stream_id = h.doers.backup_ids()[0]
+    until = START + timedelta(days=30)
+    # Before the first listing the stream is unknown; an unknown stream is not found.
+    assert isinstance(refused(h.submit(Preserve(stream_id, until))), ConflictError)
+    h.settle()
+    assert isinstance(
+        refused(h.submit(Preserve("20200101T000000Z-00000000", until))), NotFoundError
+    )
+    assert isinstance(refused(h.submit(Preserve(stream_id, START - timedelta(days=1)))), UsageError)
+    ticket = h.submit(Preserve(stream_id, until))
+    accepted(ticket)
+    h.settle()
+    assert not ticket.is_done  # idle: recorded, applied once active (as MyHoard)
+    assert isinstance(refused(h.submit(MarkBroken(stream_id))), ConflictError)  # not active
+    accepted(h.submit(SetMode("active")))
+    h.settle()
+    assert ticket.is_done and ticket.error is None
+    backups = h.controller.snapshot().backups
+    assert backups is not None
+    assert {b.stream_id: b.preserve_until for b in backups}[stream_id] == until
+
+
+def test_a_stream_marked_broken_is_shown_broken_then_replaced(h: Harness) -> None:
+    first = activate(h)
+    h.clock.advance(minutes=5)
+    ticket = h.submit(MarkBroken(first))
+    for _ in range(3):  # the listing that was due, the mark, and a listing showing it
+        assert not ticket.is_done
+        h.run(SITE)
+    assert ticket.is_done and ticket.error is None
+    backups = {b.stream_id: b for b in h.controller.snapshot().backups or ()}
+    assert backups[first].broken_at == START + timedelta(minutes=5)
+    # Nothing archives into a broken stream: a new backup is taken at once, and then
+    # retention deletes the broken one, since a newer one can be restored.
+    h.settle()
+    (second,) = h.controller.snapshot().backups or ()
+    assert second.stream_id != first and second.broken_at is None
+
+
+def test_retention_deletes_what_the_settings_no_longer_keep(tmp_path: Path) -> None:
+    h = Harness(
+        tmp_path, START, backup_settings__backup_count_max=2, backup_settings__backup_count_min=1
+    )
+    activate(h)
+    for _ in range(3):
+        h.clock.advance(minutes=10)
+        h.submit(RequestBackup())
+        h.settle()
+        h.doers.rotate()  # the new stream archives a file: the older one is closed
+        h.step(seconds=6)
+        h.settle()
+    backups = h.controller.snapshot().backups
+    assert backups is not None and len(backups) == 2
+    assert [b.stream_id for b in backups] == h.doers.backup_ids()[-2:]

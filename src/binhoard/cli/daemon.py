@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from binhoard.cli.common import config_option
+from binhoard.cli.common import config_option, start_telemetry
+from binhoard.config import load_settings
 from binhoard.daemon import service
 
 
@@ -21,4 +22,5 @@ def daemon_command(config_file: Path) -> None:
     logs which changed keys need a restart. docs/http-api.md describes the API.
     """
     logging.getLogger().setLevel(logging.INFO)  # a service: say what it does
-    service.run(config_file)
+    settings = load_settings(config_file)
+    service.run(config_file, settings, start_telemetry(settings, "daemon"))

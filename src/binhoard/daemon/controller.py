@@ -39,6 +39,7 @@ from binhoard.daemon.jobs import (
     JobProgress,
     RestoreDone,
     RestoreStatus,
+    RetentionDone,
     SiteView,
     StreamInfo,
     ThreadExecutor,
@@ -58,6 +59,8 @@ from binhoard.daemon.port import (
 )
 from binhoard.daemon.state import (
     BackupRequest,
+    BrokenRequest,
+    PreservationRequest,
     RotationRequest,
     StateStore,
 )
@@ -68,6 +71,7 @@ from binhoard.domain.errors import (
     BinhoardError,
     CancelledError,
     ConflictError,
+    NotFoundError,
     UsageError,
 )
 from binhoard.domain.manifest import BackupManifest, BackupType
@@ -77,7 +81,9 @@ from binhoard.domain.schedule import (
     incremental_parent,
     next_slot,
 )
+from binhoard.metric_names import BACKUP_LAST_COMPLETED_TIME
 from binhoard.metrics import Metrics
+from binhoard.telemetry import report_error
 
 log = logging.getLogger("binhoard.daemon")
 
@@ -88,8 +94,12 @@ ARCHIVE_INTERVAL = timedelta(seconds=5)
 # A failed job is retried after RETRY_FIRST, doubling up to RETRY_MAX.
 RETRY_FIRST = timedelta(seconds=5)
 RETRY_MAX = timedelta(minutes=5)
+# How often retention runs in active mode (and after each backup).
+RETENTION_INTERVAL = timedelta(minutes=10)
 # The loop steps at least this often, whatever it expects.
 MAX_IDLE = timedelta(seconds=60)
+# How often statsd is sent the ages of the metrics' times.
+METRICS_REFRESH = timedelta(seconds=30)
 
 
 @dataclass(frozen=True)
@@ -142,9 +152,13 @@ class Controller:
         self._after_commit: list[Callable[[], None]] = []
         self._to_start: list[tuple[str, Job, _Running]] = []
         self._rotation_tickets: dict[int, list[Ticket]] = {}
+        self._mark_tickets: dict[tuple[str, str, str], list[Ticket]] = {}
+        self._after_listing: list[tuple[int, Callable[[], None]]] = []
+        self._next_retention_at: datetime | None = None
         self.restore_progress: RestoreStatus | None = None
         self._views_of: tuple[SiteView | None, tuple[BackupView, ...] | None] = (None, None)
         self._stopping = threading.Event()
+        self._metrics_refreshed: datetime | None = None
         self.crashed: str | None = None  # why run() ended, if not asked to
         log.info("daemon state %s: mode %s", store.path, self.state.mode)
         self._snapshot = self._build_snapshot()
@@ -159,7 +173,7 @@ class Controller:
         return ticket
 
     def metrics_text(self) -> str:
-        return self.metrics.prometheus()
+        return self.metrics.prometheus_text()
 
     # --- the loop -----------------------------------------------------------------------
     def run(self, clock: Callable[[], datetime] = utc_now) -> None:
@@ -213,6 +227,12 @@ class Controller:
         # Published before the tickets are resolved: a client that got its answer
         # reads a snapshot that already shows what it asked for.
         self._snapshot = self._build_snapshot()
+        if (
+            self._metrics_refreshed is None
+            or self._now >= self._metrics_refreshed + METRICS_REFRESH
+        ):
+            self.metrics.refresh()  # statsd gets the ages ("seconds since") again
+            self._metrics_refreshed = self._now
         callbacks, self._after_commit = self._after_commit, []
         for callback in callbacks:
             callback()
@@ -233,6 +253,7 @@ class Controller:
         if mode == "active":
             self._archive()
             self._backup()
+            self._site_work()
         elif mode == "restore":
             self._restore()
         elif mode == "promote":
@@ -275,8 +296,10 @@ class Controller:
             delay = min(RETRY_FIRST * 2 ** (failures - 1), RETRY_MAX)
             self._retry_at[done.slot] = self._now + delay
             log.error("%s failed: %s", done.slot, done.error.message)
+            # Sentry hears of a failure once, not on every retry of it.
+            repeated = done.error.message == self.state.facts.last_error
+            report_error(done.error, self.metrics, f"daemon {done.slot}", to_sentry=not repeated)
             self._facts(last_error=done.error.message, last_error_at=self._now)
-            self.metrics.increment("binhoard.daemon.job_failures", tags={"job": done.slot})
         running.on_done(done)
 
     # --- commands -----------------------------------------------------------------------
@@ -299,7 +322,8 @@ class Controller:
                 control = replace(self.state.control, replication_state=command.state)
                 self._update(control=control)
             elif isinstance(command, (Preserve, MarkBroken)):
-                self._site_request(command)
+                self._mark_request(ticket, command)
+                return  # done once recorded on the site (and listed)
         except BinhoardError as exc:
             ticket.refuse(exc)
             return
@@ -353,11 +377,83 @@ class Controller:
         self._rotation_tickets.setdefault(request.request_id, []).append(ticket)
         self._after_commit.append(ticket.accept)
 
-    def _site_request(self, command: Preserve | MarkBroken) -> None:
-        raise UsageError(
-            f"{type(command).__name__} needs the retention support of the site, which this "
-            "binhoard does not have yet"
+    def _mark_request(self, ticket: Ticket, command: Preserve | MarkBroken) -> None:
+        """Recorded now, written to the site by the site worker in active mode (as
+        MyHoard applies them); retention does not run while a preservation waits."""
+        stream = self._find_stream(command.stream_id)
+        if isinstance(command, Preserve):
+            if command.until is not None and command.until <= self._now:
+                raise UsageError("preserve_until is in the past")
+            request: PreservationRequest | BrokenRequest = PreservationRequest(
+                stream.site, stream.stream_id, command.until, self._now
+            )
+            kept = [p for p in self.state.preservations if p.stream_id != stream.stream_id]
+            self._update(preservations=(*kept, request))
+        else:
+            if self.state.mode != "active":
+                raise ConflictError(
+                    f"streams are marked broken in active mode; the mode is {self.state.mode}"
+                )
+            request = BrokenRequest(stream.site, stream.stream_id, self._now, command.broken)
+            kept_marks = [b for b in self.state.broken_marks if b.stream_id != stream.stream_id]
+            self._update(broken_marks=(*kept_marks, request))
+        self._mark_tickets.setdefault(_mark_key(request), []).append(ticket)
+        self._after_commit.append(ticket.accept)
+
+    def _find_stream(self, stream_id: str) -> StreamInfo:
+        if self.view is None:
+            raise ConflictError("the backups have not been listed yet: try again in a moment")
+        for stream in self.view.streams:
+            if stream.stream_id == stream_id:
+                return stream
+        raise NotFoundError(f"no stream {stream_id}: GET /backup lists them")
+
+    # --- active: the operator's marks, and retention ------------------------------------
+    def _site_work(self) -> None:
+        """One job at a time on the site worker: listing first (``_keep_listed``), then
+        a mark to write, then retention when it is due."""
+        if not self._free(SITE):
+            return
+        pending: list[PreservationRequest | BrokenRequest] = [
+            *self.state.preservations,
+            *self.state.broken_marks,
+        ]
+        if pending:
+            request = pending[0]
+            self._start(
+                SITE,
+                lambda work: self.doers.write_mark(request, work),
+                lambda done: self._marked(done, request),
+            )
+            return
+        due = self._next_retention_at is None or self._now >= self._next_retention_at
+        if due and not self._list_stale:
+            self._start(SITE, self.doers.retention, self._retained)
+
+    def _marked(self, done: JobDone, request: PreservationRequest | BrokenRequest) -> None:
+        tickets = self._mark_tickets.pop(_mark_key(request), [])
+        if done.error is not None and (
+            done.error.retryable or isinstance(done.error, CancelledError)
+        ):
+            self._mark_tickets.setdefault(_mark_key(request), []).extend(tickets)
+            return  # tried again later
+        self._update(
+            preservations=tuple(p for p in self.state.preservations if p != request),
+            broken_marks=tuple(b for b in self.state.broken_marks if b != request),
         )
+        if done.error is not None:
+            for ticket in tickets:
+                self._after_commit.append(functools.partial(ticket.finish, done.error))
+            return
+        self._site_changes += 1
+        # Done once a listing shows it: GET /backup then has it, and retention sees it.
+        self._after_listing.extend((self._site_changes, t.finish) for t in tickets)
+
+    def _retained(self, done: JobDone) -> None:
+        self._next_retention_at = self._now + RETENTION_INTERVAL
+        if isinstance(done.result, RetentionDone) and done.result.deleted:
+            log.info("retention deleted %s", ", ".join(done.result.deleted))
+            self._site_changes += 1
 
     # --- listing ------------------------------------------------------------------------
     @property
@@ -376,6 +472,12 @@ class Controller:
         if done.error is not None or not isinstance(done.result, SiteView):
             return
         self._listed_changes = changes
+        waiting, self._after_listing = self._after_listing, []
+        for needed, finish in waiting:
+            if needed <= changes:
+                self._after_commit.append(finish)
+            else:
+                self._after_listing.append((needed, finish))
         fresh = done.result
         if self.view is not None and fresh.failures:
             # A site that could not be listed keeps what was known of it.
@@ -385,10 +487,11 @@ class Controller:
             log.error("cannot list site %s: %s", site, why)
         self.view = fresh
         mine = self._own_backups()
-        if mine:
-            newest = max(mine, key=lambda m: m.completed_at)
-            if self.state.facts.last_backup_id != newest.backup_id:
-                self._facts(last_backup_id=newest.backup_id, last_backup_at=newest.completed_at)
+        newest = max(mine, key=lambda m: m.completed_at) if mine else None
+        # After a restart too, the age of the last backup is known (and none: no age).
+        self.metrics.set_time(BACKUP_LAST_COMPLETED_TIME, newest.completed_at if newest else None)
+        if newest is not None and self.state.facts.last_backup_id != newest.backup_id:
+            self._facts(last_backup_id=newest.backup_id, last_backup_at=newest.completed_at)
 
     def _upload_streams(self) -> list[StreamInfo]:
         site = self.settings.backup_settings.upload_site
@@ -534,11 +637,11 @@ class Controller:
         if isinstance(done.result, BackupDone):
             result = done.result
             log.info("backup %s (%s) completed", result.backup_id, result.backup_type)
-            self.metrics.increment("binhoard.backup.completed", tags={"type": result.backup_type})
             self._update(backups=rest)
             self._facts(last_backup_id=result.backup_id, last_backup_at=result.completed_at)
             self._site_changes += 1  # listed at once: for GET /backup, and the schedule
             self._next_archive_at = self._now  # its stream starts archiving now
+            self._next_retention_at = self._now  # a backup more may be one too many
             return
         error = done.error
         if error is not None and not error.retryable and request.reason == "requested":
@@ -620,10 +723,12 @@ class Controller:
 
     def _next_wake(self) -> datetime:
         times = [self._now + MAX_IDLE, *self._retry_at.values()]
+        if self._metrics_refreshed is not None:
+            times.append(self._metrics_refreshed + METRICS_REFRESH)
         if self._next_list_at is not None:
             times.append(self._next_list_at)
-        if self.state.mode == "active" and self._next_archive_at is not None:
-            times.append(self._next_archive_at)
+        if self.state.mode == "active":
+            times += [t for t in (self._next_archive_at, self._next_retention_at) if t is not None]
         paused = self.state.control.backups_paused_until
         if paused is not None:
             times.append(paused)
@@ -633,6 +738,11 @@ class Controller:
                 next_slot(self._now, bs.backup_hour, bs.backup_minute, bs.backup_interval_minutes)
             )
         return max(self._now, min(times))
+
+
+def _mark_key(request: PreservationRequest | BrokenRequest) -> tuple[str, str, str]:
+    kind = "preserve" if isinstance(request, PreservationRequest) else "broken"
+    return (request.site, request.stream_id, kind)
 
 
 def _stored(name: str, result: ArchiveDone) -> bool:

@@ -23,7 +23,7 @@ from typing import Protocol
 
 from binhoard.config import Settings
 from binhoard.daemon.port import StreamWindow
-from binhoard.daemon.state import RestoreRecord
+from binhoard.daemon.state import BrokenRequest, PreservationRequest, RestoreRecord
 from binhoard.domain.errors import BinhoardError, CancelledError
 from binhoard.domain.manifest import BackupManifest, BackupType
 
@@ -47,6 +47,7 @@ class StreamInfo:
     closed_at: datetime | None  # a newer stream took over
     caught_up_at: datetime | None  # the archive first caught up with the server
     broken_reason: str | None
+    broken_at: datetime | None  # when it was marked broken (else: found broken)
     preserve_until: datetime | None
     recovery_site: bool
     window: StreamWindow | None
@@ -93,6 +94,11 @@ class ArchiveDone:
 
 
 @dataclass(frozen=True)
+class RetentionDone:
+    deleted: tuple[str, ...]  # backup ids, with their streams
+
+
+@dataclass(frozen=True)
 class RestoreStatus:
     """A restore's progress (MyHoard's ``GET /status/restore`` counters)."""
 
@@ -130,6 +136,14 @@ class Doers(Protocol):
     def restore(self, request: RestoreRecord, work: Work) -> RestoreDone: ...
 
     def promote(self, work: Work) -> None: ...
+
+    def write_mark(self, request: PreservationRequest | BrokenRequest, work: Work) -> None:
+        """Records a preservation or a broken mark on the request's site."""
+        ...
+
+    def retention(self, work: Work) -> RetentionDone:
+        """Deletes what the retention settings no longer keep in the upload site."""
+        ...
 
     def configure(self, settings: Settings) -> None:
         """Settings reloaded (SIGHUP): jobs started from now on use them."""

@@ -51,13 +51,12 @@ RELOADABLE = frozenset(
 )
 
 
-def run(config_file: Path) -> None:
+def run(config_file: Path, settings: Settings, metrics: Metrics) -> None:
     """Runs the daemon until SIGTERM or SIGINT; raises ``BinhoardError`` if it cannot
-    start (or its controller died)."""
-    settings = load_settings(config_file)
+    start (or its controller died). ``metrics`` is the process's registry (its
+    telemetry, started by the command)."""
     signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)  # inherited by every thread started
     with exclusive(settings.state_directory / "daemon.lock", "a daemon on this state_directory"):
-        metrics = Metrics(settings.statsd)
         controller = Controller(
             settings,
             StateStore.open(settings.state_directory),

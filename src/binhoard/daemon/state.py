@@ -133,13 +133,15 @@ class PreservationRequest:
 
 @dataclass(frozen=True)
 class BrokenRequest:
-    """``PATCH /backup/{stream_id} {"broken": true}``, until it is recorded on the site."""
+    """``PATCH /backup/{stream_id} {"broken": ...}``, until it is recorded on the site
+    (``broken`` false takes an earlier mark back)."""
 
     TABLE: ClassVar[str] = "broken_mark"
 
     site: str
     stream_id: str
     requested_at: datetime
+    broken: bool = True
 
 
 @dataclass(frozen=True)

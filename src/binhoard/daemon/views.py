@@ -33,7 +33,7 @@ def backup_view(stream: StreamInfo, listed_at: datetime) -> BackupView:
         basebackup_info=stream.basebackup_info,
         completed_at=stream.completed_at,
         closed_at=stream.closed_at,
-        broken_at=listed_at if broken else None,
+        broken_at=(stream.broken_at or listed_at) if broken else None,
         preserve_until=stream.preserve_until,
         recovery_site=stream.recovery_site,
         # MyHoard: whether a restore can continue from a partial download of it.

@@ -21,18 +21,27 @@ from binhoard.daemon.jobs import (
     OpenStream,
     RestoreDone,
     RestoreStatus,
+    RetentionDone,
     SiteView,
     StreamInfo,
     Work,
 )
 from binhoard.daemon.port import StreamWindow
-from binhoard.daemon.state import RestoreRecord
+from binhoard.daemon.state import BrokenRequest, PreservationRequest, RestoreRecord
 from binhoard.domain.errors import BinhoardError, ConflictError
 from binhoard.domain.manifest import BackupManifest, BackupType
 from binhoard.metrics import Metrics
 from binhoard.ops.archive import ArchiveLoop, BinlogArchiver, server_binlogs
 from binhoard.ops.backup import BackupProgress, create_backup
 from binhoard.ops.catalog import SiteState, StreamState, read_site
+from binhoard.ops.expire import DeletionJournal, prune, retention_policy
+from binhoard.ops.marks import mark_broken, preserve
+from binhoard.ops.observe import (
+    Throttle,
+    record_backup,
+    record_backup_progress,
+    record_restore_progress,
+)
 from binhoard.ops.pitr import PitrProgress, PitrRequest, PointInTimeRestore, restore_state
 from binhoard.ops.sitecache import SiteCache, open_cache
 from binhoard.server import sql
@@ -59,7 +68,7 @@ class OpsDoers:
         failures: dict[str, str] = {}
         for name, site in self.settings.backup_sites.items():
             work.check()
-            store = open_site(self.settings, name)
+            store = open_site(self.settings, name, metrics=self.metrics)
             try:
                 state = read_site(store, self._cache(name, store.describe()), incremental=True)
             except BinhoardError as exc:
@@ -80,19 +89,24 @@ class OpsDoers:
 
     # --- backups ------------------------------------------------------------------------
     def take_backup(self, backup_type: BackupType, work: Work) -> BackupDone:
+        throttle = Throttle()
+
         def progress(state: BackupProgress) -> None:
             status = BackupStatus(
                 state.backup_id, state.phase, state.bytes_read, state.estimated_total
             )
             work.report(status)
+            if throttle.due(state.phase):
+                record_backup_progress(self.metrics, state)
 
         manifest = create_backup(
             self.settings,
-            open_site(self.settings),
+            open_site(self.settings, metrics=self.metrics),
             backup_type=backup_type,
             progress=progress,
             cancel=work.cancel,
         )
+        record_backup(self.metrics, manifest)
         return BackupDone(
             manifest.backup_id, manifest.backup_type, manifest.started_at, manifest.completed_at
         )
@@ -119,7 +133,7 @@ class OpsDoers:
             return self._archive[1]
         if self._archive is not None:
             self._archive[1].archiver.close()
-        archiver = BinlogArchiver(self.settings, open_site(self.settings))
+        archiver = BinlogArchiver(self.settings, open_site(self.settings, metrics=self.metrics))
         loop = ArchiveLoop(self.settings, archiver, self.metrics)
         self._archive = (self._generation, loop)
         return loop
@@ -147,8 +161,11 @@ class OpsDoers:
             approximate_ok=request.approximate_ok,
         )
         last_phase = [""]
+        throttle = Throttle()
 
         def progress(p: PitrProgress) -> None:
+            if throttle.due(p.phase):
+                record_restore_progress(self.metrics, p)
             status = RestoreStatus(
                 phase=p.phase,
                 basebackup_compressed_bytes_downloaded=p.basebackup_compressed_bytes_downloaded,
@@ -162,7 +179,7 @@ class OpsDoers:
 
         restore = PointInTimeRestore(
             self.settings,
-            open_site(self.settings, request.site),
+            open_site(self.settings, request.site, metrics=self.metrics),
             progress=progress,
             cancel=work.cancel,
         )
@@ -179,6 +196,30 @@ class OpsDoers:
         finally:
             restore.close()
         return RestoreDone(str(restore.state.get("final_gtid_position") or ""))
+
+    # --- the operator's marks, and retention -------------------------------------------
+    def write_mark(self, request: PreservationRequest | BrokenRequest, work: Work) -> None:
+        store = open_site(self.settings, request.site, metrics=self.metrics)
+        now = datetime.now(UTC)
+        if isinstance(request, PreservationRequest):
+            preserve(store, request.stream_id, request.preserve_until, now=now)
+        else:
+            mark_broken(store, request.stream_id, broken=request.broken, now=now)
+
+    def retention(self, work: Work) -> RetentionDone:
+        name = self.settings.backup_settings.upload_site
+        store = open_site(self.settings, name, metrics=self.metrics)
+        report = prune(
+            store,
+            retention_policy(self.settings.backup_settings),
+            datetime.now(UTC),
+            journal=DeletionJournal(self.settings.state_directory),
+            cache=self._cache(name, store.describe()),
+        )
+        for decision in report.decisions:
+            if not decision.keep:
+                log.info("retention: deleting %s: %s", decision.backup_id, decision.reason)
+        return RetentionDone(tuple(d.backup_id for d in report.deleted))
 
     def promote(self, work: Work) -> None:
         """This node takes over: its server must answer as the configured one, with no
@@ -238,7 +279,8 @@ def site_streams(name: str, site: SiteState, *, recovery_site: bool) -> list[Str
                 closed_at=stream.closed.at if stream and stream.closed else None,
                 caught_up_at=stream.completed.at if stream and stream.completed else None,
                 broken_reason=broken.reason if broken else None,
-                preserve_until=None,
+                broken_at=entry.broken_mark.at if entry.broken_mark else None,
+                preserve_until=entry.preserve_until,
                 recovery_site=recovery_site,
                 window=_window(stream) if stream is not None else None,
                 basebackup_info=basebackup_info(manifest) if manifest else {},
