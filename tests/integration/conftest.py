@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support import s3server
+from tests.support.daemon_process import DaemonProcess
 from tests.support.s3server import S3Server
 from tests.support.sandboxes import SandboxFactory, sandbox_factory
 
@@ -30,3 +31,13 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     themselves with their own key prefixes (``s3_server.storage_config(prefix)``)."""
     with s3server.s3_server(tmp_path_factory.mktemp("s3")) as server:
         yield server
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[DaemonProcess]]:
+    """``binhoard daemon`` processes a test appends here are killed at its end, whatever
+    happened."""
+    started: list[DaemonProcess] = []
+    yield started
+    for daemon in started:
+        daemon.close()

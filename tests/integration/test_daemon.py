@@ -6,11 +6,8 @@ time. And SIGTERM stops a daemon within 10 s."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from binhoard.crypto.age import Identity
 from binhoard.server.sandbox import Sandbox
@@ -19,15 +16,6 @@ from tests.support.daemon_process import DaemonProcess
 from tests.support.sandboxes import SandboxFactory
 from tests.support.waiting import wait_for
 from tests.support.workload import checksums, create_schema, mark, write_rows
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[DaemonProcess]]:
-    """Daemons to close (kill) at the end, whatever happened."""
-    started: list[DaemonProcess] = []
-    yield started
-    for daemon in started:
-        daemon.close()
 
 
 def new_daemon(

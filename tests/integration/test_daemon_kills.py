@@ -9,9 +9,6 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import Iterator
-
-import pytest
 
 from binhoard.app import open_site
 from binhoard.config import parse_settings
@@ -25,14 +22,6 @@ from tests.support.waiting import wait_for
 from tests.support.workload import checksums, create_schema, mark, write_rows
 
 ROUNDS = 12
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[DaemonProcess]]:
-    started: list[DaemonProcess] = []
-    yield started
-    for daemon in started:
-        daemon.close()
 
 
 def kill_and_restart(daemon: DaemonProcess, rng: random.Random, most: float) -> None:

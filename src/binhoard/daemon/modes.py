@@ -60,7 +60,13 @@ def decide(  # noqa: PLR0917 - the decision's inputs, each named by its type
         )
     wanted = request.mode
     if wanted == "restore":
-        return _restore(current, restore, request, streams, sites, now)
+        failed = current == "restore" and restore is not None and restore.phase == "failed"
+        if current != "idle" and not failed:
+            raise ConflictError(
+                f"the mode is {current}: a restore is started only in idle mode"
+                + (" (or to replace a failed restore)" if current == "restore" else "")
+            )
+        return Switch("restore", _new_restore(request, streams, sites, now))
     if wanted == current or (wanted == "active" and current == "promote"):
         return Stay()
     if current in ("active", "promote"):
@@ -83,20 +89,10 @@ def decide(  # noqa: PLR0917 - the decision's inputs, each named by its type
     return Switch(wanted)  # observe, from idle
 
 
-def _restore(  # noqa: PLR0917 - decide's inputs
-    current: Mode,
-    restore: RestoreRecord | None,
-    request: SetMode,
-    streams: Sequence[StreamInfo] | None,
-    sites: Sequence[str],
-    now: datetime,
-) -> Switch:
-    failed = current == "restore" and restore is not None and restore.phase == "failed"
-    if current != "idle" and not failed:
-        raise ConflictError(
-            f"the mode is {current}: a restore is started only in idle mode"
-            + (" (or to replace a failed restore)" if current == "restore" else "")
-        )
+def _new_restore(
+    request: SetMode, streams: Sequence[StreamInfo] | None, sites: Sequence[str], now: datetime
+) -> RestoreRecord:
+    """The restore ``request`` asks for, checked against the streams listed."""
     if not request.site or not request.stream_id:
         raise UsageError("a restore needs site and stream_id (GET /backup lists them)")
     if request.site not in sites:
@@ -126,7 +122,7 @@ def _restore(  # noqa: PLR0917 - decide's inputs
                 f"target_time {target_time.isoformat()} is after stream {stream.stream_id} was "
                 f"closed ({stream.closed_at.isoformat()}): pick the stream that took over"
             )
-    record = RestoreRecord(
+    return RestoreRecord(
         site=request.site,
         stream_id=request.stream_id,
         target_kind=kind,
@@ -136,7 +132,6 @@ def _restore(  # noqa: PLR0917 - decide's inputs
         requested_at=now,
         updated_at=now,
     )
-    return Switch("restore", record)
 
 
 def _target(request: SetMode) -> tuple[RestoreTargetKind, str | None]:
