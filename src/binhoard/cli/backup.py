@@ -12,13 +12,14 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from binhoard.app import open_site, site_name
+from binhoard.app import backup_config, open_server, open_site, site_name
 from binhoard.cli.common import config_option, json_option, site_option
 from binhoard.cli.progress import ByteProgress
 from binhoard.config import load_settings
+from binhoard.domain.backup_decision import BackupDecision
 from binhoard.domain.manifest import BackupManifest, BackupType
 from binhoard.domain.schedule import format_utc
-from binhoard.ops.backup import BackupDecision, BackupProgress, take_backup
+from binhoard.ops.backup import BackupProgress, take_backup
 from binhoard.ops.site import BackupEntry, read_backups, read_manifest
 from binhoard.ops.sitecache import open_cache
 
@@ -71,8 +72,9 @@ def create(config_file: Path, full: bool, incremental: bool, if_due: bool) -> No
                 bar.update(state.phase, state.bytes_read, state.estimated_total)
 
         manifest = take_backup(
-            settings,
+            open_server(settings),
             store,
+            backup_config(settings),
             requested=requested,
             if_due=if_due,
             on_decision=decided,
