@@ -27,11 +27,13 @@ import struct
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from binhoard.app import archive_config
-from binhoard.config import Settings
+from binhoard.config import Settings, parse_settings
+from binhoard.crypto.age import Identity
 from binhoard.domain.binlog_file import BinlogIndex, BinlogSummary
 from binhoard.domain.errors import (
     ApplyError,
@@ -61,6 +63,7 @@ from binhoard.ports.server import CheckpointWait, ServerBinlogs, SettingsJournal
 from binhoard.server.binlog_reader import read_binlog, summarize_binlog
 from binhoard.storage.store import ObjectStore
 from tests.support.binlogs import BinlogWriter
+from tests.support.sites import site_config
 
 T0 = 1_767_225_600  # 2026-01-01T00:00:00Z: the first commit time
 MAGIC = b"FKXB"  # one record of the fake backup stream: MAGIC, name, data
@@ -251,7 +254,6 @@ class FakeFlushing:
     def __init__(self, server: FakeServer) -> None:
         self.server = server
         self.values = dict(FLUSH_DEFAULTS)
-        self.refuse_put_back = False
 
     def bound_checkpoint_age(self, journal: SettingsJournal) -> CheckpointWait:
         self.server.connect("flushing.bound_checkpoint_age")
@@ -268,8 +270,12 @@ class FakeFlushing:
 
     def put_back(self, values: Mapping[str, str]) -> None:
         self.server.connect("flushing.put_back")
-        if self.refuse_put_back:
-            raise ServerQueryError("SET GLOBAL: incorrect argument", server_errno=1210)
+        for name, value in values.items():
+            if name == "innodb_io_capacity" and not value.isdigit():
+                raise ServerQueryError(
+                    f"SET GLOBAL {name}: MariaDB error 1232: Incorrect argument type",
+                    server_errno=1232,
+                )
         self.values.update(values)
 
     def startup_values(self) -> dict[str, str]:
@@ -367,7 +373,11 @@ class FakeRelayApplier:
             raise ApplyError(
                 f"after apply gtid_slave_pos={server.slave_position}, expected {expected}"
             )
-        server.binlogs.reset(server.slave_position)
+        if server.binlog_position != server.slave_position:
+            raise ApplyError(
+                f"after apply gtid_binlog_pos={server.binlog_position} "
+                f"gtid_slave_pos={server.slave_position}: they must be equal"
+            )
         server.read_only = True
         return server.slave_position
 
@@ -533,3 +543,40 @@ def fake_archiver(
             settings.state_directory.parent / "server", server_id=settings.server_id
         )
     return archiver_class(server, store, archive_config(settings), **kwargs)
+
+
+def fake_host(
+    directory: Path,
+    identity: Identity,
+    *,
+    server_id: int = 7,
+    configured_server_id: int | None = None,
+    running: bool = True,
+    **settings: Any,
+) -> tuple[Settings, FakeServer]:
+    """A host's settings (``site_config`` with the private key, and ``settings`` on top)
+    and its fake server, laid out in ``directory``. ``configured_server_id``: what the
+    settings say, when it is not the server's."""
+    data = site_config(
+        directory,
+        server_id=configured_server_id or server_id,
+        identity=identity,
+        private_key=True,
+    )
+    data.update(settings)
+    server = FakeServer(directory, server_id=server_id, running=running)
+    return parse_settings(data, source="test"), server
+
+
+class ScriptedClock:
+    """``now()`` for the ops: a fixed time that moves only when told (``advance``)."""
+
+    def __init__(self, start: datetime) -> None:
+        self.at = start
+
+    def __call__(self) -> datetime:
+        return self.at
+
+    def advance(self, **delta: float) -> datetime:
+        self.at += timedelta(**delta)
+        return self.at
