@@ -11,6 +11,7 @@ stopped, empty datadir) whose rows after the restore are compared with the sourc
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -68,18 +69,34 @@ def target_in(directory: Path) -> tuple[Settings, FakeServer]:
 
 
 # --- a backup chain ---------------------------------------------------------------------
+def restore_into(
+    target: FakeServer,
+    settings: Settings,
+    source: Source,
+    backup_id: str = "latest",
+    progress: Callable[[RestoreProgress], None] | None = None,
+) -> BackupManifest:
+    return restore_backup(
+        target,
+        source.store,
+        backup_id,
+        target.datadir,
+        site=settings.upload_site,
+        temporary_directory=settings.temporary_directory,
+        progress=progress,
+    )
+
+
 def test_a_chain_is_extracted_prepared_and_moved_into_the_datadir(
     source: Source, tmp_path: Path
 ) -> None:
     settings, target = target_in(tmp_path / "target")
     phases: list[str] = []
-    manifest = restore_backup(
+    manifest = restore_into(
         target,
-        source.store,
+        settings,
+        source,
         source.incremental.backup_id,
-        target.datadir,
-        site=settings.upload_site,
-        temporary_directory=settings.temporary_directory,
         progress=lambda p: phases.append(p.phase),
     )
     assert manifest == source.incremental
@@ -99,14 +116,7 @@ def test_a_datadir_that_is_not_empty_is_refused(source: Source, tmp_path: Path) 
     settings, target = target_in(tmp_path / "target")
     (target.datadir / "ibdata1").write_bytes(b"x")
     with pytest.raises(UsageError, match="is not empty"):
-        restore_backup(
-            target,
-            source.store,
-            "latest",
-            target.datadir,
-            site=settings.upload_site,
-            temporary_directory=settings.temporary_directory,
-        )
+        restore_into(target, settings, source)
     assert target.calls == []
 
 
@@ -117,15 +127,7 @@ def test_files_that_cannot_be_given_to_the_server_are_refused_before_any_downloa
     target.backup_tool.owner.refuse = True
     progress: list[RestoreProgress] = []
     with pytest.raises(UsageError, match="must belong to mysql"):
-        restore_backup(
-            target,
-            source.store,
-            "latest",
-            target.datadir,
-            site=settings.upload_site,
-            temporary_directory=settings.temporary_directory,
-            progress=progress.append,
-        )
+        restore_into(target, settings, source, progress=progress.append)
     assert target.backup_tool.extracted == [] and progress[-1].backup_id == ""
 
 
