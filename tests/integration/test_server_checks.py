@@ -184,3 +184,23 @@ def test_a_server_id_other_than_the_configured_one_is_refused_and_nothing_is_wri
     settings = parse_settings(data, source="test")
     with pytest.raises(ServerError, match="cannot archive: the server's server_id"):
         ops.archiver(settings, open_site(settings)).archive_once()
+
+
+def test_the_server_port_rotates_lists_and_purges_binlogs(
+    sandboxes: SandboxFactory, tmp_path: Path
+) -> None:
+    """``Server.binlogs`` of MariaDB: what the archiver and binlog purge rely on."""
+    box = sandboxes.new()
+    binlogs = open_server(parse_settings(config_for(box, tmp_path / "site"), source="test")).binlogs
+    first = binlogs.list()
+    binlogs.flush()
+    binlogs.flush()
+    after = binlogs.list()
+    assert (
+        after.names[: len(first.names)] == first.names and len(after.names) == len(first.names) + 2
+    )
+    assert after.active == after.names[-1] != first.active
+    assert after.path(after.active).exists()
+    binlogs.purge_to(after.active)
+    assert binlogs.list().names == (after.active,)
+    assert not after.path(first.active).exists()
