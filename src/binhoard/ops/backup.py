@@ -1,6 +1,7 @@
-"""Taking a backup: mariabackup streamed through the pipeline into the site, manifest last.
+"""Taking a backup: the server's backup tool (mariabackup) streamed through the pipeline
+into the site, manifest last.
 
-Nothing of the backup touches local disk but mariabackup's LSN files and log. Objects
+Nothing of the backup touches local disk but the tool's LSN files and log. Objects
 are written data first, then my.cnf, then the manifest, so an interrupted backup leaves
 at most two objects without a manifest; the next run deletes them (``cleanup``).
 """

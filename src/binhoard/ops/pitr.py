@@ -14,9 +14,10 @@ at any moment continues where it was when started again (``binhoard restore --re
   here wipes the datadir this restore filled and starts the phase again.
 * **basebackup_restored**: the server is started and given the snapshot's GTID state.
 * **applying_binlogs**: downloaded files are handed to the server's SQL thread in
-  batches (``server/relay_apply.py``); after each batch the number of records applied
-  is saved. After a crash the server's ``gtid_slave_pos`` says exactly how far it got
-  (the server port's ``RelayApply.resume_point``): nothing is applied twice or skipped.
+  batches (the server port's ``relay_applier()``; ``domain/pitr.py`` cuts them); after
+  each batch the number of records applied is saved. After a crash the server's
+  ``gtid_slave_pos`` says exactly how far it got (``RelayApply.resume_point``): nothing
+  is applied twice or skipped.
 * **finalizing**: replication configuration is removed, durability restored, GTID
   state checked equal to the target's, and the server left running read-only.
 """
@@ -310,7 +311,8 @@ class PointInTimeRestore:
 
     # --- entry points -------------------------------------------------------------------
     def start(self, request: PitrRequest) -> PitrProgress:
-        """A new restore into ``mysql.data_directory``, to ``request.target``."""
+        """A new restore into the server's datadir (``config.data_directory``), to
+        ``request.target``."""
         with exclusive(self.config.state_directory / "restore.lock", "a restore"):
             existing = self._recorded()
             # Stopped while planning, nothing was changed yet: a new start may replace it.

@@ -1,10 +1,11 @@
 """Restoring a backup chain into an empty datadir, and bringing the server up on it.
 
 Every object of the chain is downloaded, verified, decrypted and decompressed as one
-stream straight into ``mbstream -x``; the objects of a chain are fetched concurrently, so
-the next one downloads while the current one extracts. The extraction directory is the
-consumer that "can roll back": if any object fails verification the whole work directory
-is discarded and nothing is moved into the datadir.
+stream straight into the server's backup tool (``mbstream -x``); the objects of a chain
+are fetched concurrently, so the next one downloads while the current one extracts. The
+extraction directory is the consumer that "can roll back": if any object fails
+verification the whole work directory is discarded and nothing is moved into the
+datadir.
 """
 
 from __future__ import annotations
