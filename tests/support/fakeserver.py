@@ -16,8 +16,13 @@ that what a backup, a restore and an apply leave can be compared line by line.
   the stop are appended to the rows and ``gtid_slave_pos`` advances.
 * ``process`` starts and stops (a stopped server refuses connections).
 * ``fail(operation, error)`` makes the next call of ``operation`` (``"facts"``,
-  ``"backup.finish"``, ``"apply"``, ``"start"``, ...) raise ``error``; ``calls`` lists
-  what the ops asked, in order.
+  ``"backup.finish"``, ``"apply"``, ``"start"``, ...) raise ``error``; ``crash_after = n``
+  kills binhoard (``Killed``) after the next batch applied ``n`` transactions; ``calls``
+  lists what the ops asked, in order.
+
+``fake_host`` gives a host's settings and its fake server, ``fake_archiver`` an archiver
+over a fake, ``ScriptedClock`` a ``now`` that moves when told. ``mypy --strict`` checks
+this module too (pyproject.toml): the fake satisfies the ``Server`` protocol.
 """
 
 from __future__ import annotations
