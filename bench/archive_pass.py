@@ -58,8 +58,10 @@ from tests.support.sites import (  # noqa: E402
     site_config,
 )
 
+from binhoard.app import archive_config, open_server  # noqa: E402
 from binhoard.config import Settings, parse_settings  # noqa: E402
-from binhoard.ops.archive import BinlogArchiver, ServerBinlogs  # noqa: E402
+from binhoard.ops.archive import BinlogArchiver  # noqa: E402
+from binhoard.ports.server import ServerBinlogs  # noqa: E402
 from binhoard.storage.backends import LocalStore, open_store  # noqa: E402
 from binhoard.storage.store import ObjectInfo, ObjectStore  # noqa: E402
 from binhoard.storage.wrappers import ForwardingStore, MetricsStore  # noqa: E402
@@ -148,8 +150,8 @@ def measure_index(
 ) -> dict[str, Any]:
     server = long_index(build, count)
     archivers = {
-        "fast": BinlogArchiver(settings, store),
-        "scan": ReferenceArchiver(settings, store),
+        "fast": archiver_of(settings, store),
+        "scan": archiver_of(settings, store, archiver_class=ReferenceArchiver),
     }
     one_pass(archivers["fast"], server)  # fills the cache: both then read the same
     times: dict[str, list[float]] = {mode: [] for mode in archivers}
@@ -165,6 +167,19 @@ def measure_index(
         }
     result["ratio"] = round(result["scan"]["best_s"] / result["fast"]["best_s"], 1)
     return result
+
+
+def archiver_of(
+    settings: Settings,
+    store: ObjectStore,
+    *,
+    archiver_class: type[BinlogArchiver] = BinlogArchiver,
+    use_cache: bool = True,
+) -> BinlogArchiver:
+    """The production archiver (``app.open_server``: an idle pass reads no binlog and
+    runs no SQL, the index is given)."""
+    server = open_server(settings)
+    return archiver_class(server, store, archive_config(settings), use_cache=use_cache)
 
 
 def one_pass(archiver: BinlogArchiver, server: ServerBinlogs) -> float:
@@ -185,8 +200,8 @@ def measure(
 ) -> dict[str, Any]:
     server = idle_server(build)
     archivers = {
-        "cache": BinlogArchiver(settings, store),
-        "no-cache": BinlogArchiver(settings, store, use_cache=False),
+        "cache": archiver_of(settings, store),
+        "no-cache": archiver_of(settings, store, use_cache=False),
     }
     one_pass(archivers["cache"], server)  # fills the cache (and writes the markers)
     times: dict[str, list[float]] = {mode: [] for mode in MODES}
@@ -197,9 +212,7 @@ def measure(
     result: dict[str, Any] = {}
     for mode in MODES:
         observer = CountingObserver()
-        archiver = BinlogArchiver(
-            settings, MetricsStore(store, observer), use_cache=mode == "cache"
-        )
+        archiver = archiver_of(settings, MetricsStore(store, observer), use_cache=mode == "cache")
         one_pass(archiver, server)
         result[mode] = {
             "best_s": round(min(times[mode]), 4),
@@ -218,7 +231,8 @@ def http_requests(
     assert isinstance(counted_store, _SameSite)
     proxy = counted_store.proxy
     before = proxy.counts.get("requests", 0)
-    one_pass(BinlogArchiver(settings, counted_store, use_cache=mode == "cache"), idle_server(build))
+    archiver = archiver_of(settings, counted_store, use_cache=mode == "cache")
+    one_pass(archiver, idle_server(build))
     return proxy.counts.get("requests", 0) - before
 
 

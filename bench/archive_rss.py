@@ -37,16 +37,17 @@ from tests.support.s3server import s3_server  # noqa: E402
 from tests.support.sites import put_full_backup  # noqa: E402
 
 from binhoard.allocator import keep_freed_memory  # noqa: E402
-from binhoard.app import open_site  # noqa: E402
+from binhoard.app import archive_config, open_server, open_site  # noqa: E402
 from binhoard.config import parse_settings  # noqa: E402
 from binhoard.crypto.age import Identity  # noqa: E402
 from binhoard.domain.gtid import Gtid  # noqa: E402
 from binhoard.domain.manifest import (  # noqa: E402
     SnapshotPosition,
 )
-from binhoard.ops.archive import BinlogArchiver, ServerBinlogs  # noqa: E402
+from binhoard.ops.archive import BinlogArchiver  # noqa: E402
 from binhoard.ops.catalog import read_streams  # noqa: E402
 from binhoard.ops.restore_backup import digest_of  # noqa: E402
+from binhoard.ports.server import ServerBinlogs  # noqa: E402
 from binhoard.storage.pipeline import download, identities_from_site  # noqa: E402
 
 SERVER_ID = 1
@@ -90,7 +91,8 @@ def child(args: argparse.Namespace) -> None:
     store = open_site(settings)
     binlog = Path(config["mysql"]["binlog_prefix"]).parent / "binlog.000001"
     started = time.monotonic()
-    report = BinlogArchiver(settings, store).archive_files(
+    archiver = BinlogArchiver(open_server(settings), store, archive_config(settings))
+    report = archiver.archive_files(
         ServerBinlogs(binlog.parent, ("binlog.000001", "binlog.000002"), "binlog.000002")
     )
     seconds = time.monotonic() - started

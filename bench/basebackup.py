@@ -324,7 +324,13 @@ def _round(
             )
         else:
             times["backup binhoard"] = timer.run(
-                lambda: manifests.append(binhoard.ops.backup.create_backup(settings, store)),
+                lambda: manifests.append(
+                    binhoard.ops.backup.create_backup(
+                        binhoard.app.open_server(settings),
+                        store,
+                        binhoard.app.backup_config(settings),
+                    )
+                ),
                 before=lambda: quiesce(src),
             )
     manifest = manifests[0]
@@ -340,11 +346,12 @@ def _round(
         else:
             times["restore binhoard"] = timer.run(
                 lambda: binhoard.ops.restore_backup.restore_backup(
-                    settings,
+                    binhoard.app.open_server(settings),
                     store,
                     manifest.backup_id,
                     dst.datadir,  # noqa: B023 - called at once
-                    site_name="default",
+                    site=settings.backup_sites["default"],
+                    temporary_directory=settings.temporary_directory,
                     progress=lambda state: phases.mark(  # noqa: B023 - called at once
                         _OUR_PHASES.get(state.phase, state.phase)
                     ),

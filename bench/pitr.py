@@ -259,7 +259,10 @@ class Bench:
         run_load(src, WARMUP_TRANSACTIONS)
         settings = self.settings(src)
         store = binhoard.app.open_site(settings)
-        manifest = binhoard.ops.backup.create_backup(settings, store)
+        server = binhoard.app.open_server(settings)
+        manifest = binhoard.ops.backup.create_backup(
+            server, store, binhoard.app.backup_config(settings)
+        )
         snap = manifest.snapshot
         _log(
             f"backup {manifest.backup_id}: snapshot {snap.binlog_file}:{snap.binlog_pos} "
@@ -269,7 +272,8 @@ class Bench:
         run_load(src, self.transactions, self.connections)
         src.query("FLUSH BINARY LOGS")
         elapsed = time.perf_counter() - started
-        report = BinlogArchiver(settings, store).archive_once()
+        archiver = BinlogArchiver(server, store, binhoard.app.archive_config(settings))
+        report = archiver.archive_once()
         if report.problems:
             raise RuntimeError(f"archiving reported problems: {report.problems}")
         records = [r for s in read_streams(store) for r in s.records]
@@ -322,9 +326,13 @@ class Bench:
         logger.setLevel(logging.INFO)
         started = time.perf_counter()
         try:
-            result = PointInTimeRestore(settings, store, progress=on_progress).start(
-                PitrRequest("default", {"to_latest": True})
+            restore = PointInTimeRestore(
+                binhoard.app.open_server(settings),
+                store,
+                binhoard.app.pitr_config(settings),
+                progress=on_progress,
             )
+            result = restore.start(PitrRequest("default", {"to_latest": True}))
         finally:
             logger.removeHandler(capture)
         ended = time.perf_counter()
@@ -366,10 +374,16 @@ class Bench:
         settings = self.settings(box)
         store: ObjectStore = binhoard.app.open_site(settings)
         started = time.perf_counter()
+        server = binhoard.app.open_server(settings)
         binhoard.ops.restore_backup.restore_backup(
-            settings, store, manifest.backup_id, box.datadir, site_name="default"
+            server,
+            store,
+            manifest.backup_id,
+            box.datadir,
+            site=settings.backup_sites["default"],
+            temporary_directory=settings.temporary_directory,
         )
-        binhoard.ops.restore_backup.start_restored_server(settings, manifest)
+        binhoard.ops.restore_backup.start_restored_server(server, manifest)
         base_s = time.perf_counter() - started
         if relaxed:
             box.query("SET GLOBAL sync_binlog = 0")

@@ -1,11 +1,22 @@
-"""Composition root: the only place that builds concrete adapters from settings."""
+"""Composition root: the only place that builds concrete adapters from settings.
+
+The CLI (and the daemon) load the settings, get their ports here (``open_server``,
+``open_site``) and the small configurations the ops take (``backup_config``, ...), and
+call the ops with them. A second server flavour plugs in at ``open_server`` only.
+"""
 
 from __future__ import annotations
 
 from binhoard.config import Settings
+from binhoard.domain.backup_decision import BackupSchedule
 from binhoard.domain.errors import UsageError
 from binhoard.metrics import Metrics
+from binhoard.ops.archive import ArchiveConfig
+from binhoard.ops.backup import BackupConfig
 from binhoard.ops.observe import StorageMetrics
+from binhoard.ops.pitr import PitrConfig
+from binhoard.ports.server import Server
+from binhoard.server.mariadb import MariaDBServer
 from binhoard.storage.backends import open_store
 from binhoard.storage.store import ObjectStore
 from binhoard.storage.wrappers import MetricsStore, RateLimitedStore, RetryingStore
@@ -38,3 +49,59 @@ def open_site(
     # larger ones are multipart, whose parts the backend retries itself.
     store = RetryingStore(store, replay_buffer=site.part_size + 1024 * 1024)
     return store if metrics is None else MetricsStore(store, StorageMetrics(metrics))
+
+
+def open_server(settings: Settings) -> Server:
+    """The configured server (``mysql``), of its flavour. Connects to nothing yet: every
+    call of the port connects when it needs to."""
+    mysql = settings.mysql
+    # The one place a flavour is chosen (``mysql.flavour``; only "mariadb" exists).
+    match mysql.flavour:
+        case "mariadb":
+            return MariaDBServer(
+                mysql,
+                state_directory=settings.state_directory,
+                apply_threads=settings.apply_threads,
+                start_command=settings.start_command,
+            )
+
+
+def backup_config(settings: Settings) -> BackupConfig:
+    """What ``ops.backup`` needs of the settings: the upload site, the schedule."""
+    bs = settings.backup_settings
+    return BackupConfig(
+        site_name=bs.upload_site,
+        site=settings.upload_site,
+        schedule=BackupSchedule(
+            hour=bs.backup_hour,
+            minute=bs.backup_minute,
+            interval_minutes=bs.backup_interval_minutes,
+            incremental_enabled=bs.incremental.enabled,
+            full_backup_days=bs.incremental.full_backup_days,
+        ),
+        server_id=settings.server_id,
+        state_directory=settings.state_directory,
+        temporary_directory=settings.temporary_directory,
+    )
+
+
+def archive_config(settings: Settings) -> ArchiveConfig:
+    """What ``ops.archive`` needs of the settings: the upload site, the rotation interval."""
+    return ArchiveConfig(
+        server_id=settings.server_id,
+        site=settings.upload_site,
+        state_directory=settings.state_directory,
+        rotation_interval=settings.backup_settings.forced_binlog_rotation_interval,
+    )
+
+
+def pitr_config(settings: Settings) -> PitrConfig:
+    """What ``ops.pitr`` needs of the settings: the sites' keys, the local directories."""
+    return PitrConfig(
+        sites=dict(settings.backup_sites),
+        state_directory=settings.state_directory,
+        temporary_directory=settings.temporary_directory,
+        data_directory=settings.mysql.data_directory,
+        server_config_file=settings.mysql.config_file_name,
+        max_binlog_bytes=settings.restore_max_binlog_bytes,
+    )

@@ -21,14 +21,14 @@ from binhoard.crypto.age import Identity
 from binhoard.domain.catalog import BinlogRecord
 from binhoard.domain.gtid import GtidPosition
 from binhoard.metrics import Metrics
-from binhoard.ops.archive import ArchiveLoop, BinlogArchiver, flush_and_wait, publish
-from binhoard.ops.backup import create_backup
+from binhoard.ops.archive import ArchiveLoop, flush_and_wait, publish
 from binhoard.ops.catalog import StreamState, read_streams
-from binhoard.ops.pitr import PitrRequest, PointInTimeRestore
+from binhoard.ops.pitr import PitrRequest
 from binhoard.ops.restore_backup import digest_of
 from binhoard.server.sandbox import Sandbox
 from binhoard.storage.pipeline import download, identities_from_site
 from binhoard.storage.store import ObjectStore
+from tests.support import ops
 from tests.support.cli import cli_env, run_binhoard
 from tests.support.configs import config_for, settings_for
 from tests.support.s3server import S3Server
@@ -75,8 +75,8 @@ def test_archive_is_exact_gap_free_and_shared_between_open_streams(
     source.query("FLUSH BINARY LOGS")  # files before the snapshot must not be uploaded
     settings = settings_for(source, sandboxes.root / "site")
     store = open_site(settings)
-    first = create_backup(settings, store)
-    archiver = BinlogArchiver(settings, store)
+    first = ops.backup(settings, store)
+    archiver = ops.archiver(settings, store)
 
     for round_ in range(3):
         write_rows(source, 200, seed=10 + round_)
@@ -94,7 +94,7 @@ def test_archive_is_exact_gap_free_and_shared_between_open_streams(
     # A second backup opens a second stream; the old one stays open until the new one
     # has caught up. Files both need are uploaded once and referenced twice.
     write_rows(source, 100, seed=20)
-    second = create_backup(settings, store)
+    second = ops.backup(settings, store)
     write_rows(source, 100, seed=21)
     source.query("FLUSH BINARY LOGS")
     report = archiver.archive_once()
@@ -109,7 +109,7 @@ def test_archive_is_exact_gap_free_and_shared_between_open_streams(
 
     # Closed streams get no more files.
     write_rows(source, 50, seed=22)
-    name, _ = flush_and_wait(settings, archiver, timeout=30)
+    name, _ = flush_and_wait(archiver, timeout=30)
     old_after, new_after = read_streams(store)
     assert old_after.records == old.records
     assert new_after.records[-1].name == name  # stored before flush_and_wait returned
@@ -121,8 +121,8 @@ def test_a_binlog_purged_before_archiving_is_reported_as_a_gap(sandboxes: Sandbo
     create_schema(source)
     settings = settings_for(source, sandboxes.root / "site")
     store = open_site(settings)
-    create_backup(settings, store)
-    archiver = BinlogArchiver(settings, store)
+    ops.backup(settings, store)
+    archiver = ops.archiver(settings, store)
     write_rows(source, 100, seed=1)
     source.query("FLUSH BINARY LOGS")
     assert archiver.archive_once().problems == []
@@ -147,7 +147,7 @@ def test_a_binlog_purged_before_archiving_is_reported_as_a_gap(sandboxes: Sandbo
     again = archiver.archive_once()
     assert again.problems == [problem]
     metrics = Metrics()
-    publish(settings, again, metrics)
+    publish(settings.state_directory, again, metrics)
     assert metrics.value("binhoard.binlog.archive_problems") == 1
     assert "binhoard_binlog_archive_problems 1" in metrics.prometheus_text()
     status = json.loads((settings.state_directory / "binlog-archive.json").read_text())
@@ -168,7 +168,7 @@ def test_killing_the_archiver_at_random_moments_loses_and_repeats_nothing(
     config_path.write_text(json.dumps(config))
     settings = load_settings(config_path)
     store = open_site(settings)
-    create_backup(settings, store)
+    ops.backup(settings, store)
 
     stop = threading.Event()
 
@@ -205,7 +205,7 @@ def test_killing_the_archiver_at_random_moments_loses_and_repeats_nothing(
     # The killed archivers did work (so the kills interrupted something).
     assert "archived binlog." in logs.read_text()
     source.query("FLUSH BINARY LOGS")
-    report = BinlogArchiver(settings, store).archive_once()
+    report = ops.archiver(settings, store).archive_once()
     assert report.problems == []
     (stream,) = read_streams(store)
     assert len(stream.records) >= 5
@@ -225,10 +225,10 @@ def test_forced_rotation_brings_a_waiting_transaction_to_storage(
     config.setdefault("backup_settings", {})["forced_binlog_rotation_interval"] = 1.0
     settings = parse_settings(config, source="test")
     store = open_site(settings)
-    create_backup(settings, store)
+    ops.backup(settings, store)
     source.query("FLUSH BINARY LOGS")  # the snapshot's file is closed: the stream is caught up
     metrics = Metrics()
-    loop = ArchiveLoop(settings, BinlogArchiver(settings, store), metrics)
+    loop = ArchiveLoop(ops.archiver(settings, store), metrics)
     assert loop.tick().problems == []
     write_rows(source, 50, seed=1)  # one transaction, waiting in the active binlog
     committed = binlog_pos(source)
@@ -296,7 +296,7 @@ def test_binlogs_larger_than_one_upload_round_are_archived_to_s3_and_restored_ex
     )
     settings = parse_settings(config, source="test")
     store = open_site(settings)
-    create_backup(settings, store)
+    ops.backup(settings, store)
     # Incompressible rows: files rotate at max_binlog_size (8 MiB), and one transaction
     # of 20 MiB makes a file larger than max_binlog_size.
     write_rows(source, 400, seed=1, payload=40_000)
@@ -306,7 +306,7 @@ def test_binlogs_larger_than_one_upload_round_are_archived_to_s3_and_restored_ex
     final = str(source.query("SELECT @@gtid_current_pos")[0][0])
     expected = checksums(source)
 
-    report = BinlogArchiver(settings, store).archive_once()
+    report = ops.archiver(settings, store).archive_once()
     assert report.problems == []
     (stream,) = read_streams(store)
     assert_exact_archive(source, settings, store, stream)
@@ -327,7 +327,7 @@ def test_binlogs_larger_than_one_upload_round_are_archived_to_s3_and_restored_ex
         object_storage=site, part_size=5 * mib, upload_concurrency=1
     )
     target_settings = parse_settings(target_config, source="test")
-    progress = PointInTimeRestore(target_settings, open_site(target_settings)).start(
+    progress = ops.point_in_time(target_settings, open_site(target_settings)).start(
         PitrRequest("default", {"to_latest": True})
     )
     assert progress.phase == "completed"
@@ -395,7 +395,7 @@ def test_a_stalled_stream_is_loud_in_status_and_in_a_restore_to_latest(
     source_config = sandboxes.root / "source.json"
     source_config.write_text(json.dumps(config_for(source, site, identity=identity)))
     settings = load_settings(source_config)
-    create_backup(settings, open_site(settings))
+    ops.backup(settings, open_site(settings))
 
     def binhoard(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
         return run_binhoard(*args, "--config", str(config))

@@ -11,14 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from binhoard.app import open_site
+from binhoard.app import open_server, open_site
 from binhoard.config import Settings, parse_settings
 from binhoard.domain.errors import DiskFullError, IntegrityError, ServerError, UsageError
-from binhoard.ops.backup import create_backup
-from binhoard.ops.restore_backup import ensure_server_running, restore_backup, set_gtid_state
 from binhoard.ops.site import find_leftovers, list_backups
 from binhoard.server.sandbox import Sandbox
 from binhoard.storage.store import ObjectStore
+from tests.support import ops
 from tests.support.configs import config_for, settings_for
 from tests.support.mounts import resize, tmpfs
 from tests.support.sandboxes import SandboxFactory
@@ -31,13 +30,10 @@ def restore_into_new_sandbox(
 ) -> Sandbox:
     target = sandboxes.new("restored", start=False)
     target.create(initialize=False)
-    manifest = restore_backup(settings, store, backup_id, target.datadir, site_name="default")
+    manifest = ops.restore(settings, store, backup_id, target.datadir)
     target.start()
-    conn = target.connect()
-    try:
-        set_gtid_state(conn, manifest.snapshot.gtid_position)
-    finally:
-        conn.close()
+    target_settings = settings_for(target, sandboxes.root / "site")
+    open_server(target_settings).set_gtid_state(manifest.snapshot.gtid_position)
     return target
 
 
@@ -50,7 +46,7 @@ def test_full_and_incremental_backups_restore_exactly(sandboxes: SandboxFactory)
 
     # Writes are paused while each backup runs: the source's state at the snapshot is known.
     full_sums, full_gtid = checksums(source), source.query("SELECT @@gtid_current_pos")[0][0]
-    full = create_backup(settings, store)
+    full = ops.backup(settings, store)
     assert full.snapshot.gtid_position == full_gtid
     assert full.backup_type == "full" and full.chain == (full.backup_id,)
 
@@ -58,7 +54,7 @@ def test_full_and_incremental_backups_restore_exactly(sandboxes: SandboxFactory)
     source.query("CREATE TABLE app.later (id INT PRIMARY KEY, v VARCHAR(10))")
     source.query("INSERT INTO app.later VALUES (1, 'x'), (2, 'y')")
     inc_sums, inc_gtid = checksums(source), source.query("SELECT @@gtid_current_pos")[0][0]
-    inc = create_backup(settings, store, backup_type="incremental")
+    inc = ops.backup(settings, store, backup_type="incremental")
     assert inc.snapshot.gtid_position == inc_gtid
     assert inc.parent_backup_id == full.backup_id
     assert inc.chain == (full.backup_id, inc.backup_id)
@@ -79,9 +75,9 @@ def test_restore_refuses_a_non_empty_datadir(sandboxes: SandboxFactory) -> None:
     source = sandboxes.new("source")
     settings = settings_for(source, sandboxes.root / "site")
     store = open_site(settings)
-    backup = create_backup(settings, store)
+    backup = ops.backup(settings, store)
     with pytest.raises(UsageError, match="not empty"):
-        restore_backup(settings, store, backup.backup_id, source.datadir, site_name="default")
+        ops.restore(settings, store, backup.backup_id, source.datadir)
 
 
 def test_corrupt_object_fails_the_restore_naming_it(sandboxes: SandboxFactory) -> None:
@@ -91,7 +87,7 @@ def test_corrupt_object_fails_the_restore_naming_it(sandboxes: SandboxFactory) -
     site = sandboxes.root / "site"
     settings = settings_for(source, site)
     store = open_site(settings)
-    backup = create_backup(settings, store)
+    backup = ops.backup(settings, store)
     stored = site / backup.data.key
     raw = bytearray(stored.read_bytes())
     raw[len(raw) // 2] ^= 0x01
@@ -100,7 +96,7 @@ def test_corrupt_object_fails_the_restore_naming_it(sandboxes: SandboxFactory) -
     target = sandboxes.new("restored", start=False)
     target.create(initialize=False)
     with pytest.raises(IntegrityError) as info:
-        restore_backup(settings, store, backup.backup_id, target.datadir, site_name="default")
+        ops.restore(settings, store, backup.backup_id, target.datadir)
     assert backup.data.key in str(info.value)
     # Nothing was handed over as a datadir.
     assert not any(target.datadir.iterdir())
@@ -178,7 +174,7 @@ def test_killed_backup_leaves_no_password_and_the_next_run_removes_its_leftovers
     assert list_backups(store) == []
     data["backup_sites"]["default"]["upload_rate_limit"] = None
     fast = parse_settings(data, source="test")
-    backup = create_backup(fast, open_site(fast))
+    backup = ops.backup(fast, open_site(fast))
     assert [b.backup_id for b in list_backups(store)] == [backup.backup_id]
     assert find_leftovers(store) == []
     assert list(temp.glob("backup-*")) == []
@@ -195,7 +191,7 @@ def test_a_server_that_cannot_start_shows_the_end_of_its_error_log(
     box.create(initialize=False)  # no privilege tables: mariadbd aborts
     settings = settings_for(box, sandboxes.root / "site")
     with pytest.raises(ServerError) as info:
-        ensure_server_running(settings)
+        open_server(settings).process.ensure_running()
     message = str(info.value)
     assert "exited with 1" in message
     # Found from log-error in its my.cnf, and the reason is in what is shown.
@@ -216,7 +212,7 @@ def test_a_full_temporary_directory_is_one_clear_line_and_the_next_backup_works(
     store = open_site(settings)
     with tmpfs(settings.temporary_directory, 16 * 1024):
         with pytest.raises(DiskFullError) as info:
-            create_backup(settings, store)
+            ops.backup(settings, store)
         message = str(info.value)
         assert message.startswith(
             f"no space left on device in {settings.temporary_directory} (temporary_directory, "
@@ -224,6 +220,6 @@ def test_a_full_temporary_directory_is_one_clear_line_and_the_next_backup_works(
         ), message
         assert message.endswith("free space, then take the backup again")
         resize(settings.temporary_directory, 64 * 1024**2)
-        manifest = create_backup(settings, store)
+        manifest = ops.backup(settings, store)
     assert [b.backup_id for b in list_backups(store)] == [manifest.backup_id]
     assert find_leftovers(store) == []  # the failed backup's data object is gone

@@ -21,9 +21,9 @@ from binhoard.config import Settings, parse_settings
 from binhoard.domain.manifest import BackupManifest
 from binhoard.domain.schedule import WEEKDAYS, format_utc
 from binhoard.localstate import exclusive
-from binhoard.ops.backup import create_backup
 from binhoard.ops.site import list_backups
 from binhoard.server.sandbox import Sandbox
+from tests.support import ops
 from tests.support.configs import config_for
 from tests.support.sandboxes import sandbox_factory
 from tests.support.workload import create_schema, write_rows
@@ -77,7 +77,7 @@ class Site:
     def backup_at(self, started: datetime) -> None:
         """A full backup recorded as started at ``started`` (through the API's clock)."""
         clock: Callable[[], datetime] = lambda: started  # noqa: E731 - a fixed clock
-        create_backup(self.settings, self.store, now=clock)
+        ops.backup(self.settings, self.store, now=clock)
 
 
 def first_line(result: Result, prefix: str) -> str:

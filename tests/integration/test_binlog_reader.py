@@ -26,9 +26,10 @@ from pathlib import Path
 import pytest
 
 from binhoard.domain.binlog import TransactionTable, check_chain
+from binhoard.domain.binlog_file import BinlogIndex
 from binhoard.domain.errors import CorruptBinlogError
 from binhoard.domain.gtid import Gtid, GtidPosition
-from binhoard.server.binlog_reader import BinlogIndex, read_binlog
+from binhoard.server.binlog_reader import read_binlog
 from binhoard.server.process import find_executable
 from binhoard.server.sandbox import Sandbox
 from tests.support.sandboxes import sandbox_factory

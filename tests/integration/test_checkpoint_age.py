@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from binhoard.app import open_server
 from binhoard.ops.backup import FlushSettingsJournal
 from binhoard.server import sql
 from tests.support.configs import settings_for
@@ -85,15 +86,16 @@ def test_changed_settings_are_journaled_and_a_killed_run_is_undone(
 
         # A backup killed while the settings were changed: its journal is on disk.
         settings = settings_for(box, tmp_path / "site")
-        left = FlushSettingsJournal(settings)
+        left = FlushSettingsJournal(settings.state_directory)
+        flushing = open_server(settings).flushing
         left.save(original)
         sql.query(conn, "SET GLOBAL innodb_io_capacity = @@GLOBAL.innodb_io_capacity_max")
         sql.query(conn, "SET GLOBAL innodb_adaptive_flushing = OFF")
         assert sql.variables(conn, *FLUSH_SETTINGS) != original
-        left.restore_left_over(conn)
+        left.restore_left_over(flushing)
         assert sql.variables(conn, *FLUSH_SETTINGS) == original
         assert not (settings.state_directory / "innodb-flush-settings.json").exists()
-        left.restore_left_over(conn)  # nothing left: nothing done
+        left.restore_left_over(flushing)  # nothing left: nothing done
     finally:
         conn.close()
         watcher.close()
@@ -124,7 +126,9 @@ def test_a_damaged_journal_puts_back_the_startup_values_and_says_so(
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(damage)
             caplog.clear()
-            FlushSettingsJournal(settings).restore_left_over(conn)
+            FlushSettingsJournal(settings.state_directory).restore_left_over(
+                open_server(settings).flushing
+            )
             assert sql.variables(conn, *FLUSH_SETTINGS) == original, damage
             assert not path.exists()
             assert any(

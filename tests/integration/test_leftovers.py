@@ -16,9 +16,9 @@ import pytest
 
 from binhoard.app import open_site
 from binhoard.config import parse_settings
-from binhoard.ops.backup import create_backup
 from binhoard.ops.site import find_leftovers, list_backups
 from binhoard.storage.backends import open_store
+from tests.support import ops
 from tests.support.configs import config_for
 from tests.support.s3server import S3Server
 from tests.support.sandboxes import SandboxFactory
@@ -150,7 +150,7 @@ def test_killed_backup_to_s3_leaves_an_upload_the_next_backup_aborts(
     data["backup_sites"]["default"]["upload_rate_limit"] = None
     settings = parse_settings(data, source="test")
     store = open_site(settings)
-    backup = create_backup(settings, store)
+    backup = ops.backup(settings, store)
     assert s3_server.multipart_uploads(prefix) == []
     assert [b.backup_id for b in list_backups(store)] == [backup.backup_id]
     assert find_leftovers(store) == []

@@ -27,13 +27,12 @@ import pytest
 from binhoard.app import open_site
 from binhoard.config import Settings, parse_settings
 from binhoard.domain.errors import DiskFullError, IntegrityError, UsageError
-from binhoard.ops.archive import BinlogArchiver
-from binhoard.ops.backup import create_backup
 from binhoard.ops.catalog import read_streams
-from binhoard.ops.pitr import PitrProgress, PitrRequest, PointInTimeRestore
+from binhoard.ops.pitr import PitrProgress, PitrRequest
 from binhoard.ops.restore_backup import empty_directory
 from binhoard.server.sandbox import Sandbox
 from binhoard.storage.store import ObjectStore
+from tests.support import ops
 from tests.support.cli import run_binhoard
 from tests.support.configs import config_for
 from tests.support.mounts import resize, tmpfs
@@ -77,14 +76,14 @@ def archive() -> Iterator[Archive]:
         store = open_site(settings)
         result = Archive(factory, source, config)
         write_rows(source, 500, seed=1)
-        result.full_backup_id = create_backup(settings, store).backup_id
+        result.full_backup_id = ops.backup(settings, store).backup_id
         for step in range(12):
             write_rows(source, 150, seed=10 + step, payload=1500)
             small_transactions(source, 400)
             if step == 4:
                 source.query("ALTER TABLE app.accounts ADD COLUMN extra INT DEFAULT 7")
             if step == 6:
-                create_backup(settings, store, backup_type="incremental")
+                ops.backup(settings, store, backup_type="incremental")
             if step == 8:
                 source.query("CREATE TABLE app.late (id INT PRIMARY KEY) ENGINE=InnoDB")
                 source.query("INSERT INTO app.late VALUES (1), (2), (3)")
@@ -94,7 +93,7 @@ def archive() -> Iterator[Archive]:
         small_transactions(source, 6000)  # enough apply work to be killed in the middle
         source.query("FLUSH BINARY LOGS")
         result.final = mark(source)
-        report = BinlogArchiver(settings, store).archive_once()
+        report = ops.archiver(settings, store).archive_once()
         assert report.problems == []
         streams = read_streams(store)
         assert len(streams) == 2 and all(s.problems() == [] for s in streams)
@@ -127,7 +126,7 @@ def restore(
 ) -> tuple[Settings, PitrProgress]:
     settings = parse_settings(target_config(archive, box, **overrides), source="test")
     request = PitrRequest("default", target_args)
-    return settings, PointInTimeRestore(settings, open_site(settings)).start(request)
+    return settings, ops.point_in_time(settings, open_site(settings)).start(request)
 
 
 def assert_restored_to(box: Sandbox, marker: Marker) -> None:
@@ -296,7 +295,7 @@ def test_a_target_described_by_its_my_cnf_and_a_key_file(archive: Archive) -> No
     keys["private_key_files"] = [str(key_file)]
     settings = parse_settings(config, source="test")
     marker = archive.markers[9]
-    progress = PointInTimeRestore(settings, open_site(settings)).start(
+    progress = ops.point_in_time(settings, open_site(settings)).start(
         PitrRequest("default", {"to_gtid": marker.gtid})
     )
     assert progress.phase == "completed"
@@ -332,7 +331,7 @@ def test_a_full_relay_directory_is_one_clear_error_and_resume_continues(
         try:
             settings = parse_settings(target_config(archive, box), source="test")
             with pytest.raises(DiskFullError) as info:
-                PointInTimeRestore(settings, open_site(settings)).start(
+                ops.point_in_time(settings, open_site(settings)).start(
                     PitrRequest("default", {"to_latest": True})
                 )
             message = str(info.value)
@@ -341,7 +340,7 @@ def test_a_full_relay_directory_is_one_clear_error_and_resume_continues(
             assert info.value.needed is not None and info.value.needed > 256 * 1024
             assert message.endswith("free space, then run `binhoard restore --resume`")
             resize(box.relay_dir, 256 * 1024**2)
-            progress = PointInTimeRestore(settings, open_site(settings)).resume()
+            progress = ops.point_in_time(settings, open_site(settings)).resume()
             assert progress.phase == "completed"
             assert archive.final is not None
             assert_restored_to(box, archive.final)
@@ -404,10 +403,10 @@ def test_a_restore_killed_while_planning_resumes_or_starts_again(archive: Archiv
         request = PitrRequest("default", {"to_gtid": marker.gtid})
         dying = cast(ObjectStore, _DiesOnList(open_site(settings)))
         with pytest.raises(_KilledWhilePlanning):
-            PointInTimeRestore(settings, dying).start(request)
+            ops.point_in_time(settings, dying).start(request)
         state = json.loads((settings.state_directory / "restore.json").read_text())
         assert state["phase"] == "getting_backup_info"
-        again = PointInTimeRestore(settings, open_site(settings))
+        again = ops.point_in_time(settings, open_site(settings))
         progress = again.resume() if how == "resume" else again.start(request)
         assert progress.phase == "completed"
         assert_restored_to(box, marker)
@@ -438,7 +437,7 @@ def test_a_corrupt_binlog_object_says_how_to_start_over_and_an_earlier_target_th
     }
     settings = parse_settings(target_config(archive, box, **overrides), source="test")
     with pytest.raises(IntegrityError) as info:
-        PointInTimeRestore(settings, open_site(settings)).start(
+        ops.point_in_time(settings, open_site(settings)).start(
             PitrRequest("default", {"to_latest": True}, archive.full_backup_id)
         )
     message = str(info.value)
@@ -453,7 +452,7 @@ def test_a_corrupt_binlog_object_says_how_to_start_over_and_an_earlier_target_th
     empty_directory(box.datadir)
     state.unlink()
     marker = archive.markers[5]
-    progress = PointInTimeRestore(settings, open_site(settings)).start(
+    progress = ops.point_in_time(settings, open_site(settings)).start(
         PitrRequest("default", {"to_gtid": marker.gtid})
     )
     assert progress.phase == "completed"

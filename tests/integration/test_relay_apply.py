@@ -12,22 +12,20 @@ from pathlib import Path
 
 import pytest
 
-from binhoard.app import open_site
+from binhoard.app import open_server, open_site
 from binhoard.config import Settings
 from binhoard.crypto.age import Identity
 from binhoard.domain.errors import ApplyError
 from binhoard.domain.gtid import Gtid, GtidPosition
 from binhoard.domain.manifest import BackupManifest
-from binhoard.ops.backup import BackupProgress, create_backup
-from binhoard.ops.restore_backup import restore_backup, start_restored_server
-from binhoard.server.relay_apply import (
-    ApplyProgress,
-    BatchFile,
-    RelayApplier,
-    applied_prefix,
-)
+from binhoard.domain.relay_plan import ApplyProgress, BatchFile, applied_prefix
+from binhoard.ops.backup import BackupProgress
+from binhoard.ops.restore_backup import start_restored_server
+from binhoard.server.binlog_reader import read_binlog
+from binhoard.server.relay_apply import RelayApplier
 from binhoard.server.sandbox import Sandbox
 from binhoard.storage.store import ObjectStore
+from tests.support import ops
 from tests.support.configs import settings_for
 from tests.support.sandboxes import SandboxFactory, sandbox_factory
 from tests.support.workload import checksums, create_schema, write_rows
@@ -85,7 +83,7 @@ def scenario() -> Iterator[Scenario]:
         writer = threading.Thread(target=keep_writing)
         writer.start()
         try:
-            backup = create_backup(settings, store, progress=on_progress)
+            backup = ops.backup(settings, store, progress=on_progress)
         finally:
             streaming.set()
             stop.set()
@@ -116,7 +114,7 @@ def scenario() -> Iterator[Scenario]:
         copies.mkdir()
         for name in names:
             shutil.copyfile(source.binlog_dir / name, copies / name)
-        all_files = [BatchFile.read(copies / name) for name in names]
+        all_files = [BatchFile(copies / n, read_binlog(copies / n)) for n in names]
         files = all_files[names.index(backup.snapshot.binlog_file) :]
         assert len(files) >= 5
         snapshot_file = files[0].transactions
@@ -165,10 +163,8 @@ def restored_with_settings(scenario: Scenario, name: str) -> tuple[Sandbox, Sett
     target = scenario.factory.new(name, start=False, server_id=2)
     target.create(initialize=False)
     settings = settings_for(target, scenario.site, identity=scenario.identity)
-    manifest = restore_backup(
-        settings, scenario.store, scenario.backup.backup_id, target.datadir, site_name="default"
-    )
-    start_restored_server(settings, manifest)
+    manifest = ops.restore(settings, scenario.store, scenario.backup.backup_id, target.datadir)
+    start_restored_server(open_server(settings), manifest)
     return target, settings
 
 
@@ -220,7 +216,7 @@ def test_apply_to_a_gtid_in_the_middle_then_to_the_end(scenario: Scenario) -> No
     snapshot = scenario.backup.snapshot
     assert slave_pos(target) == GtidPosition.parse(snapshot.gtid_position)
     serial = settings.model_copy(update={"restore_parallel_threads": 0})
-    applier = RelayApplier.from_settings(serial)
+    applier = open_server(serial).relay_applier()
     assert applier.parallel_threads == 0
 
     mid_file, mid_end = locate(files, scenario.mid_gtid)

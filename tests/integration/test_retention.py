@@ -10,11 +10,10 @@ import pytest
 
 from binhoard.app import open_site
 from binhoard.config import parse_settings
-from binhoard.ops.archive import BinlogArchiver
-from binhoard.ops.backup import create_backup
 from binhoard.ops.catalog import read_streams
-from binhoard.ops.pitr import PitrRequest, PointInTimeRestore
+from binhoard.ops.pitr import PitrRequest
 from binhoard.ops.site import find_leftovers
+from tests.support import ops
 from tests.support.cli import run_main
 from tests.support.configs import config_for
 from tests.support.sandboxes import SandboxFactory
@@ -30,7 +29,7 @@ def test_prune_deletes_the_right_streams_and_what_it_keeps_restores(
     config["backup_settings"] = {"backup_count_min": 1, "backup_count_max": 1}
     settings = parse_settings(config, source="test")
     store = open_site(settings)
-    archiver = BinlogArchiver(settings, store)
+    archiver = ops.archiver(settings, store)
 
     def archive_all() -> None:
         source.query("FLUSH BINARY LOGS")
@@ -39,15 +38,15 @@ def test_prune_deletes_the_right_streams_and_what_it_keeps_restores(
     # F1 full, F2 full (closes F1), I3 incremental on F2 (closes F2); a marker in F2's
     # window, between F2 and I3.
     write_rows(source, 300, seed=1)
-    f1 = create_backup(settings, store)
+    f1 = ops.backup(settings, store)
     write_rows(source, 200, seed=2)
     archive_all()
-    f2 = create_backup(settings, store)
+    f2 = ops.backup(settings, store)
     write_rows(source, 200, seed=3)
     archive_all()
     marker = (str(source.query("SELECT @@gtid_current_pos")[0][0]), checksums(source))
     write_rows(source, 100, seed=4)
-    i3 = create_backup(settings, store, backup_type="incremental")
+    i3 = ops.backup(settings, store, backup_type="incremental")
     write_rows(source, 100, seed=5)
     archive_all()
     streams = {s.stream_id: s for s in read_streams(store)}
@@ -88,7 +87,7 @@ def test_prune_deletes_the_right_streams_and_what_it_keeps_restores(
         ),
         source="test",
     )
-    progress = PointInTimeRestore(target_settings, open_site(target_settings)).start(
+    progress = ops.point_in_time(target_settings, open_site(target_settings)).start(
         PitrRequest("default", {"to_gtid": marker[0]})
     )
     assert progress.phase == "completed"

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from binhoard.app import open_site
+from binhoard.app import open_server, open_site
 from binhoard.config import parse_settings
 from binhoard.domain.errors import (
     ServerAccessDeniedError,
@@ -17,10 +17,9 @@ from binhoard.domain.errors import (
     ServerQueryError,
 )
 from binhoard.domain.privileges import BACKUP_PRIVILEGES, grant_statement
-from binhoard.ops.archive import BinlogArchiver
-from binhoard.ops.restore_backup import ensure_server_running
 from binhoard.server import sql
 from binhoard.server.sandbox import Sandbox
+from tests.support import ops
 from tests.support.cli import run_main as run
 from tests.support.configs import config_for
 from tests.support.sandboxes import SandboxFactory
@@ -64,7 +63,9 @@ def test_a_wrong_password_fails_at_once_saying_access_denied(
     settings = parse_settings(data, source="test")
     started = time.monotonic()
     with pytest.raises(ServerAccessDeniedError) as caught:
-        ensure_server_running(settings)  # the server runs: it answers, refusing the user
+        open_server(
+            settings
+        ).process.ensure_running()  # the server runs: it answers, refusing the user
     assert time.monotonic() - started < 5
     assert "access denied" in caught.value.message.lower()
     assert "not-the-password" not in caught.value.message
@@ -74,7 +75,7 @@ def test_a_wrong_password_fails_at_once_saying_access_denied(
     box.stop()
     started = time.monotonic()
     with pytest.raises(ServerAccessDeniedError):
-        ensure_server_running(settings)
+        open_server(settings).process.ensure_running()
     assert time.monotonic() - started < 30
     assert box.pid() is not None
 
@@ -182,4 +183,24 @@ def test_a_server_id_other_than_the_configured_one_is_refused_and_nothing_is_wri
     assert sorted(site_files(site)) == before
     settings = parse_settings(data, source="test")
     with pytest.raises(ServerError, match="cannot archive: the server's server_id"):
-        BinlogArchiver(settings, open_site(settings)).archive_once()
+        ops.archiver(settings, open_site(settings)).archive_once()
+
+
+def test_the_server_port_rotates_lists_and_purges_binlogs(
+    sandboxes: SandboxFactory, tmp_path: Path
+) -> None:
+    """``Server.binlogs`` of MariaDB: what the archiver and binlog purge rely on."""
+    box = sandboxes.new()
+    binlogs = open_server(parse_settings(config_for(box, tmp_path / "site"), source="test")).binlogs
+    first = binlogs.list()
+    binlogs.flush()
+    binlogs.flush()
+    after = binlogs.list()
+    assert (
+        after.names[: len(first.names)] == first.names and len(after.names) == len(first.names) + 2
+    )
+    assert after.active == after.names[-1] != first.active
+    assert after.path(after.active).exists()
+    binlogs.purge_to(after.active)
+    assert binlogs.list().names == (after.active,)
+    assert not after.path(first.active).exists()

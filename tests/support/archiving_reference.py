@@ -10,7 +10,8 @@ from binhoard.domain.archiving import Archive, Missing, NextStep, ServerFiles, W
 from binhoard.domain.binlog import binlog_sort_key
 from binhoard.domain.catalog import BinlogIdentity
 from binhoard.domain.manifest import ObjectRef
-from binhoard.ops.archive import ArchiveReport, BinlogArchiver, ServerBinlogs, _Stream
+from binhoard.ops.archive import ArchiveReport, BinlogArchiver, _Stream
+from binhoard.ports.server import ServerBinlogs
 
 
 def reference_next_step(  # noqa: PLR0911 - as it was

@@ -215,16 +215,25 @@ class CountingObserver:
 
 
 def site_config(
-    directory: Path, *, server_id: int = SERVER_ID, identity: Identity | None = None
+    directory: Path,
+    *,
+    server_id: int = SERVER_ID,
+    identity: Identity | None = None,
+    private_key: bool = False,
 ) -> dict[str, Any]:
     """A binhoard configuration (as data) whose upload site is ``directory/site``, for
-    commands that only read or write the site (no server is reached)."""
+    commands that only read or write the site (no server is reached, or a fake one laid
+    out in ``directory``: ``tests/support/fakeserver.py``). With ``private_key`` the site
+    can also be restored from (its objects decrypted)."""
     identity = identity or Identity.generate()
+    keys: dict[str, Any] = {"public": str(identity.recipient)}
+    if private_key:
+        keys["private"] = [identity.secret_text()]
     return {
         "backup_sites": {
             "default": {
                 "object_storage": {"storage_type": "local", "directory": str(directory / "site")},
-                "encryption_keys": {"public": str(identity.recipient)},
+                "encryption_keys": keys,
             }
         },
         "mysql": {

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from binhoard.ops.archive import BinlogArchiver
 from binhoard.storage.store import MemoryStore
+from tests.support.fakeserver import fake_archiver
 from tests.support.sites import SiteBuilder
 from tests.unit.test_archive_pass import idle_server, settings_in
 
@@ -26,7 +26,7 @@ def test_an_archiver_used_as_a_context_closes_its_cache(tmp_path: Path) -> None:
         gc.collect()  # what earlier tests left is not this test's
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with BinlogArchiver(settings_in(tmp_path), store) as archiver:
+        with fake_archiver(settings_in(tmp_path), store) as archiver:
             report = archiver.archive_files(idle_server(build))
             cache = archiver.cache
             assert cache is not None
@@ -39,7 +39,7 @@ def test_an_archiver_used_as_a_context_closes_its_cache(tmp_path: Path) -> None:
         gc.collect()
     assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
     # Closed is not unusable: the cache is opened again when a pass needs it.
-    archiver = BinlogArchiver(settings_in(tmp_path), store)
+    archiver = fake_archiver(settings_in(tmp_path), store)
     try:
         assert archiver.archive_files(idle_server(build)).streams[0].records == 2
     finally:

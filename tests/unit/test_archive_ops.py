@@ -26,17 +26,17 @@ from binhoard.domain.manifest import (
 )
 from binhoard.metrics import Metrics
 from binhoard.ops.archive import (
-    BinlogArchiver,
-    ServerBinlogs,
     archive_end_notes,
     publish,
     raise_if_stalled,
     status_file,
 )
 from binhoard.ops.catalog import read_streams
+from binhoard.ports.server import ServerBinlogs
 from binhoard.storage.store import MemoryStore, ObjectInfo, read_all
 from binhoard.storage.wrappers import MetricsStore
 from tests.support.binlogs import BinlogWriter
+from tests.support.fakeserver import fake_archiver
 from tests.support.sites import CountingObserver, put_full_backup, site_config
 
 IDENTITY = Identity.generate()
@@ -118,8 +118,8 @@ def test_two_writers_one_record_wins_and_the_loser_removes_its_object(tmp_path: 
     snapshot_at = BinlogWriter(SERVER_ID, T0).offset
     server.write_file(20)
     put_backup(store, SnapshotPosition("binlog.000001", snapshot_at, ""))
-    first = BinlogArchiver(settings_for(tmp_path / "a"), store)
-    second = BinlogArchiver(settings_for(tmp_path / "b"), store)
+    first = fake_archiver(settings_for(tmp_path / "a"), store)
+    second = fake_archiver(settings_for(tmp_path / "b"), store)
     seen: dict[str, Any] = {}
 
     def other_host_archives() -> None:
@@ -174,7 +174,7 @@ def test_an_upload_never_recorded_is_removed_by_the_next_pass_on_this_host(
     snapshot_at = BinlogWriter(SERVER_ID, T0).offset
     server.write_file(20)
     put_backup(store, SnapshotPosition("binlog.000001", snapshot_at, ""))
-    archiver = BinlogArchiver(settings_for(tmp_path / "host"), store)
+    archiver = fake_archiver(settings_for(tmp_path / "host"), store)
     failed = archiver.archive_files(server.binlogs())
     assert failed.stalled and "the store went away" in (failed.streams[0].error or "")
     (unrecorded,) = [i.key for i in store.list("binlogs/")]
@@ -193,7 +193,7 @@ def test_other_hosts_unrecorded_objects_are_removed_only_after_the_grace_period(
     theirs = binlog_data_key((SERVER_ID, "binlog.000009", T0, "ab" * 6), "cd" * 8, ".age")
     store.put(theirs, [b"another host, mid-pass"])
     clock = {"now": datetime.now(UTC) + timedelta(hours=23)}
-    archiver = BinlogArchiver(settings_for(tmp_path / "host"), store, now=lambda: clock["now"])
+    archiver = fake_archiver(settings_for(tmp_path / "host"), store, now=lambda: clock["now"])
     archiver.archive_files(server.binlogs())
     assert store.stat(theirs)  # younger than 24 hours: may be in use
     clock["now"] += timedelta(hours=2)  # 25 hours old, but the last sweep was 2 hours ago
@@ -227,12 +227,12 @@ def test_a_stream_that_cannot_advance_is_stalled_in_the_site_and_the_local_statu
     put_backup(store, SnapshotPosition("binlog.000001", snapshot_at, ""))
     settings = settings_for(tmp_path / "host")
     clock = {"now": datetime(2026, 1, 2, tzinfo=UTC)}
-    archiver = BinlogArchiver(settings, store, now=lambda: clock["now"])
+    archiver = fake_archiver(settings, store, now=lambda: clock["now"])
     metrics = Metrics()
     status_key = archive_status_key(BACKUP_ID)
 
     first = archiver.archive_files(server.binlogs())
-    publish(settings, first, metrics)
+    publish(settings.state_directory, first, metrics)
     stalled = ArchiveStatus.from_bytes(read_all(store, status_key), key=status_key)
     assert stalled.stalled and "the store went away" in (stalled.reason or "")
     with pytest.raises(ArchiveStalledError, match="the store went away"):
@@ -244,15 +244,17 @@ def test_a_stream_that_cannot_advance_is_stalled_in_the_site_and_the_local_statu
     assert warning is not None and "failed" in warning and "the store went away" in warning
 
     clock["now"] += timedelta(minutes=5)
-    publish(settings, archiver.archive_files(server.binlogs()), metrics)  # same outcome
+    publish(
+        settings.state_directory, archiver.archive_files(server.binlogs()), metrics
+    )  # same outcome
     assert store.stat(status_key).last_modified == written  # not rewritten
-    local = status_file(settings).read() or {}
+    local = status_file(settings.state_directory).read() or {}
     assert local["stalled"] and local["stalled_since"] == "2026-01-02T00:00:00+00:00"
 
     store.fail = False
     clock["now"] += timedelta(minutes=5)
     recovered = archiver.archive_files(server.binlogs())
-    publish(settings, recovered, metrics)
+    publish(settings.state_directory, recovered, metrics)
     raise_if_stalled(recovered)
     ok = ArchiveStatus.from_bytes(read_all(store, status_key), key=status_key)
     assert not ok.stalled and ok.since == clock["now"]
@@ -261,13 +263,13 @@ def test_a_stream_that_cannot_advance_is_stalled_in_the_site_and_the_local_statu
     end, warning = archive_end_notes(store, BACKUP_ID)
     assert f"ends at transaction 0-{SERVER_ID}-20" in end and warning is None
     assert f"GTID position 0-{SERVER_ID}-20)" in end
-    assert (status_file(settings).read() or {})["stalled_since"] is None
+    assert (status_file(settings.state_directory).read() or {})["stalled_since"] is None
 
 
 def test_no_open_stream_is_a_stall(tmp_path: Path) -> None:
     server = Server(tmp_path / "binlogs")
     server.write_file(3)
-    report = BinlogArchiver(settings_for(tmp_path / "host"), MemoryStore()).archive_files(
+    report = fake_archiver(settings_for(tmp_path / "host"), MemoryStore()).archive_files(
         server.binlogs()
     )
     with pytest.raises(ArchiveStalledError, match="no open backup stream"):
@@ -292,7 +294,7 @@ def test_what_a_pass_writes_is_cached_and_not_fetched_again(tmp_path: Path) -> N
     server, memory = two_files_records_refused(tmp_path)
     observer = CountingObserver()
     store = MetricsStore(memory, observer)
-    archiver = BinlogArchiver(settings_for(tmp_path / "host"), store)
+    archiver = fake_archiver(settings_for(tmp_path / "host"), store)
     assert archiver.cache is not None
 
     failed = archiver.archive_files(server.binlogs())  # uploads, the record is refused
@@ -308,7 +310,7 @@ def test_what_a_pass_writes_is_cached_and_not_fetched_again(tmp_path: Path) -> N
     assert observer.take() == {"list": 2}  # backups/, and the stream from its last record
     # Another process on this host (a new archiver, same cache file) fetches nothing
     # either but the archive-status.json it has not seen yet.
-    BinlogArchiver(settings_for(tmp_path / "host"), store).archive_files(server.binlogs())
+    fake_archiver(settings_for(tmp_path / "host"), store).archive_files(server.binlogs())
     assert observer.take() == {"list": 2, "get": 1}
 
 
@@ -326,7 +328,7 @@ def test_a_file_whose_gtids_go_backwards_stalls_its_stream_naming_the_file(
     writer.close(server.directory / "binlog.000001")
     server.names.append("binlog.000001")
     put_backup(store, SnapshotPosition("binlog.000001", snapshot_at, ""))
-    report = BinlogArchiver(settings_for(tmp_path / "host"), store).archive_files(server.binlogs())
+    report = fake_archiver(settings_for(tmp_path / "host"), store).archive_files(server.binlogs())
     (problem,) = report.problems
     assert "binlog.000001" in problem and f"0-{SERVER_ID}-5" in problem
     assert report.stalled and report.records_written == 0

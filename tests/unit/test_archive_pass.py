@@ -13,10 +13,11 @@ import pytest
 from binhoard.config import Settings, parse_settings
 from binhoard.domain.catalog import completed_key
 from binhoard.domain.manifest import SnapshotPosition, manifest_key
-from binhoard.ops.archive import BinlogArchiver, ServerBinlogs
 from binhoard.ops.catalog import read_streams
+from binhoard.ports.server import ServerBinlogs
 from binhoard.storage.store import MemoryStore, read_all
 from binhoard.storage.wrappers import MetricsStore
+from tests.support.fakeserver import fake_archiver
 from tests.support.sites import (
     EPOCH,
     CountingObserver,
@@ -60,7 +61,7 @@ def test_a_broken_stream_is_reported_and_left_alone_the_others_go_on(
 ) -> None:
     store, build = site
     corrupt(store, build.record_key("B", 0))
-    archiver = BinlogArchiver(settings_in(tmp_path), store)
+    archiver = fake_archiver(settings_in(tmp_path), store)
     report = archiver.archive_files(idle_server(build))
 
     assert [s.stream_id for s in report.streams] == ["A"]
@@ -80,7 +81,7 @@ def test_an_unreadable_manifest_is_reported_and_archiving_goes_on(
 ) -> None:
     store, build = site
     corrupt(store, manifest_key("A"))
-    report = BinlogArchiver(settings_in(tmp_path), store).archive_files(idle_server(build))
+    report = fake_archiver(settings_in(tmp_path), store).archive_files(idle_server(build))
     assert [s.stream_id for s in report.streams] == ["B"]
     assert report.streams[0].completed
     assert [(b.stream_id, b.key) for b in report.broken] == [("A", manifest_key("A"))]
@@ -96,7 +97,7 @@ def test_an_idle_pass_with_the_cache_reads_nothing_old(
     observer = CountingObserver()
     store = MetricsStore(memory, observer)
     settings = settings_in(tmp_path)
-    archiver = BinlogArchiver(settings, store)
+    archiver = fake_archiver(settings, store)
     # Fills the cache and completes B: the completed.json it writes is cached too.
     archiver.archive_files(idle_server(build))
     observer.take()
@@ -104,7 +105,7 @@ def test_an_idle_pass_with_the_cache_reads_nothing_old(
     assert report.problems == []
     assert observer.take() == {"list": 2}  # backups/, and B from its last record on
     # Without the cache, every record is read again.
-    BinlogArchiver(settings, store, use_cache=False).archive_files(idle_server(build))
+    fake_archiver(settings, store, use_cache=False).archive_files(idle_server(build))
     assert observer.take()["get"] > 300
 
 
@@ -133,7 +134,7 @@ def test_a_damaged_uploads_file_deletes_nothing_but_binlog_data(
         }
     (settings.state_directory / "binlog-uploads.json").parent.mkdir(parents=True, exist_ok=True)
     (settings.state_directory / "binlog-uploads.json").write_text(json.dumps(damaged))
-    report = BinlogArchiver(settings, store).archive_files(idle_server(build))
+    report = fake_archiver(settings, store).archive_files(idle_server(build))
     assert report.problems == []
     store.stat(manifest_key("A"))
     store.stat(manifest_key("B"))
@@ -153,7 +154,7 @@ def test_an_older_stream_is_closed_only_once_its_archive_reaches_the_new_snapsho
     newer = put_full_backup(store, "B", snapshot, when=EPOCH + timedelta(hours=1))
     build.backups.append(newer)
     build.records["B"] = []
-    archiver = BinlogArchiver(settings_in(tmp_path), store)
+    archiver = fake_archiver(settings_in(tmp_path), store)
 
     def server(active: int) -> ServerBinlogs:
         names = tuple(binlog_name(n) for n in range(1, active + 1))

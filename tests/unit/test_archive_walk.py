@@ -19,11 +19,13 @@ from binhoard.domain.manifest import (
     ObjectRef,
     SnapshotPosition,
 )
-from binhoard.ops.archive import ArchiveReport, BinlogArchiver, ServerBinlogs
+from binhoard.ops.archive import ArchiveReport, BinlogArchiver
 from binhoard.ops.catalog import read_streams
+from binhoard.ports.server import ServerBinlogs
 from binhoard.storage.store import MemoryStore
 from tests.support.archiving_reference import ReferenceArchiver, reference_next_step
 from tests.support.binlogs import BinlogWriter
+from tests.support.fakeserver import fake_archiver
 from tests.support.sites import put_full_backup, site_config
 
 SERVER_ID = 101
@@ -181,8 +183,11 @@ def test_passes_archive_what_the_index_scan_archived(tmp_path: Path) -> None:
     outcomes = []
     for archiver_class, name in ((BinlogArchiver, "fast"), (ReferenceArchiver, "reference")):
         store = _site(binlogs)
-        archiver = archiver_class(
-            _settings(tmp_path / name), store, now=lambda: datetime(2026, 1, 2, tzinfo=UTC)
+        archiver = fake_archiver(
+            _settings(tmp_path / name),
+            store,
+            archiver_class=archiver_class,
+            now=lambda: datetime(2026, 1, 2, tzinfo=UTC),
         )
         reports = [archiver.archive_files(server) for server in servers]
         outcomes.append(_outcome(store, reports))

@@ -6,17 +6,20 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from binhoard.app import pitr_config
 from binhoard.cli import main
-from binhoard.config import parse_settings
+from binhoard.config import Settings, parse_settings
 from binhoard.domain.manifest import manifest_key
 from binhoard.ops.archive import archive_end_notes
 from binhoard.ops.pitr import PitrRequest, PointInTimeRestore
 from binhoard.storage.backends import LocalStore
-from binhoard.storage.store import MemoryStore, read_all
+from binhoard.storage.store import MemoryStore, ObjectStore, read_all
 from binhoard.storage.wrappers import MetricsStore
+from tests.support.fakeserver import FakeServer
 from tests.support.sites import CountingObserver, SiteBuilder, site_config
 
 RECORDS = 5000
@@ -42,6 +45,11 @@ def build_site(store: MemoryStore | LocalStore, records: int) -> SiteBuilder:
     return build
 
 
+def restore_of(settings: Settings, store: ObjectStore, **kwargs: Any) -> PointInTimeRestore:
+    server = FakeServer(settings.state_directory.parent / "server", running=False)
+    return PointInTimeRestore(server, store, pitr_config(settings), **kwargs)
+
+
 def test_restore_planning_fetches_what_this_host_has_not_read(tmp_path: Path) -> None:
     memory = MemoryStore()
     build_site(memory, RECORDS)
@@ -50,15 +58,15 @@ def test_restore_planning_fetches_what_this_host_has_not_read(tmp_path: Path) ->
     settings = parse_settings(site_config(tmp_path), source="test")
     request = PitrRequest("default", {"to_latest": True})
 
-    uncached = PointInTimeRestore(settings, store, use_cache=False)._plan(request)
+    uncached = restore_of(settings, store, use_cache=False)._plan(request)
     calls = observer.take()
     assert calls["get"] >= RECORDS  # every record, every time
 
-    first = PointInTimeRestore(settings, store)._plan(request)  # fills this host's cache
+    first = restore_of(settings, store)._plan(request)  # fills this host's cache
     assert observer.take()["get"] == calls["get"]
     # Another restore (or a resume) on this host: listings only, the site decides what
     # exists; and the same plan.
-    restore = PointInTimeRestore(settings, store)
+    restore = restore_of(settings, store)
     again = restore._plan(request)
     assert observer.take() == {"list": 1 + STREAMS}
     assert again == first == uncached

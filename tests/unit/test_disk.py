@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from binhoard.disk import says_no_space
 from binhoard.domain.errors import DiskFullError, format_bytes
-from binhoard.server.disk import says_no_space
 
 
 def test_sizes_are_said_in_binary_units() -> None:

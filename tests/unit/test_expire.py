@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from binhoard.app import backup_config
 from binhoard.config import parse_settings
 from binhoard.domain.errors import (
     ConfigError,
@@ -154,7 +155,7 @@ def test_the_next_backup_on_the_host_also_finishes_an_interrupted_deletion(tmp_p
     )
     with pytest.raises(TransientStorageError):
         prune(faulty, KEEP_TWO, now(), journal=journal)
-    assert cleanup_leftovers(settings, store, now()) == ["B"]
+    assert cleanup_leftovers(backup_config(settings), store, now()) == ["B"]
     assert not any(k.startswith(("streams/B/", "backups/B/")) for k in contents(store))
     assert "binlogs/101/binlog.000005" not in binlog_keys(store)
     assert "binlogs/101/binlog.000006" in binlog_keys(store)  # C names it

@@ -10,8 +10,8 @@ import re
 from pathlib import Path
 
 from binhoard import metric_names
+from binhoard.domain.pitr import PHASES
 from binhoard.metric_names import CATALOGUE, RESTORE_PHASE, SPECS, markdown_table
-from binhoard.ops.pitr import PHASES
 
 ROOT = Path(__file__).resolve().parents[2]
 SRC = ROOT / "src" / "binhoard"

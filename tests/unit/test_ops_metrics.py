@@ -4,7 +4,6 @@ storage calls through ``app.open_site(..., metrics=)``."""
 
 from __future__ import annotations
 
-import socket
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from binhoard.app import open_site
 from binhoard.config import parse_settings
 from binhoard.domain.errors import ObjectNotFoundError
 from binhoard.metrics import Metrics
-from binhoard.ops.archive import ArchiveLoop, BinlogArchiver, publish
+from binhoard.ops.archive import ArchiveLoop, publish
 from binhoard.ops.observe import (
     StorageMetrics,
     Throttle,
@@ -24,6 +23,7 @@ from binhoard.ops.observe import (
 from binhoard.ops.pitr import PitrProgress
 from binhoard.storage.store import MemoryStore, read_all
 from binhoard.storage.wrappers import MetricsStore
+from tests.support.fakeserver import FakeServer, fake_archiver
 from tests.support.sites import site_config
 from tests.unit.test_archive_ops import (
     SERVER_ID,
@@ -37,11 +37,11 @@ def test_a_pass_reports_pending_binlogs_the_rpo_and_its_own_time(tmp_path: Path)
     server, store = two_files_records_refused(tmp_path)
     settings = settings_for(tmp_path / "host")
     now = datetime(2026, 1, 2, tzinfo=UTC)
-    archiver = BinlogArchiver(settings, store, now=lambda: now)
+    archiver = fake_archiver(settings, store, now=lambda: now)
     metrics = Metrics(clock=lambda: now.timestamp() + 30)
 
     stuck = archiver.archive_files(server.binlogs())  # the first file's record is refused
-    publish(settings, stuck, metrics)
+    publish(settings.state_directory, stuck, metrics)
     sizes = sum((server.directory / name).stat().st_size for name in server.names)
     assert (stuck.pending_files, stuck.pending_bytes) == (2, sizes)
     assert metrics.value("binhoard.binlog.pending_files") == 2
@@ -52,7 +52,7 @@ def test_a_pass_reports_pending_binlogs_the_rpo_and_its_own_time(tmp_path: Path)
 
     store.fail = False
     done = archiver.archive_files(server.binlogs())
-    publish(settings, done, metrics)
+    publish(settings.state_directory, done, metrics)
     assert (done.pending_files, done.pending_bytes) == (0, 0)
     assert metrics.value("binhoard.binlog.pending_files") == 0
     # The newest transaction (seq 25) committed at T0 + 25: the RPO seen is its age.
@@ -65,14 +65,11 @@ def test_a_pass_reports_pending_binlogs_the_rpo_and_its_own_time(tmp_path: Path)
 def test_a_failed_pass_keeps_the_pending_gauges_and_is_counted_by_kind(tmp_path: Path) -> None:
     """A pass that cannot read the server learns nothing: the gauges keep the last
     known values; the failure is counted under ``where=archive``."""
-    refusing = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    refusing.bind(("127.0.0.1", 0))  # bound, not listening: the server is not there
-    config = site_config(tmp_path / "host", server_id=SERVER_ID)
-    config["mysql"]["client_params"] = {"port": refusing.getsockname()[1]}
-    settings = parse_settings(config, source="test")
+    settings = settings_for(tmp_path / "host")
+    stopped = FakeServer(tmp_path / "server", server_id=SERVER_ID, running=False)
     metrics = Metrics()
     metrics.gauge("binhoard.binlog.pending_files", 3)
-    loop = ArchiveLoop(settings, BinlogArchiver(settings, MemoryStore()), metrics)
+    loop = ArchiveLoop(fake_archiver(settings, MemoryStore(), server=stopped), metrics)
     report = loop.tick()
     assert report.failure is not None and report.pending_files is None
     assert metrics.value("binhoard.binlog.pending_files") == 3
@@ -80,7 +77,6 @@ def test_a_failed_pass_keeps_the_pending_gauges_and_is_counted_by_kind(tmp_path:
     assert metrics.value("binhoard.binlog.last_pass_time") is None
     errors = [line for line in metrics.prometheus_text().splitlines() if "errors_total{" in line]
     assert len(errors) == 1 and 'where="archive"' in errors[0]
-    refusing.close()
 
 
 def test_restore_progress_as_gauges() -> None:

@@ -12,15 +12,16 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from binhoard.app import open_site, site_name
+from binhoard.app import backup_config, open_server, open_site, site_name
 from binhoard.cli.common import config_option, json_option, site_option, start_telemetry
 from binhoard.cli.progress import ByteProgress
 from binhoard.config import load_settings
+from binhoard.domain.backup_decision import BackupDecision
 from binhoard.domain.errors import DeletionRefusedError, UsageError
 from binhoard.domain.manifest import BackupManifest, BackupType
 from binhoard.domain.restore_plan import parse_time_target
 from binhoard.domain.schedule import format_utc
-from binhoard.ops.backup import BackupDecision, BackupProgress, take_backup
+from binhoard.ops.backup import BackupProgress, take_backup
 from binhoard.ops.expire import Deletion, DeletionJournal, delete_backup
 from binhoard.ops.marks import mark_broken, preserve
 from binhoard.ops.observe import Throttle, record_backup, record_backup_progress
@@ -80,8 +81,9 @@ def create(config_file: Path, full: bool, incremental: bool, if_due: bool) -> No
                 record_backup_progress(metrics, state)
 
         manifest = take_backup(
-            settings,
+            open_server(settings),
             store,
+            backup_config(settings),
             requested=requested,
             if_due=if_due,
             on_decision=decided,

@@ -16,7 +16,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from binhoard.app import open_site, site_name
+from binhoard.app import archive_config, open_server, open_site, site_name
 from binhoard.cli.common import config_option, json_option, site_option, start_telemetry
 from binhoard.config import Settings, load_settings
 from binhoard.domain.documents import CorruptDocumentError
@@ -74,27 +74,30 @@ def archive(config_file: Path, follow: bool, interval: float) -> None:
     """
     settings = load_settings(config_file)
     metrics = start_telemetry(settings, "binlog archive")
-    with BinlogArchiver(settings, open_site(settings, metrics=metrics)) as archiver:
-        _archive(settings, archiver, metrics, follow, interval)
+    with _archiver(settings, metrics) as archiver:
+        _archive(archiver, metrics, follow, interval)
 
 
-def _archive(
-    settings: Settings, archiver: BinlogArchiver, metrics: Metrics, follow: bool, interval: float
-) -> None:
+def _archiver(settings: Settings, metrics: Metrics) -> BinlogArchiver:
+    store = open_site(settings, metrics=metrics)
+    return BinlogArchiver(open_server(settings), store, archive_config(settings))
+
+
+def _archive(archiver: BinlogArchiver, metrics: Metrics, follow: bool, interval: float) -> None:
+    state_directory = archiver.config.state_directory
     if not follow:
         try:
             report = archiver.archive_once()
         except BinhoardError as exc:
-            publish(
-                settings, ArchiveReport(at=archiver.now().isoformat(), failure=exc.message), metrics
-            )
+            failed = ArchiveReport(at=archiver.now().isoformat(), failure=exc.message)
+            publish(state_directory, failed, metrics)
             raise
-        publish(settings, report, metrics)
+        publish(state_directory, report, metrics)
         _print_report(report)
         raise_if_stalled(report)
         return
     logging.getLogger().setLevel(logging.INFO)  # a long-running process: say what it does
-    loop = ArchiveLoop(settings, archiver, metrics)
+    loop = ArchiveLoop(archiver, metrics)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
@@ -122,10 +125,10 @@ def flush(config_file: Path, wait_seconds: float) -> None:
     settings = load_settings(config_file)
     metrics = start_telemetry(settings, "binlog flush")
     started = time.monotonic()
-    with BinlogArchiver(settings, open_site(settings, metrics=metrics)) as archiver:
-        name, report = flush_and_wait(settings, archiver, timeout=wait_seconds)
+    with _archiver(settings, metrics) as archiver:
+        name, report = flush_and_wait(archiver, timeout=wait_seconds)
     if report is not None:
-        publish(settings, report, metrics)
+        publish(settings.state_directory, report, metrics)
     click.echo(f"{name} is stored ({time.monotonic() - started:.1f} s)")
 
 

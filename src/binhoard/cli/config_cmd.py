@@ -6,10 +6,10 @@ from pathlib import Path
 
 import click
 
+from binhoard.app import open_server
 from binhoard.config import load_settings
 from binhoard.domain.errors import BinhoardError
 from binhoard.domain.restore_target import target_problems
-from binhoard.ops.pitr import describe_target
 
 
 @click.group("config")
@@ -36,7 +36,7 @@ def check(file: Path) -> None:
     click.echo(f"  backup sites: {sites}")
     # Not an error: a host that only takes backups need not be a restore target.
     try:
-        problems = target_problems(describe_target(settings))
+        problems = target_problems(open_server(settings).restore_target())
     except BinhoardError as exc:
         problems = [exc.message]
     if problems:

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from binhoard.app import open_site, site_name
+from binhoard.app import open_server, open_site, pitr_config, site_name
 from binhoard.cli.common import config_option, site_option, start_telemetry
 from binhoard.cli.progress import ByteProgress
 from binhoard.config import Settings, load_settings
@@ -92,6 +92,7 @@ def restore_command(  # noqa: PLR0917 - click passes one parameter per option
         )
         return
     target = (datadir or settings.mysql.data_directory).resolve()
+    server = open_server(settings)
     with ByteProgress("restore") as bar:
 
         def show(state: RestoreProgress) -> None:
@@ -102,12 +103,18 @@ def restore_command(  # noqa: PLR0917 - click passes one parameter per option
             )
 
         manifest = restore_backup(
-            settings, open_site(settings, name), backup_id, target, site_name=name, progress=show
+            server,
+            open_site(settings, name),
+            backup_id,
+            target,
+            site=settings.backup_sites[name],
+            temporary_directory=settings.temporary_directory,
+            progress=show,
         )
     if start:
         if target != settings.mysql.data_directory.resolve():
             raise UsageError("--start needs the restore to go to mysql.data_directory")
-        start_restored_server(settings, manifest)
+        start_restored_server(server, manifest)
         click.echo(f"server started on {target}")
     click.echo(
         f"backup {manifest.backup_id} restored into {target}; its snapshot GTID position is "
@@ -157,7 +164,9 @@ def _point_in_time(
             if throttle.due(p.phase):
                 record_restore_progress(metrics, p)
 
-        restore = PointInTimeRestore(settings, store, progress=show)
+        restore = PointInTimeRestore(
+            open_server(settings), store, pitr_config(settings), progress=show
+        )
         if resume:
             result = restore.resume()
         else:

@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from binhoard.app import open_server
 from binhoard.cli.common import config_option, json_option
 from binhoard.config import Settings, load_settings
 from binhoard.domain.archiving import archive_lag
@@ -24,12 +25,11 @@ from binhoard.domain.errors import (
 from binhoard.domain.gtid import GtidPosition
 from binhoard.domain.privileges import BACKUP_PRIVILEGES, RESTORE_PRIVILEGES, Grants
 from binhoard.ops.archive import status_file
-from binhoard.server import sql
 
 
 def _archive_status(settings: Settings) -> dict[str, Any] | None:
     """The last archive pass on this host (``binlog-archive.json``), if any."""
-    return status_file(settings).read()
+    return status_file(settings.state_directory).read()
 
 
 def _archive_lag(archive: dict[str, Any], gtid_binlog_pos: str) -> dict[str, Any] | None:
@@ -71,12 +71,9 @@ def status_command(config_file: Path, as_json: bool) -> None:
 
 
 def _local_status(settings: Settings, as_json: bool) -> None:
-    conn = sql.connect(settings.mysql.client_params)
-    try:
-        facts = sql.server_facts(conn)
-        grants = sql.grants(conn)
-    finally:
-        conn.close()
+    server = open_server(settings)
+    facts = server.facts()
+    grants = server.grants()
     user = settings.mysql.client_params.user
     problems = facts.problems(expected_server_id=settings.server_id)
     problems += _missing(grants, BACKUP_PRIVILEGES, f"user {user} lacks")

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
-from binhoard.app import open_site
+from binhoard.app import archive_config, backup_config, open_server, open_site, pitr_config
 from binhoard.config import Settings
 from binhoard.daemon.jobs import (
     ArchiveDone,
@@ -28,10 +28,11 @@ from binhoard.daemon.jobs import (
 )
 from binhoard.daemon.port import StreamWindow
 from binhoard.daemon.state import BrokenRequest, PreservationRequest, RestoreRecord
-from binhoard.domain.errors import BinhoardError, ConflictError
+from binhoard.domain.errors import BinhoardError
 from binhoard.domain.manifest import BackupManifest, BackupType
+from binhoard.domain.server_facts import check_facts
 from binhoard.metrics import Metrics
-from binhoard.ops.archive import ArchiveLoop, BinlogArchiver, server_binlogs
+from binhoard.ops.archive import ArchiveLoop, BinlogArchiver
 from binhoard.ops.backup import BackupProgress, create_backup
 from binhoard.ops.catalog import SiteState, StreamState, read_site
 from binhoard.ops.expire import DeletionJournal, prune, retention_policy
@@ -44,7 +45,6 @@ from binhoard.ops.observe import (
 )
 from binhoard.ops.pitr import PitrProgress, PitrRequest, PointInTimeRestore, restore_state
 from binhoard.ops.sitecache import SiteCache, open_cache
-from binhoard.server import sql
 
 log = logging.getLogger("binhoard.daemon")
 
@@ -100,8 +100,9 @@ class OpsDoers:
                 record_backup_progress(self.metrics, state)
 
         manifest = create_backup(
-            self.settings,
+            open_server(self.settings),
             open_site(self.settings, metrics=self.metrics),
+            backup_config(self.settings),
             backup_type=backup_type,
             progress=progress,
             cancel=work.cancel,
@@ -115,7 +116,7 @@ class OpsDoers:
     def archive(self, rotate: bool, work: Work) -> ArchiveDone:
         loop = self._archive_loop()
         loop.archiver.cancel = work.cancel
-        closed = self._rotate() if rotate else None
+        closed = self._rotate(loop.archiver) if rotate else None
         report = loop.tick()
         open_streams = tuple(
             OpenStream(s.stream_id, s.last_file) for s in report.streams if not s.closed
@@ -133,19 +134,21 @@ class OpsDoers:
             return self._archive[1]
         if self._archive is not None:
             self._archive[1].archiver.close()
-        archiver = BinlogArchiver(self.settings, open_site(self.settings, metrics=self.metrics))
-        loop = ArchiveLoop(self.settings, archiver, self.metrics)
+        archiver = BinlogArchiver(
+            open_server(self.settings),
+            open_site(self.settings, metrics=self.metrics),
+            archive_config(self.settings),
+        )
+        loop = ArchiveLoop(archiver, self.metrics)
         self._archive = (self._generation, loop)
         return loop
 
-    def _rotate(self) -> str:
-        """``FLUSH BINARY LOGS``; the name of the file it closed."""
-        conn = sql.connect(self.settings.mysql.client_params)
-        try:
-            closed = server_binlogs(conn, self.settings.mysql.binlog_prefix).active
-            sql.query(conn, "FLUSH BINARY LOGS")
-        finally:
-            conn.close()
+    @staticmethod
+    def _rotate(archiver: BinlogArchiver) -> str:
+        """Rotates the server's binlog; the name of the file it closed."""
+        binlogs = archiver.server.binlogs
+        closed = binlogs.list().active
+        binlogs.flush()
         log.info("rotated the binlog as asked: %s closed", closed)
         return closed
 
@@ -178,12 +181,13 @@ class OpsDoers:
             last_phase[0] = p.phase
 
         restore = PointInTimeRestore(
-            self.settings,
+            open_server(self.settings),
             open_site(self.settings, request.site, metrics=self.metrics),
+            pitr_config(self.settings),
             progress=progress,
             cancel=work.cancel,
         )
-        recorded = restore_state(self.settings).read() or {}
+        recorded = restore_state(self.settings.state_directory).read() or {}
         ours = _same_restore(recorded, pitr_request, request.requested_at)
         phase = recorded.get("phase")
         try:
@@ -222,25 +226,12 @@ class OpsDoers:
         return RetentionDone(tuple(d.backup_id for d in report.deleted))
 
     def promote(self, work: Work) -> None:
-        """This node takes over: its server must answer as the configured one, with no
-        replication running (a restored node's restore removed it). Its first backup,
+        """This node takes over: its server must answer as the configured one, fit to
+        be backed up (the restore removed its replication set-up). Its first backup,
         taken in active mode, opens its own stream."""
-        facts = sql.check_server(
-            self.settings.mysql.client_params, self.settings.server_id, what="cannot take over"
+        facts = check_facts(
+            open_server(self.settings).facts(), self.settings.server_id, what="cannot take over"
         )
-        conn = sql.connect(self.settings.mysql.client_params)
-        try:
-            rows = sql.query_dicts(conn, "SHOW SLAVE STATUS")
-        finally:
-            conn.close()
-        running = [
-            r for r in rows if "No" not in (r.get("Slave_IO_Running"), r.get("Slave_SQL_Running"))
-        ]
-        if running:
-            raise ConflictError(
-                f"the server replicates from {running[0].get('Master_Host')}: stop "
-                "replication (STOP SLAVE; RESET SLAVE ALL) before it takes over"
-            )
         if facts.read_only:
             log.warning("the server is read-only: set read_only=OFF for it to take writes")
 

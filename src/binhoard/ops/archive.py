@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from binhoard.config import Settings
+from binhoard.config import BackupSite
 from binhoard.domain.archiving import (
     Archive,
     Missing,
@@ -54,6 +54,7 @@ from binhoard.domain.binlog import (
     compare_positions,
     describe_problem,
 )
+from binhoard.domain.binlog_file import BinlogSummary
 from binhoard.domain.catalog import (
     ArchiveStatus,
     BinlogIdentity,
@@ -79,6 +80,7 @@ from binhoard.domain.errors import (
 )
 from binhoard.domain.gtid import GtidOrderError, GtidPosition
 from binhoard.domain.manifest import ObjectRef
+from binhoard.domain.server_facts import check_facts
 from binhoard.localstate import StateFile, exclusive
 from binhoard.metric_names import (
     BINLOG_ARCHIVE_PASS_FAILURES,
@@ -96,8 +98,7 @@ from binhoard.ops.backup import object_ref
 from binhoard.ops.catalog import StreamState, read_records, read_site, read_streams
 from binhoard.ops.site import BackupEntry
 from binhoard.ops.sitecache import SiteCache, open_cache
-from binhoard.server import sql
-from binhoard.server.binlog_reader import BinlogSummary, summarize_binlog
+from binhoard.ports.server import Server, ServerBinlogs
 from binhoard.storage.pipeline import Codec, suffix, upload
 from binhoard.storage.store import ObjectInfo, ObjectStore, read_all
 from binhoard.telemetry import report_error
@@ -114,27 +115,13 @@ SWEEP_INTERVAL = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
-class ServerBinlogs:
-    """The server's binlog index: every file, oldest first, and the one it writes."""
+class ArchiveConfig:
+    """What archiving needs besides its ports (``app.archive_config`` makes it)."""
 
-    directory: Path
-    names: tuple[str, ...]
-    active: str
-
-    def path(self, name: str) -> Path:
-        return self.directory / name
-
-
-def server_binlogs(conn: sql.Connection, binlog_prefix: Path) -> ServerBinlogs:
-    rows = sql.query(conn, "SHOW BINARY LOGS")
-    status = sql.query(conn, "SHOW MASTER STATUS")
-    if not status:
-        raise UsageError("the server has binary logging off: nothing to archive")
-    return ServerBinlogs(
-        directory=binlog_prefix.parent,
-        names=tuple(str(row[0]) for row in rows),
-        active=str(status[0][0]),
-    )
+    server_id: int  # the configured server's: its streams are archived into
+    site: BackupSite  # the upload site (its codec)
+    state_directory: Path
+    rotation_interval: float  # forced_binlog_rotation_interval, seconds
 
 
 @dataclass
@@ -204,14 +191,14 @@ class ArchiveReport:
         return bool(self.stall_reasons)
 
 
-def status_file(settings: Settings) -> StateFile:
-    return StateFile(settings.state_directory / "binlog-archive.json")
+def status_file(state_directory: Path) -> StateFile:
+    return StateFile(state_directory / "binlog-archive.json")
 
 
-def uploads_file(settings: Settings) -> StateFile:
+def uploads_file(state_directory: Path) -> StateFile:
     """Data keys this host started uploading and has not seen recorded yet, and when it
     last looked for other hosts' leftovers: ``{"pending": [key], "swept_at": iso}``."""
-    return StateFile(settings.state_directory / "binlog-uploads.json")
+    return StateFile(state_directory / "binlog-uploads.json")
 
 
 def _is_binlog_data_key(key: str) -> bool:
@@ -293,17 +280,19 @@ class BinlogArchiver:
 
     def __init__(
         self,
-        settings: Settings,
+        server: Server,
         store: ObjectStore,
+        config: ArchiveConfig,
         *,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         use_cache: bool = True,
         cancel: threading.Event | None = None,
     ) -> None:
-        self.settings = settings
+        self.server = server
         self.store = store
         self.cancel = cancel  # stops an upload in progress (the daemon is stopping)
-        self.codec = Codec.from_site(settings.upload_site)
+        self.config = config
+        self.codec = Codec.from_site(config.site)
         self.now = now
         # The archive-status.json last written or read per stream: what makes an idle
         # pass write nothing.
@@ -330,35 +319,29 @@ class BinlogArchiver:
         """The local cache of the site's documents (``ops/sitecache.py``), opened once:
         with it a pass reads only what is new on the site."""
         if self.use_cache and self._cache is None:
-            self._cache = open_cache(self.settings.state_directory, self.store.describe())
+            self._cache = open_cache(self.config.state_directory, self.store.describe())
         return self._cache
 
     def archive_once(self) -> ArchiveReport:
         """One pass: archive every closed file each open stream needs. Holds the archive
         lock (one archiver per host); raises ``ConflictError`` if another one runs."""
-        with exclusive(self.settings.state_directory / "binlog-archive.lock", "binlog archiving"):
+        with exclusive(self.config.state_directory / "binlog-archive.lock", "binlog archiving"):
             # A server_id other than the configured one matches no stream: the pass would
             # archive nothing and look successful.
-            sql.check_server(
-                self.settings.mysql.client_params, self.settings.server_id, what="cannot archive"
-            )
-            conn = sql.connect(self.settings.mysql.client_params)
-            try:
-                server = server_binlogs(conn, self.settings.mysql.binlog_prefix)
-            finally:
-                conn.close()
-            return self.archive_files(server)
+            check_facts(self.server.facts(), self.config.server_id, what="cannot archive")
+            return self.archive_files(self.server.binlogs.list())
 
-    def archive_files(self, server: ServerBinlogs) -> ArchiveReport:
-        """One pass over ``server``'s files (what :meth:`archive_once` runs under its lock)."""
+    def archive_files(self, binlogs: ServerBinlogs) -> ArchiveReport:
+        """One pass over the server's files as ``binlogs`` lists them (what
+        :meth:`archive_once` runs under its lock)."""
         try:
-            return self._archive_files(server)
+            return self._archive_files(binlogs)
         finally:
             # What the pass wrote, in one transaction; also when it failed half-way.
             if self._cache is not None:
                 self._cache.commit()
 
-    def _archive_files(self, server: ServerBinlogs) -> ArchiveReport:
+    def _archive_files(self, binlogs: ServerBinlogs) -> ArchiveReport:
         report = ArchiveReport(at=self.now().isoformat())
         site = read_site(self.store, self.cache, incremental=True)
         all_streams = site.streams
@@ -369,13 +352,11 @@ class BinlogArchiver:
         streams = [
             _Stream(s)
             for s in all_streams
-            if s.backup.server_id == self.settings.server_id
-            and s.closed is None
-            and s.broken is None
+            if s.backup.server_id == self.config.server_id and s.closed is None and s.broken is None
         ]
-        report.broken = _broken_streams(site.streams, site.backups.entries, self.settings.server_id)
-        files = ServerFiles(server.names, server.active)
-        self._walk(server, files, streams, refs, report)
+        report.broken = _broken_streams(site.streams, site.backups.entries, self.config.server_id)
+        files = ServerFiles(binlogs.names, binlogs.active)
+        self._walk(binlogs, files, streams, refs, report)
         for stream in streams:
             step = stream.next(files)
             if isinstance(step, Missing) and not stream.problems:
@@ -396,12 +377,12 @@ class BinlogArchiver:
                 self._publish_status(report.streams[-1])
         times = [s.newest_commit_time for s in report.streams if s.newest_commit_time is not None]
         report.newest_stored_commit_time = max(times) if times else None
-        report.pending_files, report.pending_bytes = _pending(server, files, streams)
+        report.pending_files, report.pending_bytes = _pending(binlogs, files, streams)
         return report
 
     def _walk(
         self,
-        server: ServerBinlogs,
+        binlogs: ServerBinlogs,
         files: ServerFiles,
         streams: list[_Stream],
         refs: dict[BinlogIdentity, ObjectRef],
@@ -415,8 +396,8 @@ class BinlogArchiver:
             step = stream.next(files)
             if isinstance(step, Archive):
                 wanted[step.name][order] = stream
-        for name in server.names:
-            if name == server.active:
+        for name in binlogs.names:
+            if name == binlogs.active:
                 break
             waiting = wanted.get(name)
             if not waiting:
@@ -431,7 +412,7 @@ class BinlogArchiver:
                     wanting.append((stream, step))
             if not wanting:
                 continue
-            self._archive_file(server, name, wanting, refs, report)
+            self._archive_file(binlogs, name, wanting, refs, report)
             for order in sorted(waiting):
                 step = waiting[order].next(files)
                 if isinstance(step, Archive) and step.name != name:
@@ -473,7 +454,7 @@ class BinlogArchiver:
         previous = self._site_status[stream.stream_id]
         status = ArchiveStatus(
             stream_id=stream.stream_id,
-            server_id=self.settings.server_id,
+            server_id=self.config.server_id,
             stalled=bool(reasons),
             since=self.now(),
             reason="; ".join(reasons) or None,
@@ -490,18 +471,18 @@ class BinlogArchiver:
 
     def _archive_file(
         self,
-        server: ServerBinlogs,
+        binlogs: ServerBinlogs,
         name: str,
         wanting: list[tuple[_Stream, Archive]],
         refs: dict[BinlogIdentity, ObjectRef],
         report: ArchiveReport,
     ) -> None:
-        path = server.path(name)
+        path = binlogs.path(name)
         # A stream's first file must hold the snapshot: the states there come from the
         # same scan that summarises the file (no per-transaction index is kept).
         snapshots = {step.start_offset for stream, step in wanting if not stream.records}
         try:
-            index = summarize_binlog(path, states_at=snapshots)
+            index = self.server.binlogs.summarize(path, states_at=snapshots)
             segment = index.segment()  # before anything is uploaded: it checks GTID order
         except (CorruptBinlogError, GtidOrderError, OSError) as exc:
             # GtidOrderError: the file breaks gtid_strict_mode (a transaction not after
@@ -531,9 +512,7 @@ class BinlogArchiver:
         report: ArchiveReport,
     ) -> None:
         name = index.name
-        identity = binlog_identity(
-            self.settings.server_id, name, index.created, _start_digest(index)
-        )
+        identity = binlog_identity(self.config.server_id, name, index.created, _start_digest(index))
         ref = refs.get(identity)
         fresh = ref is None or ref.plain_size != index.size
         if ref is None or fresh:
@@ -544,7 +523,7 @@ class BinlogArchiver:
             record = BinlogRecord(
                 stream_id=stream.stream_id,
                 seq=len(stream.records),
-                server_id=self.settings.server_id,
+                server_id=self.config.server_id,
                 name=name,
                 object=ref,
                 gtid_list_at_start=segment.gtid_list_at_start,
@@ -618,10 +597,14 @@ class BinlogArchiver:
         )
         return object_ref(key, self.codec, digest)
 
+    @property
+    def _uploads(self) -> StateFile:
+        return uploads_file(self.config.state_directory)
+
     def _pending(self) -> list[str]:
         """Keys of this host's uploads not yet recorded. Only data keys count: this list
         decides what is deleted, and a damaged file must never name a manifest."""
-        file = uploads_file(self.settings)
+        file = self._uploads
         pending = (file.read() or {}).get("pending", [])
         if not isinstance(pending, list):
             log.warning("ignoring %s: 'pending' is not a list of keys", file.path)
@@ -636,8 +619,8 @@ class BinlogArchiver:
         return keys
 
     def _set_pending(self, keys: list[str]) -> None:
-        state = uploads_file(self.settings).read() or {}
-        uploads_file(self.settings).write({**state, "pending": keys})
+        state = self._uploads.read() or {}
+        self._uploads.write({**state, "pending": keys})
 
     def _remove_leftovers(self, named: set[str]) -> None:
         """Deletes data objects no record names: at once those this host began uploading
@@ -650,9 +633,9 @@ class BinlogArchiver:
                 log.info("deleted %s: uploaded by an interrupted pass, never recorded", key)
         if pending:
             self._set_pending([])
-        state = uploads_file(self.settings).read() or {}
+        state = self._uploads.read() or {}
         now = self.now()
-        swept = _swept_at(state.get("swept_at"), uploads_file(self.settings).path)
+        swept = _swept_at(state.get("swept_at"), self._uploads.path)
         if swept is not None and now - swept < SWEEP_INTERVAL:
             return
         for info in self.store.list(BINLOG_DATA_PREFIX):
@@ -661,7 +644,7 @@ class BinlogArchiver:
             if now - info.last_modified > LEFTOVER_GRACE:
                 self.store.delete(info.key)
                 log.info("deleted %s: no record names it since %s", info.key, info.last_modified)
-        uploads_file(self.settings).write({**state, "pending": [], "swept_at": now.isoformat()})
+        self._uploads.write({**state, "pending": [], "swept_at": now.isoformat()})
 
     def _write_record(self, stream: _Stream, record: BinlogRecord) -> bool:
         body = record.to_bytes()
@@ -772,25 +755,23 @@ def _broken_streams(
 
 
 def flush_and_wait(
-    settings: Settings,
     archiver: BinlogArchiver,
     *,
     timeout: float,
     poll: float = 0.2,
     clock: Callable[[], float] = time.monotonic,
 ) -> tuple[str, ArchiveReport | None]:
-    """Rotates the binlog now and waits until the file just closed is stored.
+    """Rotates the binlog of the archiver's server now and waits until the file just
+    closed is stored.
 
     Returns the closed file's name. Archives in this process when no other archiver
     runs; otherwise waits for the running one (e.g. the daemon) to store it. Raises
     ``BinhoardError`` on timeout or when the archive of the file is blocked by a problem.
     """
-    conn = sql.connect(settings.mysql.client_params)
-    try:
-        before = server_binlogs(conn, settings.mysql.binlog_prefix).active
-        sql.query(conn, "FLUSH BINARY LOGS")
-    finally:
-        conn.close()
+    binlogs = archiver.server.binlogs
+    before = binlogs.list().active
+    binlogs.flush()
+    server_id = archiver.config.server_id
     deadline = clock() + timeout
     report: ArchiveReport | None = None
     while True:
@@ -798,11 +779,11 @@ def flush_and_wait(
             report = archiver.archive_once()
         except ConflictError:
             report = None  # another archiver runs: watch the site instead
-        if _stored(archiver.store, settings.server_id, before, archiver.cache):
+        if _stored(archiver.store, server_id, before, archiver.cache):
             return before, report
         if report is not None and not report.streams:
             raise UsageError(
-                f"no open backup stream of server_id {settings.server_id} in "
+                f"no open backup stream of server_id {server_id} in "
                 f"{archiver.store.describe()}: take a backup first (binhoard backup create)"
             )
         if report is not None and report.problems:
@@ -831,17 +812,15 @@ class ArchiveLoop:
 
     def __init__(
         self,
-        settings: Settings,
         archiver: BinlogArchiver,
         metrics: Metrics,
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.settings = settings
         self.archiver = archiver
         self.metrics = metrics
         self.clock = clock
-        self.timer = RotationTimer(settings.backup_settings.forced_binlog_rotation_interval)
+        self.timer = RotationTimer(archiver.config.rotation_interval)
         self._failure: str | None = None  # the last pass's, reported once to Sentry
 
     def tick(self) -> ArchiveReport:
@@ -857,42 +836,38 @@ class ArchiveLoop:
             # Counted every pass; sent to Sentry when it changes, not every two seconds.
             report_error(exc, self.metrics, "archive", to_sentry=exc.message != self._failure)
         self._failure = report.failure
-        publish(self.settings, report, self.metrics)
+        publish(self.archiver.config.state_directory, report, self.metrics)
         return report
 
     def _rotate_if_due(self, report: ArchiveReport) -> bool:
-        conn = sql.connect(self.settings.mysql.client_params)
-        try:
-            binlog_pos = GtidPosition.parse(
-                sql.variables(conn, "gtid_binlog_pos")["gtid_binlog_pos"]
-            )
-            waiting = any(
-                s.caught_up
-                and not s.problems
-                and not s.closed
-                and not GtidPosition.parse(s.end_position).covers(binlog_pos)
-                for s in report.streams
-            )
-            if not self.timer.due(waiting=waiting, now=self.clock()):
-                return False
-            sql.query(conn, "FLUSH BINARY LOGS")
-        finally:
-            conn.close()
+        server = self.archiver.server
+        binlog_pos = GtidPosition.parse(server.facts().gtid_binlog_pos)
+        waiting = any(
+            s.caught_up
+            and not s.problems
+            and not s.closed
+            and not GtidPosition.parse(s.end_position).covers(binlog_pos)
+            for s in report.streams
+        )
+        if not self.timer.due(waiting=waiting, now=self.clock()):
+            return False
+        server.binlogs.flush()
         self.timer.rotated()
         self.metrics.increment(BINLOG_FORCED_ROTATIONS)
         log.info(
             "rotated the binlog: transactions waited %.0f s or more",
-            self.settings.backup_settings.forced_binlog_rotation_interval,
+            self.archiver.config.rotation_interval,
         )
         return True
 
 
-def publish(settings: Settings, report: ArchiveReport, metrics: Metrics) -> None:
-    """Writes the pass's report for ``binhoard status`` and sets the metrics operators
-    alarm on: the newest stored commit time (RPO), the problem count, whether archiving
-    is stalled and failed passes. A stalled pass is logged at ERROR with its reasons;
-    ``stalled_since`` carries over from the previous report while it stays stalled."""
-    previous = status_file(settings).read() or {}
+def publish(state_directory: Path, report: ArchiveReport, metrics: Metrics) -> None:
+    """Writes the pass's report (``binlog-archive.json`` in ``state_directory``) for
+    ``binhoard status`` and sets the metrics operators alarm on: the newest stored
+    commit time (RPO), the problem count, whether archiving is stalled and failed
+    passes. A stalled pass is logged at ERROR with its reasons; ``stalled_since``
+    carries over from the previous report while it stays stalled."""
+    previous = status_file(state_directory).read() or {}
     reasons = report.stall_reasons
     since = None
     if reasons:
@@ -902,7 +877,7 @@ def publish(settings: Settings, report: ArchiveReport, metrics: Metrics) -> None
     if report.failure is not None and report.newest_stored_commit_time is None:
         # A failed pass learnt nothing new: keep what the last pass knew.
         report.newest_stored_commit_time = previous.get("newest_stored_commit_time")
-    status_file(settings).write(
+    status_file(state_directory).write(
         {
             **asdict(report),
             "problems": report.problems,

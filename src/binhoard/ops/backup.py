@@ -1,6 +1,7 @@
-"""Taking a backup: mariabackup streamed through the pipeline into the site, manifest last.
+"""Taking a backup: the server's backup tool (mariabackup) streamed through the pipeline
+into the site, manifest last.
 
-Nothing of the backup touches local disk but mariabackup's LSN files and log. Objects
+Nothing of the backup touches local disk but the tool's LSN files and log. Objects
 are written data first, then my.cnf, then the manifest, so an interrupted backup leaves
 at most two objects without a manifest; the next run deletes them (``cleanup``).
 """
@@ -17,14 +18,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from binhoard.config import Settings
-from binhoard.domain.errors import (
-    CancelledError,
-    ConflictError,
-    NotFoundError,
-    ServerQueryError,
-    UsageError,
+from binhoard.config import BackupSite
+from binhoard.domain.backup_decision import (
+    BackupDecision,
+    BackupSchedule,
+    choose_parent,
+    decide_backup,
 )
+from binhoard.domain.errors import CancelledError, ConflictError, ServerQueryError, UsageError
 from binhoard.domain.manifest import (
     BackupManifest,
     BackupType,
@@ -33,14 +34,12 @@ from binhoard.domain.manifest import (
     manifest_key,
     new_backup_id,
 )
-from binhoard.domain.schedule import Due, backup_due, choose_backup_type, incremental_parent
+from binhoard.domain.server_facts import check_facts
 from binhoard.localstate import StateFile, exclusive
 from binhoard.ops.catalog import read_site
 from binhoard.ops.expire import DeletionJournal, binlog_references, finish_leftovers
 from binhoard.ops.site import LEFTOVER_GRACE, find_leftovers, list_backups, removable_leftovers
-from binhoard.server import sql
-from binhoard.server.backup_tool import MariaBackup
-from binhoard.server.mycnf import read_server_options
+from binhoard.ports.server import CheckpointWait, InnoDBFlushing, Server
 from binhoard.storage.pipeline import Codec, ObjectDigest, suffix, upload
 from binhoard.storage.store import ObjectStore
 
@@ -65,6 +64,18 @@ class BackupProgress:
 ProgressCallback = Callable[[BackupProgress], None]
 
 
+@dataclass(frozen=True)
+class BackupConfig:
+    """What a backup needs besides its ports (``app.backup_config`` makes it)."""
+
+    site_name: str  # the upload site, for messages
+    site: BackupSite  # its codec; recovery_only
+    schedule: BackupSchedule
+    server_id: int  # the configured server's: the backup must be of that one
+    state_directory: Path
+    temporary_directory: Path
+
+
 def object_ref(key: str, codec: Codec, digest: ObjectDigest) -> ObjectRef:
     return ObjectRef(
         key=key,
@@ -77,112 +88,50 @@ def object_ref(key: str, codec: Codec, digest: ObjectDigest) -> ObjectRef:
     )
 
 
-def _in_progress(settings: Settings) -> StateFile:
-    return StateFile(settings.state_directory / "backup-in-progress.json")
+def _in_progress(config: BackupConfig) -> StateFile:
+    return StateFile(config.state_directory / "backup-in-progress.json")
 
 
-def cleanup_leftovers(settings: Settings, store: ObjectStore, now: datetime) -> list[str]:
+def cleanup_leftovers(config: BackupConfig, store: ObjectStore, now: datetime) -> list[str]:
     """Removes what backups without a manifest left (``expire.finish_leftovers``): at
     once the backup this host was taking, or the deletions it was making, when it
     stopped; any other once untouched for a day. Returns their backup ids."""
-    state = _in_progress(settings).read()
-    ours = DeletionJournal(settings.state_directory).pending()
+    state = _in_progress(config).read()
+    ours = DeletionJournal(config.state_directory).pending()
     if state is not None and isinstance(state.get("backup_id"), str):
         ours.add(state["backup_id"])
     removable = removable_leftovers(find_leftovers(store), ours=ours, now=now, grace=LEFTOVER_GRACE)
     # The site's references are read only if a leftover is an interrupted deletion
     # whose stream still names binlog data objects (rare).
     finish_leftovers(store, removable, lambda: binlog_references(store, read_site(store)))
-    _remove_work_dirs(settings)
-    _in_progress(settings).clear()
+    _remove_work_dirs(config.temporary_directory)
+    _in_progress(config).clear()
     return [left.backup_id for left in removable]
 
 
-def _remove_work_dirs(settings: Settings) -> None:
+def _remove_work_dirs(temporary_directory: Path) -> None:
     """mariabackup's LSN files and log of backups killed before they could remove them.
 
     The temporary directory is this host's and the caller holds the backup lock, so every
     ``backup-*`` there belongs to a backup that is no longer running.
     """
     with contextlib.suppress(OSError):
-        for work_dir in settings.temporary_directory.glob("backup-*"):
+        for work_dir in temporary_directory.glob("backup-*"):
             log.info("removing %s, left by an interrupted backup", work_dir)
             shutil.rmtree(work_dir, ignore_errors=True)
-
-
-def choose_parent(backups: Sequence[BackupManifest], server_id: int) -> BackupManifest:
-    """The backup an incremental builds on (``incremental_parent``); raises if none."""
-    parent = incremental_parent(backups, server_id)
-    if parent is None:
-        raise NotFoundError(
-            f"no earlier backup of server_id {server_id} to build an incremental backup on"
-        )
-    return parent
-
-
-@dataclass(frozen=True)
-class BackupDecision:
-    """What ``take_backup`` decided, reported before the backup starts."""
-
-    backup_type: BackupType | None  # None: no backup now
-    reason: str  # why this type, or why no backup
-    schedule: Due | None = None  # what the schedule said, when asked (``if_due``)
 
 
 DecisionCallback = Callable[[BackupDecision], None]
 
 
-def decide_backup(
-    settings: Settings,
-    backups: Sequence[BackupManifest],
-    now: datetime,
-    *,
-    requested: BackupType | None = None,
-    if_due: bool = False,
-) -> BackupDecision:
-    """Whether to take a backup now and which type: the schedule's answer (``backup_due``)
-    when ``if_due``, then the type asked for, else the schedule's (``choose_backup_type``)."""
-    bs = settings.backup_settings
-    schedule = None
-    if if_due:
-        schedule = backup_due(
-            now, backups, bs.backup_hour, bs.backup_minute, bs.backup_interval_minutes
-        )
-        if not schedule.due:
-            return BackupDecision(None, schedule.reason, schedule)
-    if requested is not None:
-        return BackupDecision(requested, f"{requested} backup requested", schedule)
-    choice = choose_backup_type(
-        now,
-        backups,
-        settings.server_id,
-        bs.incremental.enabled,
-        bs.incremental.full_backup_days,
-    )
-    return BackupDecision(choice.backup_type, choice.reason, schedule)
-
-
-def _datadir_size(datadir: Path) -> int:
-    """Roughly what mariabackup will stream: the datadir without the redo log."""
-    total = 0
-    for path in datadir.rglob("*"):
-        if path.name.startswith(("ib_logfile", "ibtmp")):
-            continue
-        try:
-            if path.is_file():
-                total += path.stat().st_size
-        except OSError:
-            continue
-    return total
-
-
-def _backup_lock(settings: Settings) -> AbstractContextManager[None]:
-    return exclusive(settings.state_directory / "backup.lock", "a backup")
+def _backup_lock(config: BackupConfig) -> AbstractContextManager[None]:
+    return exclusive(config.state_directory / "backup.lock", "a backup")
 
 
 def take_backup(
-    settings: Settings,
+    server: Server,
     store: ObjectStore,
+    config: BackupConfig,
     *,
     requested: BackupType | None = None,
     if_due: bool = False,
@@ -199,20 +148,28 @@ def take_backup(
     """
     with ExitStack() as stack:
         try:
-            stack.enter_context(_backup_lock(settings))
+            stack.enter_context(_backup_lock(config))
         except ConflictError:
             if not if_due:
                 raise
             _report(on_decision, BackupDecision(None, "another backup is running on this host"))
             return None
         backups = list_backups(store)
-        decision = decide_backup(settings, backups, now(), requested=requested, if_due=if_due)
+        decision = decide_backup(
+            config.schedule,
+            config.server_id,
+            backups,
+            now(),
+            requested=requested,
+            if_due=if_due,
+        )
         _report(on_decision, decision)
         if decision.backup_type is None:
             return None
         return _take_locked(
-            settings,
+            server,
             store,
+            config,
             backup_type=decision.backup_type,
             backups=backups,
             progress=progress,
@@ -221,8 +178,9 @@ def take_backup(
 
 
 def create_backup(
-    settings: Settings,
+    server: Server,
     store: ObjectStore,
+    config: BackupConfig,
     *,
     backup_type: BackupType = "full",
     progress: ProgressCallback | None = None,
@@ -231,11 +189,12 @@ def create_backup(
 ) -> BackupManifest:
     """Takes a backup of exactly ``backup_type`` into ``store`` and returns its manifest.
     Once ``cancel`` is set it stops (``CancelledError``) and removes what it stored."""
-    with _backup_lock(settings):
+    with _backup_lock(config):
         backups = list_backups(store) if backup_type == "incremental" else []
         return _take_locked(
-            settings,
+            server,
             store,
+            config,
             backup_type=backup_type,
             backups=backups,
             progress=progress,
@@ -251,8 +210,9 @@ def _report(on_decision: DecisionCallback | None, decision: BackupDecision) -> N
 
 
 def _take_locked(
-    settings: Settings,
+    server: Server,
     store: ObjectStore,
+    config: BackupConfig,
     *,
     backup_type: BackupType,
     backups: Sequence[BackupManifest],
@@ -262,31 +222,30 @@ def _take_locked(
 ) -> BackupManifest:
     """The backup itself; the caller holds the backup lock. ``backups``: the site's, from
     which an incremental's parent is chosen."""
-    site = settings.upload_site
-    if site.recovery_only:
-        raise UsageError(f"site {settings.backup_settings.upload_site} is recovery_only")
+    if config.site.recovery_only:
+        raise UsageError(f"site {config.site_name} is recovery_only")
     # Before anything touches the site: a backup of a server other than the configured one
     # would be recorded under an id the archiver never looks for.
-    sql.check_server(settings.mysql.client_params, settings.server_id, what="cannot back up")
-    cleanup_leftovers(settings, store, now())
-    parent = choose_parent(backups, settings.server_id) if backup_type == "incremental" else None
+    check_facts(server.facts(), config.server_id, what="cannot back up")
+    cleanup_leftovers(config, store, now())
+    parent = choose_parent(backups, config.server_id) if backup_type == "incremental" else None
     started = now()
     backup_id = new_backup_id(started)
-    _in_progress(settings).write({"backup_id": backup_id, "started_at": started.isoformat()})
+    _in_progress(config).write({"backup_id": backup_id, "started_at": started.isoformat()})
     state = BackupProgress(backup_id=backup_id)
-    state.estimated_total = _datadir_size(settings.mysql.data_directory)
-    run = _BackupRun(settings, store, Codec.from_site(site), state, progress, cancel=cancel)
+    state.estimated_total = server.backup_tool.estimated_size()
+    run = _BackupRun(server, store, config, state=state, progress=progress, cancel=cancel)
     try:
         manifest = run.execute(backup_id, backup_type, parent, started, now)
     except Exception:
         # Best effort now; if this fails too, the next run deletes the leftovers.
-        cleanup_leftovers(settings, store, now())
+        cleanup_leftovers(config, store, now())
         raise
-    _in_progress(settings).clear()
+    _in_progress(config).clear()
     return manifest
 
 
-def _log_checkpoint_wait(wait: sql.CheckpointWait) -> None:
+def _log_checkpoint_wait(wait: CheckpointWait) -> None:
     mib = 1024 * 1024
     if not wait.reached:
         log.warning(
@@ -312,9 +271,8 @@ class FlushSettingsJournal:
     saved values back first.
     """
 
-    def __init__(self, settings: Settings) -> None:
-        self._file = StateFile(settings.state_directory / "innodb-flush-settings.json")
-        self._cnf = settings.mysql.config_file_name
+    def __init__(self, state_directory: Path) -> None:
+        self._file = StateFile(state_directory / "innodb-flush-settings.json")
 
     def save(self, values: dict[str, str]) -> None:
         self._file.write({"settings": values})
@@ -322,12 +280,12 @@ class FlushSettingsJournal:
     def clear(self) -> None:
         self._file.clear()
 
-    def restore_left_over(self, conn: sql.Connection) -> None:
+    def restore_left_over(self, flushing: InnoDBFlushing) -> None:
         if not self._file.path.exists():
             return
         left = self._file.read()
         values = left.get("settings") if left else None
-        names = set(sql.flush_setting_names())
+        names = set(flushing.setting_names())
         if (
             isinstance(values, dict)
             and values
@@ -335,33 +293,27 @@ class FlushSettingsJournal:
             and all(isinstance(v, str) for v in values.values())
         ):
             try:
-                sql.restore_flush_settings(conn, values)
+                flushing.put_back(values)
             except ServerQueryError as exc:
-                self._restore_startup_values(conn, f"the server refused a value: {exc}")
+                self._restore_startup_values(flushing, f"the server refused a value: {exc}")
             else:
                 log.warning("restored InnoDB flushing settings left changed by a killed backup")
         else:
-            self._restore_startup_values(conn, "it does not hold the settings")
+            self._restore_startup_values(flushing, "it does not hold the settings")
         self._file.clear()
 
-    def _restore_startup_values(self, conn: sql.Connection, why: str) -> None:
+    def _restore_startup_values(self, flushing: InnoDBFlushing, why: str) -> None:
         """The saved values are lost: the server may still flush as a killed backup made
-        it. Its startup values (my.cnf, else defaults) are the best guess: set them and
-        say so, rather than take the changed values for the server's own."""
-        try:
-            configured = read_server_options(self._cnf).options
-        except UsageError as exc:
-            log.warning("%s", exc.message)
-            configured = {}
-        values = sql.startup_flush_settings(conn, configured)
-        sql.restore_flush_settings(conn, values)
+        it. Its startup values (its option file, else defaults) are the best guess: set
+        them and say so, rather than take the changed values for the server's own."""
+        values = flushing.startup_values()
+        flushing.put_back(values)
         log.warning(
             "%s is damaged (%s): a killed backup may have left InnoDB flushing changed and "
-            "its saved values are lost; set them to the server's startup values (%s, else "
-            "the defaults): %s",
+            "its saved values are lost; set them to the server's startup values (its "
+            "option file, else the defaults): %s",
             self._file.path,
             why,
-            self._cnf,
             ", ".join(f"{k}={v}" for k, v in values.items()),
         )
 
@@ -369,17 +321,18 @@ class FlushSettingsJournal:
 class _BackupRun:
     def __init__(
         self,
-        settings: Settings,
+        server: Server,
         store: ObjectStore,
-        codec: Codec,
+        config: BackupConfig,
+        *,
         state: BackupProgress,
         progress: ProgressCallback | None,
-        *,
-        cancel: threading.Event | None,
+        cancel: threading.Event | None = None,
     ) -> None:
-        self.settings = settings
+        self.server = server
         self.store = store
-        self.codec = codec
+        self.config = config
+        self.codec = Codec.from_site(config.site)
         self.state = state
         self.progress = progress
         self.cancel = cancel
@@ -400,18 +353,14 @@ class _BackupRun:
         started: datetime,
         now: Callable[[], datetime],
     ) -> BackupManifest:
-        settings, codec, store = self.settings, self.codec, self.store
-        conn = sql.connect(settings.mysql.client_params)
-        try:
-            facts = sql.server_facts(conn)
-            self.report("advancing the InnoDB checkpoint")
-            journal = FlushSettingsJournal(settings)
-            journal.restore_left_over(conn)
-            _log_checkpoint_wait(sql.bound_checkpoint_age(conn, journal=journal))
-        finally:
-            conn.close()
-        tool = MariaBackup(settings.mysql.config_file_name, settings.mysql.client_params)
-        work_dir = settings.temporary_directory / f"backup-{backup_id}"
+        server, codec, store = self.server, self.codec, self.store
+        facts = server.facts()
+        self.report("advancing the InnoDB checkpoint")
+        journal = FlushSettingsJournal(self.config.state_directory)
+        journal.restore_left_over(server.flushing)
+        _log_checkpoint_wait(server.flushing.bound_checkpoint_age(journal))
+        tool = server.backup_tool
+        work_dir = self.config.temporary_directory / f"backup-{backup_id}"
         prefix = backup_prefix(backup_id)
         data_key = f"{prefix}data.xbstream{suffix(codec.algorithm)}"
         try:
@@ -426,14 +375,14 @@ class _BackupRun:
             shutil.rmtree(work_dir, ignore_errors=True)
         self.report("storing manifest")
         cnf_key = f"{prefix}my.cnf{suffix(codec.algorithm)}"
-        cnf_digest = upload(store, cnf_key, [settings.mysql.config_file_name.read_bytes()], codec)
+        cnf_digest = upload(store, cnf_key, [tool.option_file()], codec)
         manifest = BackupManifest(
             backup_id=backup_id,
             backup_type=backup_type,
             parent_backup_id=parent.backup_id if parent else None,
             chain=(*parent.chain, backup_id) if parent else (backup_id,),
             server_id=facts.server_id,
-            flavour="mariadb",
+            flavour=server.flavour,
             server_version=facts.version,
             tool_version=tool.version(),
             started_at=started,

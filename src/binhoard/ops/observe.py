@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from binhoard.domain.errors import NotFoundError
 from binhoard.domain.manifest import BackupManifest
+from binhoard.domain.pitr import PHASES
 from binhoard.metric_names import (
     BACKUP_BYTES_READ,
     BACKUP_COMPLETED,
@@ -34,7 +35,7 @@ from binhoard.metric_names import (
 )
 from binhoard.metrics import Metrics
 from binhoard.ops.backup import BackupProgress
-from binhoard.ops.pitr import PHASES, PitrProgress
+from binhoard.ops.pitr import PitrProgress
 
 # Smaller transfers are dominated by request latency: their rate says nothing of the
 # bandwidth.

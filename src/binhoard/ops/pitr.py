@@ -14,9 +14,10 @@ at any moment continues where it was when started again (``binhoard restore --re
   here wipes the datadir this restore filled and starts the phase again.
 * **basebackup_restored**: the server is started and given the snapshot's GTID state.
 * **applying_binlogs**: downloaded files are handed to the server's SQL thread in
-  batches (``server/relay_apply.py``); after each batch the number of records applied
-  is saved. After a crash the server's ``gtid_slave_pos`` says exactly how far it got
-  (``RelayApplier.resume_point``): nothing is applied twice or skipped.
+  batches (the server port's ``relay_applier()``; ``domain/pitr.py`` cuts them); after
+  each batch the number of records applied is saved. After a crash the server's
+  ``gtid_slave_pos`` says exactly how far it got (``RelayApply.resume_point``): nothing
+  is applied twice or skipped.
 * **finalizing**: replication configuration is removed, durability restored, GTID
   state checked equal to the target's, and the server left running read-only.
 """
@@ -27,13 +28,14 @@ import json
 import logging
 import shutil
 import threading
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import Any
 
-from binhoard.config import Settings
+from binhoard.config import BackupSite
+from binhoard.disk import disk_full, is_no_space
 from binhoard.domain.binlog import TransactionTable
 from binhoard.domain.catalog import BinlogRecord
 from binhoard.domain.errors import (
@@ -48,6 +50,14 @@ from binhoard.domain.errors import (
 )
 from binhoard.domain.gtid import GtidPosition
 from binhoard.domain.manifest import BackupManifest
+from binhoard.domain.pitr import (
+    batch_start_offset,
+    batch_stop_offset,
+    resume_batch,
+    split_at_limit,
+    state_problem,
+)
+from binhoard.domain.relay_plan import ApplyProgress, BatchFile
 from binhoard.domain.restore_plan import (
     ArchiveInconsistentError,
     ResolvedStop,
@@ -57,7 +67,7 @@ from binhoard.domain.restore_plan import (
     parse_target,
     plan_restore,
 )
-from binhoard.domain.restore_target import TargetDescription, target_problems
+from binhoard.domain.restore_target import target_problems
 from binhoard.localstate import StateFile, exclusive
 from binhoard.ops.catalog import read_site
 from binhoard.ops.restore_backup import (
@@ -65,31 +75,14 @@ from binhoard.ops.restore_backup import (
     check_empty_datadir,
     digest_of,
     empty_directory,
-    ensure_server_running,
     restore_backup,
-    set_gtid_state,
 )
 from binhoard.ops.sitecache import SiteCache, open_cache
-from binhoard.server import sql
-from binhoard.server.binlog_reader import read_binlog
-from binhoard.server.disk import disk_full, is_no_space
-from binhoard.server.mycnf import read_server_options
-from binhoard.server.process import ServerProcess
-from binhoard.server.relay_apply import ApplyProgress, BatchFile, RelayApplier
+from binhoard.ports.server import RelayApply, Server
 from binhoard.storage.pipeline import decryption_identities, download_to_file
 from binhoard.storage.store import ObjectStore
 
 log = logging.getLogger("binhoard.restore")
-
-PHASES = (
-    "getting_backup_info",
-    "restoring_basebackup",
-    "basebackup_restored",
-    "applying_binlogs",
-    "finalizing",
-    "completed",
-    "failed",
-)
 
 
 @dataclass
@@ -115,8 +108,20 @@ class PitrProgress(RestoreProgress):
 PitrCallback = Callable[[PitrProgress], None]
 
 
-def restore_state(settings: Settings) -> StateFile:
-    return StateFile(settings.state_directory / "restore.json")
+@dataclass(frozen=True)
+class PitrConfig:
+    """What a point-in-time restore needs besides its ports (``app.pitr_config``)."""
+
+    sites: Mapping[str, BackupSite]  # by name: the request's site has the keys
+    state_directory: Path
+    temporary_directory: Path
+    data_directory: Path  # the server's datadir, restored into
+    server_config_file: Path  # the server's option file, to name it in messages
+    max_binlog_bytes: int  # restore_max_binlog_bytes
+
+
+def restore_state(state_directory: Path) -> StateFile:
+    return StateFile(state_directory / "restore.json")
 
 
 @dataclass(frozen=True)
@@ -280,23 +285,28 @@ def plan_from_site(
 
 
 class PointInTimeRestore:
+    """A point-in-time restore into ``server`` (its datadir, ``config.data_directory``)
+    from ``store``, the site a request names."""
+
     def __init__(
         self,
-        settings: Settings,
+        server: Server,
         store: ObjectStore,
+        config: PitrConfig,
         *,
         progress: PitrCallback | None = None,
         use_cache: bool = True,
         cancel: threading.Event | None = None,
     ) -> None:
-        self.settings = settings
+        self.server = server
         # Checked at every progress report (of every phase): once set, the restore stops
         # with CancelledError, resumable like any interrupted one.
         self.cancel = cancel
         self.store = store
+        self.config = config
         self.use_cache = use_cache
         self._cache: SiteCache | None = None
-        self.state_file = restore_state(settings)
+        self.state_file = restore_state(config.state_directory)
         self.state: dict[str, Any] = {}
         self.progress = PitrProgress()
         self.callback = progress
@@ -306,8 +316,9 @@ class PointInTimeRestore:
 
     # --- entry points -------------------------------------------------------------------
     def start(self, request: PitrRequest) -> PitrProgress:
-        """A new restore into ``mysql.data_directory``, to ``request.target``."""
-        with exclusive(self.settings.state_directory / "restore.lock", "a restore"):
+        """A new restore into the server's datadir (``config.data_directory``), to
+        ``request.target``."""
+        with exclusive(self.config.state_directory / "restore.lock", "a restore"):
             existing = self._recorded()
             # Stopped while planning, nothing was changed yet: a new start may replace it.
             if existing and existing.get("phase") not in (
@@ -324,7 +335,7 @@ class PointInTimeRestore:
             return self._start_locked(request)
 
     def _start_locked(self, request: PitrRequest) -> PitrProgress:
-        check_empty_datadir(self.settings.mysql.data_directory)
+        check_empty_datadir(self.config.data_directory)
         target = request.target
         self.state = {
             "phase": "getting_backup_info",
@@ -340,7 +351,7 @@ class PointInTimeRestore:
         try:
             plan = self._plan(request)
             # Every precondition at once, before any data is downloaded.
-            check_restore_target(self.settings, _source_server_ids(plan))
+            check_restore_target(self.server, _source_server_ids(plan))
         except BinhoardError as exc:
             # Nothing was changed: a later start must not be told to resume this one.
             self.state["error"] = exc.message
@@ -369,7 +380,7 @@ class PointInTimeRestore:
         records fetches only those it has not read before (a resume, a restore on the
         archiving host, a second restore)."""
         if self.use_cache and self._cache is None:
-            self._cache = open_cache(self.settings.state_directory, self.store.describe())
+            self._cache = open_cache(self.config.state_directory, self.store.describe())
         return self._cache
 
     def _plan(self, request: PitrRequest) -> RestorePlan:
@@ -385,7 +396,7 @@ class PointInTimeRestore:
 
     def resume(self) -> PitrProgress:
         """Continues the restore recorded in the state file."""
-        with exclusive(self.settings.state_directory / "restore.lock", "a restore"):
+        with exclusive(self.config.state_directory / "restore.lock", "a restore"):
             state = self._recorded()
             if not state or state.get("phase") in ("completed", "failed", None):
                 raise UsageError(f"no unfinished restore recorded in {self.state_file.path}")
@@ -440,7 +451,7 @@ class PointInTimeRestore:
     def _damaged(self, why: str) -> ConflictError:
         return ConflictError(
             f"{self.state_file.path} is damaged ({why}): the restore it recorded cannot be "
-            f"resumed. {start_over_advice(self.settings)}"
+            f"resumed. {start_over_advice(self.config)}"
         )
 
     # --- the phases -------------------------------------------------------------------
@@ -453,12 +464,12 @@ class PointInTimeRestore:
         p.transactions_total = plan.transactions_upper_bound
         applied = int(self.state.get("applied_records", 0))
         p.binlogs_restored = applied
-        site = self.settings.backup_sites[str(self.state["site"])]
+        site = self.config.sites[str(self.state["site"])]
         prefetcher = BinlogPrefetcher(
             self.store,
             plan.records,
-            self.settings.temporary_directory / "restore-binlogs",
-            self.settings.restore_max_binlog_bytes,
+            self.config.temporary_directory / "restore-binlogs",
+            self.config.max_binlog_bytes,
             decryption_identities(site.encryption_keys),
             first=applied,
             on_downloaded=self._downloaded,
@@ -470,19 +481,15 @@ class PointInTimeRestore:
                 self._restore_basebackup(plan.backup, prefetcher)
                 self._set_phase("basebackup_restored")
             if self.state["phase"] == "basebackup_restored":
-                ensure_server_running(self.settings)
-                conn = sql.connect(self.settings.mysql.client_params)
-                try:
-                    set_gtid_state(conn, plan.backup.snapshot.gtid_position)
-                finally:
-                    conn.close()
+                self.server.process.ensure_running()
+                self.server.set_gtid_state(plan.backup.snapshot.gtid_position)
                 self._set_phase("applying_binlogs")
             if self.state["phase"] == "applying_binlogs":
-                ensure_server_running(self.settings)
+                self.server.process.ensure_running()
                 self._apply(plan, prefetcher)
                 self._set_phase("finalizing")
             if self.state["phase"] == "finalizing":
-                ensure_server_running(self.settings)
+                self.server.process.ensure_running()
                 position = self._applier().finish(expected=self._expected_end(plan))
                 self.state["final_gtid_position"] = position.format()
                 self._set_phase("completed")
@@ -516,15 +523,15 @@ class PointInTimeRestore:
             exc.args = (
                 f"{exc.message}. `binhoard restore --resume` cannot get past this; to "
                 "restore to an earlier target, or from another backup (--backup), start "
-                f"over: {start_over_advice(self.settings)}",
+                f"over: {start_over_advice(self.config)}",
             )
         return exc.message
 
     def _restore_basebackup(self, backup: BackupManifest, prefetcher: BinlogPrefetcher) -> None:
-        datadir = self.settings.mysql.data_directory
-        if ServerProcess(self.settings.mysql.config_file_name).pid() is not None:
+        datadir = self.config.data_directory
+        if self.server.process.running():
             raise ConflictError(
-                f"a server runs with {self.settings.mysql.config_file_name} while its datadir "
+                f"a server runs with {self.config.server_config_file} while its datadir "
                 "is being restored: stop it first"
             )
         # This restore checked the datadir was empty when it began: whatever is there now
@@ -541,19 +548,22 @@ class PointInTimeRestore:
             self._report()
 
         restore_backup(
-            self.settings,
+            self.server,
             self.store,
             backup.backup_id,
             datadir,
-            site_name=str(self.state["site"]),
+            site=self.config.sites[str(self.state["site"])],
+            temporary_directory=self.config.temporary_directory,
             progress=on_restore,
             temporary_reserved=prefetcher.peak,
         )
 
-    def _applier(self) -> RelayApplier:
-        return RelayApplier.from_settings(
-            self.settings, state_file=self.settings.state_directory / "restore-apply.json"
-        )
+    def _applier(self) -> RelayApply:
+        return self.server.relay_applier()
+
+    def _batch_file(self, path: Path) -> BatchFile:
+        """A downloaded binlog and its index (every transaction, verified)."""
+        return BatchFile(path, self.server.binlogs.read(path))
 
     def _apply(self, plan: RestorePlan, prefetcher: BinlogPrefetcher) -> None:
         records = plan.records
@@ -562,19 +572,18 @@ class PointInTimeRestore:
         while int(self.state["applied_records"]) < self._record_limit(plan):
             start = int(self.state["applied_records"])
             indexes = prefetcher.take(start, self._record_limit(plan))
-            files = [BatchFile.read(prefetcher.path(i)) for i in indexes]
+            files = [self._batch_file(prefetcher.path(i)) for i in indexes]
             if 0 in indexes:
                 self.first_table = files[0].transactions
             last_file_index = len(records) - 1
             if last_file_index in indexes and self.resolved is None:
                 self._resolve(plan, files[indexes.index(last_file_index)].transactions, prefetcher)
-                limit = self._record_limit(plan)
-                kept = [(i, f) for i, f in zip(indexes, files, strict=True) if i < limit]
-                prefetcher.release([i for i in indexes if i >= limit])
-                indexes, files = [i for i, _ in kept], [f for _, f in kept]
+                kept, beyond = split_at_limit(indexes, self._record_limit(plan))
+                prefetcher.release(beyond)
+                indexes, files = kept, files[: len(kept)]
                 if not indexes:
                     break
-            start_offset = records[0].start_offset if start == 0 else 4
+            start_offset = batch_start_offset(start, records[0].start_offset)
             if first_batch:
                 # After a crash the server may have got anywhere in the files still to
                 # apply (an interrupted batch can span more files than are downloaded
@@ -582,20 +591,16 @@ class PointInTimeRestore:
                 point = applier.resume_point(files)
                 if point.server_error:
                     log.warning("the SQL thread had stopped on: %s", point.server_error)
-                if point.file_index >= len(files):
+                resumed = resume_batch(point, len(files), start_offset)
+                if resumed.done >= len(files):
                     self._applied(indexes, prefetcher)
                     continue  # these were all applied: look at the next ones the same way
                 first_batch = False
-                skip = point.file_index
-                if skip:
-                    self._applied(indexes[:skip], prefetcher)
-                    indexes, files = indexes[skip:], files[skip:]
-                    start_offset = point.offset
-                else:
-                    start_offset = max(start_offset, point.offset)
-            stop_offset = None
-            if self.resolved is not None and indexes[-1] == len(self.resolved.records) - 1:
-                stop_offset = self.resolved.end_offset
+                if resumed.done:
+                    self._applied(indexes[: resumed.done], prefetcher)
+                    indexes, files = indexes[resumed.done :], files[resumed.done :]
+                start_offset = resumed.start_offset
+            stop_offset = batch_stop_offset(indexes[-1], self.resolved)
             self.progress.phase = "applying_binlogs"
             self.progress.binlogs_being_restored = len(indexes)
             self._report()
@@ -628,7 +633,7 @@ class PointInTimeRestore:
                 identities=prefetcher.identities,
             )
             try:
-                first_table = read_binlog(path).transactions
+                first_table = self.server.binlogs.read(path).transactions
             finally:
                 path.unlink(missing_ok=True)
         self.resolved = exact_stop(plan, last_table, first_table)
@@ -690,28 +695,16 @@ class PointInTimeRestore:
             self.callback(self.progress)
 
 
-def check_restore_target(settings: Settings, source_server_ids: Collection[int] = ()) -> None:
-    """Raises ``UsageError`` listing every reason the configured server cannot receive a
+def check_restore_target(server: Server, source_server_ids: Collection[int] = ()) -> None:
+    """Raises ``UsageError`` listing every reason ``server`` cannot receive a
     point-in-time restore (``domain/restore_target.py``)."""
-    problems = target_problems(describe_target(settings), source_server_ids)
+    target = server.restore_target()
+    problems = target_problems(target, source_server_ids)
     if problems:
         raise UsageError(
-            "point-in-time restore into the server of "
-            f"{settings.mysql.config_file_name} cannot work:\n  " + "\n  ".join(problems)
+            f"point-in-time restore into the server of {target.cnf} cannot work:\n  "
+            + "\n  ".join(problems)
         )
-
-
-def describe_target(settings: Settings) -> TargetDescription:
-    mysql = settings.mysql
-    return TargetDescription(
-        cnf=str(mysql.config_file_name),
-        options=read_server_options(mysql.config_file_name).options,
-        data_directory=mysql.data_directory,
-        unix_socket=mysql.client_params.unix_socket,
-        port=mysql.client_params.port,
-        relay_log_prefix=mysql.relay_log_prefix,
-        relay_log_index_file=mysql.relay_log_index_file,
-    )
 
 
 def _source_server_ids(plan: RestorePlan) -> set[int]:
@@ -727,59 +720,11 @@ _CANNOT_GET_PAST = (
 )
 
 
-def start_over_advice(settings: Settings) -> str:
+def start_over_advice(config: PitrConfig) -> str:
     """How to abandon an unfinished restore: what it changed is the datadir (and the
     server running on it)."""
-    mysql = settings.mysql
     return (
-        f"stop the server of {mysql.config_file_name} if it runs, empty "
-        f"{mysql.data_directory}, delete {restore_state(settings).path}, then start a new "
-        "restore"
+        f"stop the server of {config.server_config_file} if it runs, empty "
+        f"{config.data_directory}, delete {restore_state(config.state_directory).path}, "
+        "then start a new restore"
     )
-
-
-def state_problem(state: object) -> str | None:
-    """Why ``state`` cannot be a ``restore.json`` this code wrote, or None."""
-    if not isinstance(state, dict):
-        return "not a JSON object"
-    phase = state.get("phase")
-    if phase not in PHASES:
-        return f"unknown phase {phase!r}"
-    if phase in ("completed", "failed"):
-        return None  # nothing is resumed from it
-    problems = _request_problems(state)
-    if phase != "getting_backup_info":
-        problems += _progress_problems(state)
-    return problems[0] if problems else None
-
-
-def _request_problems(state: dict[str, Any]) -> list[str]:
-    problems = []
-    if not isinstance(state.get("site"), str):
-        problems.append("no site")
-    target_args = state.get("target_args")
-    if not isinstance(target_args, dict):
-        problems.append("no target")
-    else:
-        try:
-            parse_target(**target_args)
-        except (BinhoardError, TypeError) as exc:
-            problems.append(f"unusable target: {exc}")
-    if not isinstance(state.get("requested_backup_id"), (str, type(None))):
-        problems.append("requested_backup_id is not a backup id")
-    return problems
-
-
-def _progress_problems(state: dict[str, Any]) -> list[str]:
-    if not isinstance(state.get("backup_id"), str):
-        return ["no backup_id"]
-    records, applied = state.get("records"), state.get("applied_records")
-    if not (_is_count(records) and _is_count(applied)):
-        return ["records and applied_records are not counts"]
-    if applied > records:
-        return [f"applied_records {applied} exceeds records {records}"]
-    return []
-
-
-def _is_count(value: object) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0

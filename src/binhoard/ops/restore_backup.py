@@ -1,34 +1,31 @@
 """Restoring a backup chain into an empty datadir, and bringing the server up on it.
 
 Every object of the chain is downloaded, verified, decrypted and decompressed as one
-stream straight into ``mbstream -x``; the objects of a chain are fetched concurrently, so
-the next one downloads while the current one extracts. The extraction directory is the
-consumer that "can roll back": if any object fails verification the whole work directory
-is discarded and nothing is moved into the datadir.
+stream straight into the server's backup tool (``mbstream -x``); the objects of a chain
+are fetched concurrently, so the next one downloads while the current one extracts. The
+extraction directory is the consumer that "can roll back": if any object fails
+verification the whole work directory is discarded and nothing is moved into the
+datadir.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
-import subprocess
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from binhoard.config import Settings
+from binhoard.config import BackupSite
 from binhoard.crypto.age import Identity
-from binhoard.domain.errors import BinhoardError, DiskFullError, ServerError, UsageError
+from binhoard.disk import disk_full, is_no_space
+from binhoard.domain.errors import DiskFullError, UsageError
 from binhoard.domain.manifest import BackupManifest, ObjectRef
 from binhoard.domain.restore_plan import BrokenBackupError
 from binhoard.ops.site import read_backups, read_manifest
-from binhoard.server import sql
-from binhoard.server.backup_tool import MariaBackup
-from binhoard.server.disk import disk_full, is_no_space
-from binhoard.server.mycnf import check_can_give, give_to, read_server_options, server_file_owner
-from binhoard.server.process import ServerProcess
+from binhoard.ports.server import BackupTool, Server
 from binhoard.storage.pipeline import ObjectDigest, decryption_identities, download
 from binhoard.storage.store import ObjectStore
 
@@ -99,18 +96,20 @@ def empty_directory(directory: Path) -> None:
 
 
 def restore_backup(
-    settings: Settings,
+    server: Server,
     store: ObjectStore,
     backup_id: str,
     datadir: Path,
     *,
-    site_name: str,
+    site: BackupSite,
+    temporary_directory: Path,
     progress: ProgressCallback | None = None,
     temporary_reserved: int = 0,
     retry_hint: str = "free space, then run the restore again",
 ) -> BackupManifest:
     """Downloads, verifies, extracts and prepares the chain of ``backup_id``, then moves it
-    into ``datadir``. Returns the manifest of the restored backup.
+    into ``datadir``, with ``server``'s backup tool. ``site``: the site ``store`` is,
+    whose keys decrypt it. Returns the manifest of the restored backup.
 
     A full file system ends it with a :class:`DiskFullError` naming the directory and the
     space needed there (``temporary_reserved``: bytes other work of the caller keeps in
@@ -127,16 +126,15 @@ def restore_backup(
     check_empty_datadir(datadir)
     # Whose the restored files will be is decided (and checked possible) before anything
     # is downloaded, from the datadir as the operator prepared it.
-    owner = server_file_owner(read_server_options(settings.mysql.config_file_name), datadir)
-    check_can_give(owner)
+    tool = server.backup_tool
+    owner = tool.files_owner(datadir)
+    owner.check()
     target = resolve_backup(store, backup_id)
     chain = [read_manifest(store, b) for b in target.chain[:-1]] + [target]
     state.backup_id = target.backup_id
     state.basebackup_compressed_bytes_total = sum(m.data.stored_size for m in chain)
-    site = settings.backup_sites[site_name]
     identities = decryption_identities(site.encryption_keys)
-    tool = MariaBackup(settings.mysql.config_file_name, settings.mysql.client_params)
-    work = settings.temporary_directory / f"restore-{target.backup_id}"
+    work = temporary_directory / f"restore-{target.backup_id}"
     # The extracted backup is about as large as the plaintext stream(s).
     extracted = sum(m.data.plain_size for m in chain)
     try:
@@ -150,14 +148,14 @@ def restore_backup(
                 datadir, what="the datadir", needed=extracted, then=retry_hint
             ) from None
         raise disk_full(
-            settings.temporary_directory,
+            temporary_directory,
             what=f"temporary_directory, extracting backup {target.backup_id}",
             needed=extracted + temporary_reserved,
             then=retry_hint,
         ) from None
-    # mariabackup leaves the files to whoever ran it (root): a server running as
-    # mysql then cannot write them (Errcode 13 on ddl_recovery.log at start).
-    give_to(owner, datadir)
+    # The tool leaves the files to whoever ran it (root): a server running as mysql
+    # then cannot write them (Errcode 13 on ddl_recovery.log at start).
+    owner.give(datadir)
     report("basebackup_restored")
     log.info("backup %s restored into %s", target.backup_id, datadir)
     return target
@@ -168,7 +166,7 @@ def _restore_chain(  # noqa: PLR0917 - the steps of restore_backup, split for it
     chain: list[BackupManifest],
     work: Path,
     datadir: Path,
-    tool: MariaBackup,
+    tool: BackupTool,
     identities: list[Identity],
     state: RestoreProgress,
     report: Callable[..., None],
@@ -220,71 +218,7 @@ def _counting(
         yield chunk
 
 
-def set_gtid_state(conn: sql.Connection, gtid_position: str) -> None:
-    """Makes a freshly restored server's GTID state the snapshot's.
-
-    A restored server has empty ``gtid_binlog_pos``/``gtid_slave_pos`` (binlogs are not in
-    the backup). Binlog apply then continues from exactly this state.
-    """
-    sql.query(conn, "RESET MASTER")
-    sql.query(conn, "SET GLOBAL gtid_binlog_state = %s", (gtid_position,))
-    sql.query(conn, "SET GLOBAL gtid_slave_pos = %s", (gtid_position,))
-
-
-def ensure_server_running(settings: Settings) -> None:
-    """Starts the configured server unless it already answers: ``start_command`` when
-    configured, else ``mariadbd --defaults-file=<config_file_name>``."""
-    params = settings.mysql.client_params
-
-    def answers() -> bool:
-        try:
-            sql.connect(params, timeout=2).close()
-        except ServerError as exc:
-            if not exc.retryable:
-                raise  # it answered, refusing us (access denied): waiting cannot help
-            return False
-        return True
-
-    if answers():
-        return
-    process = ServerProcess(settings.mysql.config_file_name)
-
-    def describe() -> str:
-        return describe_start_failure(settings, process.log_file)
-
-    if settings.start_command:
-        result = subprocess.run(settings.start_command, check=False)
-        if result.returncode != 0:
-            raise ServerError(
-                f"start_command {settings.start_command} exited with {result.returncode}\n"
-                + describe()
-            )
-        process.wait_until(answers, describe_failure=describe)
-    else:
-        process.start(answers, describe_failure=describe)
-
-
-def describe_start_failure(settings: Settings, stderr_log: Path, lines: int = 20) -> str:
-    """The last lines of the server's error log (``log_error`` of its option file, else
-    its standard error as binhoard captured it), which say why it did not start."""
-    try:
-        options = read_server_options(settings.mysql.config_file_name)
-        path = options.error_log(settings.mysql.data_directory) or stderr_log
-    except BinhoardError:
-        path = stderr_log
-    try:
-        text = path.read_text(errors="replace")
-    except OSError as exc:
-        return f"(its error log {path} cannot be read: {exc.strerror})"
-    tail = "\n".join(text.strip().splitlines()[-lines:])
-    return f"last lines of its error log {path}:\n{tail}"
-
-
-def start_restored_server(settings: Settings, manifest: BackupManifest) -> None:
+def start_restored_server(server: Server, manifest: BackupManifest) -> None:
     """Starts the server on its restored datadir and gives it the snapshot's GTID state."""
-    ensure_server_running(settings)
-    conn = sql.connect(settings.mysql.client_params)
-    try:
-        set_gtid_state(conn, manifest.snapshot.gtid_position)
-    finally:
-        conn.close()
+    server.process.ensure_running()
+    server.set_gtid_state(manifest.snapshot.gtid_position)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import functools
 import os
 import queue
 import re
@@ -23,9 +24,10 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from binhoard.config import ClientParams
+from binhoard.disk import disk_full, free_bytes, says_no_space
 from binhoard.domain.errors import DiskFullError, ServerError
 from binhoard.domain.manifest import LsnRange, SnapshotPosition
-from binhoard.server.disk import disk_full, free_bytes, says_no_space
+from binhoard.server.mycnf import FileOwner, read_server_options, server_file_owner
 from binhoard.server.process import find_executable
 
 READ_SIZE = 1024 * 1024
@@ -233,19 +235,47 @@ class BackupStream:
 
 
 class MariaBackup:
-    """The ``mariabackup`` tool of the MariaDB flavour."""
+    """The ``mariabackup`` tool of the MariaDB flavour (the server port's ``BackupTool``)
+    for the server of ``server_cnf``, whose datadir is ``datadir``."""
 
-    def __init__(self, server_cnf: Path, client: ClientParams) -> None:
+    def __init__(self, server_cnf: Path, client: ClientParams, datadir: Path) -> None:
         self.server_cnf = server_cnf
         self.client = client
+        self.datadir = datadir
+
+    @functools.cached_property
+    def binary(self) -> str:
+        """Looked for when first needed: a host without it can still show its status."""
         # mariadb-backup is the name since 10.5 (mariabackup a symlink kept for now).
-        self.binary = find_executable("mariadb-backup", "mariabackup")
+        return find_executable("mariadb-backup", "mariabackup")
 
     def version(self) -> str:
         result = subprocess.run(
             [self.binary, "--version"], capture_output=True, text=True, check=False
         )
         return (result.stdout + result.stderr).strip().splitlines()[0]
+
+    def option_file(self) -> bytes:
+        return self.server_cnf.read_bytes()
+
+    def estimated_size(self) -> int:
+        """Roughly what mariabackup will stream: the datadir without the redo log."""
+        total = 0
+        for path in self.datadir.rglob("*"):
+            if path.name.startswith(("ib_logfile", "ibtmp")):
+                continue
+            try:
+                if path.is_file():
+                    total += path.stat().st_size
+            except OSError:
+                continue
+        return total
+
+    def files_owner(self, datadir: Path) -> FileOwner:
+        """The server's user (``server_file_owner``): mariabackup leaves the files it
+        restores to whoever ran it (root), and a server running as mysql then cannot
+        write them (Errcode 13 on ddl_recovery.log at start)."""
+        return server_file_owner(read_server_options(self.server_cnf), datadir)
 
     @contextlib.contextmanager
     def backup(

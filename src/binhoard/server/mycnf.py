@@ -105,6 +105,14 @@ class FileOwner:
         except KeyError:
             return str(self.uid)
 
+    def check(self) -> None:
+        """``check_can_give`` (the server port's ``FilesOwner``)."""
+        check_can_give(self)
+
+    def give(self, *paths: Path) -> None:
+        """``give_to`` (the server port's ``FilesOwner``)."""
+        give_to(self, *paths)
+
 
 def server_file_owner(options: ServerOptions, datadir: Path) -> FileOwner:
     """The server's user: ``user`` in its option file, else the owner of the datadir as

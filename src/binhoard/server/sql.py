@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeAlias
+from typing import Any, TypeAlias
 
 import pymysql
 
@@ -19,10 +19,11 @@ from binhoard.config import ClientParams
 from binhoard.domain.errors import (
     ServerAccessDeniedError,
     ServerError,
-    ServerNotReadyError,
     ServerQueryError,
 )
 from binhoard.domain.privileges import Grants, parse_grants
+from binhoard.domain.server_facts import ServerFacts
+from binhoard.ports.server import CheckpointWait, SettingsJournal
 
 # The stubs make Connection generic; the runtime class is not subscriptable.
 Connection: TypeAlias = "pymysql.connections.Connection[Any]"
@@ -141,65 +142,6 @@ def grants(conn: Connection) -> Grants:
     return parse_grants(str(row[0]) for row in rows)
 
 
-@dataclass(frozen=True)
-class ServerFacts:
-    version: str
-    server_id: int
-    log_bin: bool
-    binlog_format: str
-    gtid_strict_mode: bool
-    log_slave_updates: bool
-    read_only: bool
-    gtid_current_pos: str
-    gtid_binlog_pos: str
-    gtid_slave_pos: str
-    # Where the binlog is kept: "" for files (every server before MariaDB 12.3, where the
-    # variable does not exist), "innodb" for MariaDB 12.3's binlog in InnoDB.
-    binlog_storage_engine: str = ""
-
-    def problems(self, expected_server_id: int | None = None) -> list[str]:
-        """Why this server cannot be backed up by binhoard, if it cannot."""
-        found: list[str] = []
-        if not self.log_bin:
-            found.append("log_bin is OFF: binary logging is required for point-in-time recovery")
-        if self.binlog_storage_engine:
-            # Its .ibb files are InnoDB pages: no binlog events at file offsets, no binlog
-            # index, so no file binhoard can index, archive or present as a relay log.
-            found.append(
-                f"binlog_storage_engine is {self.binlog_storage_engine}: the binlog is stored "
-                "in InnoDB (MariaDB 12.3+), which binhoard cannot archive or replay; "
-                "binhoard needs the classic binlog files (remove binlog_storage_engine "
-                "from the server's configuration)"
-            )
-        if self.binlog_format != "ROW":
-            found.append(f"binlog_format is {self.binlog_format}, ROW is required")
-        if not self.gtid_strict_mode:
-            found.append("gtid_strict_mode is OFF, ON is required")
-        if expected_server_id is not None and self.server_id != expected_server_id:
-            found.append(
-                f"the server's server_id is {self.server_id} but the configuration says "
-                f"{expected_server_id}: backups would record one and the archiver look for "
-                "the other (set server_id in the configuration to the server's, or connect "
-                "to the right server)"
-            )
-        return found
-
-
-def check_server(params: ClientParams, expected_server_id: int, *, what: str) -> ServerFacts:
-    """The server's facts, once they are what binhoard requires (``ServerFacts.problems``,
-    the same ones ``binhoard status`` checks); raises ``ServerNotReadyError`` naming every
-    problem otherwise. ``what`` is the refused operation ("cannot back up", ...)."""
-    conn = connect(params)
-    try:
-        facts = server_facts(conn)
-    finally:
-        conn.close()
-    problems = facts.problems(expected_server_id=expected_server_id)
-    if problems:
-        raise ServerNotReadyError(what, problems)
-    return facts
-
-
 # The variables ServerFacts is made of. binlog_storage_engine exists from MariaDB 12.3
 # on; SHOW VARIABLES simply leaves out a name the server does not have.
 FACT_VARIABLES = (
@@ -288,25 +230,6 @@ def checkpoint(conn: Connection) -> Checkpoint:
     return Checkpoint(
         lsn=int(rows["Innodb_lsn_current"]), checkpoint_lsn=int(rows["Innodb_lsn_last_checkpoint"])
     )
-
-
-@dataclass(frozen=True)
-class CheckpointWait:
-    """What ``bound_checkpoint_age`` found and did."""
-
-    age_before: int
-    age_after: int
-    forced: bool  # flushing was forced (the age was over the limit)
-    reached: bool  # the checkpoint passed the target in time (always, if not forced)
-    seconds: float
-
-
-class SettingsJournal(Protocol):
-    """Where the server's own values are kept while binhoard has changed them, so that a
-    run killed meanwhile can be undone by the next one (``restore_flush_settings``)."""
-
-    def save(self, values: dict[str, str]) -> None: ...
-    def clear(self) -> None: ...
 
 
 def restore_flush_settings(conn: Connection, values: Mapping[str, str]) -> None:

@@ -10,9 +10,9 @@ import pytest
 from binhoard.domain.binlog import TransactionIndexEntry, TransactionTable
 from binhoard.domain.errors import ApplyError, UsageError
 from binhoard.domain.gtid import Gtid, GtidPosition
-from binhoard.server.relay_apply import (
+from binhoard.domain.relay_plan import (
+    AppliedCounter,
     BatchPlan,
-    _AppliedCounter,
     applied_prefix,
     plan_batch,
     relay_file_name,
@@ -257,7 +257,7 @@ def test_a_hole_in_the_applied_transactions_is_an_error() -> None:
 # --- progress ----------------------------------------------------------------------------
 def test_progress_counts_applied_transactions_and_files() -> None:
     p = plan([F1, F2, EMPTY3, F4], end(0), None, "0-1-1")
-    counter = _AppliedCounter([F1, F2, EMPTY3, F4], p)
+    counter = AppliedCounter([F1, F2, EMPTY3, F4], p)
     assert counter.applied(P("0-1-1")) == 0
     assert counter.applied(P("0-1-3")) == 2
     assert counter.files_done(2) == 1

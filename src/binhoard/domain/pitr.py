@@ -1,0 +1,112 @@
+"""The pure parts of the point-in-time restore's phase machine (``ops/pitr.py``): what a
+``restore.json`` must hold to be resumed, and how the plan's files are cut into batches
+(where each batch starts and stops, what an interrupted run already applied).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, TypeGuard
+
+from binhoard.domain.errors import BinhoardError
+from binhoard.domain.relay_plan import FIRST_EVENT_OFFSET, ResumePoint
+from binhoard.domain.restore_plan import ResolvedStop, parse_target
+
+PHASES = (
+    "getting_backup_info",
+    "restoring_basebackup",
+    "basebackup_restored",
+    "applying_binlogs",
+    "finalizing",
+    "completed",
+    "failed",
+)
+
+
+# --- restore.json ----------------------------------------------------------------------
+def state_problem(state: object) -> str | None:
+    """Why ``state`` cannot be a ``restore.json`` this code wrote, or None."""
+    if not isinstance(state, dict):
+        return "not a JSON object"
+    phase = state.get("phase")
+    if phase not in PHASES:
+        return f"unknown phase {phase!r}"
+    if phase in ("completed", "failed"):
+        return None  # nothing is resumed from it
+    problems = _request_problems(state)
+    if phase != "getting_backup_info":
+        problems += _progress_problems(state)
+    return problems[0] if problems else None
+
+
+def _request_problems(state: dict[str, Any]) -> list[str]:
+    problems = []
+    if not isinstance(state.get("site"), str):
+        problems.append("no site")
+    target_args = state.get("target_args")
+    if not isinstance(target_args, dict):
+        problems.append("no target")
+    else:
+        try:
+            parse_target(**target_args)
+        except (BinhoardError, TypeError) as exc:
+            problems.append(f"unusable target: {exc}")
+    if not isinstance(state.get("requested_backup_id"), (str, type(None))):
+        problems.append("requested_backup_id is not a backup id")
+    return problems
+
+
+def _progress_problems(state: dict[str, Any]) -> list[str]:
+    if not isinstance(state.get("backup_id"), str):
+        return ["no backup_id"]
+    records, applied = state.get("records"), state.get("applied_records")
+    if not (_is_count(records) and _is_count(applied)):
+        return ["records and applied_records are not counts"]
+    if applied > records:
+        return [f"applied_records {applied} exceeds records {records}"]
+    return []
+
+
+def _is_count(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+# --- batches ---------------------------------------------------------------------------
+def batch_start_offset(first_index: int, snapshot_offset: int) -> int:
+    """Where a batch whose first file is the plan's ``first_index``-th starts: at the
+    backup's snapshot in the plan's first file, at the first event in any other."""
+    return snapshot_offset if first_index == 0 else FIRST_EVENT_OFFSET
+
+
+def split_at_limit(indexes: Sequence[int], limit: int) -> tuple[list[int], list[int]]:
+    """``indexes`` below ``limit`` (to apply) and the others (downloaded before the exact
+    stop was known, past it: to give back unapplied)."""
+    return [i for i in indexes if i < limit], [i for i in indexes if i >= limit]
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """How the first batch of a run continues after the server's ``ResumePoint``: its
+    ``done`` leading files were applied whole; the rest starts at ``start_offset``."""
+
+    done: int
+    start_offset: int
+
+
+def resume_batch(point: ResumePoint, files: int, start_offset: int) -> Resumed:
+    """The first batch of ``files`` files (whose first starts at ``start_offset``) after
+    an interrupted run got to ``point`` (``applied_prefix`` of these files)."""
+    if point.file_index >= files:
+        return Resumed(files, FIRST_EVENT_OFFSET)  # all applied: look at the next files
+    if point.file_index:
+        return Resumed(point.file_index, point.offset)
+    return Resumed(0, max(start_offset, point.offset))
+
+
+def batch_stop_offset(last_index: int, resolved: ResolvedStop | None) -> int | None:
+    """Where a batch whose last file is the plan's ``last_index``-th stops: at the exact
+    stop in the resolved last file, else at the end of the file (``None``)."""
+    if resolved is not None and last_index == len(resolved.records) - 1:
+        return resolved.end_offset
+    return None
