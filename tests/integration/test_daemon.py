@@ -9,7 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from binhoard.app import open_site
+from binhoard.config import parse_settings
 from binhoard.crypto.age import Identity
+from binhoard.ops.site import find_leftovers
 from binhoard.server.sandbox import Sandbox
 from tests.support.configs import config_for
 from tests.support.daemon_process import DaemonProcess
@@ -89,5 +92,15 @@ def test_a_daemon_backs_up_over_http_and_another_restores_to_a_time(
     answer = primary.client.put("/status", json={"mode": "observe"})
     assert answer.status_code == 409 and "message" in answer.json()
 
-    assert primary.terminate(timeout=10) == 0
     assert replica.terminate(timeout=10) == 0
+
+    # SIGTERM while a backup runs: the daemon stops within 10 s, and the accepted
+    # request is carried out after a restart, leaving nothing behind.
+    count = len(primary.backups())
+    write_rows(source, 300, seed=5)
+    primary.send("POST", "/backup", {"backup_type": "basebackup"})
+    assert primary.terminate(timeout=10) == 0
+    primary.start()
+    wait_for("the backup asked for before the stop", lambda: len(primary.backups()) == count + 1)
+    assert find_leftovers(open_site(parse_settings(primary.config, source="test"))) == []
+    assert primary.terminate(timeout=10) == 0

@@ -28,6 +28,7 @@ class DaemonProcess:
 
     def __init__(self, directory: Path, config: dict[str, Any]) -> None:
         directory.mkdir(parents=True, exist_ok=True)
+        self.config = config
         self.port = free_port()
         self.config_file = directory / "binhoard.json"
         self.config_file.write_text(json.dumps({**config, "http_port": self.port}, indent=1))

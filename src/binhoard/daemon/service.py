@@ -88,7 +88,7 @@ def _wait_for_signals(config_file: Path, controller: Controller, loop: threading
         if received is None:
             continue
         if received.si_signo == signal.SIGHUP:
-            _reload(config_file, controller)
+            reload_config(config_file, controller)
             continue
         log.info("stopping (%s)", signal.Signals(received.si_signo).name)
         return
@@ -109,7 +109,8 @@ def _stop(controller: Controller, loop: threading.Thread, http: HttpServer) -> N
     log.info("stopped")
 
 
-def _reload(config_file: Path, controller: Controller) -> None:
+def reload_config(config_file: Path, controller: Controller) -> None:
+    """SIGHUP: applies the file again if only ``RELOADABLE`` keys changed."""
     try:
         new = load_settings(config_file)
     except BinhoardError as exc:
