@@ -302,11 +302,13 @@ def test_a_failed_backup_is_retried_later(h: Harness) -> None:
     h.doers.failures["take_backup"] = [ServerError("server not ready")]
     h.settle()
     assert h.doers.backup_ids() == []
+    assert h.controller.snapshot().status.last_error == "server not ready"
     h.step(seconds=2)
     assert not h.executor.busy(BACKUP)
     h.clock.advance(seconds=5)
     h.settle()
     assert len(h.doers.backup_ids()) == 1
+    assert h.controller.snapshot().status.last_error is None  # that job works again
 
 
 def test_the_state_file_is_only_written_when_something_changed(h: Harness) -> None:

@@ -104,7 +104,7 @@ METRICS_REFRESH = timedelta(seconds=30)
 
 @dataclass(frozen=True)
 class Reload:
-    """New settings, already checked to need no restart (``cli/daemon.py``)."""
+    """New settings, already checked to need no restart (``service.reload_config``)."""
 
     settings: Settings
 
@@ -196,9 +196,7 @@ class Controller:
     def shutdown(self, timeout: float) -> bool:
         """Cancels the workers and waits up to ``timeout`` s; the state is saved at every
         step, so what a worker leaves is resumable. Returns whether all ended."""
-        done = self.executor.stop(timeout)
-        self.store.close()
-        return done
+        return self.executor.stop(timeout)
 
     def reload(self, settings: Settings) -> None:
         self.inbox.put(Reload(settings))
@@ -290,6 +288,8 @@ class Controller:
         if done.error is None:
             self._failures.pop(done.slot, None)
             self._retry_at.pop(done.slot, None)
+            if self.state.facts.last_error_job == done.slot:
+                self._facts(last_error=None, last_error_at=None, last_error_job=None)
         elif not isinstance(done.error, CancelledError):
             failures = self._failures.get(done.slot, 0) + 1
             self._failures[done.slot] = failures
@@ -299,7 +299,9 @@ class Controller:
             # Sentry hears of a failure once, not on every retry of it.
             repeated = done.error.message == self.state.facts.last_error
             report_error(done.error, self.metrics, f"daemon {done.slot}", to_sentry=not repeated)
-            self._facts(last_error=done.error.message, last_error_at=self._now)
+            self._facts(
+                last_error=done.error.message, last_error_at=self._now, last_error_job=done.slot
+            )
         running.on_done(done)
 
     # --- commands -----------------------------------------------------------------------

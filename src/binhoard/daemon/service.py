@@ -99,6 +99,8 @@ def _stop(controller: Controller, loop: threading.Thread, http: HttpServer) -> N
     controller.stop()
     http.stop(timeout=1.0)
     loop.join(max(0.0, deadline - time.monotonic()))
+    if not loop.is_alive():
+        controller.store.close()  # else a step still runs: the process's exit closes it
     if not controller.shutdown(max(0.0, deadline - time.monotonic())):
         # Its tools (mariabackup, mbstream) die with this process (die_with_parent).
         log.warning(

@@ -157,6 +157,7 @@ class Facts:
     archive_stall_reason: str | None = None
     last_error: str | None = None
     last_error_at: datetime | None = None
+    last_error_job: str | None = None  # whose: cleared when that job next succeeds
 
 
 @dataclass(frozen=True)
