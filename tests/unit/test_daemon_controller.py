@@ -380,3 +380,13 @@ def test_retention_deletes_what_the_settings_no_longer_keep(tmp_path: Path) -> N
     backups = h.controller.snapshot().backups
     assert backups is not None and len(backups) == 2
     assert [b.stream_id for b in backups] == h.doers.backup_ids()[-2:]
+
+
+def test_the_loop_waits_for_what_is_ahead_never_spins(h: Harness) -> None:
+    """A job running past its due time, or a retry time gone by while the restore is
+    failed, must not make the next wake-up 'now': the loop would spin."""
+    activate(h)
+    h.step(seconds=6)  # an archive pass is due and starts
+    assert h.executor.busy(ARCHIVE)
+    wake = h.controller.step(h.clock.advance(seconds=10))  # still running, due long ago
+    assert wake > h.clock.now

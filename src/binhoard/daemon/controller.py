@@ -724,6 +724,7 @@ class Controller:
         )
 
     def _next_wake(self) -> datetime:
+        """When the loop must step again at the latest, with nothing arriving."""
         times = [self._now + MAX_IDLE, *self._retry_at.values()]
         if self._metrics_refreshed is not None:
             times.append(self._metrics_refreshed + METRICS_REFRESH)
@@ -739,7 +740,10 @@ class Controller:
             times.append(
                 next_slot(self._now, bs.backup_hour, bs.backup_minute, bs.backup_interval_minutes)
             )
-        return max(self._now, min(times))
+        # Only what lies ahead: what was due now and could start has started in this
+        # step; what could not waits for a running job, whose end wakes the loop (a time
+        # already past would make it spin).
+        return min(t for t in times if t > self._now)
 
 
 def _mark_key(request: PreservationRequest | BrokenRequest) -> tuple[str, str, str]:
