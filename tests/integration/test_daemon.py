@@ -12,6 +12,7 @@ from typing import Any
 from binhoard.app import open_site
 from binhoard.config import parse_settings
 from binhoard.crypto.age import Identity
+from binhoard.domain.gtid import GtidPosition
 from binhoard.ops.site import find_leftovers
 from binhoard.server.sandbox import Sandbox
 from tests.support.configs import config_for
@@ -69,6 +70,11 @@ def test_a_daemon_backs_up_over_http_and_another_restores_to_a_time(
     source.query("FLUSH BINARY LOGS")
 
     wait_for("the first stream closed", lambda: primary.backups()[0]["closed_at"] is not None)
+    # The second backup's snapshot sat in the binlog the first stream was writing, after
+    # transactions: the first stream was closed only once it had them. No hole.
+    old, new = (b["restorable_window"] for b in primary.backups()[:2])
+    assert GtidPosition.parse(old["last_gtid"]).covers(GtidPosition.parse(new["first_gtid"]))
+    assert old["last_gtid"] != old["first_gtid"]
     status = primary.get("/status")
     assert status["mode"] == "active" and status["archive_stalled_reason"] is None
 
