@@ -23,6 +23,7 @@ from binhoard.crypto.age import Identity
 from binhoard.domain.errors import BinhoardError, DiskFullError, ServerError, UsageError
 from binhoard.domain.manifest import BackupManifest, ObjectRef
 from binhoard.domain.restore_plan import BrokenBackupError
+from binhoard.domain.versions import check_chain_preparable
 from binhoard.ops.site import read_backups, read_manifest
 from binhoard.server import sql
 from binhoard.server.backup_tool import MariaBackup
@@ -75,6 +76,19 @@ def resolve_backup(store: ObjectStore, backup_id: str) -> BackupManifest:
     if broken is not None:
         raise BrokenBackupError(f"backup {backup_id} cannot be restored: {broken.reason}")
     return read_manifest(store, backup_id)
+
+
+def backup_chain(store: ObjectStore, target: BackupManifest) -> list[BackupManifest]:
+    """The manifests of ``target``'s chain, the full backup first."""
+    return [read_manifest(store, b) for b in target.chain[:-1]] + [target]
+
+
+def check_preparable_here(settings: Settings, chain: list[BackupManifest]) -> list[str]:
+    """Refuses, before anything is downloaded, a chain this host's mariabackup must not
+    prepare: one taken by another MariaDB series (``domain/versions.py``). Returns the
+    warnings for what it may."""
+    tool = MariaBackup(settings.mysql.config_file_name, settings.mysql.client_params)
+    return check_chain_preparable(chain, tool.version())
 
 
 def check_empty_datadir(datadir: Path) -> None:
@@ -130,7 +144,9 @@ def restore_backup(
     owner = server_file_owner(read_server_options(settings.mysql.config_file_name), datadir)
     check_can_give(owner)
     target = resolve_backup(store, backup_id)
-    chain = [read_manifest(store, b) for b in target.chain[:-1]] + [target]
+    chain = backup_chain(store, target)
+    for warning in check_preparable_here(settings, chain):
+        log.warning("%s", warning)
     state.backup_id = target.backup_id
     state.basebackup_compressed_bytes_total = sum(m.data.stored_size for m in chain)
     site = settings.backup_sites[site_name]
