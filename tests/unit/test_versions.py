@@ -12,6 +12,7 @@ from binhoard.domain.manifest import BackupManifest
 from binhoard.domain.versions import (
     MariaDBVersion,
     check_chain_preparable,
+    incremental_base_problem,
     parse_version,
     prepare_verdict,
     same_series,
@@ -168,4 +169,15 @@ def test_a_version_that_names_no_mariadb_is_refused_naming_it() -> None:
         check_chain_preparable(chain(SERVER_10_11), "mariabackup: unknown option")
     assert "this host's mariadb-backup --version, 'mariabackup: unknown option'," in (
         caught.value.message
+    )
+
+
+def test_an_incremental_builds_only_on_a_backup_of_the_servers_series() -> None:
+    [parent] = chain(SERVER_10_11)
+    assert incremental_base_problem(parent, "10.11.20-MariaDB-0+deb12u1-log") is None
+    # Upgraded in place to 11.8 since: the next backup is a full one.
+    assert incremental_base_problem(parent, SERVER_11_8) == (
+        f"the server is now {SERVER_11_8} and backup b0 was taken by {SERVER_10_11}: an "
+        "incremental backup cannot build on another MariaDB series (no mariabackup could "
+        "prepare the chain)"
     )

@@ -58,6 +58,19 @@ def same_series(a: str, b: str) -> bool:
     return va is not None and vb is not None and va.series == vb.series
 
 
+def incremental_base_problem(parent: BackupManifest, server_version: str) -> str | None:
+    """Why an incremental backup of the server now at ``server_version`` must not build on
+    ``parent``, or None. A server upgraded in place to another series since ``parent``
+    would make a chain that no mariabackup may prepare (``check_chain_preparable``)."""
+    if same_series(parent.server_version, server_version):
+        return None
+    return (
+        f"the server is now {server_version} and backup {parent.backup_id} was taken by "
+        f"{parent.server_version}: an incremental backup cannot build on another MariaDB "
+        "series (no mariabackup could prepare the chain)"
+    )
+
+
 Verdict = Literal["same", "newer_tool", "older_tool", "other_series", "unknown"]
 
 

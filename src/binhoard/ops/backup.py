@@ -27,6 +27,7 @@ from binhoard.domain.manifest import (
     new_backup_id,
 )
 from binhoard.domain.schedule import Due, backup_due, choose_backup_type, incremental_parent
+from binhoard.domain.versions import incremental_base_problem
 from binhoard.localstate import StateFile, exclusive
 from binhoard.ops.site import find_leftovers, list_backups, removable_leftovers
 from binhoard.server import sql
@@ -255,9 +256,15 @@ def _take_locked(
         raise UsageError(f"site {settings.backup_settings.upload_site} is recovery_only")
     # Before anything touches the site: a backup of a server other than the configured one
     # would be recorded under an id the archiver never looks for.
-    sql.check_server(settings.mysql.client_params, settings.server_id, what="cannot back up")
+    facts = sql.check_server(
+        settings.mysql.client_params, settings.server_id, what="cannot back up"
+    )
     cleanup_leftovers(settings, store, now())
     parent = choose_parent(backups, settings.server_id) if backup_type == "incremental" else None
+    why_not = incremental_base_problem(parent, facts.version) if parent is not None else None
+    if why_not is not None:
+        log.warning("%s; taking a full backup", why_not)
+        backup_type, parent = "full", None
     started = now()
     backup_id = new_backup_id(started)
     _in_progress(settings).write({"backup_id": backup_id, "started_at": started.isoformat()})
