@@ -54,15 +54,16 @@ def run_with(
     server: str, script: str, *, binds: tuple[Path, ...] = (), timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
     """Runs the shell ``script`` where ``server``'s MariaDB is: on this host, or inside
-    its root with ``binds`` visible there. ``$BH`` in the script runs this checkout's
-    binhoard there."""
+    its root with ``binds`` visible there, in this checkout. There ``$PY`` is a Python
+    with binhoard's dependencies and this checkout's code, ``$BH`` its binhoard."""
     if server == host_server():
-        command = ["sh", "-c", f'BH="{sys.executable} -m binhoard"\n{script}']
+        python, command = sys.executable, ["sh", "-c"]
     else:
-        # The root's venv runs this checkout's code (scripts/server-root sets PYTHONPATH).
+        # The root's venv (scripts/server-root puts it first on PATH and src on PYTHONPATH).
         mounts = [arg for path in binds for arg in ("--bind", str(path))]
-        command = [str(ROOT / "scripts" / "server-root"), "run", *mounts, server]
-        command += ["sh", "-c", f'BH="python -m binhoard"\n{script}']
+        python = "python"
+        command = [str(ROOT / "scripts" / "server-root"), "run", *mounts, server, "sh", "-c"]
+    command.append(f'PY="{python}"\nBH="$PY -m binhoard"\n{script}')
     return subprocess.run(
         command,
         cwd=ROOT,
