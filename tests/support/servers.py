@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.cli import ROOT, cli_env
+from tests.support.cli import ROOT, run_in_checkout
 
 SERVERS = ("mariadb-10.11", "mariadb-11.8")  # older series first
 
@@ -39,13 +39,7 @@ def other_root() -> str:
     if os.geteuid() != 0:
         pytest.skip("entering a Debian root (scripts/server-root) needs root, as in CI")
     other = next(s for s in SERVERS if s != host_server())
-    result = subprocess.run(
-        [ROOT / "scripts" / "server-root", "build", other],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=900,
-    )
+    result = run_in_checkout([str(ROOT / "scripts" / "server-root"), "build", other], timeout=900)
     assert result.returncode == 0, f"scripts/server-root build {other}:\n{result.stderr}"
     return other
 
@@ -64,12 +58,4 @@ def run_with(
         python = "python"
         command = [str(ROOT / "scripts" / "server-root"), "run", *mounts, server, "sh", "-c"]
     command.append(f'PY="{python}"\nBH="$PY -m binhoard"\n{script}')
-    return subprocess.run(
-        command,
-        cwd=ROOT,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=timeout,
-    )
+    return run_in_checkout(command, timeout=timeout)
