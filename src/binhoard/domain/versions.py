@@ -82,6 +82,10 @@ def prepare_verdict(backup_version: str, tool_version: str) -> Verdict:
     backup, tool = parse_version(backup_version), parse_version(tool_version)
     if backup is None or tool is None:
         return "unknown"
+    return _compare(backup, tool)
+
+
+def _compare(backup: MariaDBVersion, tool: MariaDBVersion) -> Verdict:
     if backup.series != tool.series:
         return "other_series"
     if tool == backup:
@@ -95,19 +99,19 @@ def check_chain_preparable(chain: Sequence[BackupManifest], tool_version: str) -
     ``tool_version``, unless every backup of the chain was taken by its series; returns
     warnings for what is restored all the same (an older mariabackup of the series)."""
     target = chain[-1]
+    tool = parse_version(tool_version)
     warnings = []
     # The restored backup first: when the whole chain is of one series, it is named.
     for backup in [target, *chain[:-1]]:
+        taken = parse_version(backup.server_version)
+        if taken is None or tool is None:
+            raise IncompatibleVersionError(_unknown(target.backup_id, backup, tool_version))
         subject = (
             f"backup {target.backup_id} was taken"
             if backup is target
             else f"backup {target.backup_id} builds on backup {backup.backup_id}, taken"
         )
-        verdict = prepare_verdict(backup.server_version, tool_version)
-        if verdict == "unknown":
-            raise IncompatibleVersionError(_unknown(target.backup_id, backup, tool_version))
-        taken, tool = parse_version(backup.server_version), parse_version(tool_version)
-        assert taken is not None and tool is not None  # not "unknown"
+        verdict = _compare(taken, tool)
         if verdict == "other_series":
             raise IncompatibleVersionError(_other_series(subject, taken, tool))
         if verdict == "older_tool":
