@@ -26,8 +26,14 @@ def binhoard_command(*args: str) -> list[str]:
 
 def run_binhoard(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """Runs ``binhoard ARGS`` to its end; the caller checks ``returncode``."""
+    return run_in_checkout(binhoard_command(*args), timeout=timeout)
+
+
+def run_in_checkout(command: list[str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Runs ``command`` in this checkout, with its code, to its end; the caller checks
+    ``returncode``."""
     return subprocess.run(
-        binhoard_command(*args),
+        command,
         cwd=ROOT,
         env=cli_env(),
         capture_output=True,

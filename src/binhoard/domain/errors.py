@@ -35,6 +35,12 @@ class PlanError(UsageError):
     the binlog archive can reproduce exactly (the message says why and what would work)."""
 
 
+class IncompatibleVersionError(UsageError):
+    """The backup was taken by another MariaDB release series than this host's
+    mariabackup: it prepares only backups of its own series (``domain/versions.py``).
+    Nothing was restored; the message says what to do instead."""
+
+
 class ConfigError(UsageError):
     """The configuration is not valid.
 

@@ -35,6 +35,7 @@ from binhoard.domain.manifest import (
     new_backup_id,
 )
 from binhoard.domain.server_facts import check_facts
+from binhoard.domain.versions import incremental_base_problem
 from binhoard.localstate import StateFile, exclusive
 from binhoard.ops.catalog import read_site
 from binhoard.ops.expire import DeletionJournal, binlog_references, finish_leftovers
@@ -226,9 +227,13 @@ def _take_locked(
         raise UsageError(f"site {config.site_name} is recovery_only")
     # Before anything touches the site: a backup of a server other than the configured one
     # would be recorded under an id the archiver never looks for.
-    check_facts(server.facts(), config.server_id, what="cannot back up")
+    facts = check_facts(server.facts(), config.server_id, what="cannot back up")
     cleanup_leftovers(config, store, now())
     parent = choose_parent(backups, config.server_id) if backup_type == "incremental" else None
+    why_not = incremental_base_problem(parent, facts.version) if parent is not None else None
+    if why_not is not None:
+        log.warning("%s; taking a full backup", why_not)
+        backup_type, parent = "full", None
     started = now()
     backup_id = new_backup_id(started)
     _in_progress(config).write({"backup_id": backup_id, "started_at": started.isoformat()})

@@ -72,7 +72,9 @@ from binhoard.localstate import StateFile, exclusive
 from binhoard.ops.catalog import read_site
 from binhoard.ops.restore_backup import (
     RestoreProgress,
+    backup_chain,
     check_empty_datadir,
+    check_preparable_here,
     digest_of,
     empty_directory,
     restore_backup,
@@ -352,6 +354,9 @@ class PointInTimeRestore:
             plan = self._plan(request)
             # Every precondition at once, before any data is downloaded.
             check_restore_target(self.server, _source_server_ids(plan))
+            # Refused here, not only by restore_backup, so that this restore ends "failed"
+            # rather than unfinished; restore_backup says the warnings.
+            check_preparable_here(self.server.backup_tool, backup_chain(self.store, plan.backup))
         except BinhoardError as exc:
             # Nothing was changed: a later start must not be told to resume this one.
             self.state["error"] = exc.message

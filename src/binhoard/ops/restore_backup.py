@@ -24,6 +24,7 @@ from binhoard.disk import disk_full, is_no_space
 from binhoard.domain.errors import DiskFullError, UsageError
 from binhoard.domain.manifest import BackupManifest, ObjectRef
 from binhoard.domain.restore_plan import BrokenBackupError
+from binhoard.domain.versions import check_chain_preparable
 from binhoard.ops.site import read_backups, read_manifest
 from binhoard.ports.server import BackupTool, Server
 from binhoard.storage.pipeline import ObjectDigest, decryption_identities, download
@@ -72,6 +73,18 @@ def resolve_backup(store: ObjectStore, backup_id: str) -> BackupManifest:
     if broken is not None:
         raise BrokenBackupError(f"backup {backup_id} cannot be restored: {broken.reason}")
     return read_manifest(store, backup_id)
+
+
+def backup_chain(store: ObjectStore, target: BackupManifest) -> list[BackupManifest]:
+    """The manifests of ``target``'s chain, the full backup first."""
+    return [read_manifest(store, b) for b in target.chain[:-1]] + [target]
+
+
+def check_preparable_here(tool: BackupTool, chain: list[BackupManifest]) -> list[str]:
+    """Refuses, before anything is downloaded, a chain this host's mariabackup must not
+    prepare: one taken by another MariaDB series (``domain/versions.py``). Returns the
+    warnings for what it may."""
+    return check_chain_preparable(chain, tool.version())
 
 
 def check_empty_datadir(datadir: Path) -> None:
@@ -130,7 +143,9 @@ def restore_backup(
     owner = tool.files_owner(datadir)
     owner.check()
     target = resolve_backup(store, backup_id)
-    chain = [read_manifest(store, b) for b in target.chain[:-1]] + [target]
+    chain = backup_chain(store, target)
+    for warning in check_preparable_here(tool, chain):
+        log.warning("%s", warning)
     state.backup_id = target.backup_id
     state.basebackup_compressed_bytes_total = sum(m.data.stored_size for m in chain)
     identities = decryption_identities(site.encryption_keys)

@@ -67,7 +67,9 @@ class Binlogs(Protocol):
         ...
 
     def purge_to(self, name: str) -> None:
-        """Removes the files before ``name`` from the server's index and disk."""
+        """Removes the files before ``name`` from the server's index and disk, as far as
+        the server allows: MariaDB stops early, without an error, at a file it still needs
+        (its binlog checkpoint has not passed it yet), so callers re-read ``list()``."""
         ...
 
     def summarize(self, path: Path, *, states_at: Collection[int] = ()) -> BinlogSummary:
