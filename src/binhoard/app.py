@@ -15,7 +15,8 @@ from binhoard.ops.archive import ArchiveConfig
 from binhoard.ops.backup import BackupConfig
 from binhoard.ops.observe import StorageMetrics
 from binhoard.ops.pitr import PitrConfig
-from binhoard.ports.server import Server
+from binhoard.ops.seed import SeedSettings
+from binhoard.ports.server import ReplicaCredentials, Server
 from binhoard.server.mariadb import MariaDBServer
 from binhoard.storage.backends import open_store
 from binhoard.storage.store import ObjectStore
@@ -104,4 +105,17 @@ def pitr_config(settings: Settings) -> PitrConfig:
         data_directory=settings.mysql.data_directory,
         server_config_file=settings.mysql.config_file_name,
         max_binlog_bytes=settings.restore_max_binlog_bytes,
+        seed=seed_settings(settings),
+        allowed_primaries=tuple(settings.replication.primaries),
+    )
+
+
+def seed_settings(settings: Settings) -> SeedSettings | None:
+    """The replication account of ``replication.*``; None when no user is configured."""
+    replication = settings.replication
+    if replication.user is None:
+        return None
+    return SeedSettings(
+        ReplicaCredentials(replication.user, replication.password.get_secret_value()),
+        catch_up_timeout=replication.catch_up_timeout,
     )

@@ -259,6 +259,17 @@ class BinlogPurgeSettings(_Section):
     purge_when_observe_no_streams: bool = True
 
 
+class ReplicationSettings(_Section):
+    """The account a seeded replica's IO thread logs in to its primary with
+    (``--replicate-from``, ``replicate_from``), and the non-loopback primaries it may be
+    pointed at (``HOST:PORT``)."""
+
+    user: str | None = None
+    password: SecretStr = SecretStr("")
+    primaries: list[str] = Field(default_factory=list)
+    catch_up_timeout: float = Field(default=3600, gt=0)
+
+
 class ClientParams(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=3306, ge=1, le=65535)
@@ -294,6 +305,7 @@ class Settings(_Section):
     http_auth_token: HttpAuthToken | None = None
     http_port: int = Field(default=16001, ge=1, le=65535)
     mysql: MySQLSettings
+    replication: ReplicationSettings = ReplicationSettings()
     restore_max_binlog_bytes: int = Field(default=4 * 1024**3, ge=1024 * 1024)
     restore_parallel_threads: int | None = Field(default=None, ge=0, le=256)
     sentry_dsn: SecretStr | None = None

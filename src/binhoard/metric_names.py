@@ -242,7 +242,7 @@ _DECLARED = (
         "phase number",
         "Phase of the point-in-time restore: 0 getting_backup_info, 1 "
         "restoring_basebackup, 2 basebackup_restored, 3 applying_binlogs, "
-        "4 finalizing, 5 completed, 6 failed.",
+        "4 finalizing, 5 completed, 6 failed, 7 replicating.",
     ),
     MetricSpec(
         RESTORE_BASEBACKUP_BYTES_DOWNLOADED,

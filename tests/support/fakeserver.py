@@ -19,6 +19,8 @@ that what a backup, a restore and an apply leave can be compared line by line.
   ``"backup.finish"``, ``"apply"``, ``"start"``, ...) raise ``error``; ``crash_after = n``
   kills binhoard (``Killed``) after the next batch applied ``n`` transactions; ``calls``
   lists what the ops asked, in order.
+* ``replication`` (``FakeReplication``) replicates from another fake reachable through
+  its ``network``; the primary's history is its rows.
 
 ``fake_host`` gives a host's settings and its fake server, ``fake_archiver`` an archiver
 over a fake, ``ScriptedClock`` a ``now`` that moves when told. ``mypy --strict`` checks
@@ -43,6 +45,7 @@ from binhoard.domain.binlog_file import BinlogIndex, BinlogSummary
 from binhoard.domain.errors import (
     ApplyError,
     BinhoardError,
+    ReplicationError,
     ServerError,
     ServerQueryError,
     UsageError,
@@ -61,10 +64,17 @@ from binhoard.domain.relay_plan import (
     applied_prefix,
     plan_batch,
 )
+from binhoard.domain.replica import PrimaryAddress
 from binhoard.domain.restore_target import TargetDescription
 from binhoard.domain.server_facts import ServerFacts
 from binhoard.ops.archive import BinlogArchiver
-from binhoard.ports.server import CheckpointWait, ServerBinlogs, SettingsJournal
+from binhoard.ports.server import (
+    CheckpointWait,
+    ReplicaCredentials,
+    ReplicaStatus,
+    ServerBinlogs,
+    SettingsJournal,
+)
 from binhoard.server.binlog_reader import read_binlog, summarize_binlog
 from binhoard.storage.store import ObjectStore
 from tests.support.binlogs import BinlogWriter
@@ -384,7 +394,106 @@ class FakeRelayApplier:
                 f"gtid_slave_pos={server.slave_position}: they must be equal"
             )
         server.read_only = True
+        server.replication.reset_all()
         return server.slave_position
+
+
+class FakeReplication:
+    """This fake as a replica of another ``FakeServer`` (``network`` maps ``HOST:PORT`` to
+    the servers that address reaches). The primary accepts the accounts of its
+    ``replication_accounts``. ``wait_for_gtid`` is where the threads work: the IO thread
+    checks that this server's position is in the primary's history (else error 1236,
+    as MariaDB's GTID connect), then the SQL thread applies the primary's transactions
+    past it, at most ``apply_per_wait`` per call (None: all; 0: a stalled replica)."""
+
+    def __init__(self, server: FakeServer) -> None:
+        self.server = server
+        self.network: dict[str, FakeServer] = {}
+        self.primary: PrimaryAddress | None = None
+        self.credentials: ReplicaCredentials | None = None
+        self.running = False
+        self.apply_per_wait: int | None = None
+        self.io_error: tuple[int, str] = (0, "")
+
+    def _reach(self, primary: PrimaryAddress, credentials: ReplicaCredentials) -> FakeServer:
+        other = self.network.get(primary.format())
+        if other is None or not other.process.up:
+            raise ReplicationError(f"{primary.format()} does not answer", kind="unreachable")
+        if other.replication_accounts.get(credentials.user) != credentials.password:
+            raise ReplicationError(
+                f"{primary.format()}: access denied for {credentials.user}", kind="unreachable"
+            )
+        return other
+
+    def primary_state(
+        self, primary: PrimaryAddress, credentials: ReplicaCredentials
+    ) -> tuple[Gtid, ...]:
+        self.server.connect("replication.primary_state")
+        return self._reach(primary, credentials).binlog_state()
+
+    def change_primary(self, primary: PrimaryAddress, credentials: ReplicaCredentials) -> None:
+        self.server.connect("replication.change_primary")
+        self.running = False
+        self.primary, self.credentials = primary, credentials
+        self.io_error = (0, "")
+
+    def start(self) -> None:
+        self.server.connect("replication.start")
+        if self.primary is None:
+            raise ServerQueryError(
+                "misconfigured slave: MASTER_HOST was not set", server_errno=1200
+            )
+        self.running = True
+
+    def stop(self) -> None:
+        self.server.connect("replication.stop")
+        self.running = False
+
+    def reset_all(self) -> None:
+        """``RESET SLAVE ALL`` (the relay applier's finish)."""
+        self.running, self.primary, self.credentials = False, None, None
+
+    def status(self) -> ReplicaStatus:
+        self.server.connect("replication.status")
+        slave_pos = self.server.slave_position.format()
+        if self.primary is None:
+            return ReplicaStatus(False, "", "No", False, None, "", slave_pos)
+        errno, error = self.io_error
+        io = "No" if errno else ("Yes" if self.running else "No")
+        return ReplicaStatus(
+            configured=True,
+            primary=self.primary.format(),
+            io_running=io,
+            sql_running=self.running,
+            seconds_behind=0 if self.running else None,
+            gtid_io_pos=slave_pos,
+            gtid_slave_pos=slave_pos,
+            last_io_errno=errno,
+            last_io_error=error,
+        )
+
+    def wait_for_gtid(self, position: GtidPosition, timeout: float) -> bool:
+        server = self.server
+        server.connect("replication.wait_for_gtid")
+        if self.running and self.primary is not None and self.credentials is not None:
+            self._pull(self._reach(self.primary, self.credentials))
+        return server.slave_position.covers(position)
+
+    def _pull(self, primary: FakeServer) -> None:
+        history = [Gtid.parse(row) for row in primary.rows()]
+        mine = self.server.slave_position
+        missing = [g for g in mine.values() if g not in history]
+        if missing:
+            self.io_error = (
+                1236,
+                f"connecting slave requested to start from GTID {missing[0]}, which is not "
+                "in the master's binlog",
+            )
+            self.running = False
+            return
+        todo = [g for g in history if not mine.contains(g)]
+        for gtid in todo[: self.apply_per_wait]:
+            self.server.apply(gtid)
 
 
 class Killed(BaseException):
@@ -436,6 +545,9 @@ class FakeServer:
         self.flushing = FakeFlushing(self)
         self.process = FakeProcess(self)
         self.process.up = running
+        self.replication = FakeReplication(self)
+        # Accounts this server accepts as a primary (``FakeReplication``).
+        self.replication_accounts = {"repl": "repl-secret"}
 
     @property
     def calls(self) -> list[str]:
@@ -471,6 +583,11 @@ class FakeServer:
             self._add_row(gtid)
             done.append(gtid)
         return done
+
+    def binlog_state(self) -> tuple[Gtid, ...]:
+        """``@@gtid_binlog_state``: the last GTID of each (domain, server_id) logged."""
+        last = {(g.domain_id, g.server_id): g for g in map(Gtid.parse, self.rows())}
+        return tuple(last.values())
 
     def _other_domains(self, domain: int) -> list[Gtid]:
         return [g for g in self.binlog_position.values() if g.domain_id != domain]

@@ -232,6 +232,7 @@ class _Routes:
                 target_gtid=body.target_gtid,
                 target_position=body.target_position,
                 force=bool(body.force),
+                replicate_from=body.replicate_from,
             )
         )
         # As MyHoard: the mode switched to (promote moves on to active by itself).

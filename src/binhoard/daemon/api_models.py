@@ -226,6 +226,15 @@ class StatusUpdate(_Body):
         default=None,
         description="active only: promote without applying the remaining binlogs (loses data)",
     )
+    replicate_from: str | None = Field(
+        default=None,
+        min_length=3,
+        max_length=300,
+        pattern=r"^\S+:[0-9]{1,5}$",
+        description=EXTENSION
+        + "restore only, to the latest transaction: then replicate from this primary "
+        "(HOST:PORT, loopback or listed in replication.primaries) and catch up",
+    )
 
     @model_validator(mode="after")
     def _fits_the_mode(self) -> StatusUpdate:
@@ -236,6 +245,7 @@ class StatusUpdate(_Body):
             "target_time_approximate_ok": self.target_time_approximate_ok,
             "target_gtid": self.target_gtid,
             "target_position": self.target_position,
+            "replicate_from": self.replicate_from,
         }
         if self.mode == "restore":
             for name in ("site", "stream_id"):

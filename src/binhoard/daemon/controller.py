@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
+from binhoard.app import seed_settings
 from binhoard.config import Settings
 from binhoard.daemon import modes
 from binhoard.daemon.jobs import (
@@ -83,6 +84,7 @@ from binhoard.domain.schedule import (
 )
 from binhoard.metric_names import BACKUP_LAST_COMPLETED_TIME
 from binhoard.metrics import Metrics
+from binhoard.ops.seed import check_primary
 from binhoard.telemetry import report_error
 
 log = logging.getLogger("binhoard.daemon")
@@ -333,6 +335,13 @@ class Controller:
 
     def _set_mode(self, command: SetMode) -> None:
         streams = None if self.view is None else self.view.streams
+        if command.mode == "restore" and command.replicate_from is not None:
+            # Refused now, not once the restore has run for an hour.
+            check_primary(
+                command.replicate_from,
+                seed=seed_settings(self.settings),
+                allowed=self.settings.replication.primaries,
+            )
         decision = modes.decide(
             self.state.mode,
             self.state.restore,

@@ -98,6 +98,10 @@ def _new_restore(
     if request.site not in sites:
         raise UsageError(f"no backup site {request.site!r} (known: {', '.join(sorted(sites))})")
     kind, value = _target(request)
+    if request.replicate_from is not None and kind != "latest":
+        # A replica continues from the newest transaction: an earlier target would be
+        # a fork of the primary's history, refused as divergent anyway.
+        raise UsageError(f"replicate_from needs the latest target, not target_{kind}")
     if streams is None:
         raise ConflictError("the backups have not been listed yet: try again in a moment")
     stream = next(
@@ -131,6 +135,7 @@ def _new_restore(
         approximate_ok=request.target_time_approximate_ok and kind == "time",
         requested_at=now,
         updated_at=now,
+        replicate_from=request.replicate_from,
     )
 
 

@@ -38,6 +38,7 @@ RESTORE_PHASES: tuple[str, ...] = (
     "applying_binlogs",
     "waiting_for_apply_to_finish",
     "finalizing",
+    "replicating",  # binhoard's: a restore with replicate_from, catching up
     "completed",
     "failed",
     "failed_basebackup",
@@ -188,6 +189,8 @@ class SetMode:
     target_gtid: str | None = None  # extension
     target_position: str | None = None  # extension: "<binlog file>:<offset>"
     force: bool = False
+    # extension: then replicate from this primary, HOST:PORT (ops/seed.py)
+    replicate_from: str | None = None
 
 
 Command = (

@@ -35,7 +35,7 @@ from binhoard.daemon.port import Mode
 from binhoard.domain.errors import ConflictError
 
 FILE_NAME = "daemon.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: columns added (restore.replicate_from)
 
 RestoreTargetKind = Literal["latest", "time", "gtid", "position"]
 BackupReason = Literal["requested", "scheduled"]
@@ -75,6 +75,7 @@ class RestoreRecord:
     error: str | None = None
     final_gtid: str | None = None
     updated_at: datetime | None = None
+    replicate_from: str | None = None  # HOST:PORT: then a replica of it (ops/seed.py)
 
     @property
     def target_args(self) -> dict[str, Any]:
@@ -235,6 +236,11 @@ class StateStore:
         for _, cls, _ in _PARTS:
             columns = ", ".join(f.name for f in fields(cls))
             self._db.execute(f"CREATE TABLE IF NOT EXISTS {cls.TABLE} ({columns})")
+            # A newer schema only adds fields (with defaults): NULL in older rows.
+            have = {row[1] for row in self._db.execute(f"PRAGMA table_info({cls.TABLE})")}
+            for f in fields(cls):
+                if f.name not in have:
+                    self._db.execute(f"ALTER TABLE {cls.TABLE} ADD COLUMN {f.name}")
         self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         self._db.execute("COMMIT")
 

@@ -162,6 +162,7 @@ class OpsDoers:
             target_args=request.target_args,
             backup_id=request.stream_id,
             approximate_ok=request.approximate_ok,
+            replicate_from=request.replicate_from,
         )
         last_phase = [""]
         throttle = Throttle()
@@ -246,6 +247,7 @@ def _same_restore(recorded: Mapping[str, object], request: PitrRequest, since: d
         recorded.get("site") == request.site
         and recorded.get("target_args") == request.target_args
         and recorded.get("requested_backup_id") == request.backup_id
+        and recorded.get("replicate_from") == request.replicate_from
         and started.tzinfo is not None
         and started >= since
     )

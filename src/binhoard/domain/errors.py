@@ -251,6 +251,21 @@ class ApplyError(ServerError):
         super().__init__(message)
 
 
+class ReplicationError(ServerError):
+    """This server cannot replicate from the primary it was given. ``kind`` says why:
+    ``unreachable`` (the primary does not answer, or refuses the replication account),
+    ``divergent`` (its history does not contain this server's position), ``failed``
+    (the IO or SQL thread stopped with an error, ``server_errno``), ``timeout`` (it did
+    not catch up in time; resuming continues). Only ``unreachable`` and ``timeout`` can
+    pass by themselves."""
+
+    def __init__(self, message: str, *, kind: str, server_errno: int = 0) -> None:
+        self.kind = kind
+        self.server_errno = server_errno
+        self.retryable = kind in ("unreachable", "timeout")
+        super().__init__(message)
+
+
 def format_bytes(count: int) -> str:
     """``1536`` -> ``1.5 KiB``: sizes in messages people act on."""
     if count < 1024:

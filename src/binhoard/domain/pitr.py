@@ -21,6 +21,9 @@ PHASES = (
     "finalizing",
     "completed",
     "failed",
+    # binhoard's, between finalizing and completed, only with replicate_from
+    # (ops/seed.py); last here so that the metric's earlier phase numbers stay.
+    "replicating",
 )
 
 
@@ -54,6 +57,10 @@ def _request_problems(state: dict[str, Any]) -> list[str]:
             problems.append(f"unusable target: {exc}")
     if not isinstance(state.get("requested_backup_id"), (str, type(None))):
         problems.append("requested_backup_id is not a backup id")
+    if not isinstance(state.get("replicate_from"), (str, type(None))):
+        problems.append("replicate_from is not HOST:PORT")
+    elif state.get("phase") == "replicating" and state.get("replicate_from") is None:
+        problems.append("phase replicating without replicate_from")
     return problems
 
 

@@ -4,7 +4,7 @@ A persisted phase machine (``<state_directory>/restore.json``), so that a restor
 at any moment continues where it was when started again (``binhoard restore --resume``):
 
     getting_backup_info -> restoring_basebackup -> basebackup_restored
-        -> applying_binlogs -> finalizing -> completed          (or failed)
+        -> applying_binlogs -> finalizing [-> replicating] -> completed   (or failed)
 
 * **getting_backup_info**: the site's backups and binlog records are read and planned
   (``domain/restore_plan.py``); the plan (backup id, record keys, target) is saved.
@@ -20,6 +20,9 @@ at any moment continues where it was when started again (``binhoard restore --re
   is applied twice or skipped.
 * **finalizing**: replication configuration is removed, durability restored, GTID
   state checked equal to the target's, and the server left running read-only.
+* **replicating** (only with ``replicate_from``, binhoard's extension): the restored
+  server becomes a replica of that primary and catches up (``ops/seed.py``); the
+  point-in-time part is complete, so a resume goes straight back to this step.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ from binhoard.domain.pitr import (
     state_problem,
 )
 from binhoard.domain.relay_plan import ApplyProgress, BatchFile
+from binhoard.domain.replica import PrimaryAddress
 from binhoard.domain.restore_plan import (
     ArchiveInconsistentError,
     ResolvedStop,
@@ -79,6 +83,7 @@ from binhoard.ops.restore_backup import (
     empty_directory,
     restore_backup,
 )
+from binhoard.ops.seed import SeedSettings, check_primary, replicate
 from binhoard.ops.sitecache import SiteCache, open_cache
 from binhoard.ports.server import RelayApply, Server
 from binhoard.storage.pipeline import decryption_identities, download_to_file
@@ -120,6 +125,10 @@ class PitrConfig:
     data_directory: Path  # the server's datadir, restored into
     server_config_file: Path  # the server's option file, to name it in messages
     max_binlog_bytes: int  # restore_max_binlog_bytes
+    # For ``replicate_from``: the replication account (None: not configured), and the
+    # non-loopback primaries allowed (``replication.*``).
+    seed: SeedSettings | None = None
+    allowed_primaries: tuple[str, ...] = ()
 
 
 def restore_state(state_directory: Path) -> StateFile:
@@ -136,10 +145,22 @@ class PitrRequest:
     target_args: dict[str, Any]
     backup_id: str | None = None
     approximate_ok: bool = False
+    replicate_from: str | None = None  # HOST:PORT: then replicate from it (ops/seed.py)
 
     @property
     def target(self) -> Target:
         return parse_target(**self.target_args)
+
+    def primary(self, config: PitrConfig) -> PrimaryAddress | None:
+        """The primary of ``replicate_from``, checked (``UsageError`` naming what is
+        wrong); None without one."""
+        if self.replicate_from is None:
+            return None
+        if not self.target_args.get("to_latest"):
+            raise UsageError("replicate_from needs a restore to the latest transaction")
+        return check_primary(
+            self.replicate_from, seed=config.seed, allowed=config.allowed_primaries
+        )
 
 
 # --- the download side ---------------------------------------------------------------
@@ -346,11 +367,13 @@ class PointInTimeRestore:
             "target_text": target.describe(),
             "approximate_ok": request.approximate_ok,
             "requested_backup_id": request.backup_id,
+            "replicate_from": request.replicate_from,
             "started_at": datetime.now(UTC).isoformat(),
         }
         self._save()
         self._report()
         try:
+            request.primary(self.config)
             plan = self._plan(request)
             # Every precondition at once, before any data is downloaded.
             check_restore_target(self.server, _source_server_ids(plan))
@@ -415,16 +438,15 @@ class PointInTimeRestore:
                         dict(state["target_args"]),
                         state.get("requested_backup_id"),
                         approximate_ok=bool(state.get("approximate_ok")),
+                        replicate_from=state.get("replicate_from"),
                     )
                 )
             # The same target and base backup give the same files: records are immutable
             # and a stream only grows at its end (a "latest" restore may now go further).
-            request = PitrRequest(
-                site=str(state["site"]),
-                target_args=dict(state["target_args"]),
-                backup_id=str(state["backup_id"]),
-                approximate_ok=bool(state.get("approximate_ok", False)),
-            )
+            request = self._recorded_request()
+            if state["phase"] == "replicating":
+                # The restore itself is done: only the replica is left to set up.
+                return self._replicate(request)
             plan = self._plan(request)
             if len(plan.records) < int(state["records"]):
                 raise ConflictError(
@@ -433,6 +455,18 @@ class PointInTimeRestore:
                 )
             log.info("resuming the restore at phase %s", state["phase"])
             return self._run(plan)
+
+    def _recorded_request(self) -> PitrRequest:
+        """The request of the restore in ``self.state``, its backup chosen."""
+        state = self.state
+        replicate_from = state.get("replicate_from")
+        return PitrRequest(
+            site=str(state["site"]),
+            target_args=dict(state["target_args"]),
+            backup_id=str(state["backup_id"]),
+            approximate_ok=bool(state.get("approximate_ok", False)),
+            replicate_from=None if replicate_from is None else str(replicate_from),
+        )
 
     def _recorded(self) -> dict[str, Any] | None:
         """The restore recorded in ``restore.json``, or None if there is none. A file
@@ -497,7 +531,7 @@ class PointInTimeRestore:
                 self.server.process.ensure_running()
                 position = self._applier().finish(expected=self._expected_end(plan))
                 self.state["final_gtid_position"] = position.format()
-                self._set_phase("completed")
+                self._set_phase("replicating" if self.state.get("replicate_from") else "completed")
         except DiskFullError as exc:
             # Files waiting to be applied are downloaded again on --resume: the space
             # they take now is free for whatever failed.
@@ -519,6 +553,26 @@ class PointInTimeRestore:
         finally:
             prefetcher.stop()
             shutil.rmtree(prefetcher.directory, ignore_errors=True)
+        if self.state["phase"] == "replicating":
+            return self._replicate(self._recorded_request())
+        return self.progress
+
+    def _replicate(self, request: PitrRequest) -> PitrProgress:
+        """The ``replicating`` phase (``ops/seed.py``): after ``finalizing``, the restored
+        server replicates from ``replicate_from`` and catches up; then ``completed``."""
+        primary = request.primary(self.config)
+        assert primary is not None and self.config.seed is not None  # checked at start
+        self._report()
+        try:
+            self.server.process.ensure_running()
+            reached = replicate(self.server, primary, self.config.seed, cancel=self.cancel)
+        except BinhoardError as exc:
+            self.state["error"] = exc.message
+            self._save()
+            raise
+        self.state["replicated_to"] = reached.format()
+        self.state.pop("error", None)
+        self._set_phase("completed")
         return self.progress
 
     def _explain(self, exc: BinhoardError) -> str:

@@ -11,8 +11,9 @@ fake with behaviour (``tests/support/fakeserver.py``).
 
 Sub-protocols group what belongs together: ``binlogs`` (the binary log and its files),
 ``backup_tool`` (take and restore physical backups), ``flushing`` (InnoDB's checkpoint
-before a backup), ``process`` (the server process itself) and ``relay_applier()``
-(binlogs applied by the restored server). Errors are the project's
+before a backup), ``process`` (the server process itself), ``relay_applier()``
+(binlogs applied by the restored server) and ``replication`` (this server as a replica
+of a primary, seeding). Errors are the project's
 (``domain/errors.py``): ``ServerError`` and its kinds, ``DiskFullError``,
 ``ApplyError``, ``UsageError``.
 """
@@ -21,12 +22,12 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from binhoard.domain.binlog_file import BinlogIndex, BinlogSummary
-from binhoard.domain.gtid import GtidPosition
+from binhoard.domain.gtid import Gtid, GtidPosition
 from binhoard.domain.manifest import LsnRange, SnapshotPosition
 from binhoard.domain.privileges import Grants
 from binhoard.domain.relay_plan import (
@@ -37,6 +38,7 @@ from binhoard.domain.relay_plan import (
     ProgressCallback,
     ResumePoint,
 )
+from binhoard.domain.replica import PrimaryAddress
 from binhoard.domain.restore_target import TargetDescription
 from binhoard.domain.server_facts import ServerFacts
 
@@ -240,6 +242,62 @@ class ServerProcessControl(Protocol):
         ...
 
 
+# --- replication from a primary (seeding a replica) -----------------------------------
+@dataclass(frozen=True)
+class ReplicaCredentials:
+    """The account this server's IO thread logs in to the primary with
+    (``replication.user``/``password``); ``password`` never appears in messages."""
+
+    user: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class ReplicaStatus:
+    """``SHOW SLAVE STATUS`` of the default connection, as seeding reads it."""
+
+    configured: bool  # a primary is set (CHANGE MASTER TO was run)
+    primary: str  # "HOST:PORT", "" when not configured
+    io_running: str  # "Yes", "No" or "Connecting"
+    sql_running: bool
+    seconds_behind: int | None
+    gtid_io_pos: str
+    gtid_slave_pos: str
+    last_io_errno: int = 0
+    last_io_error: str = ""
+    last_sql_errno: int = 0
+    last_sql_error: str = ""
+
+
+class Replication(Protocol):
+    """This server as a replica of a primary, on MariaDB's *default* connection (the
+    one point-in-time apply also uses, and clears with ``RESET SLAVE ALL`` when it
+    finishes: the two never run at once, docs/failover.md)."""
+
+    def primary_state(
+        self, primary: PrimaryAddress, credentials: ReplicaCredentials
+    ) -> tuple[Gtid, ...]:
+        """The primary's ``@@gtid_binlog_state``, read with the replication account;
+        ``ReplicationError`` (``unreachable``) if it does not answer or refuses it."""
+        ...
+
+    def change_primary(self, primary: PrimaryAddress, credentials: ReplicaCredentials) -> None:
+        """Stops replication and points it at ``primary`` with ``MASTER_USE_GTID=slave_pos``:
+        it continues from this server's ``gtid_slave_pos``."""
+        ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def status(self) -> ReplicaStatus: ...
+
+    def wait_for_gtid(self, position: GtidPosition, timeout: float) -> bool:
+        """Whether this server applied ``position`` within ``timeout`` seconds
+        (``MASTER_GTID_WAIT``)."""
+        ...
+
+
 # --- the server --------------------------------------------------------------------------
 class Server(Protocol):
     """The configured database server, as the use cases see it."""
@@ -260,6 +318,9 @@ class Server(Protocol):
 
     @property
     def process(self) -> ServerProcessControl: ...
+
+    @property
+    def replication(self) -> Replication: ...
 
     def facts(self) -> ServerFacts:
         """What ``binhoard status`` shows and backups and archive passes check first."""

@@ -29,6 +29,7 @@ from binhoard.server.binlog_reader import read_binlog, summarize_binlog
 from binhoard.server.mycnf import read_server_options
 from binhoard.server.process import ServerProcess
 from binhoard.server.relay_apply import RelayApplier
+from binhoard.server.replication import MariaDBReplication
 
 log = logging.getLogger("binhoard.server")
 
@@ -165,9 +166,9 @@ class MariaDBProcess(_Connections):
 
 class MariaDBServer(_Connections):
     """The configured MariaDB server: SQL over ``mysql.client_params``, mariabackup,
-    the SQL thread fed with relay logs, mariadbd. ``state_directory`` keeps the
-    applier's saved settings (``restore-apply.json``); ``apply_threads`` is its
-    ``slave_parallel_threads``."""
+    the SQL thread fed with relay logs, replication from a primary, mariadbd.
+    ``state_directory`` keeps the applier's saved settings (``restore-apply.json``);
+    ``apply_threads`` is its ``slave_parallel_threads``."""
 
     flavour = "mariadb"
 
@@ -185,6 +186,7 @@ class MariaDBServer(_Connections):
         self.binlogs = MariaDBBinlogs(mysql)
         self.flushing = MariaDBFlushing(mysql)
         self.process = MariaDBProcess(mysql, start_command)
+        self.replication = MariaDBReplication(mysql)
 
     @functools.cached_property
     def backup_tool(self) -> MariaBackup:

@@ -1,0 +1,135 @@
+"""Seeding a replica: a restored server made a replica of a primary, caught up.
+
+The last phase of a point-in-time restore with ``replicate_from`` (``ops/pitr.py``'s
+``replicating``; ``binhoard restore --to-latest --replicate-from HOST:PORT``,
+``PUT /status {"mode": "restore", "replicate_from": ...}``). The restore leaves the
+server read-only at the GTID position it restored; here:
+
+1. the primary's ``@@gtid_binlog_state`` is read with the replication account
+   (unreachable, or refusing it: ``ReplicationError`` ``unreachable``), and must contain
+   this server's ``gtid_slave_pos`` (``domain/replica.py``; else ``divergent``);
+2. ``CHANGE MASTER TO ... MASTER_USE_GTID=slave_pos`` (skipped when the server already
+   replicates from that primary: a resumed run), ``START SLAVE``;
+3. ``MASTER_GTID_WAIT`` for the primary's position read in 1, in short slices so that a
+   replication error (``failed``), a cancel (``CancelledError``) or the deadline
+   (``timeout``) ends the wait.
+
+Every step can run again: a run killed anywhere is resumed by running it again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+
+from binhoard.config import is_loopback_address
+from binhoard.domain.errors import CancelledError, ReplicationError, UsageError
+from binhoard.domain.gtid import GtidPosition
+from binhoard.domain.replica import PrimaryAddress, divergence, parse_primary_address
+from binhoard.ports.server import ReplicaCredentials, ReplicaStatus, Server
+
+log = logging.getLogger("binhoard.seed")
+
+# How long one MASTER_GTID_WAIT may block before errors and the cancel are checked.
+WAIT_SLICE = 1.0
+# IO thread errors that retrying cannot fix: the primary refused the account (1045),
+# or cannot send what this server needs (1236: the position is not in its binlogs,
+# or its binlogs were purged).
+_FATAL_IO_ERRNOS = frozenset({1045, 1236})
+
+
+@dataclass(frozen=True)
+class SeedSettings:
+    """``replication.user``/``password`` and ``catch_up_timeout`` (``app.seed_settings``)."""
+
+    credentials: ReplicaCredentials
+    catch_up_timeout: float
+
+
+def check_primary(
+    text: str, *, seed: SeedSettings | None, allowed: Collection[str]
+) -> PrimaryAddress:
+    """The primary ``replicate_from`` names, if this host may replicate from it: a
+    loopback or listed (``replication.primaries``) ``HOST:PORT``, with
+    ``replication.user`` configured. ``UsageError`` naming what is wrong."""
+    if seed is None:
+        raise UsageError("replicate_from needs replication.user in the configuration")
+    try:
+        return parse_primary_address(text, allowed=allowed, is_loopback=is_loopback_address)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def replicate(
+    server: Server,
+    primary: PrimaryAddress,
+    settings: SeedSettings,
+    *,
+    cancel: threading.Event | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> GtidPosition:
+    """Makes ``server`` a replica of ``primary`` and waits until it applied everything
+    the primary had logged when this began; returns that position."""
+    replication = server.replication
+    where = primary.format()
+    status = replication.status()
+    local = GtidPosition.parse(status.gtid_slave_pos)
+    state = replication.primary_state(primary, settings.credentials)
+    why = divergence(local, state)
+    if why is not None:
+        replication.stop()  # a resumed run may have started it already
+        raise ReplicationError(f"cannot replicate from {where}: {why}", kind="divergent")
+    if not (status.configured and status.primary == where):
+        replication.change_primary(primary, settings.credentials)
+    replication.start()
+    goal = GtidPosition.from_binlog_state(state)
+    log.info("replicating from %s from %s; catching up to %s", where, local, goal)
+    deadline = clock() + settings.catch_up_timeout
+    while not replication.wait_for_gtid(goal, WAIT_SLICE):
+        if cancel is not None and cancel.is_set():
+            raise CancelledError("seeding the replica was cancelled")
+        status = replication.status()
+        _check(status, where)
+        if clock() >= deadline:
+            raise ReplicationError(
+                f"the replica of {where} did not catch up to {goal} within "
+                f"{settings.catch_up_timeout:g} s (at {status.gtid_slave_pos}, "
+                f"{status.seconds_behind} s behind{_io_note(status)}); resuming continues",
+                kind="timeout",
+            )
+    log.info("caught up with %s at %s", where, goal)
+    return goal
+
+
+def _check(status: ReplicaStatus, where: str) -> None:
+    """Raises ``ReplicationError`` if replication stopped with an error it cannot pass."""
+    if not status.configured:
+        raise ReplicationError(
+            f"replication from {where} was removed meanwhile (RESET SLAVE ALL?)", kind="failed"
+        )
+    if status.last_sql_errno:
+        raise ReplicationError(
+            f"replication from {where} stopped applying: error {status.last_sql_errno}: "
+            f"{status.last_sql_error}",
+            kind="failed",
+            server_errno=status.last_sql_errno,
+        )
+    if status.last_io_errno in _FATAL_IO_ERRNOS or (
+        status.last_io_errno and status.io_running == "No"
+    ):
+        kind = "unreachable" if status.last_io_errno == 1045 else "failed"
+        raise ReplicationError(
+            f"replication from {where} cannot read the primary's binlogs: error "
+            f"{status.last_io_errno}: {status.last_io_error}",
+            kind=kind,
+            server_errno=status.last_io_errno,
+        )
+
+
+def _io_note(status: ReplicaStatus) -> str:
+    if status.last_io_errno:
+        return f"; IO thread {status.io_running}: {status.last_io_error}"
+    return ""
