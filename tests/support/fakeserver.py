@@ -44,7 +44,6 @@ from binhoard.crypto.age import Identity
 from binhoard.domain.binlog_file import BinlogIndex, BinlogSummary
 from binhoard.domain.errors import (
     ApplyError,
-    BinhoardError,
     ReplicationError,
     ServerError,
     ServerQueryError,
@@ -90,7 +89,7 @@ FLUSH_FAST = {"innodb_io_capacity": "2000", "innodb_adaptive_flushing": "OFF"}
 
 class _Failures:
     def __init__(self) -> None:
-        self.pending: dict[str, BinhoardError] = {}
+        self.pending: dict[str, BaseException] = {}  # Killed too: binhoard dies there
         self.calls: list[str] = []
 
     def call(self, operation: str) -> None:
@@ -553,7 +552,7 @@ class FakeServer:
     def calls(self) -> list[str]:
         return self.failures.calls
 
-    def fail(self, operation: str, error: BinhoardError) -> None:
+    def fail(self, operation: str, error: BaseException) -> None:
         self.failures.pending[operation] = error
 
     def connect(self, operation: str) -> None:

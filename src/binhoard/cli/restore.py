@@ -47,6 +47,12 @@ from binhoard.storage.store import ObjectStore
     help="With --to-time: apply whole binlog files up to the time (faster, not exact).",
 )
 @click.option("--resume", is_flag=True, help="Continue the interrupted point-in-time restore.")
+@click.option(
+    "--replicate-from",
+    metavar="HOST:PORT",
+    help="With --to-latest: then replicate from this primary and catch up with it "
+    "(replication.* in the configuration).",
+)
 def restore_command(  # noqa: PLR0917 - click passes one parameter per option
     config_file: Path,
     site: str | None,
@@ -59,6 +65,7 @@ def restore_command(  # noqa: PLR0917 - click passes one parameter per option
     to_position: str | None,
     approximate: bool,
     resume: bool,
+    replicate_from: str | None,
 ) -> None:
     """Restore a backup (with its incremental chain) into an empty datadir; with a --to-*
     option, then apply archived binlogs up to that point (point-in-time restore).
@@ -66,7 +73,8 @@ def restore_command(  # noqa: PLR0917 - click passes one parameter per option
     Point-in-time restore goes into mysql.data_directory and leaves the configured server
     running, read-only, with its GTID state exactly the target's. Killed, it continues
     with --resume. Plain restore leaves the datadir ready for mariadbd (--start starts it).
-    binhoard never overwrites a non-empty datadir.
+    binhoard never overwrites a non-empty datadir. With --replicate-from, the restored
+    server then becomes a replica of that primary and catches up (docs/failover.md).
     """
     settings = load_settings(config_file)
     name = site_name(settings, site)
@@ -79,6 +87,8 @@ def restore_command(  # noqa: PLR0917 - click passes one parameter per option
     # An empty --to-time '' is given (and rejected by parse_target), not absent: testing
     # truthiness here once turned it into a plain restore that exited 0.
     given = {k: v for k, v in targets.items() if v is not None and v is not False}
+    if replicate_from is not None and (resume or set(given) != {"to_latest"}):
+        raise UsageError("--replicate-from goes with --to-latest (and not with --resume)")
     if resume or given:
         if datadir is not None and datadir.resolve() != settings.mysql.data_directory.resolve():
             raise UsageError("point-in-time restore goes into mysql.data_directory only")
@@ -89,6 +99,7 @@ def restore_command(  # noqa: PLR0917 - click passes one parameter per option
             given,
             approximate=approximate,
             resume=resume,
+            replicate_from=replicate_from,
         )
         return
     target = (datadir or settings.mysql.data_directory).resolve()
@@ -130,6 +141,7 @@ def _point_in_time(
     *,
     approximate: bool,
     resume: bool,
+    replicate_from: str | None,
 ) -> None:
     if resume and target_args:
         raise UsageError("--resume continues the recorded target; give no --to-* option")
@@ -170,7 +182,13 @@ def _point_in_time(
         if resume:
             result = restore.resume()
         else:
-            request = PitrRequest(name, target_args, backup_id, approximate_ok=approximate)
+            request = PitrRequest(
+                name,
+                target_args,
+                backup_id,
+                approximate_ok=approximate,
+                replicate_from=replicate_from,
+            )
             result = restore.start(request)
     record_restore_progress(metrics, result)
     if latest:
@@ -184,6 +202,12 @@ def _point_in_time(
         f"({result.transactions_applied} transactions) to {result.target}; the server is "
         f"running read-only at GTID {restore.state.get('final_gtid_position') or '(empty)'}"
     )
+    primary = restore.state.get("replicate_from")
+    if primary:
+        click.echo(
+            f"it replicates from {primary} and caught up with it at GTID "
+            f"{restore.state.get('replicated_to')}"
+        )
 
 
 def _archive_notes(
