@@ -5,6 +5,7 @@ and what survives a restart."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -390,3 +391,32 @@ def test_the_loop_waits_for_what_is_ahead_never_spins(h: Harness) -> None:
     assert h.executor.busy(ARCHIVE)
     wake = h.controller.step(h.clock.advance(seconds=10))  # still running, due long ago
     assert wake > h.clock.now
+
+
+def test_a_seeding_restore_is_checked_then_carries_its_primary(tmp_path: Path) -> None:
+    plain = Harness(tmp_path / "plain", START)
+    plain.doers.put_backup(server_id=7)
+    stream_id = plain.doers.backup_ids()[0]
+    plain.settle()
+    seed = SetMode("restore", site="default", stream_id=stream_id, replicate_from="127.0.0.1:3307")
+    assert "replication.user" in refused(plain.submit(seed)).message
+
+    h = Harness(tmp_path / "seed", START, replication={"user": "repl", "password": "repl-secret"})
+    h.doers.put_backup(server_id=7)
+    h.settle()
+    seed = replace(seed, stream_id=h.doers.backup_ids()[0])
+    for bad, message in [
+        (replace(seed, replicate_from="10.0.0.9:3306"), "neither a loopback"),
+        (replace(seed, target_gtid="0-7-1"), "needs the latest target"),
+    ]:
+        error = refused(h.submit(bad))
+        assert isinstance(error, UsageError) and message in error.message
+    assert h.mode == "idle"
+    accepted(h.submit(seed))
+    h.run(RESTORE)
+    assert h.mode == "observe"
+    (request,) = h.doers.restores
+    assert request.replicate_from == "127.0.0.1:3307"
+    h.restart()  # durable, as the rest of the request
+    assert h.controller.state.restore is not None
+    assert h.controller.state.restore.replicate_from == "127.0.0.1:3307"

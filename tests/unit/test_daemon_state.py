@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -140,3 +141,18 @@ def test_a_damaged_state_file_is_named(tmp_path: Path) -> None:
     (tmp_path / "daemon.sqlite").write_bytes(b"not a database, " * 100)
     with pytest.raises(ConflictError, match=r"daemon\.sqlite cannot be read"):
         StateStore.open(tmp_path).load()
+
+
+def test_a_state_of_the_previous_schema_gains_the_new_fields(tmp_path: Path) -> None:
+    # Schema 1 had no restore.replicate_from: its rows load with the field's default.
+    store = StateStore.open(tmp_path)
+    store.save(full_state())
+    store.close()
+    db = sqlite3.connect(tmp_path / "daemon.sqlite")
+    db.execute("ALTER TABLE restore DROP COLUMN replicate_from")
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    state = StateStore.open(tmp_path).load()
+    assert state.restore is not None and state.restore.replicate_from is None
+    assert state == full_state()

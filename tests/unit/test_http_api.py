@@ -261,6 +261,7 @@ def test_mode_switches_as_myhoard() -> None:
             assert isinstance(switch, SetMode)
             assert switch.target_time == datetime(2026, 11, 20, 4, 0, tzinfo=UTC)
             assert switch.target_time_approximate_ok
+            assert switch.replicate_from is None
 
             status = client.get("/status/restore").json()
             assert status["phase"] == "getting_backup_info"
@@ -290,6 +291,8 @@ def test_restore_targets_are_parsed_before_they_reach_the_controller(api: httpx.
         ("target_position", "binlog.000001:1", "byte offset >= 4"),
         ("target_time", 1e30, "Unix seconds between 1970 and 9999"),
         ("target_time", True, "ISO 8601 time string or a number"),
+        ("replicate_from", "127.0.0.1", "should match pattern"),
+        ("replicate_from", 3307, "string"),
     ):
         response = api.put("/status", json={**restore, field: value})
         if field == "target_time" and isinstance(value, str):
