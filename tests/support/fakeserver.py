@@ -458,7 +458,7 @@ class FakeReplication:
         if self.primary is None:
             return ReplicaStatus(False, "", "No", False, None, "", slave_pos)
         errno, error = self.io_error
-        io = "No" if errno else ("Yes" if self.running else "No")
+        io = "Yes" if self.running and not errno else ("Connecting" if errno == 1597 else "No")
         return ReplicaStatus(
             configured=True,
             primary=self.primary.format(),
@@ -479,6 +479,14 @@ class FakeReplication:
         return server.slave_position.covers(position)
 
     def _pull(self, primary: FakeServer) -> None:
+        assert self.credentials is not None
+        user = self.credentials.user
+        if user not in primary.replication_slave_users:
+            self.io_error = (
+                1597,
+                f"Master command COM_REGISTER_SLAVE failed: Access denied for user '{user}'",
+            )
+            return  # the real IO thread keeps trying ("Connecting")
         history = [Gtid.parse(row) for row in primary.rows()]
         mine = self.server.slave_position
         missing = [g for g in mine.values() if g not in history]
@@ -547,6 +555,7 @@ class FakeServer:
         self.replication = FakeReplication(self)
         # Accounts this server accepts as a primary (``FakeReplication``).
         self.replication_accounts = {"repl": "repl-secret"}
+        self.replication_slave_users = {"repl"}  # granted REPLICATION SLAVE
 
     @property
     def calls(self) -> list[str]:

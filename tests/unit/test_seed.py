@@ -172,6 +172,13 @@ def test_refused_replication_credentials_are_named(cluster: Cluster) -> None:
         cluster.restore().start(SEED)
 
 
+def test_an_account_without_replication_slave_is_named(cluster: Cluster) -> None:
+    cluster.primary.replication_slave_users = set()
+    with pytest.raises(ReplicationError, match=r"error 1597: .*Access denied") as caught:
+        cluster.restore().start(SEED)
+    assert caught.value.kind == "unreachable"
+
+
 def test_a_divergent_primary_is_refused_and_replication_not_started(
     cluster: Cluster, tmp_path: Path
 ) -> None:

@@ -35,10 +35,13 @@ log = logging.getLogger("binhoard.seed")
 
 # How long one MASTER_GTID_WAIT may block before errors and the cancel are checked.
 WAIT_SLICE = 1.0
-# IO thread errors that retrying cannot fix: the primary refused the account (1045),
-# or cannot send what this server needs (1236: the position is not in its binlogs,
-# or its binlogs were purged).
-_FATAL_IO_ERRNOS = frozenset({1045, 1236})
+# IO thread errors that retrying cannot fix, though the IO thread keeps retrying some
+# ("Connecting"): the primary refused the account (1045; 1597 when the account lacks
+# REPLICATION SLAVE: its COM_REGISTER_SLAVE is denied, seen on 10.11 and 11.8), or it
+# cannot send what this server needs (1236: the position is not in its binlogs, or its
+# binlogs were purged).
+_REFUSED_IO_ERRNOS = frozenset({1045, 1597})
+_FATAL_IO_ERRNOS = _REFUSED_IO_ERRNOS | {1236}
 
 
 @dataclass(frozen=True)
@@ -120,7 +123,7 @@ def _check(status: ReplicaStatus, where: str) -> None:
     if status.last_io_errno in _FATAL_IO_ERRNOS or (
         status.last_io_errno and status.io_running == "No"
     ):
-        kind = "unreachable" if status.last_io_errno == 1045 else "failed"
+        kind = "unreachable" if status.last_io_errno in _REFUSED_IO_ERRNOS else "failed"
         raise ReplicationError(
             f"replication from {where} cannot read the primary's binlogs: error "
             f"{status.last_io_errno}: {status.last_io_error}",
