@@ -38,13 +38,15 @@ log = logging.getLogger("binhoard.daemon")
 STOP_SECONDS = 10.0
 SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 # Top-level keys a running daemon applies on SIGHUP: each job reads them when it starts
-# (backup schedule and counts, sites and their keys, restore limits). Others (the
+# (backup schedule and counts, sites and their keys, restore limits, the replication
+# account of a seeding restore). Others (the
 # server, state and temporary directories, HTTP, statsd, Sentry) are wired once.
 RELOADABLE = frozenset(
     {
         "backup_settings",
         "backup_sites",
         "binlog_purge_settings",
+        "replication",
         "restore_max_binlog_bytes",
         "restore_parallel_threads",
     }
