@@ -70,16 +70,15 @@ class MariaDBReplication:
             conn.close()
 
     def start(self) -> None:
-        conn = self._session()
-        try:
-            sql.query(conn, "START SLAVE")
-        finally:
-            conn.close()
+        self._run("START SLAVE")
 
     def stop(self) -> None:
+        self._run("STOP SLAVE")
+
+    def _run(self, statement: str) -> None:
         conn = self._session()
         try:
-            sql.query(conn, "STOP SLAVE")
+            sql.query(conn, statement)
         finally:
             conn.close()
 
