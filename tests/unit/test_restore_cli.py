@@ -103,3 +103,23 @@ def test_a_damaged_restore_json_is_one_line_naming_it_and_how_to_start_over(
     assert why in line
     assert f"empty {(tmp_path / 'data').resolve()}, delete {state.resolve()}" in line
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--replicate-from", "127.0.0.1:3307"], "--replicate-from goes with --to-latest"),
+        (["--to-gtid", "0-1-5", "--replicate-from", "127.0.0.1:3307"], "goes with --to-latest"),
+        (["--resume", "--replicate-from", "127.0.0.1:3307"], "goes with --to-latest"),
+        (["--to-latest", "--replicate-from", "127.0.0.1:3307"], "needs replication.user"),
+    ],
+)
+def test_replicate_from_is_checked_before_anything_is_touched(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], options: list[str], message: str
+) -> None:
+    config = write_config(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        main(["restore", "--config", str(config), *options])
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "data").exists()

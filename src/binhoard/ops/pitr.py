@@ -562,6 +562,8 @@ class PointInTimeRestore:
         server replicates from ``replicate_from`` and catches up; then ``completed``."""
         primary = request.primary(self.config)
         assert primary is not None and self.config.seed is not None  # checked at start
+        self.progress.backup_id = str(self.state["backup_id"])
+        self.progress.target = str(self.state["target_text"])
         self._report()
         try:
             self.server.process.ensure_running()
