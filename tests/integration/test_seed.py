@@ -17,7 +17,7 @@ from typing import Any
 from binhoard.app import open_site
 from binhoard.config import parse_settings
 from binhoard.crypto.age import Identity
-from binhoard.server.sandbox import Sandbox, free_loopback_port
+from binhoard.server.sandbox import Sandbox
 from tests.support import ops
 from tests.support.cli import run_binhoard
 from tests.support.configs import config_for
@@ -128,7 +128,7 @@ def test_replicas_seeded_by_the_cli_and_the_daemon_catch_up_with_the_primary(
     assert daemon.get("/status")["mode"] == "observe"
 
     # Refused by name: a primary that is not loopback nor listed (before anything is
-    # touched), and one that does not answer (after the restore, which resume continues).
+    # touched).
     lonely = new_node(sandboxes, "lonely")
     lonely_config = lonely.directory / "binhoard.json"
     lonely_config.write_text(json.dumps(seeded_config(lonely, site, identity)))
@@ -141,14 +141,22 @@ def test_replicas_seeded_by_the_cli_and_the_daemon_catch_up_with_the_primary(
         "10.9.9.9:3306",
     )
     assert refused.returncode == 2 and "neither a loopback address" in refused.stderr
-    nowhere = f"127.0.0.1:{free_loopback_port()}"
+    # The primary is down when the restore is done: named, and the restore, recorded at
+    # replicating, resumes once it is back (without restoring again).
+    primary.stop()
     failed = run_binhoard(
-        "restore", "--config", str(lonely_config), "--to-latest", "--replicate-from", nowhere
+        "restore", "--config", str(lonely_config), "--to-latest", "--replicate-from", address
     )
     assert failed.returncode == 5, failed.stderr[-3000:]
-    assert f"the primary {nowhere} cannot be reached" in failed.stderr
+    assert f"the primary {address} cannot be reached" in failed.stderr
     state = json.loads((lonely.directory / "binhoard" / "state" / "restore.json").read_text())
     assert state["phase"] == "replicating"
+    primary.start()
+    write_rows(primary, 100, seed=3)
+    resumed = run_binhoard("-v", "restore", "--config", str(lonely_config), "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming the restore at phase replicating" in resumed.stderr
+    caught_up(lonely, primary)
 
 
 def daemon_backups(daemon: DaemonProcess) -> list[str]:

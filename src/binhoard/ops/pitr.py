@@ -446,6 +446,7 @@ class PointInTimeRestore:
             request = self._recorded_request()
             if state["phase"] == "replicating":
                 # The restore itself is done: only the replica is left to set up.
+                log.info("resuming the restore at phase replicating")
                 return self._replicate(request)
             plan = self._plan(request)
             if len(plan.records) < int(state["records"]):
