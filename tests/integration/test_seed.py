@@ -158,6 +158,28 @@ def test_replicas_seeded_by_the_cli_and_the_daemon_catch_up_with_the_primary(
     assert "resuming the restore at phase replicating" in resumed.stderr
     caught_up(lonely, primary)
 
+    # Another server, whose history is not the site's: divergent, refused by name before
+    # replication is configured.
+    stranger = sandboxes.new("stranger")
+    create_schema(stranger)
+    write_rows(stranger, 2000, seed=9)  # more transactions than the site's stream
+    stranger.execute_script(
+        """
+        CREATE USER 'repl'@'127.0.0.1' IDENTIFIED BY 'repl-secret';
+        GRANT REPLICATION SLAVE ON *.* TO 'repl'@'127.0.0.1';
+        """
+    )
+    astray = new_node(sandboxes, "astray")
+    astray_config = astray.directory / "binhoard.json"
+    astray_config.write_text(json.dumps(seeded_config(astray, site, identity)))
+    elsewhere = f"127.0.0.1:{stranger.port}"
+    diverged = run_binhoard(
+        "restore", "--config", str(astray_config), "--to-latest", "--replicate-from", elsewhere
+    )
+    assert diverged.returncode == 5, diverged.stderr[-3000:]
+    assert f"cannot replicate from {elsewhere}: divergent" in diverged.stderr
+    assert astray.query("SHOW SLAVE STATUS") == []
+
 
 def daemon_backups(daemon: DaemonProcess) -> list[str]:
     wait_for("the listing", lambda: len(daemon.backups()) == 1)
