@@ -45,11 +45,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.support and bench.* live beside src/
 
+from bench.archive_pass import build_site  # noqa: E402
 from bench.basebackup import generate  # noqa: E402
 from tests.support.configs import config_for  # noqa: E402
 from tests.support.daemon_process import DaemonProcess  # noqa: E402
 from tests.support.sandboxes import sandbox_factory  # noqa: E402
-from tests.support.sites import SiteBuilder  # noqa: E402
 from tests.support.waiting import wait_for  # noqa: E402
 
 from binhoard.app import open_site  # noqa: E402
@@ -86,22 +86,6 @@ def at_rest(daemon: DaemonProcess, window: float) -> dict[str, Any]:
     time.sleep(window)  # the measurement itself: nothing may touch the daemon meanwhile
     used, elapsed = cpu_seconds(pid) - before, time.monotonic() - started
     return {"cpu_percent": round(100 * used / elapsed, 2), **memory_mb(pid)}
-
-
-def build_history(store: Any, server_id: int, records: int, streams: int) -> None:
-    """``streams`` backups of this server, all closed, holding ``records`` records."""
-    build = SiteBuilder(store, server_id=server_id)
-    ids = [f"2024050{1 + i // 10}T{i % 10:02d}0000Z-{i:08x}" for i in range(streams)]
-    per_stream = max(1, records // streams)
-    for index, backup_id in enumerate(ids):
-        build.backup(backup_id)
-        count = per_stream if index < streams - 1 else records - per_stream * (streams - 1)
-        build.archive(backup_id, count)
-        if index:
-            build.mark(ids[index - 1], closed_by=backup_id)
-    # The newest history stream was closed by a backup since deleted: none is open, so
-    # the daemon's first backup opens the only open stream, the real one.
-    build.mark(ids[-1], closed_by=ids[0])
 
 
 def metric_values(daemon: DaemonProcess, name: str) -> dict[str, float]:
@@ -216,7 +200,13 @@ def main() -> None:
         config = config_for(box, Path(tmp) / "site")
         settings = parse_settings(config, source="bench")
         _log(f"building a site history: {args.records} records in {args.streams} streams")
-        build_history(open_site(settings), box.server_id, args.records, args.streams)
+        build_site(
+            open_site(settings),
+            args.records,
+            args.streams,
+            server_id=box.server_id,
+            last_closed=True,
+        )
         daemon = DaemonProcess(Path(tmp) / "daemon", config)
         try:
             daemon.start()
