@@ -52,6 +52,7 @@ from tests.support.archiving_reference import ReferenceArchiver  # noqa: E402
 from tests.support.faultproxy import FaultProxy  # noqa: E402
 from tests.support.s3server import s3_server, weed_binary  # noqa: E402
 from tests.support.sites import (  # noqa: E402
+    SERVER_ID,
     CountingObserver,
     SiteBuilder,
     binlog_name,
@@ -106,12 +107,21 @@ class _SameSite(ForwardingStore):
         return self.description
 
 
-def build_site(store: ObjectStore, records: int, streams: int) -> SiteBuilder:
-    """``streams`` backups, each stream archived until the next backup (one file in
-    both, as the archiver does while the new one catches up), the last one open."""
+def build_site(
+    store: ObjectStore,
+    records: int,
+    streams: int,
+    *,
+    server_id: int = SERVER_ID,
+    last_closed: bool = False,
+) -> SiteBuilder:
+    """``streams`` backups of ``server_id``, each stream archived until the next backup
+    (one file in both, as the archiver does while the new one catches up), the last one
+    open, or with ``last_closed`` closed too (by a backup since deleted: the history of
+    a server whose next backup opens the only open stream)."""
     with ThreadPoolExecutor(16) as pool:
         parallel = _ParallelPuts(store, pool)
-        build = SiteBuilder(parallel)
+        build = SiteBuilder(parallel, server_id=server_id)
         per_stream = max(1, records // streams)
         ids = [f"2024050{1 + i // 10}T{i % 10:02d}0000Z-{i:08x}" for i in range(streams)]
         for index, backup_id in enumerate(ids):
@@ -120,7 +130,7 @@ def build_site(store: ObjectStore, records: int, streams: int) -> SiteBuilder:
             build.archive(backup_id, count)
             if index:
                 build.mark(ids[index - 1], closed_by=backup_id)
-        build.mark(ids[-1])
+        build.mark(ids[-1], closed_by=ids[0] if last_closed else None)
         parallel.drain()
     build.store = store
     return build

@@ -247,9 +247,11 @@ def test_mode_switches_as_myhoard() -> None:
             assert no_site == "mode restore needs site"
             two = {**restore, "target_gtid": "0-1-50", "target_position": "binlog.000002:400"}
             assert "at most one target" in error_of(client.put("/status", json=two), 400)
-            assert "apply only to mode restore" in error_of(
-                client.put("/status", json={"mode": "active", "site": "default"}), 400
-            )
+            one = error_of(client.put("/status", json={"mode": "active", "site": "default"}), 400)
+            assert one == "site applies only to mode restore"
+            both = {"mode": "active", "site": "default", "target_gtid": "0-1-50"}
+            two_of_them = error_of(client.put("/status", json=both), 400)
+            assert two_of_them == "site and target_gtid apply only to mode restore"
             assert error_of(client.put("/status", json={"mode": "observe", "force": True}), 400)
             unknown = error_of(client.put("/status", json={**restore, "stream_id": "nope"}), 404)
             assert unknown == "no stream 'nope'"

@@ -261,7 +261,8 @@ class StatusUpdate(_Body):
         else:
             given = [name for name, value in restore_only.items() if value is not None]
             if given:
-                raise ValueError(f"{', '.join(given)} apply only to mode restore")
+                verb = "applies" if len(given) == 1 else "apply"
+                raise ValueError(f"{' and '.join(given)} {verb} only to mode restore")
         if self.force and self.mode != "active":
             raise ValueError("force applies only to mode active")
         return self

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TypeVar
 
 from binhoard.domain.binlog import describe_problem
@@ -143,16 +144,24 @@ class _StreamReader:
         self.cache = cache
         self.backup = backup
         self.sid = backup.backup_id
-        self.cached: Mapping[str, CachedDocument] = (
-            cache.load(stream_prefix(self.sid)) if cache is not None else {}
-        )
+
+    @cached_property
+    def cached(self) -> Mapping[str, CachedDocument]:
+        return self.cache.load(stream_prefix(self.sid)) if self.cache is not None else {}
 
     def read(self, *, incremental: bool) -> StreamState:
+        if incremental and self.cache is not None:
+            final = self.cache.final(stream_prefix(self.sid))
+            if isinstance(final, StreamState) and final.backup == self.backup:
+                return final  # built by an earlier pass of this process (below)
         known = sorted(k for k in self.cached if _is_record(k))
         if incremental and self._complete_and_closed(known):
             # Closed is final (format rule): nothing is added, and the stream goes away
             # only with its manifest. Nothing to ask the site.
-            return self._state(known, {}, from_cache=set(self.cached))
+            state = self._state(known, {}, from_cache=set(self.cached))
+            if self.cache is not None and state.broken is None:
+                self.cache.remember_final(stream_prefix(self.sid), state)
+            return state
         if incremental and known:
             # Listed from the record before the last known one, so that the last known
             # one must be in the listing: if it is not (or differs), the cache is stale.

@@ -89,6 +89,11 @@ class SiteCache:
         # came from: a long-running archiver does not re-verify thousands of unchanged
         # rows every pass, and a row whose bytes differ is parsed (verified) again.
         self._parsed: dict[str, tuple[bytes, object]] = {}
+        # What readers built from documents that can no longer change (a closed stream
+        # with all its records), by the key prefix it came from: an idle archive pass
+        # rebuilt 5,000 records' closed streams from their rows every 5 s, ~1% of a core
+        # (docs/benchmarks.md). Dropped when a document under the prefix is forgotten.
+        self._final: dict[str, object] = {}
         self._open()
 
     # --- opening -------------------------------------------------------------------
@@ -199,6 +204,15 @@ class SiteCache:
         with self._lock:
             self._parsed[key] = (body, document)
 
+    def final(self, prefix: str) -> object | None:
+        """What :meth:`remember_final` kept for ``prefix`` in this process, if anything."""
+        with self._lock:
+            return self._final.get(prefix)
+
+    def remember_final(self, prefix: str, value: object) -> None:
+        with self._lock:
+            self._final[prefix] = value
+
     # --- changing ------------------------------------------------------------------
     def store(self, info: ObjectInfo, body: bytes) -> None:
         """Remembers a document that verified, as the listing ``info`` described it
@@ -212,6 +226,8 @@ class SiteCache:
             for key in keys:
                 self._pending[key] = None
                 self._parsed.pop(key, None)
+                for prefix in [p for p in self._final if key.startswith(p)]:
+                    del self._final[prefix]
 
     def commit(self) -> None:
         """Writes the remembered changes in one transaction (all or nothing)."""
