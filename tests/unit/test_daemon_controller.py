@@ -117,6 +117,15 @@ def test_restore_requests_are_checked_before_anything_starts(h: Harness) -> None
             ),
             UsageError,
         ),
+        (  # after the newest archived transaction: refused now, not failed later
+            SetMode(
+                "restore",
+                site="default",
+                stream_id=stream_id,
+                target_time=START + timedelta(days=365),
+            ),
+            UsageError,
+        ),
         (SetMode("restore", site="default", stream_id=stream_id, target_gtid="x-y"), UsageError),
         (
             SetMode(

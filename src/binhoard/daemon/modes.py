@@ -126,6 +126,20 @@ def _new_restore(
                 f"target_time {target_time.isoformat()} is after stream {stream.stream_id} was "
                 f"closed ({stream.closed_at.isoformat()}): pick the stream that took over"
             )
+        # Refused now rather than accepted and failed later: a time is reached only once
+        # a transaction committed at or after it is archived (domain/restore_plan.py).
+        window = stream.window
+        if window is None or target_time > window.last_time:
+            reach = (
+                "has no binlogs archived yet"
+                if window is None
+                else f"ends at {window.last_time.isoformat()} (GTID {window.last_gtid})"
+            )
+            raise UsageError(
+                f"target_time {target_time.isoformat()} is after the newest archived "
+                f"transaction: the archive of stream {stream.stream_id} {reach}. Restore to "
+                "the newest transaction (no target), or ask again once the archive reaches it"
+            )
     return RestoreRecord(
         site=request.site,
         stream_id=request.stream_id,
