@@ -80,6 +80,7 @@ from binhoard.domain.errors import (
 )
 from binhoard.domain.gtid import GtidOrderError, GtidPosition
 from binhoard.domain.manifest import ObjectRef
+from binhoard.domain.promotion import deposed_by
 from binhoard.domain.server_facts import check_facts
 from binhoard.localstate import StateFile, exclusive
 from binhoard.metric_names import (
@@ -152,6 +153,25 @@ class BrokenStreamReport:
 
 
 @dataclass
+class DeposedStreamReport:
+    """A stream of this server that another node took over (docs/format.md,
+    "Promotions and fencing"): nothing more is archived into it from here."""
+
+    stream_id: str
+    promotion_key: str
+    new_owner_server_id: int
+    promoted_at: str
+
+    @property
+    def sentence(self) -> str:
+        return (
+            f"stream {self.stream_id} was taken over by server_id "
+            f"{self.new_owner_server_id} at {self.promoted_at} ({self.promotion_key}): "
+            "this server is deposed; nothing it writes there counts"
+        )
+
+
+@dataclass
 class ArchiveReport:
     """What a pass did and found; also written to ``binlog-archive.json`` for status.
 
@@ -166,6 +186,7 @@ class ArchiveReport:
     newest_stored_commit_time: int | None = None
     failure: str | None = None
     broken: list[BrokenStreamReport] = field(default_factory=list)
+    deposed: list[DeposedStreamReport] = field(default_factory=list)
     # Closed server files an open stream still needs, and their size (None: unknown).
     pending_files: int | None = None
     pending_bytes: int | None = None
@@ -173,6 +194,7 @@ class ArchiveReport:
     @property
     def problems(self) -> list[str]:
         found = [f"stream {s.stream_id}: {p}" for s in self.streams for p in s.problems]
+        found += [d.sentence for d in self.deposed]
         return found + [f"stream {b.stream_id} is broken: {b.reason}" for b in self.broken]
 
     @property
@@ -253,6 +275,7 @@ class _Stream:
     def __init__(self, state: StreamState) -> None:
         self.state = state
         self.records = list(state.records)
+        self.next_seq = state.seq_after  # fenced records take their seqs too
         self.problems = state.problems()
         self.completed = state.completed is not None
         self.closed = False
@@ -346,15 +369,20 @@ class BinlogArchiver:
         site = read_site(self.store, self.cache, incremental=True)
         all_streams = site.streams
         # Intact records of broken streams count too: their objects must not be replaced.
-        named = {r.object.key for s in all_streams for r in s.records}
+        # So do fenced ones: a deposed primary's late files are kept for the operator.
+        named = {r.object.key for s in all_streams for r in (*s.records, *s.fenced)}
         self._remove_leftovers(named)
         refs = _stored_uploads(all_streams)
         streams = [
             _Stream(s)
             for s in all_streams
-            if s.backup.server_id == self.config.server_id and s.closed is None and s.broken is None
+            if s.backup.server_id == self.config.server_id
+            and s.owner == self.config.server_id
+            and s.closed is None
+            and s.broken is None
         ]
         report.broken = _broken_streams(site.streams, site.backups.entries, self.config.server_id)
+        report.deposed = _deposed_streams(site.streams, self.config.server_id)
         files = ServerFiles(binlogs.names, binlogs.active)
         self._walk(binlogs, files, streams, refs, report)
         for stream in streams:
@@ -522,7 +550,7 @@ class BinlogArchiver:
         for written, (stream, step) in enumerate(accepted):
             record = BinlogRecord(
                 stream_id=stream.stream_id,
-                seq=len(stream.records),
+                seq=stream.next_seq,
                 server_id=self.config.server_id,
                 name=name,
                 object=ref,
@@ -656,6 +684,7 @@ class BinlogArchiver:
                 "stream: two archivers for one stream (another host?)"
             ) from None
         stream.records.append(record)
+        stream.next_seq = record.seq + 1
         self._written(info, body, record)
         return True
 
@@ -751,6 +780,22 @@ def _broken_streams(
     ]
     for broken in found:
         log.error("stream %s is broken, not archived into: %s", broken.stream_id, broken.reason)
+    return found
+
+
+def _deposed_streams(streams: Sequence[StreamState], server_id: int) -> list[DeposedStreamReport]:
+    """This server's open streams that a promotion gave to another node: reported on
+    every pass, loudly, since the server still writing means two primaries."""
+    found = []
+    for s in streams:
+        promotion = deposed_by(server_id, s.backup.server_id, s.promotions)
+        if promotion is not None and s.closed is None:
+            found.append(
+                DeposedStreamReport(
+                    s.stream_id, promotion.key, promotion.server_id, promotion.at.isoformat()
+                )
+            )
+            log.error("%s", found[-1].sentence)
     return found
 
 
