@@ -240,3 +240,72 @@ def deposed_by(
         return None
     last_own = max((p.seq for p in promotions if p.server_id == server_id), default=-1)
     return next(p for p in promotions if p.seq > last_own and p.server_id != server_id)
+
+
+@dataclass(frozen=True)
+class CannotContinue:
+    """Why a node cannot take over a stream: it must start a new one (a full backup)."""
+
+    reason: str
+
+
+def decide_promotion(
+    *,
+    stream_id: str,
+    base_server_id: int,
+    kept: Sequence[BinlogRecord],
+    promotions: Sequence[Promotion],
+    snapshot: GtidPosition,
+    next_seq: int,
+    server_id: int,
+    position: GtidPosition,
+    at: datetime,
+    force: bool = False,
+) -> Promotion | CannotContinue | None:
+    """The promotion ``server_id`` (whose ``@@gtid_current_pos`` is ``position``) writes
+    to take the stream over; ``None`` if it owns it already.
+
+    The archive ends at ``end``. A node at exactly ``end``, or past it on the same
+    history (it replicated transactions the old owner had not archived yet), continues
+    from ``end`` at record ``next_seq``. A node behind ``end`` must apply the archive
+    first; with ``force`` (MyHoard's) it takes over at the first record it lacks and
+    that record and the old owner's later ones are fenced: what they hold is given up.
+    A node on another history (an equal sequence number of another server) cannot
+    continue the stream at all.
+    """
+    if current_owner(base_server_id, promotions) == server_id:
+        return None
+    end = kept[-1].gtid_position_at_end if kept else snapshot
+    diverged = position.diverges_from(end)
+    if diverged:
+        mine, theirs = diverged[0]
+        return CannotContinue(
+            f"this server's GTID position {position or '(empty)'} is not on the stream's "
+            f"history: it has {mine} where the stream has {theirs}"
+        )
+    if not position.covers(snapshot):
+        return CannotContinue(
+            f"this server is at {position or '(empty)'}, before the stream's snapshot "
+            f"{snapshot or '(empty)'}: it was not restored from this stream's backup"
+        )
+    takes_over_at, continues_from = next_seq, end
+    if not position.covers(end):
+        if not force:
+            return CannotContinue(
+                f"this server is at {position or '(empty)'}, behind the stream's archive "
+                f"({end or '(empty)'}): apply the archive first, or promote with force to "
+                "give up what it lacks"
+            )
+        lacking = next(i for i, r in enumerate(kept) if not position.covers(r.gtid_position_at_end))
+        takes_over_at = kept[lacking].seq
+        continues_from = kept[lacking - 1].gtid_position_at_end if lacking else snapshot
+    return Promotion(
+        stream_id=stream_id,
+        seq=len(promotions),
+        server_id=server_id,
+        previous_server_id=current_owner(base_server_id, promotions),
+        takes_over_at=takes_over_at,
+        gtid_position=continues_from,
+        at=at,
+        forced=force and takes_over_at != next_seq,
+    )
