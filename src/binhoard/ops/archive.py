@@ -87,6 +87,7 @@ from binhoard.metric_names import (
     BINLOG_ARCHIVE_PASS_FAILURES,
     BINLOG_ARCHIVE_PROBLEMS,
     BINLOG_ARCHIVE_STALLED,
+    BINLOG_DEPOSED_STREAMS,
     BINLOG_FILES_UPLOADED,
     BINLOG_FORCED_ROTATIONS,
     BINLOG_LAST_PASS_TIME,
@@ -202,6 +203,9 @@ class ArchiveReport:
         """Why archiving does not advance, as sentences; empty when it does."""
         if self.failure is not None:
             return [f"the archive pass failed: {self.failure}"]
+        if self.deposed:
+            # Not "take a backup": a deposed primary must not start a stream of its own.
+            return [d.sentence for d in self.deposed]
         if not any(not s.closed for s in self.streams):
             return ["no open backup stream of this server: take a backup (binhoard backup create)"]
         found = list(self.problems)
@@ -940,6 +944,7 @@ def publish(state_directory: Path, report: ArchiveReport, metrics: Metrics) -> N
         metrics.gauge(BINLOG_PENDING_BYTES, report.pending_bytes)
     metrics.gauge(BINLOG_ARCHIVE_PROBLEMS, len(report.problems))
     metrics.gauge(BINLOG_ARCHIVE_STALLED, 1 if reasons else 0)
+    metrics.gauge(BINLOG_DEPOSED_STREAMS, len(report.deposed))
     if report.failure is not None or any(s.error for s in report.streams):
         metrics.increment(BINLOG_ARCHIVE_PASS_FAILURES)
     metrics.increment(BINLOG_FILES_UPLOADED, len(report.uploaded))
