@@ -5,6 +5,7 @@ primary's late uploads, and the deposed archiver stopping (docs/format.md,
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -174,3 +175,29 @@ def test_a_cached_reader_sees_a_promotion_that_lands_later(tmp_path: Path) -> No
     (stream,) = read_site(store, cache, incremental=True).streams
     assert stream.owner == NEW and stream.fenced == (late,)
     assert list(stream.records) == build.records["A"][:3]
+
+
+def test_a_server_given_the_stream_back_does_not_continue_another_servers_files(
+    tmp_path: Path,
+) -> None:
+    server = Server(tmp_path / "binlogs")
+    store = MemoryStore()
+    server.write_file(5)
+    put_backup(store, SnapshotPosition("binlog.000001", BinlogWriter(7, T0).offset, ""))
+    archiver = fake_archiver(settings_for(tmp_path / "host"), store)
+    archiver.archive_files(server.binlogs())
+    (stream,) = read_streams(store)
+    promote_stream(store, BACKUP_ID, server_id=NEW, position=stream.end_position, now=NOW)
+    (mine,) = stream.records
+    # The new owner's file, named as binlogs usually are: the same names as this server's.
+    theirs = replace(mine, seq=1, server_id=NEW)
+    store.put(theirs.key, [theirs.to_bytes()], if_absent=True)
+    back = promote_stream(
+        store, BACKUP_ID, server_id=7, position=theirs.gtid_position_at_end, now=NOW
+    )
+    assert back.promotion is not None and back.promotion.takes_over_at == 2
+    server.write_file(5)
+    report = archiver.archive_files(server.binlogs())
+    assert report.records_written == 0 and report.deposed == []
+    (stream,) = read_streams(store)
+    assert [r.server_id for r in stream.records] == [7, NEW]
