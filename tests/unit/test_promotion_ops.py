@@ -22,10 +22,11 @@ from binhoard.ops.sitecache import open_cache
 from binhoard.storage.store import MemoryStore, ObjectInfo
 from tests.support.binlogs import BinlogWriter
 from tests.support.fakeserver import fake_archiver
-from tests.support.sites import SERVER_ID, SiteBuilder, position
+from tests.support.sites import SERVER_ID, SiteBuilder, position, put_full_backup
 from tests.unit.test_archive_ops import BACKUP_ID, T0, Server, put_backup, settings_for
 
 NOW = datetime(2026, 1, 2, tzinfo=UTC)
+P = GtidPosition.parse
 NEW = 202
 
 
@@ -201,3 +202,24 @@ def test_a_server_given_the_stream_back_does_not_continue_another_servers_files(
     assert report.records_written == 0 and report.deposed == []
     (stream,) = read_streams(store)
     assert [r.server_id for r in stream.records] == [7, NEW]
+
+
+def test_a_deposed_primary_archives_into_none_of_its_streams(tmp_path: Path) -> None:
+    # Its newer stream (a backup taken after the one the new owner restored from) was
+    # not taken over, but what the server commits from now on is another history.
+    server = Server(tmp_path / "binlogs")
+    store = MemoryStore()
+    server.write_file(5)
+    put_backup(store, SnapshotPosition("binlog.000001", BinlogWriter(7, T0).offset, ""))
+    newer = "20260101T010000Z-0000ef01"
+    at = BinlogWriter(7, T0 + 1, server.state).offset
+    put_full_backup(store, newer, SnapshotPosition("binlog.000002", at, "0-7-5"), server_id=7)
+    archiver = fake_archiver(settings_for(tmp_path / "host"), store)
+    # Taken over before this server archived anything (a new owner restored from the
+    # backup alone; it replicated 0-7-1..5 and continues from the snapshot).
+    taken = promote_stream(store, BACKUP_ID, server_id=NEW, position=P("0-7-5"), now=NOW)
+    assert taken.promotion is not None and taken.promotion.takes_over_at == 0
+    server.write_file(5)
+    report = archiver.archive_files(server.binlogs())
+    assert report.records_written == 0 and [d.stream_id for d in report.deposed] == [BACKUP_ID]
+    assert all(not s.records for s in read_streams(store) if s.stream_id == newer)

@@ -388,6 +388,10 @@ class BinlogArchiver:
         ]
         report.broken = _broken_streams(site.streams, site.backups.entries, self.config.server_id)
         report.deposed = _deposed_streams(site.streams, self.config.server_id)
+        if report.deposed:
+            # Deposed on one stream is deposed: what this server commits from here on is
+            # another history than the new owner's, so no stream of it gets more.
+            streams = []
         files = ServerFiles(binlogs.names, binlogs.active)
         self._walk(binlogs, files, streams, refs, report)
         for stream in streams:
