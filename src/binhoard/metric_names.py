@@ -69,6 +69,7 @@ BINLOG_LAST_PASS_TIME = "binhoard.binlog.last_pass_time"
 BINLOG_LAST_PASS_AGE = "binhoard.binlog.last_pass_age"
 BINLOG_ARCHIVE_PROBLEMS = "binhoard.binlog.archive_problems"
 BINLOG_ARCHIVE_STALLED = "binhoard.binlog.archive_stalled"
+BINLOG_DEPOSED_STREAMS = "binhoard.binlog.deposed_streams"
 BINLOG_ARCHIVE_PASS_FAILURES = "binhoard.binlog.archive_pass_failures"
 BINLOG_FILES_UPLOADED = "binhoard.binlog.files_uploaded"
 BINLOG_FORCED_ROTATIONS = "binhoard.binlog.forced_rotations"
@@ -143,6 +144,13 @@ _DECLARED = (
         "0 or 1",
         "1 while binlog archiving cannot advance (failed pass, gap, unstorable file, "
         "no open stream).",
+    ),
+    MetricSpec(
+        BINLOG_DEPOSED_STREAMS,
+        "gauge",
+        "count",
+        "This server's open streams that another node took over (a promotion): anything "
+        "but 0 means this server was deposed and must stop taking writes.",
     ),
     MetricSpec(
         BINLOG_ARCHIVE_PASS_FAILURES,

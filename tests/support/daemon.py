@@ -40,6 +40,8 @@ from binhoard.domain.manifest import (
     manifest_key,
     new_backup_id,
 )
+from binhoard.domain.promotion import deposed_by
+from binhoard.ops.archive import DeposedStreamReport
 from binhoard.ops.catalog import read_site
 from binhoard.ops.expire import prune, retention_policy
 from binhoard.ops.marks import mark_broken, preserve
@@ -135,8 +137,11 @@ class FakeDoers:
             closed = binlog_name(self.build.files + 1)
             self.rotate()
         open_streams = []
+        deposed = self._deposed()
         streams = [s for s in self.build.backups if s.server_id == self.server_id]
         for backup in streams:
+            if backup.backup_id in deposed:
+                continue
             records = self.build.records[backup.backup_id]
             if self._closed(backup.backup_id):
                 continue
@@ -158,9 +163,21 @@ class FakeDoers:
             closed_file=closed,
             open_streams=tuple(OpenStream(s, f) for s, f in open_streams),
             newest_commit_time=None,
-            stall_reasons=() if open_streams else ("no open backup stream of this server",),
+            stall_reasons=tuple(deposed.values())
+            or (() if open_streams else ("no open backup stream of this server",)),
             wrote=True,
+            deposed=tuple(deposed.values()),
         )
+
+    def _deposed(self) -> dict[str, str]:
+        """This server's open streams another node took over, as the archiver says it."""
+        found = {}
+        for s in read_site(self.store).streams:
+            taken = deposed_by(self.server_id, s.backup.server_id, s.promotions)
+            if taken is not None and s.closed is None:
+                report = DeposedStreamReport(s.stream_id, taken.key, taken.server_id, "then")
+                found[s.stream_id] = report.sentence
+        return found
 
     def restore(self, request: RestoreRecord, work: Work) -> RestoreDone:
         self.restores.append(request)

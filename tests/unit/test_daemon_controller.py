@@ -31,6 +31,8 @@ from binhoard.domain.errors import (
     ServerError,
     UsageError,
 )
+from binhoard.ops.catalog import read_site
+from binhoard.ops.promote import promote_stream
 from tests.support.daemon import Harness
 
 START = datetime(2026, 3, 2, 1, 0, tzinfo=UTC)  # a Monday, 01:00 UTC
@@ -429,3 +431,29 @@ def test_a_seeding_restore_is_checked_then_carries_its_primary(tmp_path: Path) -
     h.restart()  # durable, as the rest of the request
     assert h.controller.state.restore is not None
     assert h.controller.state.restore.replicate_from == "127.0.0.1:3307"
+
+
+def test_a_deposed_primary_stops_backups_and_retention_and_says_so(h: Harness) -> None:
+    backup_id = activate(h)
+    h.doers.rotate()
+    h.step(seconds=6)
+    h.settle()
+    (stream,) = read_site(h.doers.store).streams
+    taken = promote_stream(
+        h.doers.store, backup_id, server_id=999, position=stream.end_position, now=h.clock.now
+    )
+    assert taken.promotion is not None
+    h.doers.rotate()  # the old primary keeps taking writes
+    h.step(seconds=6)
+    h.settle()
+    (deposed,) = h.controller.snapshot().status.deposed
+    assert "taken over by server_id 999" in deposed
+    records = len(read_site(h.doers.store).streams[0].records)
+    # Neither a requested backup nor retention runs; nothing more is archived.
+    h.submit(RequestBackup())
+    h.step(minutes=61)
+    h.settle()
+    assert h.doers.backup_ids() == [backup_id]
+    assert not h.executor.busy(BACKUP)
+    (stream,) = read_site(h.doers.store).streams
+    assert len(stream.records) == records and stream.owner == 999

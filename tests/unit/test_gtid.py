@@ -251,3 +251,15 @@ def test_merge_is_the_least_upper_bound(a: GtidPosition, b: GtidPosition) -> Non
 @given(positions, small_gtids)
 def test_contains_agrees_with_covers(position: GtidPosition, gtid: Gtid) -> None:
     assert position.contains(gtid) == position.covers(GtidPosition([gtid]))
+
+
+def test_equal_sequence_numbers_of_two_servers_diverge() -> None:
+    # A deposed primary's 0-1-73 next to its successor's 0-2-73: two transactions.
+    mine, theirs = GtidPosition.parse("0-1-73,1-1-5"), GtidPosition.parse("0-2-73,1-1-5")
+    assert mine.covers(theirs)  # by sequence number only: why diverges_from exists
+    assert mine.diverges_from(theirs) == [(Gtid(0, 1, 73), Gtid(0, 2, 73))]
+    assert mine.diverges_from(GtidPosition.parse("0-2-72,1-2-5")) == [
+        (Gtid(1, 1, 5), Gtid(1, 2, 5))
+    ]
+    assert not mine.diverges_from(mine)
+    assert not mine.diverges_from(GtidPosition.parse("0-2-74"))

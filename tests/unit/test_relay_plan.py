@@ -265,3 +265,13 @@ def test_progress_counts_applied_transactions_and_files() -> None:
     assert counter.files_done(4) == 3  # the empty file is done with the one before it
     assert counter.applied(P("0-1-8,1-1-1")) == p.transactions == 7
     assert counter.files_done(7) == 4
+
+
+def test_equal_sequence_numbers_of_another_server_are_divergence_not_applied() -> None:
+    # After a failover the deposed primary writes 0-1-4.. while its successor writes
+    # 0-2-4..: a server at 0-1-4 covers 0-2-4 by sequence number, yet holds none of it.
+    new_owner = binlog("binlog.000002", "0-2-4", "0-2-5,0-2-6")
+    with pytest.raises(ApplyError, match="another history"):
+        plan_batch([new_owner], 4, None, P("0-1-4"))
+    with pytest.raises(ApplyError, match="another server's transaction"):
+        plan_batch([binlog("binlog.000002", "0-2-3", "0-2-4,0-2-5")], 4, None, P("0-1-4"))

@@ -774,3 +774,47 @@ def test_an_exact_target_past_a_broken_newer_archive_is_planned_from_an_older_ba
     # Forced to B, the refusal stands.
     with pytest.raises(BrokenBackupError, match="archive of backup B is broken"):
         plan_restore(BACKUPS, intact, gtid("0-1-9"), backup_id="B", broken_streams={"B": why})
+
+
+# --- across a promotion (docs/format.md, "Promotions and fencing") -----------------------------
+def _across_a_promotion() -> tuple[list[BinlogRecord], dict[tuple[str, int], TransactionTable]]:
+    """Server 1 archived 0-1-1..3 in records 0-1 and was deposed at record 2 from 0-1-3;
+    its late record 2 (0-1-4, 0-1-5) is fenced, so readers never hand it on. Server 2's
+    files (named from binlog.000001 again) continue at record 3 from 0-1-3 with 0-2-4..6:
+    the same sequence numbers as the deposed primary's late writes."""
+    old = build_stream("X", [[("0-1-1", 100), ("0-1-2", 110)], [("0-1-3", 120)]], completed=90)
+    new = build_stream("Y", [[("0-2-4", 200), ("0-2-5", 210)], [("0-2-6", 220)]], start="0-1-3")
+    moved = [
+        replace(r, stream_id="X", seq=3 + i, server_id=2, start_offset=4)
+        for i, r in enumerate(new.records)
+    ]
+    tables = {**tables_of(old), **{("X", 3 + i): t for i, t in enumerate(new.tables)}}
+    return [*old.records, *moved], tables
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        (gtid("0-1-2"), ["0-1-1", "0-1-2"]),  # before the failover
+        (gtid("0-1-3"), ["0-1-1", "0-1-2", "0-1-3"]),  # at it
+        (gtid("0-2-5"), ["0-1-1", "0-1-2", "0-1-3", "0-2-4", "0-2-5"]),  # after it
+        (Latest(), ["0-1-1", "0-1-2", "0-1-3", "0-2-4", "0-2-5", "0-2-6"]),
+        (T(215), ["0-1-1", "0-1-2", "0-1-3", "0-2-4", "0-2-5"]),
+    ],
+)
+def test_a_restore_across_a_promotion_applies_what_each_owner_committed(
+    target: Target, expected: list[str]
+) -> None:
+    kept, tables = _across_a_promotion()
+    backup = build_stream("X", [[("0-1-1", 100)]], completed=90).backup
+    _, resolved = run(target, backups=[backup], catalog={"X": kept}, tables=tables)
+    assert [e.gtid.format() for e in applied(resolved, tables)] == expected
+
+
+def test_the_deposed_primarys_late_write_is_not_in_the_history() -> None:
+    # 0-1-4 was committed only on the deposed primary after the promotion point: no
+    # restore reaches it, though 0-2-4 has its sequence number.
+    kept, tables = _across_a_promotion()
+    backup = build_stream("X", [[("0-1-1", 100)]], completed=90).backup
+    with pytest.raises(PlanError):
+        run(gtid("0-1-4"), backups=[backup], catalog={"X": kept}, tables=tables)

@@ -148,6 +148,13 @@ def _stream_json(stream: StreamState) -> dict[str, Any]:
         "broken_object": stream.broken.key if stream.broken else None,
         "broken_reason": stream.broken.reason if stream.broken else None,
         "problems": stream.problems(),
+        # A deposed owner's records (docs/format.md, "Promotions and fencing"): never
+        # used, listed so that an operator can find its divergent transactions.
+        "owner_server_id": stream.owner,
+        "fenced": [
+            {"seq": r.seq, "name": r.name, "server_id": r.server_id, "key": r.object.key}
+            for r in stream.fenced
+        ],
         "binlogs": [
             {
                 "seq": r.seq,

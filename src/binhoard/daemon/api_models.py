@@ -341,6 +341,11 @@ class StatusOut(_Out):
         description=EXTENSION + "why binlog archiving cannot advance; null while it does"
     )
     last_error: str | None = Field(description=EXTENSION + "the daemon's last error")
+    deposed: list[str] = Field(
+        description=EXTENSION
+        + "this server's streams another node took over (a promotion), as sentences; while "
+        "not empty the daemon archives, backs up and deletes nothing (docs/failover.md)"
+    )
     replication_state: dict[str, dict[str, str]] = Field(
         description=EXTENSION + "as last stored by PUT /replication_state"
     )

@@ -157,6 +157,10 @@ class Controller:
         self._mark_tickets: dict[tuple[str, str, str], list[Ticket]] = {}
         self._after_listing: list[tuple[int, Callable[[], None]]] = []
         self._next_retention_at: datetime | None = None
+        # This server's streams that another node took over, from the last archive pass
+        # (the site is the truth; a restart finds them again at its first pass). While
+        # any, no backup and no retention: a deposed primary writes nothing that counts.
+        self._deposed: tuple[str, ...] = ()
         self.restore_progress: RestoreStatus | None = None
         self._views_of: tuple[SiteView | None, tuple[BackupView, ...] | None] = (None, None)
         self._stopping = threading.Event()
@@ -438,7 +442,7 @@ class Controller:
             )
             return
         due = self._next_retention_at is None or self._now >= self._next_retention_at
-        if due and not self._list_stale:
+        if due and not self._list_stale and not self._deposed:
             self._start(SITE, self.doers.retention, self._retained)
 
     def _marked(self, done: JobDone, request: PreservationRequest | BrokenRequest) -> None:
@@ -535,6 +539,12 @@ class Controller:
                 self._end_rotation(request_id, error)
             return
         result = done.result
+        if result.deposed and not self._deposed:
+            log.error(
+                "DEPOSED: %s. No more backups or deletions here; stop writes to this server",
+                "; ".join(result.deposed),
+            )
+        self._deposed = result.deposed
         if result.wrote:
             self._site_changes += 1  # GET /backup shows the new windows and closed streams
         if result.closed_file is not None:
@@ -571,7 +581,7 @@ class Controller:
 
     # --- active: backups ------------------------------------------------------------------
     def _backup(self) -> None:
-        if self.view is None or self._list_stale or not self._free(BACKUP):
+        if self.view is None or self._list_stale or self._deposed or not self._free(BACKUP):
             return
         queued = self.state.backups
         if queued and queued[0].started_at is not None:
@@ -727,7 +737,7 @@ class Controller:
             self._views_of = (self.view, backups)
         return Snapshot(
             taken_at=self._now,
-            status=status_view(self.state),
+            status=status_view(self.state, self._deposed),
             backups=backups,
             restore=restore_view(self.state.restore, self.restore_progress),
         )

@@ -91,6 +91,7 @@ class ArchiveDone:
     newest_commit_time: int | None
     stall_reasons: tuple[str, ...]
     wrote: bool = False  # records or markers were written: the listing is out of date
+    deposed: tuple[str, ...] = ()  # this server's streams another node took over, as sentences
 
 
 @dataclass(frozen=True)

@@ -109,6 +109,7 @@ class StatusView:
     last_backup_at: datetime | None = None
     newest_archived_commit_at: datetime | None = None
     archive_stalled_reason: str | None = None
+    deposed: tuple[str, ...] = ()  # another node took this server's streams over
     last_error: str | None = None
     replication_state: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 

@@ -42,7 +42,7 @@ def backup_view(stream: StreamInfo, listed_at: datetime) -> BackupView:
     )
 
 
-def status_view(state: DaemonState) -> StatusView:
+def status_view(state: DaemonState, deposed: tuple[str, ...] = ()) -> StatusView:
     facts = state.facts
     return StatusView(
         mode=state.mode,
@@ -52,6 +52,7 @@ def status_view(state: DaemonState) -> StatusView:
         archive_stalled_reason=facts.archive_stall_reason,
         last_error=facts.last_error,
         replication_state=state.control.replication_state,
+        deposed=deposed,
     )
 
 

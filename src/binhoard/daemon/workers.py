@@ -133,6 +133,7 @@ class OpsDoers:
             newest_commit_time=report.newest_stored_commit_time,
             stall_reasons=tuple(report.stall_reasons),
             wrote=report.records_written > 0 or any(s.closed for s in report.streams),
+            deposed=tuple(d.sentence for d in report.deposed),
         )
 
     def _archive_loop(self) -> ArchiveLoop:

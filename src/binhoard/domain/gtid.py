@@ -213,6 +213,18 @@ class GtidPosition(Mapping[int, Gtid]):
         current = self._by_domain.get(gtid.domain_id)
         return current is not None and gtid.seq_no <= current.seq_no
 
+    def diverges_from(self, other: GtidPosition) -> list[tuple[Gtid, Gtid]]:
+        """``(mine, theirs)`` for every domain where both positions name the same sequence
+        number from different servers (``0-1-73`` against ``0-2-73``: a deposed primary's
+        write next to its successor's). That is two histories, never "already applied";
+        :meth:`contains` and :meth:`covers` compare sequence numbers only and cannot
+        see it, so whatever decides what to apply on a server checks this first."""
+        return [
+            (mine, other[d])
+            for d, mine in self._by_domain.items()
+            if d in other and other[d].seq_no == mine.seq_no and other[d] != mine
+        ]
+
     def covers(self, other: GtidPosition) -> bool:
         """True if this position is at least as far as ``other`` in every domain of ``other``.
 

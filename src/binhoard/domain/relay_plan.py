@@ -188,6 +188,17 @@ def plan_batch(
     for domain, server, seq, _, _, _ in first.transactions[:skip].rows():
         at_start[domain] = (server, seq)
     state_at_start = _fold(at_start, GtidPosition())
+    diverged = position.diverges_from(state_at_start)
+    if diverged:
+        # Equal sequence numbers from two servers (a deposed primary's writes against
+        # its successor's) would pass the covers() test below: two histories.
+        mine, theirs = diverged[0]
+        raise ApplyError(
+            f"the server's gtid_slave_pos has {mine} where the binlog at offset "
+            f"{start_offset} of {first.name} has {theirs}: the same sequence number from "
+            "another server, so the server holds another history (a deposed primary's "
+            "writes?); applying would mix two histories"
+        )
     if not position.covers(state_at_start):
         raise ApplyError(
             f"the server's gtid_slave_pos {position or '(empty)'} lacks transactions that "
@@ -213,10 +224,14 @@ def plan_batch(
         lo, hi = ranges[k]
         file = files[k]
         for domain, server, seq, _, offset, _ in file.transactions[lo:hi].rows():
-            if domain not in last_gtid and position.contains(Gtid(domain, server, seq)):
+            gtid = Gtid(domain, server, seq)
+            if domain not in last_gtid and position.contains(gtid):
+                done = "is already applied"
+                if position.diverges_from(GtidPosition([gtid])):
+                    done = "has the sequence number of another server's transaction"
                 raise ApplyError(
                     f"transaction {domain}-{server}-{seq} at offset {offset} of {file.name} "
-                    f"is already applied (gtid_slave_pos {position}): the start offset "
+                    f"{done} (gtid_slave_pos {position}): the start offset "
                     "must follow the server's position exactly",
                     gtid=f"{domain}-{server}-{seq}",
                 )

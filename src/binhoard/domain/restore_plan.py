@@ -401,11 +401,7 @@ def _aware(when: datetime) -> datetime:
 def _same_history(target: GtidPosition, found: GtidPosition) -> list[tuple[Gtid, Gtid]]:
     """``(wanted, found)`` for every domain where both name the same sequence number
     but another server: two different transactions, so two histories."""
-    return [
-        (wanted, found[d])
-        for d, wanted in target.items()
-        if d in found and found[d].seq_no == wanted.seq_no and found[d] != wanted
-    ]
+    return target.diverges_from(found)
 
 
 def _coordinates(file: str, pos: int) -> tuple[tuple[str, int], int] | None:

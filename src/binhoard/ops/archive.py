@@ -80,12 +80,14 @@ from binhoard.domain.errors import (
 )
 from binhoard.domain.gtid import GtidOrderError, GtidPosition
 from binhoard.domain.manifest import ObjectRef
+from binhoard.domain.promotion import deposed_by
 from binhoard.domain.server_facts import check_facts
 from binhoard.localstate import StateFile, exclusive
 from binhoard.metric_names import (
     BINLOG_ARCHIVE_PASS_FAILURES,
     BINLOG_ARCHIVE_PROBLEMS,
     BINLOG_ARCHIVE_STALLED,
+    BINLOG_DEPOSED_STREAMS,
     BINLOG_FILES_UPLOADED,
     BINLOG_FORCED_ROTATIONS,
     BINLOG_LAST_PASS_TIME,
@@ -152,6 +154,25 @@ class BrokenStreamReport:
 
 
 @dataclass
+class DeposedStreamReport:
+    """A stream of this server that another node took over (docs/format.md,
+    "Promotions and fencing"): nothing more is archived into it from here."""
+
+    stream_id: str
+    promotion_key: str
+    new_owner_server_id: int
+    promoted_at: str
+
+    @property
+    def sentence(self) -> str:
+        return (
+            f"stream {self.stream_id} was taken over by server_id "
+            f"{self.new_owner_server_id} at {self.promoted_at} ({self.promotion_key}): "
+            "this server is deposed; nothing it writes there counts"
+        )
+
+
+@dataclass
 class ArchiveReport:
     """What a pass did and found; also written to ``binlog-archive.json`` for status.
 
@@ -166,6 +187,7 @@ class ArchiveReport:
     newest_stored_commit_time: int | None = None
     failure: str | None = None
     broken: list[BrokenStreamReport] = field(default_factory=list)
+    deposed: list[DeposedStreamReport] = field(default_factory=list)
     # Closed server files an open stream still needs, and their size (None: unknown).
     pending_files: int | None = None
     pending_bytes: int | None = None
@@ -173,6 +195,7 @@ class ArchiveReport:
     @property
     def problems(self) -> list[str]:
         found = [f"stream {s.stream_id}: {p}" for s in self.streams for p in s.problems]
+        found += [d.sentence for d in self.deposed]
         return found + [f"stream {b.stream_id} is broken: {b.reason}" for b in self.broken]
 
     @property
@@ -180,6 +203,9 @@ class ArchiveReport:
         """Why archiving does not advance, as sentences; empty when it does."""
         if self.failure is not None:
             return [f"the archive pass failed: {self.failure}"]
+        if self.deposed:
+            # Not "take a backup": a deposed primary must not start a stream of its own.
+            return [d.sentence for d in self.deposed]
         if not any(not s.closed for s in self.streams):
             return ["no open backup stream of this server: take a backup (binhoard backup create)"]
         found = list(self.problems)
@@ -253,6 +279,7 @@ class _Stream:
     def __init__(self, state: StreamState) -> None:
         self.state = state
         self.records = list(state.records)
+        self.next_seq = state.seq_after  # fenced records take their seqs too
         self.problems = state.problems()
         self.completed = state.completed is not None
         self.closed = False
@@ -346,15 +373,25 @@ class BinlogArchiver:
         site = read_site(self.store, self.cache, incremental=True)
         all_streams = site.streams
         # Intact records of broken streams count too: their objects must not be replaced.
-        named = {r.object.key for s in all_streams for r in s.records}
+        # So do fenced ones: a deposed primary's late files are kept for the operator.
+        named = {r.object.key for s in all_streams for r in (*s.records, *s.fenced)}
         self._remove_leftovers(named)
         refs = _stored_uploads(all_streams)
         streams = [
             _Stream(s)
             for s in all_streams
-            if s.backup.server_id == self.config.server_id and s.closed is None and s.broken is None
+            if s.backup.server_id == self.config.server_id
+            and s.owner == self.config.server_id
+            and s.closed is None
+            and s.broken is None
+            and _continues_own_files(s, self.config.server_id)
         ]
         report.broken = _broken_streams(site.streams, site.backups.entries, self.config.server_id)
+        report.deposed = _deposed_streams(site.streams, self.config.server_id)
+        if report.deposed:
+            # Deposed on one stream is deposed: what this server commits from here on is
+            # another history than the new owner's, so no stream of it gets more.
+            streams = []
         files = ServerFiles(binlogs.names, binlogs.active)
         self._walk(binlogs, files, streams, refs, report)
         for stream in streams:
@@ -522,7 +559,7 @@ class BinlogArchiver:
         for written, (stream, step) in enumerate(accepted):
             record = BinlogRecord(
                 stream_id=stream.stream_id,
-                seq=len(stream.records),
+                seq=stream.next_seq,
                 server_id=self.config.server_id,
                 name=name,
                 object=ref,
@@ -656,6 +693,7 @@ class BinlogArchiver:
                 "stream: two archivers for one stream (another host?)"
             ) from None
         stream.records.append(record)
+        stream.next_seq = record.seq + 1
         self._written(info, body, record)
         return True
 
@@ -751,6 +789,40 @@ def _broken_streams(
     ]
     for broken in found:
         log.error("stream %s is broken, not archived into: %s", broken.stream_id, broken.reason)
+    return found
+
+
+def _continues_own_files(stream: StreamState, server_id: int) -> bool:
+    """Whether the stream's next file is the one after this server's last record: not
+    so after another owner's records (taken over, then given back). The next file
+    would then start inside one of this server's binlogs, at the promotion's position,
+    which the archiver does not do yet; the stream waits, reported."""
+    last = stream.records[-1] if stream.records else None
+    if last is None or last.server_id == server_id:
+        return True
+    log.error(
+        "stream %s: its last record is server_id %d's (%s): this server took the stream "
+        "back and cannot continue another server's files; take a new backup",
+        stream.stream_id,
+        last.server_id,
+        last.name,
+    )
+    return False
+
+
+def _deposed_streams(streams: Sequence[StreamState], server_id: int) -> list[DeposedStreamReport]:
+    """This server's open streams that a promotion gave to another node: reported on
+    every pass, loudly, since the server still writing means two primaries."""
+    found = []
+    for s in streams:
+        promotion = deposed_by(server_id, s.backup.server_id, s.promotions)
+        if promotion is not None and s.closed is None:
+            found.append(
+                DeposedStreamReport(
+                    s.stream_id, promotion.key, promotion.server_id, promotion.at.isoformat()
+                )
+            )
+            log.error("%s", found[-1].sentence)
     return found
 
 
@@ -895,6 +967,7 @@ def publish(state_directory: Path, report: ArchiveReport, metrics: Metrics) -> N
         metrics.gauge(BINLOG_PENDING_BYTES, report.pending_bytes)
     metrics.gauge(BINLOG_ARCHIVE_PROBLEMS, len(report.problems))
     metrics.gauge(BINLOG_ARCHIVE_STALLED, 1 if reasons else 0)
+    metrics.gauge(BINLOG_DEPOSED_STREAMS, len(report.deposed))
     if report.failure is not None or any(s.error for s in report.streams):
         metrics.increment(BINLOG_ARCHIVE_PASS_FAILURES)
     metrics.increment(BINLOG_FILES_UPLOADED, len(report.uploaded))

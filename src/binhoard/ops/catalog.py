@@ -10,18 +10,16 @@ streams not at all: a pass costs requests for what is new, not for the history.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import TypeVar
 
-from binhoard.domain.binlog import describe_problem
 from binhoard.domain.catalog import (
     BinlogRecord,
     Broken,
     StreamMarker,
     binlog_record_key,
     binlog_records_prefix,
-    chain_problems,
     closed_key,
     completed_key,
     seq_of_record_key,
@@ -32,6 +30,14 @@ from binhoard.domain.documents import CorruptDocumentError
 from binhoard.domain.errors import ObjectNotFoundError
 from binhoard.domain.gtid import GtidPosition
 from binhoard.domain.manifest import BackupManifest
+from binhoard.domain.promotion import (
+    Promotion,
+    continuity_problems,
+    current_owner,
+    fence,
+    ordering_problem,
+    seq_of_promotion_key,
+)
 from binhoard.ops.site import BackupListing, read_backups, read_document
 from binhoard.ops.sitecache import CachedDocument, SiteCache
 from binhoard.storage.store import ObjectInfo, ObjectStore, read_all
@@ -84,10 +90,14 @@ def read_marker(store: ObjectStore, key: str) -> StreamMarker | None:
 class StreamState:
     """A backup and the binlogs that follow it, as the site holds them.
 
-    ``broken``: why the stream cannot be used (a corrupt record or marker, a missing
-    record, or a broken backup); ``records`` are then the intact ones before the
-    problem. Nothing is archived into a broken stream, and a restore uses it only up
+    ``broken``: why the stream cannot be used (a corrupt record, marker or promotion, a
+    missing record, or a broken backup); ``records`` are then the intact ones before
+    the problem. Nothing is archived into a broken stream, and a restore uses it only up
     to the problem.
+
+    ``records`` are those that count under the fencing rule (``domain/promotion.py``):
+    ``fenced`` ones, a deposed owner's, are kept apart and never used; ``next_seq`` is
+    the seq the stream's next record gets (fenced keys are taken).
     """
 
     backup: BackupManifest
@@ -95,6 +105,18 @@ class StreamState:
     completed: StreamMarker | None
     closed: StreamMarker | None
     broken: Broken | None = None
+    promotions: tuple[Promotion, ...] = ()
+    fenced: tuple[BinlogRecord, ...] = ()
+    next_seq: int | None = None  # None: len(records) (no record fenced)
+
+    @property
+    def owner(self) -> int:
+        """The server that may write the stream's next record."""
+        return current_owner(self.backup.server_id, self.promotions)
+
+    @property
+    def seq_after(self) -> int:
+        return len(self.records) if self.next_seq is None else self.next_seq
 
     @property
     def stream_id(self) -> str:
@@ -116,7 +138,7 @@ class StreamState:
 
     def problems(self) -> list[str]:
         """Every gap in the stream's archive, as sentences for logs and the API."""
-        found = [describe_problem(p) for p in chain_problems(self.records)]
+        found = continuity_problems(self.records, self.promotions, self.snapshot_gtid)
         if self.records and not snapshot_inside(self.records[0], self.snapshot_gtid):
             found.insert(
                 0,
@@ -134,6 +156,10 @@ def _parse_record(raw: bytes, key: str) -> BinlogRecord:
 
 def _parse_marker(raw: bytes, key: str) -> StreamMarker:
     return StreamMarker.from_bytes(raw, key=key)
+
+
+def _parse_promotion(raw: bytes, key: str) -> Promotion:
+    return Promotion.from_bytes(raw, key=key)
 
 
 class _StreamReader:
@@ -193,7 +219,11 @@ class _StreamReader:
         return known[-1:] == expected and len(known) == (closed.seq or 0) + len(expected)
 
     def _state(
-        self, record_keys: list[str], listing: Mapping[str, ObjectInfo], *, from_cache: set[str]
+        self,
+        record_keys: list[str],
+        listing: Mapping[str, ObjectInfo],
+        *,
+        from_cache: set[str],
     ) -> StreamState:
         """The stream from the keys ``listing`` holds (listed now) and ``from_cache``
         (known from an earlier listing of a part of the site that cannot change)."""
@@ -223,7 +253,47 @@ class _StreamReader:
                 except ObjectNotFoundError:
                     marker = None
             markers.append(marker)
-        return StreamState(self.backup, tuple(records), markers[0], markers[1], broken)
+        promotions, problem = self._promotions(listing, from_cache)
+        split = fence(records, self.backup.server_id, promotions)
+        kept = split.kept
+        if problem is not None:
+            # Ownership past the last sound promotion is unknown: nothing after the
+            # point it takes over at counts (before the first one, nothing at all).
+            limit = promotions[-1].takes_over_at if promotions else 0
+            kept = tuple(r for r in kept if r.seq < limit)
+            broken = broken or problem
+        return StreamState(
+            self.backup,
+            kept,
+            markers[0],
+            markers[1],
+            broken,
+            promotions=tuple(promotions),
+            fenced=split.fenced,
+            next_seq=len(records) if split.fenced else None,
+        )
+
+    def _promotions(
+        self, listing: Mapping[str, ObjectInfo], from_cache: set[str]
+    ) -> tuple[list[Promotion], Broken | None]:
+        """The stream's promotions in ``n`` order, up to the first that cannot be used
+        (then also why). They sort after the records, so every listing of the stream
+        holds them; a closed stream read from the cache alone has them in the cache."""
+        keys = sorted(k for k in {*listing, *from_cache} if seq_of_promotion_key(k) is not None)
+        promotions: list[Promotion] = []
+        for key in keys:
+            try:
+                promotion = self._document(key, listing, _parse_promotion)
+            except CorruptDocumentError as exc:
+                return promotions, Broken(exc.key, exc.message)
+            except ObjectNotFoundError as exc:
+                gone = f"promotion {exc.key} was listed, then not found"
+                return promotions, Broken(exc.key, gone)
+            problem = ordering_problem([*promotions, promotion])
+            if problem is not None:
+                return promotions, Broken(*problem)
+            promotions.append(promotion)
+        return promotions, None
 
     def _document(
         self, key: str, listing: Mapping[str, ObjectInfo], parse: Callable[[bytes, str], T]
@@ -279,7 +349,7 @@ def read_site(
         state = _StreamReader(store, cache, backup).read(incremental=incremental)
         cause = broken.get(backup.backup_id)
         if cause is not None and state.broken is None:
-            state = StreamState(state.backup, state.records, state.completed, state.closed, cause)
+            state = replace(state, broken=cause)
         streams.append(state)
     if cache is not None:
         cache.commit()

@@ -55,10 +55,6 @@ from binhoard.storage.store import ObjectInfo, ObjectStore, read_all
 log = logging.getLogger("binhoard.expire")
 
 
-def promotions_prefix(backup_id: str) -> str:
-    return f"promotions/{backup_id}/"
-
-
 def retention_policy(settings: BackupSettings) -> RetentionPolicy:
     days = settings.backup_age_days_max
     counts = settings.retention
@@ -123,7 +119,7 @@ class Deletion:
     """One backup deleted (or one leftover finished): objects removed."""
 
     backup_id: str
-    objects: int  # under backups/, streams/ and promotions/
+    objects: int  # under backups/ and streams/
     binlog_objects: int  # binlog data objects no other stream referenced
 
 
@@ -215,8 +211,7 @@ class _Deleter:
             data = self._unreferenced(backup_id, data)
         for key in sorted(data):
             self.store.delete(key)
-        rest = [*stream, *self.store.list(promotions_prefix(backup_id))]
-        for info in rest:
+        for info in stream:  # records, markers, promotions
             self.store.delete(info.key)
         own = list(self.store.list(backup_prefix(backup_id)))
         for info in own:
@@ -224,7 +219,7 @@ class _Deleter:
         if self.cache is not None:
             self.cache.forget(self.cache.load(stream_prefix(backup_id)))
             self.cache.forget(self.cache.load(backup_prefix(backup_id)))
-        return Deletion(backup_id, objects + len(rest) + len(own), len(data))
+        return Deletion(backup_id, objects + len(stream) + len(own), len(data))
 
 
 def delete_backups(
