@@ -138,14 +138,14 @@ class BinlogPurger:
         # Read only as many unrecorded files as one pass can purge (and the one after).
         reads_left = self.settings.max_files_per_cycle + 1
         for name in binlogs.names:
+            if name == binlogs.active:
+                files.append(LocalBinlog(name, 0, None, None))  # always kept
+                continue
             path = binlogs.path(name)
             try:
                 stat = path.stat()
             except FileNotFoundError:
                 continue  # purged since the index was read
-            if name == binlogs.active:
-                files.append(LocalBinlog(name, stat.st_size, None, None))
-                continue
             end = recorded.get(name) if not observing else None
             if end is None:
                 end = self._read_ends.get((name, stat.st_size))
