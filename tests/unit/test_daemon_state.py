@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -140,3 +142,24 @@ def test_a_damaged_state_file_is_named(tmp_path: Path) -> None:
     (tmp_path / "daemon.sqlite").write_bytes(b"not a database, " * 100)
     with pytest.raises(ConflictError, match=r"daemon\.sqlite cannot be read"):
         StateStore.open(tmp_path).load()
+
+
+def test_a_field_added_later_gets_its_column_and_its_default(tmp_path: Path) -> None:
+    """A state file written before ``Control.replication_reported_at`` existed: the
+    column is added, and the rows there read with the field's default."""
+    path = tmp_path / "daemon.sqlite"
+    store = StateStore(path)
+    store.save(full_state())
+    store.close()
+    db = sqlite3.connect(path)
+    db.execute("ALTER TABLE control DROP COLUMN replication_reported_at")
+    db.commit()
+    db.close()
+    reopened = StateStore(path)
+    state = reopened.load()
+    assert state.control.replication_reported_at == {}
+    assert state.control.mode == full_state().control.mode
+    saved = replace(state, control=replace(state.control, replication_reported_at={"n": 1.5}))
+    reopened.save(saved)
+    reopened.close()
+    assert StateStore(path).load().control.replication_reported_at == {"n": 1.5}

@@ -51,6 +51,8 @@ class Control:
     mode: Mode = "idle"
     backups_paused_until: datetime | None = None
     replication_state: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    # When each node was last reported (Unix seconds): stale reports are named.
+    replication_reported_at: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -230,6 +232,7 @@ class StateStore:
                 f"(schema {version}, this one knows {SCHEMA_VERSION})"
             )
         if version == SCHEMA_VERSION:
+            self._add_new_columns()
             return
         self._db.execute("BEGIN IMMEDIATE")
         for _, cls, _ in _PARTS:
@@ -237,6 +240,15 @@ class StateStore:
             self._db.execute(f"CREATE TABLE IF NOT EXISTS {cls.TABLE} ({columns})")
         self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         self._db.execute("COMMIT")
+
+    def _add_new_columns(self) -> None:
+        """A field added to a part since the file was made gets its column (NULL in the
+        rows there: the field's default, ``_decode_row``). Only ever additive."""
+        for _, cls, _ in _PARTS:
+            present = {row[1] for row in self._db.execute(f"PRAGMA table_info({cls.TABLE})")}
+            for name in (f.name for f in fields(cls)):
+                if name not in present:
+                    self._db.execute(f"ALTER TABLE {cls.TABLE} ADD COLUMN {name}")
 
     def load(self) -> DaemonState:
         parts: dict[str, Any] = {}
@@ -297,8 +309,17 @@ def _encode(value: object) -> object:
 
 def _decode_row(cls: type[Row], row: dict[str, object]) -> Row:
     hints = typing.get_type_hints(cls)
-    values = {name: _decode(hints[name], value) for name, value in row.items()}
+    values = {
+        name: _decode(hints[name], value)
+        for name, value in row.items()
+        # NULL in a column added later (``_add_new_columns``): the field's default.
+        if value is not None or _optional(hints[name])
+    }
     return cls(**values)
+
+
+def _optional(hint: object) -> bool:
+    return type(None) in typing.get_args(hint)
 
 
 def _decode(hint: object, value: object) -> object:
