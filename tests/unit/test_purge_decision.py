@@ -50,7 +50,7 @@ def files(*ends: str, age: float = HOUR) -> list[LocalBinlog]:
 def stream(binlogs: Sequence[LocalBinlog], stored: int, sid: str = "s1") -> Stream:
     held = binlogs[:stored]
     end = held[-1].end_state if held and held[-1].end_state else pos("")
-    return Stream(sid, frozenset(b.name for b in held), end)
+    return Stream(sid, pos(""), frozenset(b.name for b in held), end)
 
 
 def node(name: str, position: str, age: float = 0.0, key: str = "gtid_current_pos") -> NodeReport:
@@ -128,7 +128,7 @@ def test_observe_without_streams(when_no_streams: bool, purged: int) -> None:
 def test_observe_compares_positions_not_names() -> None:
     """An observer's files are named by itself; the stream is the primary's."""
     rules = PurgeRules(600, 10, HOUR, observing=True, purge_when_observe_no_streams=True)
-    primary = Stream("p", frozenset({"other.000007"}), pos("0-1-20"))
+    primary = Stream("p", pos(""), frozenset({"other.000007"}), pos("0-1-20"))
     decision = run(FOUR, [primary], [], rules)
     assert decision.purge_to == "binlog.000003"
     assert "not stored in stream p" in decision.reason
@@ -222,3 +222,13 @@ def test_never_purges_what_is_unstored_or_unapplied(
                 assert at[domain].server_id in ids
     if purged:
         assert decision.purge_to == binlogs[len(purged)].name
+
+
+def test_a_file_before_the_backup_snapshot_is_in_the_backup() -> None:
+    """No record names it (the stream starts after it), but the snapshot covers it."""
+    s = Stream("s1", pos("0-1-20"), frozenset({"binlog.000003"}), pos("0-1-30"))
+    decision = run(FOUR, [s])
+    assert decision.purge_to == "binlog.000004"
+    # Another server's snapshot at the same numbers is another history.
+    other = Stream("s1", pos("0-2-20"), frozenset({"binlog.000003"}), pos("0-1-30"))
+    assert run(FOUR, [other]).purge_to is None

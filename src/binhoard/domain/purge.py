@@ -11,7 +11,8 @@ A file may go only when all of these hold (the first that fails is the reason):
 
 * it is closed and older than ``min_age`` (seconds since it was closed);
 * it is stored in every open stream (``Stream.holds``): by name when this node archives
-  them (active), by GTID position when it observes another node's streams. In observe
+  them (active), by GTID position when it observes another node's streams; a file
+  that ends before a stream's backup snapshot is in that backup. In observe
   mode with no open stream at all, ``purge_when_observe_no_streams`` skips this check;
 * its end state is known (the archiver's record, or the file read), and it is applied
   on every node that reported a position (:func:`applied`);
@@ -47,16 +48,25 @@ class LocalBinlog:
 
 @dataclass(frozen=True)
 class Stream:
-    """An open stream: the files archived into it, and how far it goes."""
+    """An open stream: its backup's snapshot position, the files archived after it, and
+    how far they go."""
 
     stream_id: str
+    start_position: GtidPosition
     files: frozenset[str]
     end_position: GtidPosition
 
     def holds(self, binlog: LocalBinlog, *, by_name: bool) -> bool:
+        """Whether the stream has what ``binlog`` holds: archived under its name (this
+        node's streams), or within its archive's GTID reach (another node's, whose files
+        have other names); either way a file that ends before the backup's snapshot is
+        in the backup itself. Positions compare as :func:`applied` does."""
+        end = binlog.end_state
+        if end is not None and applied(self.start_position, [end]):
+            return True
         if by_name:
             return binlog.name in self.files
-        return binlog.end_state is not None and self.end_position.covers(binlog.end_state)
+        return end is not None and applied(self.end_position, [end])
 
 
 @dataclass(frozen=True)

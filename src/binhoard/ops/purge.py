@@ -10,8 +10,9 @@ connected but behind (it deletes files that replica has not received), so the
 decision's check of the reported positions is what does.
 
 A file's end state comes from the archiver's record of it (active mode: this server's
-records, by name); a file no record names (observe mode: this node's own files, which
-another node archives) is read once and remembered by name and size.
+records, by name); a file no record names (one from before the oldest stream's backup;
+in observe mode this node's own files, which another node archives) is read once and
+remembered by name and size, at most ``max_files_per_cycle + 1`` a pass.
 """
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ class BinlogPurger:
             end = recorded.get(name) if not observing else None
             if end is None:
                 end = self._read_ends.get((name, stat.st_size))
-            if end is None and observing and reads_left > 0:
+            if end is None and reads_left > 0:
                 reads_left -= 1
                 end = self.server.binlogs.summarize(path).segment().end_position
                 self._read_ends[(name, stat.st_size)] = end
@@ -174,7 +175,7 @@ def open_streams(site: SiteState, server_id: int, *, observing: bool) -> list[St
     stream of this server still counts: nothing is archived into it, so purging stops
     (and says which stream) until a new backup closes it."""
     return [
-        Stream(s.stream_id, frozenset(r.name for r in s.records), s.end_position)
+        Stream(s.stream_id, s.snapshot_gtid, frozenset(r.name for r in s.records), s.end_position)
         for s in site.streams
         if s.closed is None and (s.broken is None if observing else s.backup.server_id == server_id)
     ]
