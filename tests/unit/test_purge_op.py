@@ -123,3 +123,15 @@ def test_observe_reads_its_own_files_and_checks_the_nodes(tmp_path: Path) -> Non
     assert report.purged == ("binlog.000001", "binlog.000002", "binlog.000003", "binlog.000004")
     refused = run(purger(server, purge_when_observe_no_streams=False), empty, observing=True)
     assert refused.purged == () and refused.decision.kind == "stream"
+
+
+def test_after_a_reset_old_records_do_not_vouch_for_new_files(tmp_path: Path) -> None:
+    """RESET MASTER: the names start again; the stream's record of the old
+    binlog.000001 is not the new binlog.000001 (another size)."""
+    server, store = archived(tmp_path, files=2)
+    server.binlogs.reset(server.binlog_position)
+    server.commit(5)
+    server.binlogs.flush()
+    report = run(purger(server), store)
+    assert report.purged == ()
+    assert report.blocked_by.startswith("binlog.000001 is not stored in stream")

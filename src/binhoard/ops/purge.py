@@ -72,7 +72,7 @@ class BinlogPurger:
     server_id: int
     settings: BinlogPurgeSettings
     metrics: Metrics | None = None
-    _read_ends: dict[tuple[str, int], GtidPosition] = field(default_factory=dict)
+    _read_ends: dict[tuple[str, int, float], GtidPosition] = field(default_factory=dict)
 
     def run(
         self,
@@ -85,8 +85,9 @@ class BinlogPurger:
         dry_run: bool = False,
     ) -> PurgeReport:
         binlogs = self.server.binlogs.list()
-        streams = open_streams(site, self.server_id, observing=observing)
         files = self._local_files(binlogs, site, observing=observing)
+        sizes = {f.name: f.size for f in files if f.name != binlogs.active}
+        streams = open_streams(site, self.server_id, sizes, observing=observing)
         reports = [
             NodeReport(node, positions, reported_at.get(node, 0.0))
             for node, positions in sorted(replication_state.items())
@@ -130,7 +131,7 @@ class BinlogPurger:
         self, binlogs: ServerBinlogs, site: SiteState, *, observing: bool
     ) -> list[LocalBinlog]:
         recorded = {
-            r.name: r.gtid_position_at_end
+            (r.name, r.size): r.gtid_position_at_end
             for s in site.streams
             if s.backup.server_id == self.server_id
             for r in s.records
@@ -147,13 +148,14 @@ class BinlogPurger:
                 stat = path.stat()
             except FileNotFoundError:
                 continue  # purged since the index was read
-            end = recorded.get(name) if not observing else None
+            end = None if observing else recorded.get((name, stat.st_size))
+            seen = (name, stat.st_size, stat.st_mtime)
             if end is None:
-                end = self._read_ends.get((name, stat.st_size))
+                end = self._read_ends.get(seen)
             if end is None and reads_left > 0:
                 reads_left -= 1
                 end = self.server.binlogs.summarize(path).segment().end_position
-                self._read_ends[(name, stat.st_size)] = end
+                self._read_ends[seen] = end
             files.append(LocalBinlog(name, stat.st_size, stat.st_mtime, end))
         return files
 
@@ -169,13 +171,22 @@ class BinlogPurger:
         self.metrics.gauge(BINLOG_PURGE_STALE_NODES, len(report.decision.stale_nodes))
 
 
-def open_streams(site: SiteState, server_id: int, *, observing: bool) -> list[Stream]:
+def open_streams(
+    site: SiteState, server_id: int, sizes: Mapping[str, int], *, observing: bool
+) -> list[Stream]:
     """The streams a file must be stored in: this server's open ones (active), or the
     open, unbroken ones of the site (observe: another node archives them). A broken
     stream of this server still counts: nothing is archived into it, so purging stops
-    (and says which stream) until a new backup closes it."""
+    (and says which stream) until a new backup closes it. A record stands for a local
+    file of its name only with the file's size (``sizes``): after a ``RESET MASTER``
+    the names start again, and an old record must not vouch for a new file."""
     return [
-        Stream(s.stream_id, s.snapshot_gtid, frozenset(r.name for r in s.records), s.end_position)
+        Stream(
+            s.stream_id,
+            s.snapshot_gtid,
+            frozenset(r.name for r in s.records if sizes.get(r.name) == r.size),
+            s.end_position,
+        )
         for s in site.streams
         if s.closed is None and (s.broken is None if observing else s.backup.server_id == server_id)
     ]
