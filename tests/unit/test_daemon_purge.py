@@ -64,11 +64,11 @@ def test_status_shows_the_last_pass_and_what_blocks(tmp_path: Path) -> None:
     h.doers.purge_blocked_by = "binlog.000004 is not applied on node n2"
     h.step(seconds=60)
     h.settle()
-    purge = h.controller.snapshot().status.binlog_purge
-    assert purge is not None
-    assert purge.last_purge_at == START and purge.purged_files == 3
-    assert purge.blocked_by == "binlog.000004 is not applied on node n2"
-    assert purge.checked_at > START
+    view = h.controller.snapshot().status.binlog_purge
+    assert view is not None
+    assert view.last_purge_at == START and view.purged_files == 3
+    assert view.blocked_by == "binlog.000004 is not applied on node n2"
+    assert view.checked_at > START
 
 
 def test_a_capped_backlog_drains_in_steps(tmp_path: Path) -> None:
