@@ -257,6 +257,12 @@ class BinlogPurgeSettings(_Section):
     min_binlog_age_before_purge: float = Field(default=600, ge=0)
     purge_interval: float = Field(default=60, gt=0)
     purge_when_observe_no_streams: bool = True
+    # MyHoard's name: one PURGE over a large backlog held the binlog index lock (and
+    # so every commit) for hours; a backlog goes over several passes instead.
+    max_files_per_cycle: int = Field(default=20, ge=1, le=10000)
+    # A node whose PUT /replication_state report is older than this is named stale in
+    # GET /status and the metrics (it keeps blocking the files it has not applied).
+    max_replication_state_age: float = Field(default=3600, gt=0)
 
 
 class ReplicationSettings(_Section):

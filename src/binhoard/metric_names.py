@@ -75,6 +75,10 @@ BINLOG_FILES_UPLOADED = "binhoard.binlog.files_uploaded"
 BINLOG_FORCED_ROTATIONS = "binhoard.binlog.forced_rotations"
 BINLOG_PENDING_FILES = "binhoard.binlog.pending_files"
 BINLOG_PENDING_BYTES = "binhoard.binlog.pending_bytes"
+BINLOG_PURGED_FILES = "binhoard.binlog.purged_files"
+BINLOG_PURGED_BYTES = "binhoard.binlog.purged_bytes"
+BINLOG_PURGE_BLOCKED = "binhoard.binlog.purge_blocked"
+BINLOG_PURGE_STALE_NODES = "binhoard.binlog.purge_stale_nodes"
 
 # --- backups (ops/backup.py) ------------------------------------------------------------
 BACKUP_LAST_COMPLETED_TIME = "binhoard.backup.last_completed_time"
@@ -176,6 +180,32 @@ _DECLARED = (
         "gauge",
         "bytes",
         "Size of the closed binlogs that an open stream still needs archived.",
+    ),
+    MetricSpec(
+        BINLOG_PURGED_FILES,
+        "counter",
+        "files",
+        "Local binlogs removed by binlog purge (PURGE BINARY LOGS).",
+    ),
+    MetricSpec(
+        BINLOG_PURGED_BYTES,
+        "counter",
+        "bytes",
+        "Size of the local binlogs removed by binlog purge.",
+    ),
+    MetricSpec(
+        BINLOG_PURGE_BLOCKED,
+        "gauge",
+        "0 or 1",
+        "1 for the reason the oldest closed binlog is kept by the last purge pass "
+        "(age, stream, unknown, replica, stale_replica, cap); 0 for the others.",
+        tags=("reason",),
+    ),
+    MetricSpec(
+        BINLOG_PURGE_STALE_NODES,
+        "gauge",
+        "nodes",
+        "Nodes whose PUT /replication_state report is older than max_replication_state_age.",
     ),
     MetricSpec(
         BACKUP_LAST_COMPLETED_TIME,

@@ -6,7 +6,7 @@ records and markers, and the listing is the real ``read_site`` of that store."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -20,6 +20,7 @@ from binhoard.daemon.jobs import (
     Job,
     JobProgress,
     OpenStream,
+    PurgeDone,
     RestoreDone,
     RestoreStatus,
     RetentionDone,
@@ -107,6 +108,14 @@ class FakeDoers:
     restore_stops_after: str | None = None  # raise once this phase is reported
     rotations: int = 0
     configured: list[Settings] = field(default_factory=list)
+    # Binlog purge: every pass's arguments; the files purged (the pretend server's
+    # closed files, at most max_files_per_cycle a pass); what keeps the next one.
+    purge_calls: list[tuple[bool, dict[str, dict[str, str]], dict[str, float]]] = field(
+        default_factory=list
+    )
+    purged: int = 0
+    purge_blocked_by: str | None = None
+    stale_nodes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.build = SiteBuilder(self.store, server_id=self.server_id)
@@ -205,6 +214,29 @@ class FakeDoers:
         deleted = {d.backup_id for d in report.deleted}
         self.build.backups = [b for b in self.build.backups if b.backup_id not in deleted]
         return RetentionDone(tuple(sorted(deleted)))
+
+    def purge(
+        self,
+        observing: bool,
+        replication_state: Mapping[str, Mapping[str, str]],
+        reported_at: Mapping[str, float],
+        work: Work,
+    ) -> PurgeDone:
+        self._fail("purge")
+        state = {node: dict(p) for node, p in replication_state.items()}
+        self.purge_calls.append((observing, state, dict(reported_at)))
+        cap = self.settings.binlog_purge_settings.max_files_per_cycle
+        first = self.purged
+        if self.purge_blocked_by is None:
+            self.purged = min(self.build.files, first + cap)
+        names = tuple(binlog_name(n) for n in range(first + 1, self.purged + 1))
+        return PurgeDone(
+            purged=names,
+            next_kept=binlog_name(self.purged + 1),
+            blocked_by=self.purge_blocked_by or f"{binlog_name(self.purged + 1)}: cap or active",
+            stale_nodes=self.stale_nodes,
+            more=self.purged < self.build.files,
+        )
 
     def configure(self, settings: Settings) -> None:
         self.configured.append(settings)

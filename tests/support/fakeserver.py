@@ -108,6 +108,8 @@ class FakeBinlogs:
         self.closed: list[str] = []
         self.number = 1
         self.writer = self._new_writer()
+        # MariaDB's binlog checkpoint: PURGE stops early, without an error, at this file.
+        self.purge_stops_at: str | None = None
 
     def _new_writer(self) -> BinlogWriter:
         state = tuple(self.server.binlog_position.values())
@@ -134,7 +136,7 @@ class FakeBinlogs:
         self.server.connect(f"binlogs.purge_to {name}")
         if name not in (*self.closed, self.active):
             raise ServerError(f"PURGE BINARY LOGS TO {name}: not in the binlog index")
-        while self.closed and self.closed[0] != name:
+        while self.closed and self.closed[0] not in (name, self.purge_stops_at):
             (self.directory / self.closed.pop(0)).unlink()
 
     def reset(self, state: GtidPosition) -> None:

@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -156,3 +157,24 @@ def test_a_state_of_the_previous_schema_gains_the_new_fields(tmp_path: Path) -> 
     state = StateStore.open(tmp_path).load()
     assert state.restore is not None and state.restore.replicate_from is None
     assert state == full_state()
+
+
+def test_a_field_added_later_gets_its_column_and_its_default(tmp_path: Path) -> None:
+    """A state file written before ``Control.replication_reported_at`` existed: the
+    column is added, and the rows there read with the field's default."""
+    path = tmp_path / "daemon.sqlite"
+    store = StateStore(path)
+    store.save(full_state())
+    store.close()
+    db = sqlite3.connect(path)
+    db.execute("ALTER TABLE control DROP COLUMN replication_reported_at")
+    db.commit()
+    db.close()
+    reopened = StateStore(path)
+    state = reopened.load()
+    assert state.control.replication_reported_at == {}
+    assert state.control.mode == full_state().control.mode
+    saved = replace(state, control=replace(state.control, replication_reported_at={"n": 1.5}))
+    reopened.save(saved)
+    reopened.close()
+    assert StateStore(path).load().control.replication_reported_at == {"n": 1.5}

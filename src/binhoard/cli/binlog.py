@@ -1,4 +1,4 @@
-"""``binhoard binlog``: archive binlogs, rotate and wait, list a stream's archive."""
+"""``binhoard binlog``: archive binlogs, rotate and wait, list a stream's archive, purge."""
 
 from __future__ import annotations
 
@@ -8,19 +8,24 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import click
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
 from binhoard.app import archive_config, open_server, open_site, site_name
 from binhoard.cli.common import config_option, json_option, site_option, start_telemetry
 from binhoard.config import Settings, load_settings
+from binhoard.daemon.api_models import ReplicationState
+from binhoard.daemon.state import FILE_NAME as STATE_FILE
+from binhoard.daemon.state import DaemonState, StateStore
 from binhoard.domain.documents import CorruptDocumentError
-from binhoard.domain.errors import BinhoardError, NotFoundError
+from binhoard.domain.errors import BinhoardError, NotFoundError, UsageError
 from binhoard.metrics import Metrics
 from binhoard.ops.archive import (
     ArchiveLoop,
@@ -32,6 +37,7 @@ from binhoard.ops.archive import (
     read_archive_status,
 )
 from binhoard.ops.catalog import StreamState, read_site
+from binhoard.ops.purge import BinlogPurger
 from binhoard.ops.site import BackupEntry
 from binhoard.ops.sitecache import open_cache
 from binhoard.storage.store import ObjectStore
@@ -283,3 +289,75 @@ def _print_listing(
     for entry in unreadable:
         if entry.broken:
             console.print(f"stream {entry.backup_id} ([red]BROKEN[/red]): {entry.broken.reason}")
+
+
+@binlog_group.command("purge")
+@config_option
+@click.option("--dry-run", is_flag=True, help="Print the decisions; purge nothing.")
+@click.option(
+    "--observe",
+    is_flag=True,
+    help="Judge as a node observing another node's streams (default: as the daemon's "
+    "mode says, else as the node that archives its own binlogs).",
+)
+@click.option(
+    "--replication-state",
+    "replication_json",
+    help="What the other nodes applied, as PUT /replication_state takes it (JSON); "
+    "default: what the daemon was last given.",
+)
+def purge_command(
+    config_file: Path, dry_run: bool, observe: bool, replication_json: str | None
+) -> None:
+    """Purge the local binlogs that are stored in every open stream, old enough and
+    applied on every reported node: one bounded step (binlog_purge_settings), as the
+    daemon does. Prints each decision with its reason."""
+    settings = load_settings(config_file)
+    metrics = start_telemetry(settings, "binlog purge")
+    daemon_state = _daemon_state(settings)
+    observing = observe or (daemon_state is not None and daemon_state.mode == "observe")
+    state: Mapping[str, Mapping[str, str]] = {}
+    reported_at: Mapping[str, float] = {}
+    if replication_json is not None:
+        state = _replication_state(replication_json)
+        reported_at = {node: time.time() for node in state}
+    elif daemon_state is not None:
+        state = daemon_state.control.replication_state
+        reported_at = daemon_state.control.replication_reported_at
+    if not state:
+        click.echo("no node reported a position: only the streams and the age decide")
+    store = open_site(settings, metrics=metrics)
+    with open_cache(settings.state_directory, store.describe()) as cache:
+        site = read_site(store, cache)
+    purger = BinlogPurger(
+        open_server(settings), settings.server_id, settings.binlog_purge_settings, metrics
+    )
+    report = purger.run(
+        site, state, reported_at, observing=observing, now=datetime.now(UTC), dry_run=dry_run
+    )
+    verb = "would purge" if dry_run else "purge"
+    for binlog in report.decision.purge:
+        click.echo(f"{verb} {binlog.name} ({binlog.size} bytes)")
+    if not dry_run:
+        click.echo(f"purged {len(report.purged)} files ({report.purged_bytes} bytes)")
+    click.echo(f"keep {report.decision.kept or '-'}: {report.blocked_by}")
+    for node in report.decision.stale_nodes:
+        click.echo(f"STALE: node {node}'s report is older than max_replication_state_age")
+
+
+def _daemon_state(settings: Settings) -> DaemonState | None:
+    """The daemon's state on this host, if it has run here (read only)."""
+    if not (settings.state_directory / STATE_FILE).exists():
+        return None
+    store = StateStore.open(settings.state_directory)
+    try:
+        return store.load()
+    finally:
+        store.close()
+
+
+def _replication_state(text: str) -> dict[str, dict[str, str]]:
+    try:
+        return ReplicationState.model_validate_json(text).as_stored()
+    except ValidationError as exc:
+        raise UsageError(f"--replication-state: {exc.errors()[0]['msg']}") from None

@@ -326,6 +326,18 @@ class BackupList(_Out):
     )
 
 
+class PurgeOut(_Out):
+    checked_at: datetime = Field(description="the last binlog purge pass")
+    last_purge_at: datetime | None = Field(description="the last pass that removed files")
+    purged_files: int = Field(description="how many files that pass removed")
+    next_kept: str | None = Field(description="the oldest local binlog kept")
+    blocked_by: str | None = Field(description="why it is kept")
+    stale_nodes: list[str] = Field(
+        description="nodes whose PUT /replication_state report is older than "
+        "binlog_purge_settings.max_replication_state_age (they keep blocking)"
+    )
+
+
 class StatusOut(_Out):
     mode: Mode
     backups_paused_until: datetime | None = Field(
@@ -348,6 +360,9 @@ class StatusOut(_Out):
     )
     replication_state: dict[str, dict[str, str]] = Field(
         description=EXTENSION + "as last stored by PUT /replication_state"
+    )
+    binlog_purge: PurgeOut | None = Field(
+        description=EXTENSION + "binlog purge's last pass; null before the first one"
     )
 
 

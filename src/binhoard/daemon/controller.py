@@ -28,6 +28,7 @@ from binhoard.daemon import modes
 from binhoard.daemon.jobs import (
     ARCHIVE,
     BACKUP,
+    PURGE,
     RESTORE,
     SITE,
     ArchiveDone,
@@ -38,6 +39,7 @@ from binhoard.daemon.jobs import (
     Job,
     JobDone,
     JobProgress,
+    PurgeDone,
     RestoreDone,
     RestoreStatus,
     RetentionDone,
@@ -51,6 +53,7 @@ from binhoard.daemon.port import (
     MarkBroken,
     PauseBackups,
     Preserve,
+    PurgeView,
     RequestBackup,
     RotateBinlog,
     SetMode,
@@ -100,6 +103,9 @@ RETRY_MAX = timedelta(minutes=5)
 RETENTION_INTERVAL = timedelta(minutes=10)
 # The loop steps at least this often, whatever it expects.
 MAX_IDLE = timedelta(seconds=60)
+# After a binlog purge pass that stopped at its cap, the next one comes this soon: the
+# server's commits get the binlog index lock in between.
+PURGE_FOLLOW_UP = timedelta(seconds=5)
 # How often statsd is sent the ages of the metrics' times.
 METRICS_REFRESH = timedelta(seconds=30)
 
@@ -162,6 +168,8 @@ class Controller:
         # any, no backup and no retention: a deposed primary writes nothing that counts.
         self._deposed: tuple[str, ...] = ()
         self.restore_progress: RestoreStatus | None = None
+        self._next_purge_at: datetime | None = None
+        self.purge_view: PurgeView | None = None
         self._views_of: tuple[SiteView | None, tuple[BackupView, ...] | None] = (None, None)
         self._stopping = threading.Event()
         self._metrics_refreshed: datetime | None = None
@@ -258,7 +266,9 @@ class Controller:
             self._archive()
             self._backup()
             self._site_work()
-        elif mode == "restore":
+        if mode in ("active", "observe"):
+            self._purge()
+        if mode == "restore":
             self._restore()
         elif mode == "promote":
             self._promote()
@@ -327,7 +337,12 @@ class Controller:
                 control = replace(self.state.control, backups_paused_until=command.until)
                 self._update(control=control)
             elif isinstance(command, SetReplicationState):
-                control = replace(self.state.control, replication_state=command.state)
+                at = self._now.timestamp()
+                control = replace(
+                    self.state.control,
+                    replication_state=command.state,
+                    replication_reported_at={node: at for node in command.state},
+                )
                 self._update(control=control)
             elif isinstance(command, (Preserve, MarkBroken)):
                 self._mark_request(ticket, command)
@@ -729,6 +744,49 @@ class Controller:
             log.info("promoted: mode active")
             self.state = self.state.with_mode("active")
 
+    # --- active and observe: binlog purge --------------------------------------------------
+    def _purge(self) -> None:
+        """Every ``purge_interval`` (sooner while a backlog is purged in steps), one
+        pass of ``ops/purge.py`` on its own worker; observe mode purges as MyHoard does
+        (``purge_when_observe_no_streams``), the decision knows the mode."""
+        if not self.settings.binlog_purge_settings.enabled or not self._free(PURGE):
+            return
+        if self._deposed:
+            # A deposed primary deletes nothing, its local binlogs included: they hold
+            # what it committed after the takeover, for the operator (docs/failover.md).
+            return
+        if self._next_purge_at is not None and self._now < self._next_purge_at:
+            return
+        observing = self.state.mode == "observe"
+        control = self.state.control
+        state, reported = control.replication_state, control.replication_reported_at
+        self._start(
+            PURGE, lambda work: self.doers.purge(observing, state, reported, work), self._purged
+        )
+
+    def _purged(self, done: JobDone) -> None:
+        interval = timedelta(seconds=self.settings.binlog_purge_settings.purge_interval)
+        self._next_purge_at = self._now + interval
+        result = done.result
+        if not isinstance(result, PurgeDone):
+            return
+        if result.more:
+            self._next_purge_at = self._now + min(interval, PURGE_FOLLOW_UP)
+        last_at, count = None, 0
+        if result.purged:
+            log.info("binlog purge removed %s", ", ".join(result.purged))
+            last_at, count = self._now, len(result.purged)
+        elif self.purge_view is not None:
+            last_at, count = self.purge_view.last_purge_at, self.purge_view.purged_files
+        self.purge_view = PurgeView(
+            checked_at=self._now,
+            last_purge_at=last_at,
+            purged_files=count,
+            next_kept=result.next_kept,
+            blocked_by=result.blocked_by,
+            stale_nodes=result.stale_nodes,
+        )
+
     # --- publishing -----------------------------------------------------------------------
     def _build_snapshot(self) -> Snapshot:
         view, backups = self._views_of
@@ -737,7 +795,7 @@ class Controller:
             self._views_of = (self.view, backups)
         return Snapshot(
             taken_at=self._now,
-            status=status_view(self.state, self._deposed),
+            status=status_view(self.state, self._deposed, self.purge_view),
             backups=backups,
             restore=restore_view(self.state.restore, self.restore_progress),
         )
@@ -754,6 +812,8 @@ class Controller:
         paused = self.state.control.backups_paused_until
         if paused is not None:
             times.append(paused)
+        if self._next_purge_at is not None and self.state.mode in ("active", "observe"):
+            times.append(self._next_purge_at)
         if self.state.mode == "active":
             bs = self.settings.backup_settings
             times.append(

@@ -31,6 +31,7 @@ log = logging.getLogger("binhoard.daemon")
 
 # Slots: what may run at the same time. Archiving goes on while a backup runs.
 SITE, ARCHIVE, BACKUP, RESTORE = "site", "archive", "backup", "restore"
+PURGE = "purge"  # binlog purge: its PURGE may take a while, nothing else waits for it
 # At most this many progress reports a second per job reach the controller.
 PROGRESS_INTERVAL = 0.5
 
@@ -100,6 +101,17 @@ class RetentionDone:
 
 
 @dataclass(frozen=True)
+class PurgeDone:
+    """One binlog purge pass (``ops/purge.py``)."""
+
+    purged: tuple[str, ...]
+    next_kept: str | None
+    blocked_by: str | None
+    stale_nodes: tuple[str, ...]
+    more: bool  # the per-pass cap left files that may go: the next pass comes soon
+
+
+@dataclass(frozen=True)
 class RestoreStatus:
     """A restore's progress (MyHoard's ``GET /status/restore`` counters)."""
 
@@ -144,6 +156,16 @@ class Doers(Protocol):
 
     def retention(self, work: Work) -> RetentionDone:
         """Deletes what the retention settings no longer keep in the upload site."""
+        ...
+
+    def purge(
+        self,
+        observing: bool,
+        replication_state: Mapping[str, Mapping[str, str]],
+        reported_at: Mapping[str, float],
+        work: Work,
+    ) -> PurgeDone:
+        """One binlog purge pass; ``reported_at``: each node's last report, Unix seconds."""
         ...
 
     def configure(self, settings: Settings) -> None:

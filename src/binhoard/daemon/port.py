@@ -101,6 +101,18 @@ class RestoreView:
 
 
 @dataclass(frozen=True)
+class PurgeView:
+    """binhoard extension: binlog purge as its last pass left it."""
+
+    checked_at: datetime  # the last pass
+    last_purge_at: datetime | None  # the last pass that removed files
+    purged_files: int  # by that pass
+    next_kept: str | None  # the oldest local binlog kept
+    blocked_by: str | None  # why it is kept
+    stale_nodes: tuple[str, ...]  # reports older than max_replication_state_age
+
+
+@dataclass(frozen=True)
 class StatusView:
     """``GET /status``: ``mode`` as MyHoard; the rest are binhoard extensions."""
 
@@ -112,6 +124,7 @@ class StatusView:
     deposed: tuple[str, ...] = ()  # another node took this server's streams over
     last_error: str | None = None
     replication_state: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    binlog_purge: PurgeView | None = None
 
 
 @dataclass(frozen=True)

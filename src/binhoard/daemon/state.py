@@ -51,6 +51,8 @@ class Control:
     mode: Mode = "idle"
     backups_paused_until: datetime | None = None
     replication_state: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    # When each node was last reported (Unix seconds): stale reports are named.
+    replication_reported_at: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -230,17 +232,16 @@ class StateStore:
                 f"the daemon's state {self.path} was written by a newer binhoard "
                 f"(schema {version}, this one knows {SCHEMA_VERSION})"
             )
-        if version == SCHEMA_VERSION:
-            return
         self._db.execute("BEGIN IMMEDIATE")
         for _, cls, _ in _PARTS:
             columns = ", ".join(f.name for f in fields(cls))
             self._db.execute(f"CREATE TABLE IF NOT EXISTS {cls.TABLE} ({columns})")
-            # A newer schema only adds fields (with defaults): NULL in older rows.
-            have = {row[1] for row in self._db.execute(f"PRAGMA table_info({cls.TABLE})")}
-            for f in fields(cls):
-                if f.name not in have:
-                    self._db.execute(f"ALTER TABLE {cls.TABLE} ADD COLUMN {f.name}")
+            # A newer schema only adds fields (with defaults): their columns are added,
+            # NULL in the rows there, which read as the field's default (_decode_row).
+            present = {row[1] for row in self._db.execute(f"PRAGMA table_info({cls.TABLE})")}
+            for name in (f.name for f in fields(cls)):
+                if name not in present:
+                    self._db.execute(f"ALTER TABLE {cls.TABLE} ADD COLUMN {name}")
         self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         self._db.execute("COMMIT")
 
@@ -303,8 +304,17 @@ def _encode(value: object) -> object:
 
 def _decode_row(cls: type[Row], row: dict[str, object]) -> Row:
     hints = typing.get_type_hints(cls)
-    values = {name: _decode(hints[name], value) for name, value in row.items()}
+    values = {
+        name: _decode(hints[name], value)
+        for name, value in row.items()
+        # NULL in a column added later (``_add_new_columns``): the field's default.
+        if value is not None or _optional(hints[name])
+    }
     return cls(**values)
+
+
+def _optional(hint: object) -> bool:
+    return type(None) in typing.get_args(hint)
 
 
 def _decode(hint: object, value: object) -> object:

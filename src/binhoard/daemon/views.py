@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from datetime import datetime
 
 from binhoard.daemon.jobs import RestoreStatus, SiteView, StreamInfo
-from binhoard.daemon.port import BackupView, RestoreView, StatusView
+from binhoard.daemon.port import BackupView, PurgeView, RestoreView, StatusView
 from binhoard.daemon.state import DaemonState, RestoreRecord
 
 # ops/pitr.py's phases as MyHoard names them. ``pending`` is a restore accepted but not
@@ -42,7 +42,9 @@ def backup_view(stream: StreamInfo, listed_at: datetime) -> BackupView:
     )
 
 
-def status_view(state: DaemonState, deposed: tuple[str, ...] = ()) -> StatusView:
+def status_view(
+    state: DaemonState, deposed: tuple[str, ...] = (), purge: PurgeView | None = None
+) -> StatusView:
     facts = state.facts
     return StatusView(
         mode=state.mode,
@@ -53,6 +55,7 @@ def status_view(state: DaemonState, deposed: tuple[str, ...] = ()) -> StatusView
         last_error=facts.last_error,
         replication_state=state.control.replication_state,
         deposed=deposed,
+        binlog_purge=purge,
     )
 
 

@@ -20,6 +20,7 @@ from binhoard.daemon.jobs import (
     BackupDone,
     BackupStatus,
     OpenStream,
+    PurgeDone,
     RestoreDone,
     RestoreStatus,
     RetentionDone,
@@ -45,6 +46,7 @@ from binhoard.ops.observe import (
     record_restore_progress,
 )
 from binhoard.ops.pitr import PitrProgress, PitrRequest, PointInTimeRestore, restore_state
+from binhoard.ops.purge import BinlogPurger
 from binhoard.ops.sitecache import SiteCache, open_cache
 
 log = logging.getLogger("binhoard.daemon")
@@ -57,6 +59,7 @@ class OpsDoers:
         self._generation = 0  # bumped by configure(): objects of older settings are rebuilt
         self._archive: tuple[int, ArchiveLoop] | None = None
         self._caches: dict[str, tuple[int, SiteCache]] = {}
+        self._purger: tuple[int, BinlogPurger, SiteCache] | None = None
 
     def configure(self, settings: Settings) -> None:
         self.settings = settings
@@ -158,6 +161,46 @@ class OpsDoers:
         binlogs.flush()
         log.info("rotated the binlog as asked: %s closed", closed)
         return closed
+
+    # --- binlog purge -------------------------------------------------------------------
+    def purge(
+        self,
+        observing: bool,
+        replication_state: Mapping[str, Mapping[str, str]],
+        reported_at: Mapping[str, float],
+        work: Work,
+    ) -> PurgeDone:
+        purger, cache = self._binlog_purger()
+        store = open_site(self.settings, metrics=self.metrics)
+        site = read_site(store, cache)
+        work.check()
+        report = purger.run(
+            site, replication_state, reported_at, observing=observing, now=datetime.now(UTC)
+        )
+        decision = report.decision
+        return PurgeDone(
+            purged=report.purged,
+            next_kept=report.server_kept or decision.kept,
+            blocked_by=report.blocked_by,
+            stale_nodes=decision.stale_nodes,
+            more=decision.capped and bool(report.purged),
+        )
+
+    def _binlog_purger(self) -> tuple[BinlogPurger, SiteCache]:
+        """Kept on the purge thread: its own cache of the upload site (the files it has
+        read), and the end states it read of this node's files."""
+        if self._purger is not None and self._purger[0] == self._generation:
+            return self._purger[1], self._purger[2]
+        if self._purger is not None:
+            self._purger[2].close()
+        settings = self.settings
+        store = open_site(settings, metrics=self.metrics)
+        cache = open_cache(settings.state_directory, store.describe())
+        purger = BinlogPurger(
+            open_server(settings), settings.server_id, settings.binlog_purge_settings, self.metrics
+        )
+        self._purger = (self._generation, purger, cache)
+        return purger, cache
 
     # --- restore and promotion ----------------------------------------------------------
     def restore(self, request: RestoreRecord, work: Work) -> RestoreDone:
