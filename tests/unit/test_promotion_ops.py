@@ -11,23 +11,33 @@ from pathlib import Path
 
 import pytest
 
+from binhoard.config import parse_settings
 from binhoard.domain.catalog import BinlogRecord
 from binhoard.domain.errors import ConflictError
-from binhoard.domain.gtid import GtidPosition
+from binhoard.domain.gtid import Gtid, GtidPosition
 from binhoard.domain.manifest import SnapshotPosition
 from binhoard.domain.promotion import promotion_key
 from binhoard.ops.catalog import read_site, read_streams
 from binhoard.ops.promote import promote_stream
 from binhoard.ops.sitecache import open_cache
+from binhoard.ports.server import ServerBinlogs
 from binhoard.storage.store import MemoryStore, ObjectInfo
 from tests.support.binlogs import BinlogWriter
 from tests.support.fakeserver import fake_archiver
-from tests.support.sites import SERVER_ID, SiteBuilder, position, put_full_backup
-from tests.unit.test_archive_ops import BACKUP_ID, T0, Server, put_backup, settings_for
+from tests.support.sites import SERVER_ID, SiteBuilder, position, put_full_backup, site_config
+from tests.unit.test_archive_ops import (
+    BACKUP_ID,
+    IDENTITY,
+    T0,
+    Server,
+    put_backup,
+    settings_for,
+)
 
 NOW = datetime(2026, 1, 2, tzinfo=UTC)
 P = GtidPosition.parse
 NEW = 202
+OLD = 7  # the server of tests.unit.test_archive_ops's Server and backup
 
 
 def _site() -> tuple[MemoryStore, SiteBuilder]:
@@ -178,7 +188,7 @@ def test_a_cached_reader_sees_a_promotion_that_lands_later(tmp_path: Path) -> No
     assert list(stream.records) == build.records["A"][:3]
 
 
-def test_a_server_given_the_stream_back_does_not_continue_another_servers_files(
+def test_a_server_given_the_stream_back_continues_from_its_own_binlog_at_the_position(
     tmp_path: Path,
 ) -> None:
     server = Server(tmp_path / "binlogs")
@@ -190,7 +200,8 @@ def test_a_server_given_the_stream_back_does_not_continue_another_servers_files(
     (stream,) = read_streams(store)
     promote_stream(store, BACKUP_ID, server_id=NEW, position=stream.end_position, now=NOW)
     (mine,) = stream.records
-    # The new owner's file, named as binlogs usually are: the same names as this server's.
+    # The new owner's record holds no transaction (it was promoted, then demoted): the
+    # stream ends where this server's second file starts.
     theirs = replace(mine, seq=1, server_id=NEW)
     store.put(theirs.key, [theirs.to_bytes()], if_absent=True)
     back = promote_stream(
@@ -199,9 +210,81 @@ def test_a_server_given_the_stream_back_does_not_continue_another_servers_files(
     assert back.promotion is not None and back.promotion.takes_over_at == 2
     server.write_file(5)
     report = archiver.archive_files(server.binlogs())
-    assert report.records_written == 0 and report.deposed == []
+    assert report.records_written == 1 and report.deposed == []
     (stream,) = read_streams(store)
-    assert [r.server_id for r in stream.records] == [7, NEW]
+    assert [(r.server_id, r.name) for r in stream.records] == [
+        (7, "binlog.000001"),
+        (NEW, "binlog.000001"),
+        (7, "binlog.000002"),
+    ]
+    assert stream.problems() == [] and stream.end_position == P("0-7-10")
+
+
+def _replica_binlog(path: Path, replicated: range, own: range) -> BinlogWriter:
+    """A promoted replica's binlog (log_slave_updates): the old primary's transactions
+    it replicated (their GTIDs keep server 7), then its own as the new primary."""
+    writer = BinlogWriter(NEW, T0 + 100)
+    for seq in replicated:
+        writer.server_id = OLD  # a replicated event keeps its origin's server_id
+        writer.transaction(Gtid(0, OLD, seq), T0 + seq, [bytes(50)])
+    writer.server_id = NEW
+    for seq in own:
+        writer.transaction(Gtid(0, NEW, seq), T0 + seq, [bytes(50)])
+    writer.close(path)
+    return writer
+
+
+def test_the_new_owner_archives_from_inside_its_binlog_at_the_promotion_position(
+    tmp_path: Path,
+) -> None:
+    primary = Server(tmp_path / "primary")
+    store = MemoryStore()
+    primary.write_file(5)
+    put_backup(store, SnapshotPosition("binlog.000001", BinlogWriter(7, T0).offset, ""))
+    fake_archiver(settings_for(tmp_path / "old"), store).archive_files(primary.binlogs())
+    # The replica replicated 0-7-1..8 (6..8 never archived: the primary died), was
+    # promoted at 0-7-8, and wrote 0-202-9..10 in the same binlog.
+    replica = tmp_path / "replica"
+    replica.mkdir()
+    _replica_binlog(replica / "binlog.000001", range(1, 9), range(9, 11))
+    taken = promote_stream(store, BACKUP_ID, server_id=NEW, position=P("0-7-8"), now=NOW)
+    assert taken.promotion is not None
+    assert (taken.promotion.takes_over_at, taken.promotion.gtid_position) == (1, P("0-7-5"))
+    settings = parse_settings(
+        site_config(tmp_path / "new", server_id=NEW, identity=IDENTITY), source="test"
+    )
+    binlogs = ServerBinlogs(replica, ("binlog.000001", "binlog.000002"), "binlog.000002")
+    report = fake_archiver(settings, store).archive_files(binlogs)
+    assert report.records_written == 1 and report.deposed == [] and not report.problems
+    (stream,) = read_streams(store)
+    _, handed = stream.records
+    assert (handed.server_id, handed.name, handed.seq) == (NEW, "binlog.000001", 1)
+    # It starts right after 0-7-5 in the replica's file: 0-7-6..8 come from there.
+    assert handed.start_offset > 4 and handed.gtid_list_at_start == GtidPosition()
+    assert stream.problems() == [] and stream.end_position == P("0-202-10")
+
+
+def test_a_new_owner_whose_binlogs_start_after_the_position_is_told_so(tmp_path: Path) -> None:
+    primary = Server(tmp_path / "primary")
+    store = MemoryStore()
+    primary.write_file(5)
+    put_backup(store, SnapshotPosition("binlog.000001", BinlogWriter(7, T0).offset, ""))
+    fake_archiver(settings_for(tmp_path / "old"), store).archive_files(primary.binlogs())
+    replica = tmp_path / "replica"
+    replica.mkdir()
+    # Binary logging began after 0-7-7: the transactions 0-7-6..7 are in none of its files.
+    writer = BinlogWriter(NEW, T0 + 100, (Gtid(0, OLD, 7),))
+    writer.transaction(Gtid(0, NEW, 8), T0 + 8, [bytes(50)])
+    writer.close(replica / "binlog.000001")
+    promote_stream(store, BACKUP_ID, server_id=NEW, position=P("0-7-7"), now=NOW)
+    settings = parse_settings(
+        site_config(tmp_path / "new", server_id=NEW, identity=IDENTITY), source="test"
+    )
+    binlogs = ServerBinlogs(replica, ("binlog.000001", "binlog.000002"), "binlog.000002")
+    report = fake_archiver(settings, store).archive_files(binlogs)
+    assert report.records_written == 0
+    (stalled,) = report.streams
+    assert any("start after the promotion's position 0-7-5" in p for p in stalled.problems)
 
 
 def test_a_deposed_primary_archives_into_none_of_its_streams(tmp_path: Path) -> None:

@@ -150,6 +150,26 @@ def state_at_offset(
     return state
 
 
+def offset_of_state(
+    gtid_list_at_start: GtidPosition,
+    transactions: Sequence[TransactionIndexEntry],
+    position: GtidPosition,
+    start: int = 4,
+) -> int | None:
+    """The first transaction boundary of a file (``start`` is its first event) where
+    its GTID state is exactly ``position``; ``None`` if there is none (the file skips
+    over it, or is on another history). Where a promoted server's own binlogs continue
+    the stream it took over (docs/format.md, "Promotions and fencing")."""
+    state = gtid_list_at_start
+    if state == position:
+        return start
+    for entry in transactions:
+        state = state.advance(entry.gtid, strict=False)
+        if state == position:
+            return entry.end_offset
+    return None
+
+
 class RotationTimer:
     """When to ``FLUSH BINARY LOGS`` so that transactions reach storage in time.
 

@@ -47,6 +47,7 @@ from binhoard.domain.archiving import (
     RotationTimer,
     ServerFiles,
     Wait,
+    offset_of_state,
 )
 from binhoard.domain.binlog import (
     BinlogSegment,
@@ -276,8 +277,19 @@ def _stored_uploads(streams: Sequence[StreamState]) -> dict[BinlogIdentity, Obje
 class _Stream:
     """An open stream during one pass: its records grow as files are archived."""
 
-    def __init__(self, state: StreamState) -> None:
+    def __init__(self, state: StreamState, server_id: int) -> None:
         self.state = state
+        # The promotion this server continues the stream from, until its first record
+        # after it is written: its next file is then one of its own binlogs, starting
+        # at the promotion's position (the archiver works the step out, with I/O).
+        promotions = state.promotions
+        taken = promotions[-1] if promotions and promotions[-1].server_id == server_id else None
+        self.handover = (
+            taken
+            if taken is not None and not any(r.seq >= taken.takes_over_at for r in state.records)
+            else None
+        )
+        self.handover_step: NextStep | None = None
         self.records = list(state.records)
         self.next_seq = state.seq_after  # fenced records take their seqs too
         self.problems = state.problems()
@@ -290,10 +302,28 @@ class _Stream:
     def stream_id(self) -> str:
         return self.state.stream_id
 
+    @property
+    def handing_over(self) -> bool:
+        """Whether the stream's next record is this server's first after its promotion."""
+        handover = self.handover
+        return handover is not None and all(r.seq < handover.takes_over_at for r in self.records)
+
+    @property
+    def start_position(self) -> GtidPosition | None:
+        """Where the next file must start for a stream that does not continue its last
+        record's file: the snapshot (no record yet) or the promotion's position."""
+        if self.handing_over:
+            assert self.handover is not None
+            return self.handover.gtid_position
+        return None if self.records else self.state.snapshot_gtid
+
     def next(self, files: ServerFiles) -> NextStep:
         """The stream's next step. It depends only on the stream's last record (and on
         ``files``, fixed for a pass), so it is worked out again only when a record has
         been added."""
+        if self.handing_over:
+            assert self.handover_step is not None  # worked out before the walk
+            return self.handover_step
         last = self.records[-1].name if self.records else None
         if self._step is None or self._step[0] != last:
             snapshot = self.state.backup.snapshot
@@ -377,14 +407,11 @@ class BinlogArchiver:
         named = {r.object.key for s in all_streams for r in (*s.records, *s.fenced)}
         self._remove_leftovers(named)
         refs = _stored_uploads(all_streams)
+        # Its own streams, and those it took over (a promotion names it).
         streams = [
-            _Stream(s)
+            _Stream(s, self.config.server_id)
             for s in all_streams
-            if s.backup.server_id == self.config.server_id
-            and s.owner == self.config.server_id
-            and s.closed is None
-            and s.broken is None
-            and _continues_own_files(s, self.config.server_id)
+            if s.owner == self.config.server_id and s.closed is None and s.broken is None
         ]
         report.broken = _broken_streams(site.streams, site.backups.entries, self.config.server_id)
         report.deposed = _deposed_streams(site.streams, self.config.server_id)
@@ -393,6 +420,9 @@ class BinlogArchiver:
             # another history than the new owner's, so no stream of it gets more.
             streams = []
         files = ServerFiles(binlogs.names, binlogs.active)
+        for stream in streams:
+            if stream.handing_over:
+                stream.handover_step = self._handover_step(stream, binlogs)
         self._walk(binlogs, files, streams, refs, report)
         for stream in streams:
             step = stream.next(files)
@@ -517,7 +547,9 @@ class BinlogArchiver:
         path = binlogs.path(name)
         # A stream's first file must hold the snapshot: the states there come from the
         # same scan that summarises the file (no per-transaction index is kept).
-        snapshots = {step.start_offset for stream, step in wanting if not stream.records}
+        snapshots = {
+            step.start_offset for stream, step in wanting if stream.start_position is not None
+        }
         try:
             index = self.server.binlogs.summarize(path, states_at=snapshots)
             segment = index.segment()  # before anything is uploaded: it checks GTID order
@@ -588,7 +620,8 @@ class BinlogArchiver:
 
     def _fits(self, stream: _Stream, step: Archive, index: BinlogSummary) -> bool:
         """Whether ``index`` continues ``stream`` exactly; records the problem if not."""
-        if stream.records:
+        start = stream.start_position
+        if start is None:
             previous = stream.records[-1]
             problems = compare_positions(
                 previous.name,
@@ -599,16 +632,52 @@ class BinlogArchiver:
             for problem in problems:
                 stream.problems.append(describe_problem(problem))
             return not problems
-        snapshot = stream.state.snapshot_gtid
-        at_snapshot = index.states_at[step.start_offset]
-        if at_snapshot is None or at_snapshot != snapshot:
+        at_start = index.states_at[step.start_offset]
+        if at_start is None or at_start != start:
+            what = "the promotion's position" if stream.handing_over else "the backup's snapshot"
             stream.problems.append(
-                f"the backup's snapshot {index.name}:{step.start_offset} "
-                f"({snapshot or 'empty GTID position'}) is not a transaction boundary with that "
-                f"GTID state in the file (found {at_snapshot})"
+                f"{what} {index.name}:{step.start_offset} "
+                f"({start or 'empty GTID position'}) is not a transaction boundary with that "
+                f"GTID state in the file (found {at_start})"
             )
             return False
         return True
+
+    def _handover_step(self, stream: _Stream, binlogs: ServerBinlogs) -> NextStep:
+        """The first file of this server's own after its promotion on ``stream``: the
+        newest closed binlog starting at or before the promotion's position, from the
+        transaction boundary where its state is that position. A replica's binlogs hold
+        what it replicated, so the position is usually inside a file."""
+        assert stream.handover is not None
+        position = stream.handover.gtid_position
+        closed = [name for name in binlogs.names if name != binlogs.active]
+        for name in reversed(closed):
+            path = binlogs.path(name)
+            try:
+                index = self.server.binlogs.read(path)
+            except (CorruptBinlogError, OSError) as exc:
+                return Missing(name, f"cannot read {path}: {exc}")
+            if not position.covers(index.gtid_list_at_start):
+                continue  # starts after the position: an older file holds it
+            offset = offset_of_state(index.gtid_list_at_start, index.transactions, position)
+            if offset is None:
+                return Missing(
+                    name,
+                    f"this server's binlog {name} (from {index.gtid_list_at_start or '(empty)'}) "
+                    f"has no transaction boundary at the promotion's position "
+                    f"{position or '(empty)'}: its binlogs are another history",
+                )
+            end = index.transactions[-1].end_offset if index.transactions else offset
+            if offset == end and name == closed[-1]:
+                return Wait(binlogs.active)  # the active file starts at the position
+            return Archive(name, offset)
+        if closed:
+            return Missing(
+                f"(the file holding {position or 'the empty position'})",
+                f"this server's binlogs ({closed[0]}..) start after the promotion's position "
+                f"{position or '(empty)'}: the transactions up to it were not logged here",
+            )
+        return Wait(binlogs.active)
 
     def _upload(self, identity: BinlogIdentity, path: Path, index: BinlogSummary) -> ObjectRef:
         key = binlog_data_key(identity, secrets.token_hex(8), suffix(self.codec.algorithm))
@@ -790,24 +859,6 @@ def _broken_streams(
     for broken in found:
         log.error("stream %s is broken, not archived into: %s", broken.stream_id, broken.reason)
     return found
-
-
-def _continues_own_files(stream: StreamState, server_id: int) -> bool:
-    """Whether the stream's next file is the one after this server's last record: not
-    so after another owner's records (taken over, then given back). The next file
-    would then start inside one of this server's binlogs, at the promotion's position,
-    which the archiver does not do yet; the stream waits, reported."""
-    last = stream.records[-1] if stream.records else None
-    if last is None or last.server_id == server_id:
-        return True
-    log.error(
-        "stream %s: its last record is server_id %d's (%s): this server took the stream "
-        "back and cannot continue another server's files; take a new backup",
-        stream.stream_id,
-        last.server_id,
-        last.name,
-    )
-    return False
 
 
 def _deposed_streams(streams: Sequence[StreamState], server_id: int) -> list[DeposedStreamReport]:
