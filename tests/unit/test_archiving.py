@@ -13,6 +13,7 @@ from binhoard.domain.archiving import (
     Wait,
     archive_lag,
     next_step,
+    offset_of_state,
     state_at_offset,
 )
 from binhoard.domain.binlog import TransactionIndexEntry
@@ -80,6 +81,17 @@ def test_state_at_offset_counts_transactions_that_end_before_it() -> None:
     assert state_at_offset(start, trxs, 500) == GtidPosition.parse("0-1-11,1-1-4")
     assert state_at_offset(start, trxs, 900) == GtidPosition.parse("0-1-12,1-1-4")
     assert state_at_offset(start, trxs, 450) is None  # inside a transaction
+
+
+def test_offset_of_state_is_the_first_boundary_with_exactly_that_state() -> None:
+    start = GtidPosition.parse("0-1-10,1-1-3")
+    trxs = [_trx(11, 300, 400), _trx(4, 400, 500, domain=1), _trx(12, 500, 600)]
+    assert offset_of_state(start, trxs, start) == 4  # the file starts there
+    assert offset_of_state(start, trxs, GtidPosition.parse("0-1-11,1-1-3")) == 400
+    assert offset_of_state(start, trxs, GtidPosition.parse("0-1-12,1-1-4")) == 600
+    # Never passed through: 0-1-12 before 1-1-4 is not a state of this file.
+    assert offset_of_state(start, trxs, GtidPosition.parse("0-1-12,1-1-3")) is None
+    assert offset_of_state(start, trxs, GtidPosition.parse("0-2-11,1-1-3")) is None
 
 
 def test_rotation_timer_fires_interval_after_transactions_start_waiting() -> None:

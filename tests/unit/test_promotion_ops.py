@@ -17,6 +17,7 @@ from binhoard.domain.errors import ConflictError
 from binhoard.domain.gtid import Gtid, GtidPosition
 from binhoard.domain.manifest import SnapshotPosition
 from binhoard.domain.promotion import promotion_key
+from binhoard.ops.archive import BinlogArchiver
 from binhoard.ops.catalog import read_site, read_streams
 from binhoard.ops.promote import promote_stream
 from binhoard.ops.sitecache import open_cache
@@ -234,27 +235,38 @@ def _replica_binlog(path: Path, replicated: range, own: range) -> BinlogWriter:
     return writer
 
 
-def test_the_new_owner_archives_from_inside_its_binlog_at_the_promotion_position(
-    tmp_path: Path,
-) -> None:
+def _primary_died(tmp_path: Path) -> tuple[MemoryStore, Path, BinlogArchiver]:
+    """Stream BACKUP_ID of server 7, archived up to 0-7-5; the new owner's (empty)
+    binlog directory and archiver."""
     primary = Server(tmp_path / "primary")
     store = MemoryStore()
     primary.write_file(5)
     put_backup(store, SnapshotPosition("binlog.000001", BinlogWriter(7, T0).offset, ""))
     fake_archiver(settings_for(tmp_path / "old"), store).archive_files(primary.binlogs())
-    # The replica replicated 0-7-1..8 (6..8 never archived: the primary died), was
-    # promoted at 0-7-8, and wrote 0-202-9..10 in the same binlog.
     replica = tmp_path / "replica"
     replica.mkdir()
+    settings = parse_settings(
+        site_config(tmp_path / "new", server_id=NEW, identity=IDENTITY), source="test"
+    )
+    return store, replica, fake_archiver(settings, store)
+
+
+def _index(directory: Path, files: int) -> ServerBinlogs:
+    names = tuple(f"binlog.{n:06d}" for n in range(1, files + 2))
+    return ServerBinlogs(directory, names, names[-1])
+
+
+def test_the_new_owner_archives_from_inside_its_binlog_at_the_promotion_position(
+    tmp_path: Path,
+) -> None:
+    store, replica, archiver = _primary_died(tmp_path)
+    # The replica replicated 0-7-1..8 (6..8 never archived: the primary died), was
+    # promoted at 0-7-8, and wrote 0-202-9..10 in the same binlog.
     _replica_binlog(replica / "binlog.000001", range(1, 9), range(9, 11))
     taken = promote_stream(store, BACKUP_ID, server_id=NEW, position=P("0-7-8"), now=NOW)
     assert taken.promotion is not None
     assert (taken.promotion.takes_over_at, taken.promotion.gtid_position) == (1, P("0-7-5"))
-    settings = parse_settings(
-        site_config(tmp_path / "new", server_id=NEW, identity=IDENTITY), source="test"
-    )
-    binlogs = ServerBinlogs(replica, ("binlog.000001", "binlog.000002"), "binlog.000002")
-    report = fake_archiver(settings, store).archive_files(binlogs)
+    report = archiver.archive_files(_index(replica, 1))
     assert report.records_written == 1 and report.deposed == [] and not report.problems
     (stream,) = read_streams(store)
     _, handed = stream.records
@@ -264,24 +276,36 @@ def test_the_new_owner_archives_from_inside_its_binlog_at_the_promotion_position
     assert stream.problems() == [] and stream.end_position == P("0-202-10")
 
 
+def test_a_taken_over_stream_is_closed_once_the_new_owners_own_stream_covers_it(
+    tmp_path: Path,
+) -> None:
+    store, replica, archiver = _primary_died(tmp_path)
+    _replica_binlog(replica / "binlog.000001", range(1, 9), range(9, 11))
+    promote_stream(store, BACKUP_ID, server_id=NEW, position=P("0-7-8"), now=NOW)
+    # The new owner's first full backup, its snapshot inside its next file.
+    writer = BinlogWriter(NEW, T0 + 200, (Gtid(0, NEW, 10),))
+    writer.transaction(Gtid(0, NEW, 11), T0 + 11, [bytes(50)])
+    own = "20260101T020000Z-0000beef"
+    at = writer.offset
+    put_full_backup(store, own, SnapshotPosition("binlog.000002", at, "0-202-11"), server_id=NEW)
+    writer.transaction(Gtid(0, NEW, 12), T0 + 12, [bytes(50)])
+    writer.close(replica / "binlog.000002")
+    report = archiver.archive_files(_index(replica, 2))
+    assert report.records_written == 3 and not report.problems
+    taken, mine = read_streams(store)
+    assert taken.stream_id == BACKUP_ID and mine.stream_id == own
+    assert taken.closed is not None and taken.closed.successor == own
+    assert taken.end_position == mine.end_position == P("0-202-12")
+
+
 def test_a_new_owner_whose_binlogs_start_after_the_position_is_told_so(tmp_path: Path) -> None:
-    primary = Server(tmp_path / "primary")
-    store = MemoryStore()
-    primary.write_file(5)
-    put_backup(store, SnapshotPosition("binlog.000001", BinlogWriter(7, T0).offset, ""))
-    fake_archiver(settings_for(tmp_path / "old"), store).archive_files(primary.binlogs())
-    replica = tmp_path / "replica"
-    replica.mkdir()
+    store, replica, archiver = _primary_died(tmp_path)
     # Binary logging began after 0-7-7: the transactions 0-7-6..7 are in none of its files.
     writer = BinlogWriter(NEW, T0 + 100, (Gtid(0, OLD, 7),))
     writer.transaction(Gtid(0, NEW, 8), T0 + 8, [bytes(50)])
     writer.close(replica / "binlog.000001")
     promote_stream(store, BACKUP_ID, server_id=NEW, position=P("0-7-7"), now=NOW)
-    settings = parse_settings(
-        site_config(tmp_path / "new", server_id=NEW, identity=IDENTITY), source="test"
-    )
-    binlogs = ServerBinlogs(replica, ("binlog.000001", "binlog.000002"), "binlog.000002")
-    report = fake_archiver(settings, store).archive_files(binlogs)
+    report = archiver.archive_files(_index(replica, 1))
     assert report.records_written == 0
     (stalled,) = report.streams
     assert any("start after the promotion's position 0-7-5" in p for p in stalled.problems)
