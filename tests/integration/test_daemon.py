@@ -23,9 +23,10 @@ from tests.support.workload import checksums, create_schema, mark, write_rows
 
 
 def new_daemon(
-    daemons: list[DaemonProcess], box: Sandbox, site: Path, identity: Identity
+    daemons: list[DaemonProcess], box: Sandbox, site: Path, identity: Identity, **keys: Any
 ) -> DaemonProcess:
-    config: dict[str, Any] = config_for(box, site, identity=identity)
+    """Started on ``box``'s configuration, top-level ``keys`` replaced."""
+    config: dict[str, Any] = {**config_for(box, site, identity=identity), **keys}
     daemon = DaemonProcess(box.directory / "daemon", config)
     daemons.append(daemon)
     daemon.start()

@@ -476,6 +476,9 @@ class Controller:
                 self._after_commit.append(functools.partial(ticket.finish, done.error))
             return
         self._site_changes += 1
+        # A preservation ended or a stream marked broken can make a backup expire: not
+        # in RETENTION_INTERVAL, but now.
+        self._next_retention_at = self._now
         # Done once a listing shows it: GET /backup then has it, and retention sees it.
         self._after_listing.extend((self._site_changes, t.finish) for t in tickets)
 
