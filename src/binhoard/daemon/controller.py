@@ -112,9 +112,12 @@ METRICS_REFRESH = timedelta(seconds=30)
 
 @dataclass(frozen=True)
 class Reload:
-    """New settings, already checked to need no restart (``service.reload_config``)."""
+    """What SIGHUP found (``service.reload_config``): new ``settings``, already checked
+    to need no restart, and the keys that ``changed``; or why the file was ``refused``."""
 
-    settings: Settings
+    settings: Settings | None
+    changed: tuple[str, ...] = ()
+    refused: str | None = None
 
 
 @dataclass
@@ -168,6 +171,8 @@ class Controller:
         # any, no backup and no retention: a deposed primary writes nothing that counts.
         self._deposed: tuple[str, ...] = ()
         self.restore_progress: RestoreStatus | None = None
+        # Why the last SIGHUP applied nothing, until one does (GET /status shows it).
+        self.reload_refused: str | None = None
         self._next_purge_at: datetime | None = None
         self.purge_view: PurgeView | None = None
         self._views_of: tuple[SiteView | None, tuple[BackupView, ...] | None] = (None, None)
@@ -212,8 +217,9 @@ class Controller:
         step, so what a worker leaves is resumable. Returns whether all ended."""
         return self.executor.stop(timeout)
 
-    def reload(self, settings: Settings) -> None:
-        self.inbox.put(Reload(settings))
+    def reload(self, outcome: Reload) -> None:
+        """SIGHUP's outcome (any thread): applied, or shown, at the next step."""
+        self.inbox.put(outcome)
 
     # --- one step -----------------------------------------------------------------------
     def step(self, now: datetime) -> datetime:
@@ -230,9 +236,7 @@ class Controller:
             elif isinstance(item, Ticket):
                 self._command(item)
             elif isinstance(item, Reload):
-                self.settings = item.settings
-                self.doers.configure(item.settings)
-                log.info("configuration reloaded")
+                self._reload(item)
         if not self._stopping.is_set():
             self._decide()
         self.store.save(self.state)
@@ -253,6 +257,19 @@ class Controller:
             self.executor.start(slot, job)
         self._to_start.clear()
         return self._next_wake()
+
+    def _reload(self, outcome: Reload) -> None:
+        if outcome.settings is None:
+            self.reload_refused = outcome.refused
+            log.error("configuration not reloaded: %s", outcome.refused)
+            return
+        self.reload_refused = None
+        if not outcome.changed:
+            log.info("configuration reloaded: nothing changed")
+            return
+        self.settings = outcome.settings
+        self.doers.configure(outcome.settings)
+        log.info("configuration reloaded: %s", ", ".join(outcome.changed))
 
     def _decide(self) -> None:
         control = self.state.control
@@ -798,7 +815,9 @@ class Controller:
             self._views_of = (self.view, backups)
         return Snapshot(
             taken_at=self._now,
-            status=status_view(self.state, self._deposed, self.purge_view),
+            status=status_view(
+                self.state, self._deposed, self.purge_view, reload_refused=self.reload_refused
+            ),
             backups=backups,
             restore=restore_view(self.state.restore, self.restore_progress),
         )
