@@ -124,6 +124,8 @@ class Reload:
 class _Running:
     on_done: Callable[[JobDone], None]
     on_progress: Callable[[object], None] | None
+    # ``on_done`` logs the job's failures itself, saying what follows (once, not twice).
+    logs_failures: bool = False
 
 
 def utc_now() -> datetime:
@@ -310,9 +312,11 @@ class Controller:
         job: Job,
         on_done: Callable[[JobDone], None],
         on_progress: Callable[[object], None] | None = None,
+        *,
+        logs_failures: bool = False,
     ) -> None:
         """Starts ``job`` once this step's state is saved (what it acts on is durable)."""
-        self._to_start.append((slot, job, _Running(on_done, on_progress)))
+        self._to_start.append((slot, job, _Running(on_done, on_progress, logs_failures)))
 
     def _job_done(self, done: JobDone) -> None:
         running = self._running.pop(done.slot, None)
@@ -328,7 +332,8 @@ class Controller:
             self._failures[done.slot] = failures
             delay = min(RETRY_FIRST * 2 ** (failures - 1), RETRY_MAX)
             self._retry_at[done.slot] = self._now + delay
-            log.error("%s failed: %s", done.slot, done.error.message)
+            if not running.logs_failures:
+                log.error("%s failed: %s", done.slot, done.error.message)
             # Sentry hears of a failure once, not on every retry of it.
             repeated = done.error.message == self.state.facts.last_error
             report_error(done.error, self.metrics, f"daemon {done.slot}", to_sentry=not repeated)
@@ -718,6 +723,7 @@ class Controller:
             lambda work: self.doers.restore(record, work),
             self._restored,
             self._restore_moved,
+            logs_failures=True,
         )
 
     def _restore_moved(self, progress: object) -> None:
@@ -754,6 +760,9 @@ class Controller:
         )
         if phase == "failed":
             log.error("restore failed, not retried: %s", error.message)
+        else:
+            delay = (self._retry_at[RESTORE] - self._now).total_seconds()
+            log.error("restore failed, tried again in %g s: %s", delay, error.message)
 
     def _promote(self) -> None:
         if self._free(RESTORE):
