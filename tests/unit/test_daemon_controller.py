@@ -176,6 +176,20 @@ def test_restore_runs_then_observe_then_promote_to_active(h: Harness) -> None:
     assert len(h.doers.backup_ids()) == 2
 
 
+def test_a_restore_to_before_any_transaction_says_so(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="binhoard.daemon")
+    h.doers.put_backup()
+    h.doers.restore_reaches = ""  # the empty GTID position: no transaction at all
+    h.settle()
+    stream_id = h.doers.backup_ids()[0]
+    accepted(h.submit(SetMode("restore", site="default", stream_id=stream_id)))
+    h.run(RESTORE)
+    assert h.mode == "observe"
+    assert "restore completed at GTID (empty): mode observe" in caplog.messages
+
+
 def test_a_restore_that_cannot_go_on_is_failed_and_may_be_replaced(
     h: Harness, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -740,7 +740,8 @@ class Controller:
         if record is None:
             return
         if isinstance(done.result, RestoreDone):
-            log.info("restore completed at GTID %s: mode observe", done.result.final_gtid)
+            final = done.result.final_gtid or "(empty)"
+            log.info("restore completed at GTID %s: mode observe", final)
             completed = replace(
                 record,
                 phase="completed",
