@@ -33,6 +33,14 @@ def new_daemon(
     return daemon
 
 
+def written_source(sandboxes: SandboxFactory, rows: int) -> Sandbox:
+    """A running sandbox with the workload's schema and ``rows`` rows in it."""
+    source = sandboxes.new("source")
+    create_schema(source)
+    write_rows(source, rows, seed=1)
+    return source
+
+
 def restore_target(sandboxes: SandboxFactory) -> Sandbox:
     """A sandbox with an empty datadir and no server running: what a restore needs."""
     box = sandboxes.new("restored", start=False)
@@ -43,9 +51,7 @@ def restore_target(sandboxes: SandboxFactory) -> Sandbox:
 def test_a_daemon_backs_up_over_http_and_another_restores_to_a_time(
     sandboxes: SandboxFactory, daemons: list[DaemonProcess]
 ) -> None:
-    source = sandboxes.new("source")
-    create_schema(source)
-    write_rows(source, 200, seed=1)
+    source = written_source(sandboxes, 200)
     site = sandboxes.root / "site"
     identity = Identity.generate()
     primary = new_daemon(daemons, source, site, identity)

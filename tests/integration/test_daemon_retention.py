@@ -9,11 +9,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from binhoard.crypto.age import Identity
-from tests.integration.test_daemon import new_daemon
+from tests.integration.test_daemon import new_daemon, written_source
 from tests.support.daemon_process import DaemonProcess
 from tests.support.sandboxes import SandboxFactory
 from tests.support.waiting import wait_for
-from tests.support.workload import create_schema, write_rows
+from tests.support.workload import write_rows
 
 
 def stream_ids(daemon: DaemonProcess) -> list[str]:
@@ -27,9 +27,7 @@ def closed(daemon: DaemonProcess, stream_id: str) -> bool:
 def test_retention_over_http_deletes_exactly_the_expired_streams(
     sandboxes: SandboxFactory, daemons: list[DaemonProcess]
 ) -> None:
-    source = sandboxes.new("source")
-    create_schema(source)
-    write_rows(source, 50, seed=1)
+    source = written_source(sandboxes, 50)
     daemon = new_daemon(
         daemons,
         source,
