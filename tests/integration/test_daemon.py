@@ -23,13 +23,22 @@ from tests.support.workload import checksums, create_schema, mark, write_rows
 
 
 def new_daemon(
-    daemons: list[DaemonProcess], box: Sandbox, site: Path, identity: Identity
+    daemons: list[DaemonProcess], box: Sandbox, site: Path, identity: Identity, **keys: Any
 ) -> DaemonProcess:
-    config: dict[str, Any] = config_for(box, site, identity=identity)
+    """Started on ``box``'s configuration, top-level ``keys`` replaced."""
+    config: dict[str, Any] = {**config_for(box, site, identity=identity), **keys}
     daemon = DaemonProcess(box.directory / "daemon", config)
     daemons.append(daemon)
     daemon.start()
     return daemon
+
+
+def written_source(sandboxes: SandboxFactory, rows: int) -> Sandbox:
+    """A running sandbox with the workload's schema and ``rows`` rows in it."""
+    source = sandboxes.new("source")
+    create_schema(source)
+    write_rows(source, rows, seed=1)
+    return source
 
 
 def restore_target(sandboxes: SandboxFactory) -> Sandbox:
@@ -42,9 +51,7 @@ def restore_target(sandboxes: SandboxFactory) -> Sandbox:
 def test_a_daemon_backs_up_over_http_and_another_restores_to_a_time(
     sandboxes: SandboxFactory, daemons: list[DaemonProcess]
 ) -> None:
-    source = sandboxes.new("source")
-    create_schema(source)
-    write_rows(source, 200, seed=1)
+    source = written_source(sandboxes, 200)
     site = sandboxes.root / "site"
     identity = Identity.generate()
     primary = new_daemon(daemons, source, site, identity)

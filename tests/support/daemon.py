@@ -106,6 +106,7 @@ class FakeDoers:
     failures: dict[str, list[BinhoardError]] = field(default_factory=dict)
     restores: list[RestoreRecord] = field(default_factory=list)
     restore_stops_after: str | None = None  # raise once this phase is reported
+    restore_reaches: str = position(42).format()  # the GTID a restore ends at
     rotations: int = 0
     configured: list[Settings] = field(default_factory=list)
     # Binlog purge: every pass's arguments; the files purged (the pretend server's
@@ -195,7 +196,7 @@ class FakeDoers:
             if phase == self.restore_stops_after:
                 self._fail("restore")
         self._fail("restore")
-        return RestoreDone(position(42).format())
+        return RestoreDone(self.restore_reaches)
 
     def promote(self, work: Work) -> None:
         self._fail("promote")

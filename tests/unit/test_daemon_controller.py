@@ -5,6 +5,7 @@ and what survives a restart."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -175,7 +176,23 @@ def test_restore_runs_then_observe_then_promote_to_active(h: Harness) -> None:
     assert len(h.doers.backup_ids()) == 2
 
 
-def test_a_restore_that_cannot_go_on_is_failed_and_may_be_replaced(h: Harness) -> None:
+def test_a_restore_to_before_any_transaction_says_so(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="binhoard.daemon")
+    h.doers.put_backup()
+    h.doers.restore_reaches = ""  # the empty GTID position: no transaction at all
+    h.settle()
+    stream_id = h.doers.backup_ids()[0]
+    accepted(h.submit(SetMode("restore", site="default", stream_id=stream_id)))
+    h.run(RESTORE)
+    assert h.mode == "observe"
+    assert "restore completed at GTID (empty): mode observe" in caplog.messages
+
+
+def test_a_restore_that_cannot_go_on_is_failed_and_may_be_replaced(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
     h.doers.put_backup()
     stream_id = h.doers.backup_ids()[0]
     h.settle()
@@ -200,6 +217,11 @@ def test_a_restore_that_cannot_go_on_is_failed_and_may_be_replaced(h: Harness) -
     )
     h.step(seconds=600)
     assert not h.executor.busy(RESTORE)  # failed is final
+    # Each failure logged once, saying what follows.
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR] == [
+        "restore failed, tried again in 5 s: the server went away",
+        "restore failed, not retried: the datadir is not empty",
+    ]
     # Written durably: a restart shows the same.
     h.restart()
     h.step()

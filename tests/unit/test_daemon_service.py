@@ -37,27 +37,38 @@ def test_sighup_applies_what_jobs_read_and_names_what_needs_a_restart(
     h = Harness(tmp_path, START)
     config = write_config(tmp_path / "bh.json")
     h.controller.settings = load_settings(config)  # the daemon runs with this file
-    service.reload_config(config, h.controller)
-    h.step()
+
+    def reload() -> list[str]:
+        """SIGHUP, then a step; the log lines about it."""
+        caplog.clear()
+        service.reload_config(config, h.controller)
+        h.step()
+        return [r.getMessage() for r in caplog.records if "reloaded" in r.getMessage()]
+
+    assert reload() == ["configuration reloaded: nothing changed"]
     assert h.doers.configured == []
-    assert "nothing changed" in caplog.text
 
     write_config(config, backup_settings={"backup_hour": 5}, http_port=16999)
-    service.reload_config(config, h.controller)
-    h.step()
+    [line] = reload()
+    assert "not reloaded: http_port changed, which needs a restart" in line
     assert h.doers.configured == []
-    assert "http_port changed, which needs a restart" in caplog.text
     assert h.controller.settings.backup_settings.backup_hour == 3
+    # Not only in the log: GET /status says it until a reload applies.
+    refused = h.controller.snapshot().status.config_reload_error
+    assert refused is not None and refused.startswith("http_port changed")
 
     write_config(config, backup_settings={"backup_hour": 5})
-    service.reload_config(config, h.controller)
-    h.step()
+    [line] = reload()
+    assert line.startswith("configuration reloaded: backup_settings")
     assert [s.backup_settings.backup_hour for s in h.doers.configured] == [5]
     assert h.controller.settings.backup_settings.backup_hour == 5
+    assert h.controller.snapshot().status.config_reload_error is None
 
     config.write_text("{not json")
-    service.reload_config(config, h.controller)
-    assert "configuration not reloaded" in caplog.text and "not valid JSON" in caplog.text
+    [line] = reload()
+    assert "configuration not reloaded" in line and "not valid JSON" in line
+    refused = h.controller.snapshot().status.config_reload_error
+    assert refused is not None and "not valid JSON" in refused
 
 
 def test_status_asks_the_running_daemon(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -316,6 +316,10 @@ def test_a_chosen_backup() -> None:
     assert (unknown.value.exit_code, unknown.value.http_status) == (3, 404)
 
 
+# The way out, in words for the CLI and the daemon's API alike.
+LATEST_BOTH_WAYS = "(--to-latest, or no target over the API)"
+
+
 @pytest.mark.parametrize(
     ("target", "error", "words"),
     [
@@ -323,12 +327,16 @@ def test_a_chosen_backup() -> None:
         (gtid("0-1-1"), TargetBeforeSnapshotError, ["no backup precedes", "0-1-1"]),
         (pos("binlog.000001:100"), TargetBeforeSnapshotError, ["binlog.000001:456"]),
         (pos("other.000002:500"), TargetBeforeSnapshotError, ["no backup precedes"]),
-        (T(1041), TargetBeyondArchiveError, ["--to-latest", "binlog.000005", "00:17:20Z"]),
-        (gtid("0-1-11"), TargetBeyondArchiveError, ["--to-latest", "missing 0-1-11", "0-1-10"]),
+        (T(1041), TargetBeyondArchiveError, [LATEST_BOTH_WAYS, "binlog.000005", "00:17:20Z"]),
+        (gtid("0-1-11"), TargetBeyondArchiveError, [LATEST_BOTH_WAYS, "missing 0-1-11", "0-1-10"]),
         (gtid("0-1-5,1-1-1"), UnknownDomainError, ["domain 1 is not", "archive: 0)"]),
         (gtid("5-151-10"), UnknownDomainError, ["domain 5 is not in the archive", ": 0)"]),
         (gtid("5-1-1,7-1-1"), UnknownDomainError, ["domains 5, 7 are not in the archive"]),
-        (pos("binlog.000006:4"), TargetBeyondArchiveError, ["not archived yet", "binlog.000005"]),
+        (
+            pos("binlog.000006:4"),
+            TargetBeyondArchiveError,
+            ["not archived yet", "binlog.000005", LATEST_BOTH_WAYS],
+        ),
         (pos("binlog.000005:367"), TargetSyntaxError, ["beyond the end of binlog.000005 (366"]),
         (gtid("0-2-7"), TargetUnreachableError, ["not in this history", "0-1-7"]),
     ],
@@ -770,7 +778,9 @@ def test_an_exact_target_past_a_broken_newer_archive_is_planned_from_an_older_ba
     with pytest.raises(BrokenBackupError) as caught:
         plan_restore(BACKUPS, intact, Latest(), broken_streams={"B": why})
     assert "archive of backup B is broken" in str(caught.value)
-    assert "--backup A --to-latest" in str(caught.value)
+    assert "(--backup A --to-latest, or stream_id A and no target over the API)" in str(
+        caught.value
+    )
     # Forced to B, the refusal stands.
     with pytest.raises(BrokenBackupError, match="archive of backup B is broken"):
         plan_restore(BACKUPS, intact, gtid("0-1-9"), backup_id="B", broken_streams={"B": why})

@@ -9,6 +9,7 @@ from collections.abc import Generator, Iterable, Iterator
 import pytest
 
 from binhoard.domain.errors import (
+    CancelledError,
     IntegrityError,
     ObjectNotFoundError,
     PermanentStorageError,
@@ -198,6 +199,28 @@ def test_retries_are_logged_with_key_and_attempt(caplog: pytest.LogCaptureFixtur
     assert len(messages) == 2
     assert "stat some/key (attempt 2 of 8)" in messages[0]
     assert "stat some/key (attempt 3 of 8)" in messages[1]
+
+
+def test_a_cancelled_put_is_neither_retried_nor_logged_as_a_failure(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    memory = RecordingStore(MemoryStore())
+    clock = FakeClock()
+    store = retrying(memory, clock, replay_buffer=1000)
+
+    def cancelled_midway() -> Iterator[bytes]:
+        yield b"part"
+        raise CancelledError("cancelled")  # the daemon stops (SIGTERM)
+
+    caplog.set_level(logging.INFO, logger="binhoard.storage")
+    for data in (cancelled_midway(), Replayable(cancelled_midway)):
+        with pytest.raises(CancelledError):
+            store.put("k", data)
+    assert memory.puts == ["k", "k"] and clock.sleeps == []  # once each, no backoff
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.INFO, "put k cancelled"),
+        (logging.INFO, "put k cancelled"),
+    ]
 
 
 def test_a_truncated_body_is_detected_by_length_when_retries_are_exhausted() -> None:

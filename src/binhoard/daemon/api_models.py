@@ -353,6 +353,11 @@ class StatusOut(_Out):
         description=EXTENSION + "why binlog archiving cannot advance; null while it does"
     )
     last_error: str | None = Field(description=EXTENSION + "the daemon's last error")
+    config_reload_error: str | None = Field(
+        description=EXTENSION
+        + "why the configuration file was not applied at the last SIGHUP (the daemon runs "
+        "with the one it had); null once a reload applies, and after a restart"
+    )
     deposed: list[str] = Field(
         description=EXTENSION
         + "this server's streams another node took over (a promotion), as sentences; while "

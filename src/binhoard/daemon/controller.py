@@ -112,15 +112,20 @@ METRICS_REFRESH = timedelta(seconds=30)
 
 @dataclass(frozen=True)
 class Reload:
-    """New settings, already checked to need no restart (``service.reload_config``)."""
+    """What SIGHUP found (``service.reload_config``): new ``settings``, already checked
+    to need no restart, and the keys that ``changed``; or why the file was ``refused``."""
 
-    settings: Settings
+    settings: Settings | None
+    changed: tuple[str, ...] = ()
+    refused: str | None = None
 
 
 @dataclass
 class _Running:
     on_done: Callable[[JobDone], None]
     on_progress: Callable[[object], None] | None
+    # ``on_done`` logs the job's failures itself, saying what follows (once, not twice).
+    logs_failures: bool = False
 
 
 def utc_now() -> datetime:
@@ -168,6 +173,8 @@ class Controller:
         # any, no backup and no retention: a deposed primary writes nothing that counts.
         self._deposed: tuple[str, ...] = ()
         self.restore_progress: RestoreStatus | None = None
+        # Why the last SIGHUP applied nothing, until one does (GET /status shows it).
+        self.reload_refused: str | None = None
         self._next_purge_at: datetime | None = None
         self.purge_view: PurgeView | None = None
         self._views_of: tuple[SiteView | None, tuple[BackupView, ...] | None] = (None, None)
@@ -212,8 +219,9 @@ class Controller:
         step, so what a worker leaves is resumable. Returns whether all ended."""
         return self.executor.stop(timeout)
 
-    def reload(self, settings: Settings) -> None:
-        self.inbox.put(Reload(settings))
+    def reload(self, outcome: Reload) -> None:
+        """SIGHUP's outcome (any thread): applied, or shown, at the next step."""
+        self.inbox.put(outcome)
 
     # --- one step -----------------------------------------------------------------------
     def step(self, now: datetime) -> datetime:
@@ -230,9 +238,7 @@ class Controller:
             elif isinstance(item, Ticket):
                 self._command(item)
             elif isinstance(item, Reload):
-                self.settings = item.settings
-                self.doers.configure(item.settings)
-                log.info("configuration reloaded")
+                self._reload(item)
         if not self._stopping.is_set():
             self._decide()
         self.store.save(self.state)
@@ -253,6 +259,19 @@ class Controller:
             self.executor.start(slot, job)
         self._to_start.clear()
         return self._next_wake()
+
+    def _reload(self, outcome: Reload) -> None:
+        if outcome.settings is None:
+            self.reload_refused = outcome.refused
+            log.error("configuration not reloaded: %s", outcome.refused)
+            return
+        self.reload_refused = None
+        if not outcome.changed:
+            log.info("configuration reloaded: nothing changed")
+            return
+        self.settings = outcome.settings
+        self.doers.configure(outcome.settings)
+        log.info("configuration reloaded: %s", ", ".join(outcome.changed))
 
     def _decide(self) -> None:
         control = self.state.control
@@ -293,9 +312,11 @@ class Controller:
         job: Job,
         on_done: Callable[[JobDone], None],
         on_progress: Callable[[object], None] | None = None,
+        *,
+        logs_failures: bool = False,
     ) -> None:
         """Starts ``job`` once this step's state is saved (what it acts on is durable)."""
-        self._to_start.append((slot, job, _Running(on_done, on_progress)))
+        self._to_start.append((slot, job, _Running(on_done, on_progress, logs_failures)))
 
     def _job_done(self, done: JobDone) -> None:
         running = self._running.pop(done.slot, None)
@@ -311,7 +332,8 @@ class Controller:
             self._failures[done.slot] = failures
             delay = min(RETRY_FIRST * 2 ** (failures - 1), RETRY_MAX)
             self._retry_at[done.slot] = self._now + delay
-            log.error("%s failed: %s", done.slot, done.error.message)
+            if not running.logs_failures:
+                log.error("%s failed: %s", done.slot, done.error.message)
             # Sentry hears of a failure once, not on every retry of it.
             repeated = done.error.message == self.state.facts.last_error
             report_error(done.error, self.metrics, f"daemon {done.slot}", to_sentry=not repeated)
@@ -476,6 +498,9 @@ class Controller:
                 self._after_commit.append(functools.partial(ticket.finish, done.error))
             return
         self._site_changes += 1
+        # A preservation ended or a stream marked broken can make a backup expire: not
+        # in RETENTION_INTERVAL, but now.
+        self._next_retention_at = self._now
         # Done once a listing shows it: GET /backup then has it, and retention sees it.
         self._after_listing.extend((self._site_changes, t.finish) for t in tickets)
 
@@ -698,6 +723,7 @@ class Controller:
             lambda work: self.doers.restore(record, work),
             self._restored,
             self._restore_moved,
+            logs_failures=True,
         )
 
     def _restore_moved(self, progress: object) -> None:
@@ -714,7 +740,8 @@ class Controller:
         if record is None:
             return
         if isinstance(done.result, RestoreDone):
-            log.info("restore completed at GTID %s: mode observe", done.result.final_gtid)
+            final = done.result.final_gtid or "(empty)"
+            log.info("restore completed at GTID %s: mode observe", final)
             completed = replace(
                 record,
                 phase="completed",
@@ -734,6 +761,9 @@ class Controller:
         )
         if phase == "failed":
             log.error("restore failed, not retried: %s", error.message)
+        else:
+            delay = (self._retry_at[RESTORE] - self._now).total_seconds()
+            log.error("restore failed, tried again in %g s: %s", delay, error.message)
 
     def _promote(self) -> None:
         if self._free(RESTORE):
@@ -795,7 +825,9 @@ class Controller:
             self._views_of = (self.view, backups)
         return Snapshot(
             taken_at=self._now,
-            status=status_view(self.state, self._deposed, self.purge_view),
+            status=status_view(
+                self.state, self._deposed, self.purge_view, reload_refused=self.reload_refused
+            ),
             backups=backups,
             restore=restore_view(self.state.restore, self.restore_progress),
         )

@@ -123,6 +123,7 @@ class StatusView:
     archive_stalled_reason: str | None = None
     deposed: tuple[str, ...] = ()  # another node took this server's streams over
     last_error: str | None = None
+    config_reload_error: str | None = None  # why the last SIGHUP applied nothing
     replication_state: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     binlog_purge: PurgeView | None = None
 

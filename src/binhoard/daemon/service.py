@@ -10,7 +10,8 @@ API, then waits for signals on the main thread.
   not: it outlives the daemon by design.
 * SIGHUP: the configuration file is read again. Keys the running daemon can take
   (``RELOADABLE``) are applied to the work started from then on; if any other key
-  changed, nothing is applied and the log names the keys that need a restart.
+  changed, nothing is applied, and the log and ``GET /status`` (``config_reload_error``)
+  name the keys that need a restart (or why the file could not be read).
 
 Signals are blocked in every thread and taken with ``sigtimedwait`` on the main one,
 so that no handler ever runs inside a lock a thread holds.
@@ -26,7 +27,7 @@ from pathlib import Path
 
 from binhoard.config import Settings, load_settings
 from binhoard.daemon.api import HttpServer
-from binhoard.daemon.controller import Controller
+from binhoard.daemon.controller import Controller, Reload
 from binhoard.daemon.state import StateStore
 from binhoard.daemon.workers import OpsDoers
 from binhoard.domain.errors import BinhoardError
@@ -114,26 +115,23 @@ def _stop(controller: Controller, loop: threading.Thread, http: HttpServer) -> N
 
 
 def reload_config(config_file: Path, controller: Controller) -> None:
-    """SIGHUP: applies the file again if only ``RELOADABLE`` keys changed."""
+    """SIGHUP: applies the file again if only ``RELOADABLE`` keys changed. The
+    controller logs the outcome and shows a refusal in ``GET /status``."""
     try:
         new = load_settings(config_file)
     except BinhoardError as exc:
-        log.error("configuration not reloaded: %s", exc.message)
+        controller.reload(Reload(None, refused=exc.message))
         return
     changed = changed_keys(controller.settings, new)
     restart = sorted(changed - RELOADABLE)
     if restart:
-        log.error(
-            "configuration not reloaded: %s changed, which needs a restart of the daemon "
-            "(it keeps running with the configuration it has)",
-            ", ".join(restart),
+        why = (
+            f"{', '.join(restart)} changed, which needs a restart of the daemon (it keeps "
+            "running with the configuration it has)"
         )
+        controller.reload(Reload(None, refused=why))
         return
-    if not changed:
-        log.info("configuration reloaded: nothing changed")
-        return
-    controller.reload(new)
-    log.info("configuration reloaded: %s", ", ".join(sorted(changed)))
+    controller.reload(Reload(new, changed=tuple(sorted(changed))))
 
 
 def changed_keys(old: Settings, new: Settings) -> set[str]:

@@ -43,7 +43,11 @@ def backup_view(stream: StreamInfo, listed_at: datetime) -> BackupView:
 
 
 def status_view(
-    state: DaemonState, deposed: tuple[str, ...] = (), purge: PurgeView | None = None
+    state: DaemonState,
+    deposed: tuple[str, ...] = (),
+    purge: PurgeView | None = None,
+    *,
+    reload_refused: str | None = None,
 ) -> StatusView:
     facts = state.facts
     return StatusView(
@@ -53,6 +57,7 @@ def status_view(
         newest_archived_commit_at=facts.newest_archived_commit_at,
         archive_stalled_reason=facts.archive_stall_reason,
         last_error=facts.last_error,
+        config_reload_error=reload_refused,
         replication_state=state.control.replication_state,
         deposed=deposed,
         binlog_purge=purge,

@@ -155,6 +155,13 @@ def format_time(at: int) -> str:
     return (_EPOCH + at * _SECOND).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+# Read by people at the CLI and through the daemon's API alike: both ways are named.
+_TO_LATEST = (
+    "Restore to the newest transaction (--to-latest, or no target over the API), or wait "
+    "until the archive reaches the target."
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Latest:
     """The newest archived transaction of the newest backup's stream."""
@@ -581,8 +588,7 @@ def _plan_time(
     if last is None:
         raise TargetBeyondArchiveError(
             f"{target.describe()} is after the newest archived transaction: "
-            f"{_reach(backup, records)}. Restore with --to-latest, or wait until the "
-            "archive reaches the target."
+            f"{_reach(backup, records)}. {_TO_LATEST}"
         )
     if approximate:
         used = _trim(records[:last])
@@ -616,8 +622,7 @@ def _plan_gtid(
         )
         raise TargetBeyondArchiveError(
             f"{target.describe()} is not in the archive: missing {missing}; "
-            f"{_reach(backup, records)}. Restore with --to-latest, or wait until the "
-            "archive reaches the target."
+            f"{_reach(backup, records)}. {_TO_LATEST}"
         )
     used = records[: last + 1]
     _check_prefix(backup, snapshot, used, target)
@@ -657,8 +662,7 @@ def _plan_position(
         raise ArchiveInconsistentError(f"backup {backup.backup_id}: {exc}") from None
     if last is None:
         raise TargetBeyondArchiveError(
-            f"{target.file} is not archived yet: {_reach(backup, records)}. Restore with "
-            "--to-latest, or wait until the archive reaches the target."
+            f"{target.file} is not archived yet: {_reach(backup, records)}. {_TO_LATEST}"
         )
     # Everything before the target file is applied, so the records must chain up to and
     # including the first one at or after it (a file missing there held no transaction).
@@ -756,8 +760,9 @@ def plan_restore(
                 # older backup reaches and let the operator choose it.
                 raise BrokenBackupError(
                     f"{refusal.message} Or restore backup {plan.backup.backup_id}, whose "
-                    f"archive {_reach(plan.backup, plan.records)}: --backup "
-                    f"{plan.backup.backup_id} --to-latest."
+                    f"archive {_reach(plan.backup, plan.records)}, to its newest transaction "
+                    f"(--backup {plan.backup.backup_id} --to-latest, or stream_id "
+                    f"{plan.backup.backup_id} and no target over the API)."
                 ) from None
             return plan  # an exact target: the same database, from an older backup
     if isinstance(target, Latest):

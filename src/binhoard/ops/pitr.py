@@ -703,7 +703,7 @@ class PointInTimeRestore:
         self.progress.binlogs_total = len(self.resolved.records)
         log.info(
             "the restore stops at %s (%d files, %d transactions)",
-            self.resolved.gtid_position,
+            self.resolved.gtid_position or "(empty)",
             len(self.resolved.records),
             self.resolved.transactions,
         )

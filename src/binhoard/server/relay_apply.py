@@ -348,7 +348,7 @@ class RelayApplier:
                     + ": they must all be equal"
                 )
             self.state_file.unlink(missing_ok=True)
-            log.info("apply finished at %s; server is read-only", slave_pos)
+            log.info("apply finished at %s; server is read-only", slave_pos or "(empty)")
             return slave_pos
 
     # --- steps -------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol, TypeVar
 
 from binhoard.domain.errors import (
+    CancelledError,
     IntegrityError,
     PermanentStorageError,
     PreconditionFailedError,
@@ -41,8 +42,10 @@ def is_retryable(exc: BaseException) -> bool:
 
     The flag lives on the error classes (``binhoard.domain.errors``) so that one place
     decides what is worth retrying; backends map their native errors onto those classes.
+    A ``CancelledError`` is retryable for the daemon (later, once it runs again), never
+    here: the work was asked to stop.
     """
-    return getattr(exc, "retryable", False) is True
+    return getattr(exc, "retryable", False) is True and not isinstance(exc, CancelledError)
 
 
 # --------------------------------------------------------------------------- retry
@@ -268,6 +271,9 @@ class RetryingStore:
                     raise
                 log.info("put %s: an earlier attempt had stored it", key)
                 return self.stat(key)
+            except CancelledError:
+                log.info("put %s cancelled", key)  # not a storage failure
+                raise
             except BaseException as exc:
                 if not is_retryable(exc):
                     raise
