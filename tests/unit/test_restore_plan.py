@@ -901,3 +901,67 @@ def test_a_new_owners_file_that_cannot_hold_the_previous_end_is_a_gap() -> None:
     short = replace(kept[2], gtid_position_at_end=P("0-1-2"))
     with pytest.raises(ArchiveGapError):
         run(Latest(), backups=[backup], catalog={"X": [*kept[:2], short]})
+
+
+def _partition(items: list[str], sizes: list[int]) -> list[list[str]]:
+    """``items`` cut into consecutive runs of ``sizes`` (the rest in the last run)."""
+    runs, at = [], 0
+    for size in sizes:
+        runs.append(items[at : at + size])
+        at += size
+    return [*runs[:-1], runs[-1] + items[at:]] if runs else [items]
+
+
+@given(
+    old=st.integers(1, 8),
+    old_sizes=st.lists(st.integers(0, 3), min_size=1, max_size=4),
+    logged_from=st.integers(0, 8),
+    own=st.integers(1, 8),
+    own_sizes=st.lists(st.integers(0, 3), min_size=1, max_size=4),
+)
+def test_any_takeover_inside_a_file_replays_exactly_the_history_prefix(
+    old: int, old_sizes: list[int], logged_from: int, own: int, own_sizes: list[int]
+) -> None:
+    """Server 1 archives 0-1-1..old and dies; server 2 logged 0-1-(j+1)..old (it
+    replicated them, j <= old) and then writes 0-2-(old+1)..: its first record starts
+    after 0-1-old inside its first file. Every GTID and time target replays exactly the
+    prefix of that history, each transaction once."""
+    j = min(logged_from, old)
+    history = [
+        *(f"0-1-{s}" for s in range(1, old + 1)),
+        *(f"0-2-{s}" for s in range(old + 1, old + own + 1)),
+    ]
+    times = {g: 100 + i for i, g in enumerate(history)}  # commit order
+
+    def spec(gtids: list[str]) -> list[tuple[str, int]]:
+        return [(g, times[g]) for g in gtids]
+
+    old_files = _partition(history[:old], old_sizes)
+    own_files = _partition(history[old:], own_sizes)
+    first_own = [*history[j:old], *own_files[0]]
+    before = build_stream("X", [spec(f) for f in old_files], completed=90)
+    after = build_stream(
+        "Y", [spec(first_own), *(spec(f) for f in own_files[1:])], start=f"0-1-{j}" if j else ""
+    )
+    handover = 256 + 100 * (old - j)  # the boundary after 0-1-old in server 2's file
+    moved = [
+        replace(r, stream_id="X", seq=len(before.records) + i, server_id=2, start_offset=4)
+        for i, r in enumerate(after.records)
+    ]
+    moved[0] = replace(moved[0], start_offset=handover)
+    tables = {
+        **tables_of(before),
+        **{("X", len(before.records) + i): t for i, t in enumerate(after.tables)},
+    }
+    catalog = {"X": [*before.records, *moved]}
+    for n, target in enumerate(history, 1):
+        _, resolved = run(gtid(target), backups=[before.backup], catalog=catalog, tables=tables)
+        assert [e.gtid.format() for e in applied(resolved, tables)] == history[:n]
+        assert resolved.transactions == n
+    for n, gtid_text in enumerate(history):
+        _, resolved = run(
+            T(times[gtid_text]), backups=[before.backup], catalog=catalog, tables=tables
+        )
+        assert [e.gtid.format() for e in applied(resolved, tables)] == history[:n]
+    _, resolved = run(Latest(), backups=[before.backup], catalog=catalog, tables=tables)
+    assert [e.gtid.format() for e in applied(resolved, tables)] == history
