@@ -287,7 +287,9 @@ class OpsDoers:
         from a stream (observe from idle) has none to take over: its first backup, in
         active mode, opens its own."""
         server = open_server(self.settings)
-        if server.replication.status().sql_running:
+        if server.replication.status().configured:
+            # Stopped even while it only tries to connect: an old primary that comes
+            # back must not feed the new one.
             server.replication.stop()
         facts = check_facts(server.facts(), self.settings.server_id, what="cannot take over")
         if facts.read_only:
