@@ -8,46 +8,28 @@ from __future__ import annotations
 
 import json
 
-from binhoard.app import open_site
-from binhoard.config import parse_settings
-from binhoard.crypto.age import Identity
 from binhoard.ops.catalog import read_site
 from tests.integration.test_seed import (
+    archived_primary,
     caught_up,
     daemon_backups,
     new_node,
     seeded_config,
 )
-from tests.support import ops
 from tests.support.cli import run_binhoard
 from tests.support.configs import config_for
 from tests.support.daemon_process import DaemonProcess
 from tests.support.sandboxes import SandboxFactory
 from tests.support.waiting import wait_for
-from tests.support.workload import checksums, create_schema, write_rows
+from tests.support.workload import checksums, write_rows
 
 
 def test_a_seeded_replica_promoted_by_its_daemon_continues_the_stream(
     sandboxes: SandboxFactory, daemons: list[DaemonProcess]
 ) -> None:
-    primary = sandboxes.new("primary")
-    create_schema(primary)
-    primary.execute_script(
-        """
-        CREATE USER 'repl'@'127.0.0.1' IDENTIFIED BY 'repl-secret';
-        GRANT REPLICATION SLAVE ON *.* TO 'repl'@'127.0.0.1';
-        """
-    )
-    write_rows(primary, 300, seed=1)
-    site = sandboxes.root / "site"
-    identity = Identity.generate()
-    settings = parse_settings(config_for(primary, site, identity=identity), source="test")
-    store = open_site(settings)
-    ops.backup(settings, store)
-    write_rows(primary, 300, seed=2)
-    primary.query("FLUSH BINARY LOGS")
-    assert ops.archiver(settings, store).archive_once().problems == []
-    address = f"127.0.0.1:{primary.port}"
+    archived = archived_primary(sandboxes)
+    primary, site, identity, store = archived.box, archived.site, archived.identity, archived.store
+    address = archived.address
 
     node = new_node(sandboxes, "replica")
     daemon = DaemonProcess(node.directory / "daemon", seeded_config(node, site, identity))
