@@ -11,6 +11,7 @@ import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from binhoard.app import open_site
 from binhoard.config import parse_settings
 from binhoard.crypto.age import Identity
 from binhoard.server.sandbox import Sandbox
+from binhoard.storage.store import ObjectStore
 from tests.support import ops
 from tests.support.cli import run_binhoard
 from tests.support.configs import config_for
@@ -72,9 +74,21 @@ def caught_up(replica: Sandbox, primary: Sandbox) -> None:
     assert replica.query("SELECT @@read_only")[0][0] == 1  # it never takes writes of its own
 
 
-def test_replicas_seeded_by_the_cli_and_the_daemon_catch_up_with_the_primary(
-    sandboxes: SandboxFactory, daemons: list[DaemonProcess]
-) -> None:
+@dataclass
+class ArchivedPrimary:
+    box: Sandbox
+    site: Path
+    identity: Identity
+    store: ObjectStore
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.box.port}"
+
+
+def archived_primary(sandboxes: SandboxFactory) -> ArchivedPrimary:
+    """A primary with the replicas' account, a full backup after 300 rows and 300 more
+    archived in the site."""
     primary = sandboxes.new("primary")
     create_schema(primary)
     # The replicas' account on the primary (docs/servers.md: what it must be granted).
@@ -93,7 +107,15 @@ def test_replicas_seeded_by_the_cli_and_the_daemon_catch_up_with_the_primary(
     write_rows(primary, 300, seed=2)
     primary.query("FLUSH BINARY LOGS")
     assert ops.archiver(settings, store).archive_once().problems == []
-    address = f"127.0.0.1:{primary.port}"
+    return ArchivedPrimary(primary, site, identity, store)
+
+
+def test_replicas_seeded_by_the_cli_and_the_daemon_catch_up_with_the_primary(
+    sandboxes: SandboxFactory, daemons: list[DaemonProcess]
+) -> None:
+    archived = archived_primary(sandboxes)
+    primary, site, identity = archived.box, archived.site, archived.identity
+    address = archived.address
 
     with write_load(primary):
         # One node through the CLI...

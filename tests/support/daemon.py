@@ -20,6 +20,7 @@ from binhoard.daemon.jobs import (
     Job,
     JobProgress,
     OpenStream,
+    PromoteDone,
     PurgeDone,
     RestoreDone,
     RestoreStatus,
@@ -33,6 +34,7 @@ from binhoard.daemon.state import BrokenRequest, PreservationRequest, RestoreRec
 from binhoard.daemon.workers import site_streams
 from binhoard.domain.catalog import closed_key, completed_key
 from binhoard.domain.errors import BinhoardError
+from binhoard.domain.gtid import GtidPosition
 from binhoard.domain.manifest import (
     BackupManifest,
     BackupType,
@@ -46,6 +48,7 @@ from binhoard.ops.archive import DeposedStreamReport
 from binhoard.ops.catalog import read_site
 from binhoard.ops.expire import prune, retention_policy
 from binhoard.ops.marks import mark_broken, preserve
+from binhoard.ops.promote import promote_stream
 from binhoard.storage.store import MemoryStore
 from tests.support.sites import SERVER_ID, SiteBuilder, binlog_name, position, ref, site_config
 
@@ -117,6 +120,7 @@ class FakeDoers:
     purged: int = 0
     purge_blocked_by: str | None = None
     stale_nodes: tuple[str, ...] = ()
+    node_position: GtidPosition | None = None  # the server's @@gtid_current_pos at promote
 
     def __post_init__(self) -> None:
         self.build = SiteBuilder(self.store, server_id=self.server_id)
@@ -198,8 +202,22 @@ class FakeDoers:
         self._fail("restore")
         return RestoreDone(self.restore_reaches)
 
-    def promote(self, work: Work) -> None:
+    def promote(self, restore: RestoreRecord | None, force: bool, work: Work) -> PromoteDone:
         self._fail("promote")
+        if restore is None:
+            return PromoteDone(None)
+        (stream,) = (s for s in read_site(self.store).streams if s.stream_id == restore.stream_id)
+        # The node's server: at the archive's end unless a test says otherwise.
+        at = self.node_position if self.node_position is not None else stream.end_position
+        result = promote_stream(
+            self.store,
+            restore.stream_id,
+            server_id=self.server_id,
+            position=at,
+            now=self.clock.now,
+            force=force,
+        )
+        return PromoteDone(result.stream_id, result.new_stream_needed)
 
     def write_mark(self, request: PreservationRequest | BrokenRequest, work: Work) -> None:
         self._fail("write_mark")

@@ -32,9 +32,11 @@ from binhoard.domain.errors import (
     ServerError,
     UsageError,
 )
-from binhoard.ops.catalog import read_site
+from binhoard.domain.gtid import GtidPosition
+from binhoard.ops.catalog import StreamState, read_site
 from binhoard.ops.promote import promote_stream
 from tests.support.daemon import Harness
+from tests.support.sites import SiteBuilder, position
 
 START = datetime(2026, 3, 2, 1, 0, tzinfo=UTC)  # a Monday, 01:00 UTC
 
@@ -479,3 +481,86 @@ def test_a_deposed_primary_stops_backups_and_retention_and_says_so(h: Harness) -
     assert not h.executor.busy(BACKUP)
     (stream,) = read_site(h.doers.store).streams
     assert len(stream.records) == records and stream.owner == 999
+
+
+# --- promote: taking over the stream the node was restored from ------------------------------
+OTHER = 7  # the old primary
+
+
+def _observing_a_stream_of_another_node(h: Harness) -> str:
+    """This node restored from the old primary's stream (3 archived files) and observing."""
+    other = SiteBuilder(h.doers.store, server_id=OTHER)
+    stream_id = "20251119T000000Z-00000007"
+    other.backup(stream_id)
+    other.archive(stream_id, 3)
+    h.settle()
+    accepted(h.submit(SetMode("restore", site="default", stream_id=stream_id)))
+    h.run(RESTORE)
+    assert h.mode == "observe"
+    return stream_id
+
+
+def _stream(h: Harness, stream_id: str) -> StreamState:
+    return next(s for s in read_site(h.doers.store).streams if s.stream_id == stream_id)
+
+
+def test_promote_takes_over_the_restored_stream_then_active(h: Harness) -> None:
+    stream_id = _observing_a_stream_of_another_node(h)
+    accepted(h.submit(SetMode("promote")))
+    assert h.mode == "promote"
+    h.run(RESTORE)
+    assert h.mode == "active"
+    stream = _stream(h, stream_id)
+    assert stream.owner == h.doers.server_id
+    (promotion,) = stream.promotions
+    assert (promotion.takes_over_at, promotion.forced) == (3, False)
+
+
+def test_promote_that_loses_the_race_stays_in_observe_and_says_why(h: Harness) -> None:
+    _observing_a_stream_of_another_node(h)
+    lost = ConflictError("another node promoted itself on stream ... at the same time")
+    h.doers.failures["promote"] = [lost]
+    accepted(h.submit(SetMode("promote")))
+    h.run(RESTORE)
+    assert h.mode == "observe"
+    assert h.controller.state.facts.last_error == lost.message
+    h.settle()
+    assert h.mode == "observe" and not h.executor.busy(RESTORE)  # not retried
+
+
+def test_promote_behind_the_archive_is_refused_unless_forced(h: Harness) -> None:
+    stream_id = _observing_a_stream_of_another_node(h)
+    h.doers.node_position = position(15)  # it lacks 0-x-16..30 of the archive
+    accepted(h.submit(SetMode("promote")))
+    h.run(RESTORE)
+    assert h.mode == "observe"
+    assert "has not applied the whole archive" in str(h.controller.state.facts.last_error)
+    assert _stream(h, stream_id).promotions == ()
+    # force: it takes over at the first record it lacks; that one and later are fenced.
+    accepted(h.submit(SetMode("promote", force=True)))
+    h.run(RESTORE)
+    assert h.mode == "active"
+    stream = _stream(h, stream_id)
+    (promotion,) = stream.promotions
+    assert (promotion.takes_over_at, promotion.forced) == (1, True)
+    assert [r.seq for r in stream.records] == [0] and [r.seq for r in stream.fenced] == [1, 2]
+
+
+def test_promote_on_another_history_starts_a_new_stream_at_once(h: Harness) -> None:
+    stream_id = _observing_a_stream_of_another_node(h)
+    h.doers.node_position = GtidPosition.parse("0-999-30")  # the same seq_no, another server
+    accepted(h.submit(SetMode("promote")))
+    h.run(RESTORE)
+    assert h.mode == "active"
+    assert _stream(h, stream_id).promotions == ()
+    h.settle()
+    (own,) = h.doers.backup_ids()  # a full backup of this node: its own stream
+    assert own != stream_id
+
+
+@pytest.mark.parametrize("mode", ["active", "idle", "observe"])
+def test_force_is_only_for_promoting_a_node_in_observe(h: Harness, mode: str) -> None:
+    h.settle()
+    error = refused(h.submit(SetMode(mode, force=True)))  # type: ignore[arg-type]
+    assert isinstance(error, UsageError) and "force is only for promoting" in error.message
+    assert h.mode == "idle"

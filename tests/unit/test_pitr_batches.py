@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from binhoard.domain.gtid import GtidPosition
 from binhoard.domain.pitr import (
+    Batch,
     Resumed,
-    batch_start_offset,
     batch_stop_offset,
+    next_batch,
     resume_batch,
     split_at_limit,
 )
@@ -21,9 +22,13 @@ def point(file_index: int, offset: int, applied: int = 0, total: int = 10) -> Re
     return ResumePoint(file_index, offset, applied, total, None, None, GtidPosition())
 
 
-def test_only_the_plan_s_first_file_starts_at_the_snapshot() -> None:
-    assert batch_start_offset(0, 1234) == 1234
-    assert batch_start_offset(3, 1234) == 4
+def test_a_batch_starts_at_its_first_record_s_offset_and_ends_before_another_inside() -> None:
+    # The plan's first record starts at the snapshot, the fourth (a new owner's first
+    # after a promotion) inside its file: each begins a batch of its own.
+    offsets = [1234, 4, 4, 777, 4]
+    assert next_batch([0, 1, 2, 3, 4], offsets) == Batch([0, 1, 2], 1234, [3, 4])
+    assert next_batch([1, 2], offsets) == Batch([1, 2], 4, [])
+    assert next_batch([3, 4], offsets) == Batch([3, 4], 777, [])
 
 
 def test_files_past_the_resolved_stop_are_given_back() -> None:

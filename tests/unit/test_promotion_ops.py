@@ -118,7 +118,7 @@ def test_a_node_promoted_twice_in_one_stream_gets_two_records() -> None:
 @pytest.mark.parametrize(
     ("at", "force", "taken_at", "reason"),
     [
-        (20, False, None, "behind the stream's archive"),
+        (20, False, None, "has not applied the whole archive"),
         (20, True, 2, None),  # gives up record 2 (0-101-21..30)
     ],
 )
@@ -126,11 +126,13 @@ def test_a_node_behind_the_archive_applies_it_first_or_forces(
     at: int, force: bool, taken_at: int | None, reason: str | None
 ) -> None:
     store, _ = _site()
-    result = promote_stream(store, "A", server_id=NEW, position=position(at), now=NOW, force=force)
     if reason is not None:
-        assert result.promotion is None
-        assert result.new_stream_needed is not None and reason in result.new_stream_needed
+        with pytest.raises(ConflictError, match=reason):
+            promote_stream(store, "A", server_id=NEW, position=position(at), now=NOW)
+        (stream,) = read_streams(store)
+        assert stream.promotions == ()
         return
+    result = promote_stream(store, "A", server_id=NEW, position=position(at), now=NOW, force=force)
     assert result.promotion is not None and result.promotion.forced
     assert result.promotion.takes_over_at == taken_at
     (stream,) = read_streams(store)

@@ -17,7 +17,7 @@ from binhoard.domain.binlog import (
     TransactionTable,
     stop_for_time,
 )
-from binhoard.domain.catalog import BinlogRecord
+from binhoard.domain.catalog import BinlogRecord, starts_inside
 from binhoard.domain.errors import PlanError, UsageError
 from binhoard.domain.gtid import Gtid, GtidPosition
 from binhoard.domain.manifest import BackupManifest, LsnRange, ObjectRef, SnapshotPosition
@@ -159,10 +159,16 @@ def resolve(plan: RestorePlan, tables: dict[tuple[str, int], TransactionTable]) 
     if not plan.records:
         return exact_stop(plan, TransactionTable())
     first, last = plan.records[0], plan.records[-1]
+    records = plan.records
     return exact_stop(
         plan,
         tables[last.stream_id, last.seq],
         tables[first.stream_id, first.seq] if len(plan.records) > 1 else None,
+        {
+            i: tables[r.stream_id, r.seq]
+            for i, r in enumerate(records[:-1])
+            if starts_inside(records, i)
+        },
     )
 
 
@@ -828,3 +834,144 @@ def test_the_deposed_primarys_late_write_is_not_in_the_history() -> None:
     backup = build_stream("X", [[("0-1-1", 100)]], completed=90).backup
     with pytest.raises(PlanError):
         run(gtid("0-1-4"), backups=[backup], catalog={"X": kept}, tables=tables)
+
+
+def _across_a_takeover_inside_a_file(
+    start_offset: int = 456,
+) -> tuple[list[BinlogRecord], dict[tuple[str, int], TransactionTable]]:
+    """Server 1 archived 0-1-1..3 in records 0-1 and died. Server 2, its replica, logged
+    what it replicated (0-1-2, 0-1-3 after its Gtid_list 0-1-1), was promoted at 0-1-3
+    and wrote 0-2-4..5 in the same binlog, then 0-2-6 in the next: its first record
+    starts inside that file, at the boundary after 0-1-3 (byte 456)."""
+    old = build_stream("X", [[("0-1-1", 100), ("0-1-2", 110)], [("0-1-3", 120)]], completed=90)
+    new = build_stream(
+        "Y",
+        [[("0-1-2", 110), ("0-1-3", 120), ("0-2-4", 200), ("0-2-5", 210)], [("0-2-6", 220)]],
+        start="0-1-1",
+    )
+    moved = [
+        replace(
+            r, stream_id="X", seq=2 + i, server_id=2, start_offset=start_offset if i == 0 else 4
+        )
+        for i, r in enumerate(new.records)
+    ]
+    tables = {**tables_of(old), **{("X", 2 + i): t for i, t in enumerate(new.tables)}}
+    return [*old.records, *moved], tables
+
+
+OLD_OWNER = ["0-1-1", "0-1-2", "0-1-3"]
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        (gtid("0-1-2"), OLD_OWNER[:2]),  # before the takeover
+        (gtid("0-1-3"), OLD_OWNER),  # at it
+        (gtid("0-2-4"), [*OLD_OWNER, "0-2-4"]),  # after it, inside the new owner's file
+        (gtid("0-2-5"), [*OLD_OWNER, "0-2-4", "0-2-5"]),  # at that file's end
+        (gtid("0-2-6"), [*OLD_OWNER, "0-2-4", "0-2-5", "0-2-6"]),  # in the next file
+        (Latest(), [*OLD_OWNER, "0-2-4", "0-2-5", "0-2-6"]),
+        (T(115), OLD_OWNER[:2]),
+        (T(121), OLD_OWNER),  # the new owner's file holds nothing of its own before 200
+        (T(205), [*OLD_OWNER, "0-2-4"]),
+        (T(215), [*OLD_OWNER, "0-2-4", "0-2-5"]),
+    ],
+)
+def test_a_takeover_inside_a_file_applies_each_transaction_once(
+    target: Target, expected: list[str]
+) -> None:
+    kept, tables = _across_a_takeover_inside_a_file()
+    backup = build_stream("X", [[("0-1-1", 100)]], completed=90).backup
+    _, resolved = run(target, backups=[backup], catalog={"X": kept}, tables=tables)
+    assert [e.gtid.format() for e in applied(resolved, tables)] == expected
+    assert resolved.transactions == len(expected)
+    assert resolved.gtid_position == P(expected[-1])
+
+
+def test_a_takeover_whose_start_position_is_not_the_previous_end_is_refused() -> None:
+    # Byte 356 is the boundary after 0-1-2: starting there would apply 0-1-3 twice.
+    kept, tables = _across_a_takeover_inside_a_file(start_offset=356)
+    backup = build_stream("X", [[("0-1-1", 100)]], completed=90).backup
+    with pytest.raises(ArchiveInconsistentError, match="not the end of the record before"):
+        run(Latest(), backups=[backup], catalog={"X": kept}, tables=tables)
+    # Inside a transaction: no boundary there at all.
+    kept, tables = _across_a_takeover_inside_a_file(start_offset=400)
+    with pytest.raises(ArchiveInconsistentError, match="lies inside transaction 0-1-3"):
+        run(gtid("0-2-6"), backups=[backup], catalog={"X": kept}, tables=tables)
+
+
+def test_a_new_owners_file_that_cannot_hold_the_previous_end_is_a_gap() -> None:
+    kept, _ = _across_a_takeover_inside_a_file()
+    backup = build_stream("X", [[("0-1-1", 100)]], completed=90).backup
+    # Its file starts after 0-1-3 (0-1-2 and 0-1-3 were never logged there): a gap.
+    late = replace(kept[2], gtid_list_at_start=P("0-1-5"))
+    with pytest.raises(ArchiveGapError, match="gap"):
+        run(Latest(), backups=[backup], catalog={"X": [*kept[:2], late, *kept[3:]]})
+    # It ends before 0-1-3: it cannot continue the stream.
+    short = replace(kept[2], gtid_position_at_end=P("0-1-2"))
+    with pytest.raises(ArchiveGapError):
+        run(Latest(), backups=[backup], catalog={"X": [*kept[:2], short]})
+
+
+def _partition(items: list[str], sizes: list[int]) -> list[list[str]]:
+    """``items`` cut into consecutive runs of ``sizes`` (the rest in the last run)."""
+    runs, at = [], 0
+    for size in sizes:
+        runs.append(items[at : at + size])
+        at += size
+    return [*runs[:-1], runs[-1] + items[at:]] if runs else [items]
+
+
+@given(
+    old=st.integers(1, 8),
+    old_sizes=st.lists(st.integers(0, 3), min_size=1, max_size=4),
+    logged_from=st.integers(0, 8),
+    own=st.integers(1, 8),
+    own_sizes=st.lists(st.integers(0, 3), min_size=1, max_size=4),
+)
+def test_any_takeover_inside_a_file_replays_exactly_the_history_prefix(
+    old: int, old_sizes: list[int], logged_from: int, own: int, own_sizes: list[int]
+) -> None:
+    """Server 1 archives 0-1-1..old and dies; server 2 logged 0-1-(j+1)..old (it
+    replicated them, j <= old) and then writes 0-2-(old+1)..: its first record starts
+    after 0-1-old inside its first file. Every GTID and time target replays exactly the
+    prefix of that history, each transaction once."""
+    j = min(logged_from, old)
+    history = [
+        *(f"0-1-{s}" for s in range(1, old + 1)),
+        *(f"0-2-{s}" for s in range(old + 1, old + own + 1)),
+    ]
+    times = {g: 100 + i for i, g in enumerate(history)}  # commit order
+
+    def spec(gtids: list[str]) -> list[tuple[str, int]]:
+        return [(g, times[g]) for g in gtids]
+
+    old_files = _partition(history[:old], old_sizes)
+    own_files = _partition(history[old:], own_sizes)
+    first_own = [*history[j:old], *own_files[0]]
+    before = build_stream("X", [spec(f) for f in old_files], completed=90)
+    after = build_stream(
+        "Y", [spec(first_own), *(spec(f) for f in own_files[1:])], start=f"0-1-{j}" if j else ""
+    )
+    handover = 256 + 100 * (old - j)  # the boundary after 0-1-old in server 2's file
+    moved = [
+        replace(r, stream_id="X", seq=len(before.records) + i, server_id=2, start_offset=4)
+        for i, r in enumerate(after.records)
+    ]
+    moved[0] = replace(moved[0], start_offset=handover)
+    tables = {
+        **tables_of(before),
+        **{("X", len(before.records) + i): t for i, t in enumerate(after.tables)},
+    }
+    catalog = {"X": [*before.records, *moved]}
+    for n, target in enumerate(history, 1):
+        _, resolved = run(gtid(target), backups=[before.backup], catalog=catalog, tables=tables)
+        assert [e.gtid.format() for e in applied(resolved, tables)] == history[:n]
+        assert resolved.transactions == n
+    for n, gtid_text in enumerate(history):
+        _, resolved = run(
+            T(times[gtid_text]), backups=[before.backup], catalog=catalog, tables=tables
+        )
+        assert [e.gtid.format() for e in applied(resolved, tables)] == history[:n]
+    _, resolved = run(Latest(), backups=[before.backup], catalog=catalog, tables=tables)
+    assert [e.gtid.format() for e in applied(resolved, tables)] == history

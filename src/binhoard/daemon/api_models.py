@@ -224,7 +224,10 @@ class StatusUpdate(_Body):
     )
     force: bool | None = Field(
         default=None,
-        description="active only: promote without applying the remaining binlogs (loses data)",
+        description=(
+            "active or promote only, from observe: take the stream over though the node "
+            "has not applied the whole archive (what it lacks is given up)"
+        ),
     )
     replicate_from: str | None = Field(
         default=None,
@@ -263,8 +266,8 @@ class StatusUpdate(_Body):
             if given:
                 verb = "applies" if len(given) == 1 else "apply"
                 raise ValueError(f"{' and '.join(given)} {verb} only to mode restore")
-        if self.force and self.mode != "active":
-            raise ValueError("force applies only to mode active")
+        if self.force and self.mode not in ("active", "promote"):
+            raise ValueError("force applies only to mode active or promote")
         return self
 
 

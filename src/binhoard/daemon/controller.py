@@ -39,6 +39,7 @@ from binhoard.daemon.jobs import (
     Job,
     JobDone,
     JobProgress,
+    PromoteDone,
     PurgeDone,
     RestoreDone,
     RestoreStatus,
@@ -155,6 +156,7 @@ class Controller:
         self._now = utc_now()
         self._running: dict[str, _Running] = {}
         self._failures: dict[str, int] = {}
+        self._promote_force = False  # PUT /status {"mode": "promote", "force": true}
         self._retry_at: dict[str, datetime] = {}
         self._next_list_at: datetime | None = None
         self._next_archive_at: datetime | None = None
@@ -394,10 +396,15 @@ class Controller:
         if isinstance(decision, modes.Stay):
             return
         log.info("mode %s -> %s", self.state.mode, decision.mode)
+        # Not kept across a restart: a promotion resumed after one is not forced, so it
+        # refuses rather than give up archived transactions nobody asked to give up.
+        self._promote_force = decision.mode == "promote" and command.force
         self.state = self.state.with_mode(decision.mode)
         if decision.restore is not None:
             self._update(restore=decision.restore)
             self.restore_progress = None
+        if decision.restore is not None or decision.mode == "promote":
+            # The operator's new request: not held back by the last one's failure.
             self._retry_at.pop(RESTORE, None)
             self._failures.pop(RESTORE, None)
 
@@ -767,12 +774,35 @@ class Controller:
 
     def _promote(self) -> None:
         if self._free(RESTORE):
-            self._start(RESTORE, self.doers.promote, self._promoted)
+            restore, force = self.state.restore, self._promote_force
+            self._start(
+                RESTORE, lambda work: self.doers.promote(restore, force, work), self._promoted
+            )
 
     def _promoted(self, done: JobDone) -> None:
-        if done.error is None:
-            log.info("promoted: mode active")
-            self.state = self.state.with_mode("active")
+        if isinstance(done.error, ConflictError):
+            # Another node took the stream over first, or this one lacks part of the
+            # archive: it stays a replica (the reason is the last error in GET /status).
+            log.error("not promoted, mode observe: %s", done.error.message)
+            self._promote_force = False
+            self.state = self.state.with_mode("observe")
+            return
+        result = done.result
+        if done.error is not None or not isinstance(result, PromoteDone):
+            return  # retried
+        self._promote_force = False
+        if result.new_stream_needed is not None:
+            log.error(
+                "promoted, but this node cannot continue stream %s: %s; a full backup "
+                "starts a new stream now",
+                result.stream_id,
+                result.new_stream_needed,
+            )
+            self._update(
+                backups=(*self.state.backups, BackupRequest(False, "requested", self._now))
+            )
+        log.info("promoted: mode active")
+        self.state = self.state.with_mode("active")
 
     # --- active and observe: binlog purge --------------------------------------------------
     def _purge(self) -> None:

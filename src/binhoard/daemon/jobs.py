@@ -129,6 +129,15 @@ class RestoreDone:
 
 
 @dataclass(frozen=True)
+class PromoteDone:
+    """How a promotion went: the node took over ``stream_id`` (or owned it already),
+    or cannot continue it (``new_stream_needed`` says why: a full backup at once)."""
+
+    stream_id: str | None
+    new_stream_needed: str | None = None
+
+
+@dataclass(frozen=True)
 class BackupStatus:
     backup_id: str
     phase: str
@@ -148,7 +157,11 @@ class Doers(Protocol):
 
     def restore(self, request: RestoreRecord, work: Work) -> RestoreDone: ...
 
-    def promote(self, work: Work) -> None: ...
+    def promote(self, restore: RestoreRecord | None, force: bool, work: Work) -> PromoteDone:
+        """Takes over the stream the node was restored from (``restore``), if any;
+        raises ``ConflictError`` when it must not (another node won the race, or it
+        has not applied the whole archive and ``force`` is not given)."""
+        ...
 
     def write_mark(self, request: PreservationRequest | BrokenRequest, work: Work) -> None:
         """Records a preservation or a broken mark on the request's site."""

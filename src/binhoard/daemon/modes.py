@@ -12,7 +12,8 @@ a refusal (a ``BinhoardError`` the API answers with) out. The rules are MyHoard'
   ``failed`` may be replaced by a new ``restore`` request);
 * from ``observe``: ``active`` goes through ``promote``, which checks the node can
   take over and then switches to ``active`` by itself (``promote`` may be asked for
-  by name, with the same meaning);
+  by name, with the same meaning); ``force`` only there (the node takes over though
+  it has not applied the whole archive; docs/failover.md);
 * ``active`` (and ``promote`` on its way there) is never left except by stopping.
 
 Asking for the mode the daemon is already in is accepted and changes nothing.
@@ -51,14 +52,15 @@ def decide(  # noqa: PLR0917 - the decision's inputs, each named by its type
     now: datetime,
 ) -> Switch | Stay:
     """What ``request`` does in ``current``; raises the refusal."""
-    if request.force:
-        # MyHoard's force promotes before every binlog is applied; binhoard never
-        # leaves a restore half-applied (its target would silently not be reached).
-        raise UsageError(
-            "force is not supported: a node is promoted only after its restore has "
-            "completed (mode observe)"
-        )
     wanted = request.mode
+    if request.force and (wanted not in ("active", "promote") or current != "observe"):
+        # MyHoard's force promotes a node that has not applied the whole archive (what
+        # it lacks is given up); binhoard never leaves a restore half-applied, so it
+        # means that only for a node in observe, whose restore has completed.
+        raise UsageError(
+            "force is only for promoting a node in observe mode (mode active or "
+            f"promote); the mode is {current} and {wanted} was asked for"
+        )
     if wanted == "restore":
         failed = current == "restore" and restore is not None and restore.phase == "failed"
         if current != "idle" and not failed:

@@ -20,6 +20,7 @@ from binhoard.daemon.jobs import (
     BackupDone,
     BackupStatus,
     OpenStream,
+    PromoteDone,
     PurgeDone,
     RestoreDone,
     RestoreStatus,
@@ -31,6 +32,7 @@ from binhoard.daemon.jobs import (
 from binhoard.daemon.port import StreamWindow
 from binhoard.daemon.state import BrokenRequest, PreservationRequest, RestoreRecord
 from binhoard.domain.errors import BinhoardError
+from binhoard.domain.gtid import GtidPosition
 from binhoard.domain.manifest import BackupManifest, BackupType
 from binhoard.domain.server_facts import check_facts
 from binhoard.metrics import Metrics
@@ -46,6 +48,7 @@ from binhoard.ops.observe import (
     record_restore_progress,
 )
 from binhoard.ops.pitr import PitrProgress, PitrRequest, PointInTimeRestore, restore_state
+from binhoard.ops.promote import promote_stream
 from binhoard.ops.purge import BinlogPurger
 from binhoard.ops.sitecache import SiteCache, open_cache
 
@@ -277,15 +280,33 @@ class OpsDoers:
                 log.info("retention: deleting %s: %s", decision.backup_id, decision.reason)
         return RetentionDone(tuple(d.backup_id for d in report.deleted))
 
-    def promote(self, work: Work) -> None:
-        """This node takes over: its server must answer as the configured one, fit to
-        be backed up (the restore removed its replication set-up). Its first backup,
-        taken in active mode, opens its own stream."""
-        facts = check_facts(
-            open_server(self.settings).facts(), self.settings.server_id, what="cannot take over"
-        )
+    def promote(self, restore: RestoreRecord | None, force: bool, work: Work) -> PromoteDone:
+        """This node takes over the stream it was restored from (``ops/promote.py``):
+        replication stopped first (nothing more arrives from the old primary), then the
+        promotion record, at the server's ``@@gtid_current_pos``. A node not restored
+        from a stream (observe from idle) has none to take over: its first backup, in
+        active mode, opens its own."""
+        server = open_server(self.settings)
+        if server.replication.status().configured:
+            # Stopped even while it only tries to connect: an old primary that comes
+            # back must not feed the new one.
+            server.replication.stop()
+        facts = check_facts(server.facts(), self.settings.server_id, what="cannot take over")
         if facts.read_only:
             log.warning("the server is read-only: set read_only=OFF for it to take writes")
+        if restore is None:
+            return PromoteDone(None)
+        store = open_site(self.settings, restore.site, metrics=self.metrics)
+        position = GtidPosition.parse(facts.gtid_current_pos)
+        result = promote_stream(
+            store,
+            restore.stream_id,
+            server_id=self.settings.server_id,
+            position=position,
+            now=datetime.now(UTC),
+            force=force,
+        )
+        return PromoteDone(result.stream_id, result.new_stream_needed)
 
 
 def _same_restore(recorded: Mapping[str, object], request: PitrRequest, since: datetime) -> bool:

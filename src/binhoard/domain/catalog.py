@@ -14,10 +14,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from binhoard.domain.binlog import BinlogSegment, SegmentProblem, check_chain, compare_positions
+from binhoard.domain.binlog import (
+    BinlogSegment,
+    DomainDropped,
+    GtidGap,
+    GtidOverlap,
+    SegmentProblem,
+    check_chain,
+    compare_positions,
+)
 from binhoard.domain.documents import CorruptDocumentError, seal, unseal
 from binhoard.domain.gtid import Gtid, GtidPosition
 from binhoard.domain.manifest import BackupManifest, ObjectRef, manifest_key
+from binhoard.domain.relay_plan import FIRST_EVENT_OFFSET
 
 SEQ_DIGITS = 10
 
@@ -239,7 +248,12 @@ def chain_problems(
 
     Where the server changes (a promotion: records are fenced first, so only there)
     file names start again from the new owner's, so their order is checked within each
-    server's run only; the GTID state must still carry over exactly.
+    server's run only; the GTID state must still carry over exactly. A new owner's
+    first record that starts inside its file (:func:`starts_inside`) holds the previous
+    record's end somewhere in it: its Gtid_list must be at or before that end and its
+    end at or after it. That the state at its ``start_offset`` is exactly that end needs
+    the file's index: the restore's exact stop checks it (``exact_stop``), and so does
+    the applier before it applies anything (``plan_batch``).
     """
     runs: list[list[BinlogRecord]] = []
     for record in records:
@@ -250,12 +264,38 @@ def chain_problems(
     for number, run in enumerate(runs):
         if number:
             before, after = runs[number - 1][-1], run[0]
-            problems += compare_positions(
-                before.name, before.gtid_position_at_end, after.name, after.gtid_list_at_start
-            )
+            if after.start_offset > FIRST_EVENT_OFFSET:
+                problems += _holds_position(before, after)
+            else:
+                problems += compare_positions(
+                    before.name, before.gtid_position_at_end, after.name, after.gtid_list_at_start
+                )
         last = number == len(runs) - 1
         problems += check_chain([r.segment() for r in run], end=end if last else None)
     return problems
+
+
+def starts_inside(records: Sequence[BinlogRecord], index: int) -> bool:
+    """Whether ``records[index]`` continues the stream from inside its file: a new
+    owner's first record after a promotion, whose ``start_offset`` is past the file's
+    first event (docs/format.md, "Promotions and fencing"). The stream's first record
+    starts at the snapshot, which is another matter (:func:`snapshot_inside`)."""
+    return index > 0 and records[index].start_offset > FIRST_EVENT_OFFSET
+
+
+def _holds_position(before: BinlogRecord, after: BinlogRecord) -> list[SegmentProblem]:
+    """Every way ``after``'s file cannot hold ``before``'s end: it starts after it in
+    some domain (a gap), or ends before it (the file stops short of where the stream
+    is). Per domain, as :func:`compare_positions` words it."""
+    end = before.gtid_position_at_end
+    at_start = compare_positions(before.name, end, after.name, after.gtid_list_at_start)
+    at_end = compare_positions(before.name, end, after.name, after.gtid_position_at_end)
+    # The file may start before the end (overlap) or before a domain began (dropped);
+    # it may end after it (a gap up to its end is its own transactions).
+    return [
+        *(p for p in at_start if not isinstance(p, (GtidOverlap, DomainDropped))),
+        *(p for p in at_end if not isinstance(p, GtidGap)),
+    ]
 
 
 def snapshot_inside(first: BinlogRecord, snapshot: GtidPosition) -> bool:

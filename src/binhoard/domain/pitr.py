@@ -80,10 +80,28 @@ def _is_count(value: object) -> TypeGuard[int]:
 
 
 # --- batches ---------------------------------------------------------------------------
-def batch_start_offset(first_index: int, snapshot_offset: int) -> int:
-    """Where a batch whose first file is the plan's ``first_index``-th starts: at the
-    backup's snapshot in the plan's first file, at the first event in any other."""
-    return snapshot_offset if first_index == 0 else FIRST_EVENT_OFFSET
+@dataclass(frozen=True)
+class Batch:
+    """The plan's files (``indexes``) applied in one batch, from ``start_offset`` in
+    the first; ``later`` are downloaded but wait for the next batch."""
+
+    indexes: list[int]
+    start_offset: int
+    later: list[int]
+
+
+def next_batch(indexes: Sequence[int], start_offsets: Sequence[int]) -> Batch:
+    """The batch of the downloaded ``indexes`` (consecutive, of a plan whose records
+    start at ``start_offsets``). The applier starts only a batch's first file at an
+    offset, so a batch ends before a file whose record starts inside it (the backup's
+    snapshot in the plan's first file, a new owner's position after a promotion):
+    applying that one whole would apply what the record before it holds twice."""
+    first = indexes[0]
+    cut = next(
+        (k for k, i in enumerate(indexes) if k and start_offsets[i] > FIRST_EVENT_OFFSET),
+        len(indexes),
+    )
+    return Batch(list(indexes[:cut]), start_offsets[first], list(indexes[cut:]))
 
 
 def split_at_limit(indexes: Sequence[int], limit: int) -> tuple[list[int], list[int]]:

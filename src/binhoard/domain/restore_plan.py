@@ -59,6 +59,9 @@ Rules (each one is tested in ``tests/unit/test_restore_plan.py``):
   one must hold the snapshot (``snapshot_inside``); any problem there refuses, naming
   it. A problem after the last planned file is irrelevant, except for ``Latest``, whose
   target is the end of the archive.
+* **A new owner's record starting inside its file** (after a promotion, ``starts_inside``):
+  only its transactions after ``start_offset`` count, from the previous record's end,
+  which must be the file's state there (:func:`exact_stop` checks it on the index).
 
 Refusals are :class:`~binhoard.domain.errors.PlanError` subclasses (exit code 2) with a
 message that says what the archive can do instead; records and indexes that contradict
@@ -83,7 +86,7 @@ from binhoard.domain.binlog import (
     stop_for_gtid,
     stop_for_time,
 )
-from binhoard.domain.catalog import BinlogRecord, chain_problems, snapshot_inside
+from binhoard.domain.catalog import BinlogRecord, chain_problems, snapshot_inside, starts_inside
 from binhoard.domain.errors import BinhoardError, NotFoundError, PlanError
 from binhoard.domain.gtid import Gtid, GtidOrderError, GtidPosition
 from binhoard.domain.manifest import BackupManifest
@@ -846,17 +849,36 @@ def _check_table(record: BinlogRecord, table: TransactionTable) -> None:
 
 
 def _split(
-    record: BinlogRecord, table: TransactionTable
+    record: BinlogRecord, table: TransactionTable, what: str = "the snapshot position"
 ) -> tuple[TransactionTable, TransactionTable]:
-    """``(in the snapshot, after it)``: the first file's transactions either side of its
-    ``start_offset``, which must be a transaction boundary."""
+    """``(before, from)`` the record's ``start_offset``, which must be a transaction
+    boundary: for the first file, the transactions in the snapshot and after it."""
     at = bisect.bisect_left(table.start_offsets, record.start_offset)
     if at and table.end_offsets[at - 1] > record.start_offset:
         raise ArchiveInconsistentError(
-            f"the snapshot position {record.name}:{record.start_offset} lies inside "
+            f"{what} {record.name}:{record.start_offset} lies inside "
             f"transaction {table[at - 1].gtid}"
         )
     return table[:at], table[at:]
+
+
+def _continued_part(
+    before: BinlogRecord, record: BinlogRecord, table: TransactionTable
+) -> TransactionTable:
+    """The transactions of a record that starts inside its file (``starts_inside``)
+    after its ``start_offset``, where the file's GTID state must be exactly the previous
+    record's end: what is before it was applied from the previous owner's records."""
+    _check_table(record, table)
+    earlier, after = _split(record, table, "the start position of the new owner's record")
+    found = _advance(record.gtid_list_at_start, earlier)
+    if found != before.gtid_position_at_end:
+        raise ArchiveInconsistentError(
+            f"stream {record.stream_id}, seq {record.seq}: the GTID state at its start "
+            f"position {record.name}:{record.start_offset} is {found or '(empty)'}, not the "
+            f"end of the record before it ({before.name}: "
+            f"{before.gtid_position_at_end or '(empty)'})"
+        )
+    return after
 
 
 def _advance(start: GtidPosition, table: TransactionTable) -> GtidPosition:
@@ -934,20 +956,46 @@ def _count_in_last(
     raise AssertionError(f"a {plan.stop.kind} stop for {target.describe()}")
 
 
+def _counted(
+    records: Sequence[BinlogRecord], from_first: int, tables: Mapping[int, TransactionTable]
+) -> list[int]:
+    """How many transactions each planned file applies: ``from_first`` (after the
+    snapshot) in the first, those after the start position in one that starts inside
+    (by its index in ``tables``), all of the others."""
+    counted = [from_first, *(r.transactions for r in records[1:])]
+    for index in range(1, len(records)):
+        if not starts_inside(records, index):
+            continue
+        table = tables.get(index)
+        if table is None:
+            raise ValueError(
+                f"exact_stop needs the index of {records[index].name} (plan file {index}), "
+                "whose record starts inside it"
+            )
+        counted[index] = len(_continued_part(records[index - 1], records[index], table))
+    return counted
+
+
 def exact_stop(
     plan: RestorePlan,
     last_file_transactions: TransactionTable,
     first_file_transactions: TransactionTable | None = None,
+    inside_transactions: Mapping[int, TransactionTable] | None = None,
 ) -> ResolvedStop:
     """The exact stop of ``plan``, from the rebuilt index of its last file (and of its
-    first file when the plan has more than one: it is required then).
+    first file when the plan has more than one: it is required then; and, by index in
+    ``plan.records``, of every file between them whose record starts inside it,
+    :func:`~binhoard.domain.catalog.starts_inside`).
 
     Transactions before the first file's ``start_offset`` are in the snapshot and never
     count; they are checked against the snapshot's GTID position and, for a time
     target, against the target (one committed at or after it means the target precedes
-    the snapshot). If the target is reached before any transaction of the last file,
-    replay stops after the last transaction of the nearest earlier file that has one,
-    and the files after it are dropped.
+    the snapshot). A record that starts inside its file (a new owner's first after a
+    promotion) counts only its transactions after its ``start_offset``, from the
+    previous record's end, which must be the file's state there. If the target is
+    reached before any transaction of the last file, replay stops after the last
+    transaction of the nearest earlier file that has one, and the files after it are
+    dropped.
     """
     records = plan.records
     snapshot = plan.snapshot
@@ -964,17 +1012,25 @@ def exact_stop(
     _check_table(first, first_table)
     in_snapshot, after_snapshot = _split(first, first_table)
     _check_snapshot(plan, first, in_snapshot)
-
+    counted = _counted(
+        records,
+        len(after_snapshot),
+        {**(inside_transactions or {}), len(records) - 1: last_file_transactions},
+    )
     single = len(records) == 1
-    countable = after_snapshot if single else last_file_transactions
-    start = snapshot if single else last.gtid_list_at_start
+    if single:
+        countable, start = after_snapshot, snapshot
+    elif starts_inside(records, len(records) - 1):
+        countable = last_file_transactions[len(last_file_transactions) - counted[-1] :]
+        start = records[-2].gtid_position_at_end
+    else:
+        countable, start = last_file_transactions, last.gtid_list_at_start
     count, stop_before = _count_in_last(plan, countable, start)
-    from_first = 0 if single else len(after_snapshot)
     if count:
         return ResolvedStop(
             records,
             countable.end_offsets[count - 1],
-            from_first + sum(r.transactions for r in records[1:-1]) + count,
+            sum(counted[:-1]) + count,
             last.gtid_position_at_end
             if count == len(countable)
             else _advance(start, countable[:count]),
@@ -982,14 +1038,14 @@ def exact_stop(
         )
     # Nothing of the last file: stop after the nearest earlier file with a transaction.
     index = len(records) - 2
-    while index > 0 and records[index].transactions == 0:
+    while index > 0 and counted[index] == 0:
         index -= 1
     if index < 0 or (index == 0 and not after_snapshot):
         return ResolvedStop((), None, 0, snapshot, stop_before)
     return ResolvedStop(
         records[: index + 1],
         after_snapshot.end_offsets[-1] if index == 0 else None,
-        from_first + sum(r.transactions for r in records[1 : index + 1]),
+        sum(counted[: index + 1]),
         records[index].gtid_position_at_end,
         stop_before,
     )

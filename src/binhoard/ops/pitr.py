@@ -40,7 +40,7 @@ from typing import Any
 from binhoard.config import BackupSite
 from binhoard.disk import disk_full, is_no_space
 from binhoard.domain.binlog import TransactionTable
-from binhoard.domain.catalog import BinlogRecord
+from binhoard.domain.catalog import BinlogRecord, starts_inside
 from binhoard.domain.errors import (
     BinhoardError,
     CancelledError,
@@ -54,8 +54,8 @@ from binhoard.domain.errors import (
 from binhoard.domain.gtid import GtidPosition
 from binhoard.domain.manifest import BackupManifest
 from binhoard.domain.pitr import (
-    batch_start_offset,
     batch_stop_offset,
+    next_batch,
     resume_batch,
     split_at_limit,
     state_problem,
@@ -219,7 +219,9 @@ class BinlogPrefetcher:
             return self._used
 
     def path(self, index: int) -> Path:
-        return self.directory / self.records[index].name
+        # Per server: after a promotion the new owner's file names start again.
+        record = self.records[index]
+        return self.directory / f"server-{record.server_id}" / record.name
 
     @property
     def peak(self) -> int:
@@ -237,6 +239,7 @@ class BinlogPrefetcher:
                     if self._stopped:
                         return
                     self._used += record.size
+                self.path(index).parent.mkdir(exist_ok=True)
                 try:
                     download_to_file(
                         self.store,
@@ -334,6 +337,9 @@ class PointInTimeRestore:
         self.progress = PitrProgress()
         self.callback = progress
         self.first_table: TransactionTable | None = None
+        # The indexes of files whose record starts inside them (a promotion's handover),
+        # by plan index: the exact stop counts their transactions from that point.
+        self.inside_tables: dict[int, TransactionTable] = {}
         self.resolved: ResolvedStop | None = None
         self.trx_before = 0  # transactions applied by earlier batches of this run
 
@@ -631,12 +637,16 @@ class PointInTimeRestore:
         records = plan.records
         applier = self._applier()
         first_batch = True
+        start_offsets = [record.start_offset for record in records]
         while int(self.state["applied_records"]) < self._record_limit(plan):
             start = int(self.state["applied_records"])
-            indexes = prefetcher.take(start, self._record_limit(plan))
+            batch = next_batch(prefetcher.take(start, self._record_limit(plan)), start_offsets)
+            indexes = batch.indexes  # the later ones stay downloaded for the next batch
             files = [self._batch_file(prefetcher.path(i)) for i in indexes]
-            if 0 in indexes:
+            if start == 0:
                 self.first_table = files[0].transactions
+            elif starts_inside(records, start):
+                self.inside_tables[start] = files[0].transactions
             last_file_index = len(records) - 1
             if last_file_index in indexes and self.resolved is None:
                 self._resolve(plan, files[indexes.index(last_file_index)].transactions, prefetcher)
@@ -645,7 +655,7 @@ class PointInTimeRestore:
                 indexes, files = kept, files[: len(kept)]
                 if not indexes:
                     break
-            start_offset = batch_start_offset(start, records[0].start_offset)
+            start_offset = batch.start_offset
             if first_batch:
                 # After a crash the server may have got anywhere in the files still to
                 # apply (an interrupted batch can span more files than are downloaded
@@ -683,22 +693,19 @@ class PointInTimeRestore:
     def _resolve(
         self, plan: RestorePlan, last_table: TransactionTable, prefetcher: BinlogPrefetcher
     ) -> None:
+        records = plan.records
         first_table = self.first_table
-        if len(plan.records) > 1 and first_table is None:
+        if len(records) > 1 and first_table is None:
             # Resumed after the first file was applied and deleted: index it again.
-            path = prefetcher.directory / f"first-{plan.records[0].name}"
-            download_to_file(
-                self.store,
-                plan.records[0].object.key,
-                path,
-                expected=digest_of(plan.records[0].object),
-                identities=prefetcher.identities,
-            )
-            try:
-                first_table = self.server.binlogs.read(path).transactions
-            finally:
-                path.unlink(missing_ok=True)
-        self.resolved = exact_stop(plan, last_table, first_table)
+            first_table = self._reindex(records[0], prefetcher)
+        inside = {
+            i: self.inside_tables[i]
+            if i in self.inside_tables
+            else self._reindex(records[i], prefetcher)
+            for i in range(1, len(records) - 1)
+            if starts_inside(records, i)
+        }
+        self.resolved = exact_stop(plan, last_table, first_table, inside)
         self.progress.transactions_total = self.resolved.transactions
         self.progress.binlogs_total = len(self.resolved.records)
         log.info(
@@ -707,6 +714,21 @@ class PointInTimeRestore:
             len(self.resolved.records),
             self.resolved.transactions,
         )
+
+    def _reindex(self, record: BinlogRecord, prefetcher: BinlogPrefetcher) -> TransactionTable:
+        """The index of a file already applied and deleted (a resumed run), read again."""
+        path = prefetcher.directory / f"index-{record.name}"
+        download_to_file(
+            self.store,
+            record.object.key,
+            path,
+            expected=digest_of(record.object),
+            identities=prefetcher.identities,
+        )
+        try:
+            return self.server.binlogs.read(path).transactions
+        finally:
+            path.unlink(missing_ok=True)
 
     def _expected_end(self, plan: RestorePlan) -> GtidPosition | None:
         if self.resolved is not None:

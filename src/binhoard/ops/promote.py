@@ -47,7 +47,8 @@ def promote_stream(
     """Makes ``server_id`` (at GTID ``position``) the owner of ``stream_id``.
 
     Raises ``ConflictError`` if another node's promotion of the stream landed first
-    (between this read and this write), ``UsageError`` for a stream that does not exist.
+    (between this read and this write) or the node is behind the stream's archive on its
+    history without ``force``, ``UsageError`` for a stream that does not exist.
     """
     stream = _stream(store, stream_id, cache)
     if stream.closed is not None:
@@ -57,6 +58,16 @@ def promote_stream(
     if stream.broken is not None:
         return PromotionResult(
             stream_id, None, f"stream {stream_id} is broken: {stream.broken.reason}"
+        )
+    end = stream.end_position
+    if not force and position.covers(stream.snapshot_gtid) and not position.covers(end):
+        # Behind on the stream's history: the node can still apply the archive, and a
+        # new stream would leave what it lacks out of every later restore.
+        raise ConflictError(
+            f"this node is at {position or '(empty)'}, behind the archive of stream "
+            f"{stream_id} ({end or '(empty)'}): it has not applied the whole archive; "
+            "restore it again to the latest point, or promote with force to give up what "
+            "it lacks"
         )
     decision = decide_promotion(
         stream_id=stream_id,
