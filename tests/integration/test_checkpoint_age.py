@@ -31,8 +31,9 @@ def test_checkpoint_age_is_bounded_only_when_over_the_limit(sandboxes: SandboxFa
         sql.bound_checkpoint_age(conn)  # whatever start-up left behind
 
         idle = sql.bound_checkpoint_age(conn)
+        # Under the limit nothing is forced, so nothing is waited for (its duration is
+        # not asserted: a loaded CI machine makes any wall-clock bound flaky).
         assert not idle.forced and idle.reached
-        assert idle.seconds < 0.5
 
         # ~800 KiB of redo, which InnoDB on its own would not checkpoint for a long time.
         create_schema(box)
