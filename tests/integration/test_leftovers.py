@@ -142,7 +142,9 @@ def test_killed_backup_to_s3_leaves_an_upload_the_next_backup_aborts(
         )
         assert process.poll() is None, process.stdout.read() if process.stdout else ""
     finally:
-        os.kill(process.pid, signal.SIGKILL)
+        # Popen.kill: no error if the process already ended and was reaped (by poll
+        # above), so that a failed assertion shows its own message.
+        process.kill()
         process.wait()
     left = s3_server.multipart_uploads(prefix)
     assert len(left) == 1 and left[0].endswith("/data.xbstream.zst.age"), left
