@@ -16,8 +16,10 @@ from binhoard.ops.backup import BackupConfig
 from binhoard.ops.observe import StorageMetrics
 from binhoard.ops.pitr import PitrConfig
 from binhoard.ops.seed import SeedSettings
-from binhoard.ports.server import ReplicaCredentials, Server
+from binhoard.ops.restore_test import RestoreTestConfig
+from binhoard.ports.server import ReplicaCredentials, ScratchServers, Server
 from binhoard.server.mariadb import MariaDBServer
+from binhoard.server.scratch import MariaDBScratchServers
 from binhoard.storage.backends import open_store
 from binhoard.storage.store import ObjectStore
 from binhoard.storage.wrappers import MetricsStore, RateLimitedStore, RetryingStore
@@ -83,6 +85,7 @@ def backup_config(settings: Settings) -> BackupConfig:
         server_id=settings.server_id,
         state_directory=settings.state_directory,
         temporary_directory=settings.temporary_directory,
+        write_marker=settings.restore_test.write_marker,
     )
 
 
@@ -108,6 +111,30 @@ def pitr_config(settings: Settings) -> PitrConfig:
         seed=seed_settings(settings),
         allowed_primaries=tuple(settings.replication.primaries),
     )
+
+
+def restore_test_config(settings: Settings, site: str | None = None) -> RestoreTestConfig:
+    """What ``ops.restore_test`` needs of the settings: ``restore_test``'s bounds, the
+    site (the upload site unless named) and its keys."""
+    rt = settings.restore_test
+    return RestoreTestConfig(
+        site_name=site_name(settings, site),
+        sites=dict(settings.backup_sites),
+        scratch_directory=settings.scratch_directory,
+        max_disk_bytes=rt.max_disk_bytes,
+        time_limit=rt.time_limit,
+        max_binlog_bytes=settings.restore_max_binlog_bytes,
+    )
+
+
+def scratch_servers(settings: Settings) -> ScratchServers:
+    """Scratch servers for restore tests, of the configured flavour, on 127.0.0.1 at
+    ``restore_test.port`` (else a free port)."""
+    match settings.mysql.flavour:
+        case "mariadb":
+            return MariaDBScratchServers(
+                port=settings.restore_test.port, apply_threads=settings.apply_threads
+            )
 
 
 def seed_settings(settings: Settings) -> SeedSettings | None:

@@ -276,6 +276,28 @@ class ReplicationSettings(_Section):
     catch_up_timeout: float = Field(default=3600, gt=0)
 
 
+class RestoreTestSettings(_Section):
+    """Restore tests (``ops/restore_test.py``): a backup restored with its binlogs into a
+    scratch server binhoard starts itself, its tables checked, then removed."""
+
+    # Scheduled by the daemon in active mode; POST /backup/{id}/test and
+    # `binhoard restore-test` work either way.
+    enabled: bool = False
+    # The slots, UTC, as backup_hour/backup_minute/backup_interval_minutes.
+    hour: int = Field(default=5, ge=0, le=23)
+    minute: int = Field(default=0, ge=0, le=59)
+    interval_minutes: int = Field(default=1440, ge=1)
+    # Where the scratch server lives (None: <temporary_directory>/restore-test). Never
+    # the server's datadir: refused if it is, or holds, or lies inside it.
+    scratch_directory: ConfigPath | None = None
+    max_disk_bytes: int | None = Field(default=None, ge=1024 * 1024)
+    time_limit: float = Field(default=3600, gt=0, description="seconds")
+    # The scratch server's TCP port on 127.0.0.1 (None: a free one, chosen each time).
+    port: int | None = Field(default=None, ge=1, le=65535)
+    # Whether backups write their marker row into binhoard.backup_marker first.
+    write_marker: bool = True
+
+
 class ClientParams(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=3306, ge=1, le=65535)
@@ -314,6 +336,7 @@ class Settings(_Section):
     replication: ReplicationSettings = ReplicationSettings()
     restore_max_binlog_bytes: int = Field(default=4 * 1024**3, ge=1024 * 1024)
     restore_parallel_threads: int | None = Field(default=None, ge=0, le=256)
+    restore_test: RestoreTestSettings = RestoreTestSettings()
     sentry_dsn: SecretStr | None = None
     server_id: int = Field(ge=1, le=2**32 - 1)
     start_command: list[str] | None = None
@@ -324,6 +347,12 @@ class Settings(_Section):
     @property
     def upload_site(self) -> BackupSite:
         return self.backup_sites[self.backup_settings.upload_site]
+
+    @property
+    def scratch_directory(self) -> Path:
+        """Where restore tests put their scratch server (``restore_test``)."""
+        configured = self.restore_test.scratch_directory
+        return configured if configured is not None else self.temporary_directory / "restore-test"
 
     @property
     def apply_threads(self) -> int:
@@ -370,6 +399,15 @@ def _semantic_problems(settings: Settings) -> list[tuple[str, str]]:
                 "http_address",
                 f"{settings.http_address!r} is not a loopback address: set http_auth_token "
                 "so that only those who know it can drive the daemon",
+            )
+        )
+    scratch, datadir = settings.scratch_directory, settings.mysql.data_directory
+    if scratch.is_relative_to(datadir) or datadir.is_relative_to(scratch):
+        problems.append(
+            (
+                "restore_test.scratch_directory",
+                f"{scratch} overlaps the server's datadir {datadir}: a restore test never "
+                "touches the real datadir",
             )
         )
     statsd = settings.statsd

@@ -19,6 +19,9 @@ that what a backup, a restore and an apply leave can be compared line by line.
   ``"backup.finish"``, ``"apply"``, ``"start"``, ...) raise ``error``; ``crash_after = n``
   kills binhoard (``Killed``) after the next batch applied ``n`` transactions; ``calls``
   lists what the ops asked, in order.
+* ``checks`` (``FakeChecks``): marker rows live in ``data/markers.txt``, which backups
+  carry whole; ``check_tables`` reports one table per name in ``tables``, failed for
+  those in ``corrupt_tables``; ``marker_denied`` refuses the marker as a missing grant.
 * ``replication`` (``FakeReplication``) replicates from another fake reachable through
   its ``network``; the primary's history is its rows.
 
@@ -45,6 +48,7 @@ from binhoard.domain.binlog_file import BinlogIndex, BinlogSummary
 from binhoard.domain.errors import (
     ApplyError,
     ReplicationError,
+    ServerAccessDeniedError,
     ServerError,
     ServerQueryError,
     UsageError,
@@ -65,6 +69,7 @@ from binhoard.domain.relay_plan import (
 )
 from binhoard.domain.replica import PrimaryAddress
 from binhoard.domain.restore_target import TargetDescription
+from binhoard.domain.restore_test import TableCheck
 from binhoard.domain.server_facts import ServerFacts
 from binhoard.ops.archive import BinlogArchiver
 from binhoard.ports.server import (
@@ -83,6 +88,7 @@ T0 = 1_767_225_600  # 2026-01-01T00:00:00Z: the first commit time
 MAGIC = b"FKXB"  # one record of the fake backup stream: MAGIC, name, data
 ROWS = "rows.txt"
 DELTA = "rows.delta"  # an incremental backup's rows, folded in by prepare
+MARKERS = "markers.txt"  # backup marker rows (FakeChecks), carried whole by every backup
 FLUSH_DEFAULTS = {"innodb_io_capacity": "200", "innodb_adaptive_flushing": "ON"}
 FLUSH_FAST = {"innodb_io_capacity": "2000", "innodb_adaptive_flushing": "OFF"}
 
@@ -234,6 +240,9 @@ class FakeBackupTool:
             files = {ROWS: "".join(f"{r}\n" for r in rows).encode()}
         else:
             files = {DELTA: "".join(f"{r}\n" for r in rows[incremental_lsn:]).encode()}
+        markers = server.datadir / MARKERS
+        if markers.exists():
+            files[MARKERS] = markers.read_bytes()
         snapshot = SnapshotPosition(
             server.binlogs.active, server.binlogs.writer.offset, server.binlog_position.format()
         )
@@ -263,6 +272,47 @@ class FakeBackupTool:
         if any(datadir.iterdir()):
             raise ServerError(f"fake mariabackup --move-back: {datadir} is not empty")
         shutil.move(target / ROWS, datadir / ROWS)
+        if (target / MARKERS).exists():
+            shutil.move(target / MARKERS, datadir / MARKERS)
+
+
+# --- the backup marker and a restore test's checks ----------------------------------------
+class FakeChecks:
+    def __init__(self, server: FakeServer) -> None:
+        self.server = server
+        self.tables = ["app.rows", "mysql.user"]
+        self.corrupt_tables: dict[str, str] = {}  # name: CHECK TABLE's message
+        self.marker_denied = False
+
+    @property
+    def _file(self) -> Path:
+        return self.server.datadir / MARKERS
+
+    def write_marker(self, backup_id: str) -> None:
+        self.server.connect("write_marker")
+        if self.marker_denied:
+            raise ServerAccessDeniedError(
+                "writing the backup marker: MariaDB error 1142: INSERT command denied",
+                server_errno=1142,
+            )
+        if self.server.read_only:
+            raise ServerQueryError("writing the backup marker: read-only", server_errno=1290)
+        with self._file.open("a") as markers:
+            markers.write(f"{backup_id}\n")
+
+    def markers(self) -> list[str]:
+        return self._file.read_text().split() if self._file.exists() else []
+
+    def has_marker(self, backup_id: str) -> bool:
+        self.server.connect("has_marker")
+        return backup_id in self.markers()
+
+    def check_tables(self) -> list[TableCheck]:
+        self.server.connect("check_tables")
+        return [
+            TableCheck(t, t not in self.corrupt_tables, self.corrupt_tables.get(t, "OK"))
+            for t in self.tables
+        ]
 
 
 # --- InnoDB's flushing ----------------------------------------------------------------------
@@ -555,6 +605,7 @@ class FakeServer:
         self.process = FakeProcess(self)
         self.process.up = running
         self.replication = FakeReplication(self)
+        self.checks = FakeChecks(self)
         # Accounts this server accepts as a primary (``FakeReplication``).
         self.replication_accounts = {"repl": "repl-secret"}
         self.replication_slave_users = {"repl"}  # granted REPLICATION SLAVE

@@ -80,7 +80,12 @@ def test_a_full_backup_streams_the_server_and_writes_its_manifest_last(tmp_path:
     assert (snapshot.binlog_file, snapshot.gtid_position) == ("binlog.000001", "0-7-5")
     assert snapshot.binlog_pos == server.binlogs.writer.offset
     assert (manifest.lsn.from_lsn, manifest.lsn.to_lsn) == (0, 5)
-    assert plain(store, manifest) == {"rows.txt": b"".join(b"0-7-%d\n" % n for n in range(1, 6))}
+    # The marker row was written first, so the backup holds it (ops/restore_test.py).
+    assert plain(store, manifest) == {
+        "rows.txt": b"".join(b"0-7-%d\n" % n for n in range(1, 6)),
+        "markers.txt": f"{manifest.backup_id}\n".encode(),
+    }
+    assert manifest.extra == {"marker": "written"}
     # Data, then my.cnf, then the manifest: a backup exists only once it is complete.
     assert store.written == [
         manifest.data.key,
@@ -89,7 +94,7 @@ def test_a_full_backup_streams_the_server_and_writes_its_manifest_last(tmp_path:
     ]
     assert progress[0] == "advancing the InnoDB checkpoint" and progress[-1] == "done"
     # The server's facts were checked before anything touched the site.
-    assert server.calls[:2] == ["facts", "facts"] and "backup" in server.calls
+    assert server.calls[:3] == ["facts", "write_marker", "facts"] and "backup" in server.calls
     assert not (settings.state_directory / "backup-in-progress.json").exists()
     assert list(settings.temporary_directory.glob("backup-*")) == []
 
@@ -117,7 +122,7 @@ def test_the_schedule_decides_full_then_incremental_on_the_newest(tmp_path: Path
     assert incremental.chain == (full.backup_id, incremental.backup_id)
     assert incremental.lsn.from_lsn == full.lsn.to_lsn == 3
     # Only what changed since the parent is streamed.
-    assert plain(store, incremental) == {"rows.delta": b"0-7-4\n0-7-5\n0-7-6\n0-7-7\n"}
+    assert plain(store, incremental)["rows.delta"] == b"0-7-4\n0-7-5\n0-7-6\n0-7-7\n"
 
 
 def test_if_due_takes_nothing_before_the_next_scheduled_time(tmp_path: Path) -> None:

@@ -36,6 +36,15 @@ RESTORE_PRIVILEGES: dict[str, str] = {
     "BINLOG ADMIN": "SET GLOBAL sync_binlog while applying",
 }
 
+# The marker row a backup writes first (``ops/backup.py``), which a restore test looks for
+# in the restored copy: on binhoard's own schema only, never on the application's data.
+# Without them the backup goes on and says so (no marker: that test is skipped).
+MARKER_SCHEMA = "binhoard"
+MARKER_PRIVILEGES: dict[str, str] = {
+    "CREATE": f"CREATE DATABASE/TABLE IF NOT EXISTS {MARKER_SCHEMA}.backup_marker, once",
+    "INSERT": "the marker row, before each backup",
+}
+
 # Old names MariaDB accepts in GRANT and shows under the new name (10.5+).
 _ALIASES = {
     "REPLICATION CLIENT": "BINLOG MONITOR",
@@ -47,6 +56,11 @@ def grant_statement(user: str, privileges: Iterable[str]) -> str:
     """The ``GRANT`` statement (as documented) giving ``privileges`` to ``user``, an
     account name such as ``'binhoard'@'localhost'``."""
     return f"GRANT {', '.join(privileges)} ON *.* TO {user}"
+
+
+def marker_grant_statement(user: str) -> str:
+    """The ``GRANT`` statement of the marker's privileges (on ``binhoard.*`` only)."""
+    return f"GRANT {', '.join(MARKER_PRIVILEGES)} ON {MARKER_SCHEMA}.* TO {user}"
 
 
 @dataclass(frozen=True)

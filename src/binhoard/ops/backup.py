@@ -25,7 +25,13 @@ from binhoard.domain.backup_decision import (
     choose_parent,
     decide_backup,
 )
-from binhoard.domain.errors import CancelledError, ConflictError, ServerQueryError, UsageError
+from binhoard.domain.errors import (
+    CancelledError,
+    ConflictError,
+    ServerAccessDeniedError,
+    ServerQueryError,
+    UsageError,
+)
 from binhoard.domain.manifest import (
     BackupManifest,
     BackupType,
@@ -34,6 +40,8 @@ from binhoard.domain.manifest import (
     manifest_key,
     new_backup_id,
 )
+from binhoard.domain.privileges import MARKER_PRIVILEGES, MARKER_SCHEMA
+from binhoard.domain.restore_test import MARKER_EXTRA, MARKER_WRITTEN
 from binhoard.domain.server_facts import check_facts
 from binhoard.domain.versions import incremental_base_problem
 from binhoard.localstate import StateFile, exclusive
@@ -75,6 +83,7 @@ class BackupConfig:
     server_id: int  # the configured server's: the backup must be of that one
     state_directory: Path
     temporary_directory: Path
+    write_marker: bool = True  # restore_test.write_marker
 
 
 def object_ref(key: str, codec: Codec, digest: ObjectDigest) -> ObjectRef:
@@ -239,15 +248,41 @@ def _take_locked(
     _in_progress(config).write({"backup_id": backup_id, "started_at": started.isoformat()})
     state = BackupProgress(backup_id=backup_id)
     state.estimated_total = server.backup_tool.estimated_size()
+    marker = write_marker(server, backup_id, read_only=facts.read_only, enabled=config.write_marker)
     run = _BackupRun(server, store, config, state=state, progress=progress, cancel=cancel)
     try:
-        manifest = run.execute(backup_id, backup_type, parent, started, now)
+        manifest = run.execute(backup_id, backup_type, parent, started, now, marker=marker)
     except Exception:
         # Best effort now; if this fails too, the next run deletes the leftovers.
         cleanup_leftovers(config, store, now())
         raise
     _in_progress(config).clear()
     return manifest
+
+
+def write_marker(server: Server, backup_id: str, *, read_only: bool, enabled: bool) -> str:
+    """Writes the marker row a restore test looks for (``binhoard.backup_marker``,
+    ``server.checks``) before the backup starts; what the manifest records: "written",
+    or why not. Never fails the backup: a read-only server (a replica: a write there
+    would be an errant transaction) is not written to, and a missing privilege or a
+    refusal is said and recorded."""
+    if not enabled:
+        return "restore_test.write_marker is off"
+    if read_only:
+        return "the server is read-only (a replica): no marker written"
+    try:
+        server.checks.write_marker(backup_id)
+    except ServerAccessDeniedError:
+        why = (
+            f"binhoard's account may not write it: grant {', '.join(MARKER_PRIVILEGES)} ON "
+            f"{MARKER_SCHEMA}.* (docs/servers.md)"
+        )
+    except ServerQueryError as exc:
+        why = f"the server refused it: {exc.message}"
+    else:
+        return MARKER_WRITTEN
+    log.warning("backup %s has no marker row: %s", backup_id, why)
+    return f"no marker: {why}"
 
 
 def _log_checkpoint_wait(wait: CheckpointWait) -> None:
@@ -357,6 +392,8 @@ class _BackupRun:
         parent: BackupManifest | None,
         started: datetime,
         now: Callable[[], datetime],
+        *,
+        marker: str,
     ) -> BackupManifest:
         server, codec, store = self.server, self.codec, self.store
         facts = server.facts()
@@ -396,6 +433,7 @@ class _BackupRun:
             lsn=lsn,
             data=object_ref(data_key, codec, data_digest),
             my_cnf=object_ref(cnf_key, codec, cnf_digest),
+            extra={MARKER_EXTRA: marker},
         )
         store.put(manifest_key(backup_id), [manifest.to_bytes()], if_absent=True)
         self.report("done")

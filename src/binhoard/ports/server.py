@@ -12,8 +12,9 @@ fake with behaviour (``tests/support/fakeserver.py``).
 Sub-protocols group what belongs together: ``binlogs`` (the binary log and its files),
 ``backup_tool`` (take and restore physical backups), ``flushing`` (InnoDB's checkpoint
 before a backup), ``process`` (the server process itself), ``relay_applier()``
-(binlogs applied by the restored server) and ``replication`` (this server as a replica
-of a primary, seeding). Errors are the project's
+(binlogs applied by the restored server), ``replication`` (this server as a replica
+of a primary, seeding) and ``checks`` (the backup marker, the restore test's checks);
+``ScratchServer`` is a throw-away server for restore tests. Errors are the project's
 (``domain/errors.py``): ``ServerError`` and its kinds, ``DiskFullError``,
 ``ApplyError``, ``UsageError``.
 """
@@ -40,6 +41,7 @@ from binhoard.domain.relay_plan import (
 )
 from binhoard.domain.replica import PrimaryAddress
 from binhoard.domain.restore_target import TargetDescription
+from binhoard.domain.restore_test import TableCheck
 from binhoard.domain.server_facts import ServerFacts
 
 
@@ -298,6 +300,70 @@ class Replication(Protocol):
         ...
 
 
+# --- checks for restore tests -------------------------------------------------------------
+class ServerChecks(Protocol):
+    """The marker row a backup writes first, and the checks a restore test runs on the
+    restored copy (``ops/restore_test.py``)."""
+
+    def write_marker(self, backup_id: str) -> None:
+        """Inserts ``backup_id``'s row into ``binhoard.backup_marker`` (schema and table
+        created if missing). ``ServerAccessDeniedError`` without the privileges,
+        ``ServerQueryError`` when the server refuses it (read-only)."""
+        ...
+
+    def has_marker(self, backup_id: str) -> bool:
+        """Whether ``backup_id``'s marker row is there."""
+        ...
+
+    def check_tables(self) -> list[TableCheck]:
+        """``CHECK TABLE`` of every base table (the system schemas' views excepted)."""
+        ...
+
+
+class ScratchServer(Protocol):
+    """A throw-away server in its own directory on a loopback port, for restore tests:
+    its ``server`` is restored into (``server.process`` starts it) and checked; it is
+    never the configured server."""
+
+    @property
+    def directory(self) -> Path: ...
+
+    @property
+    def server(self) -> Server: ...
+
+    @property
+    def port(self) -> int: ...
+
+    @property
+    def datadir(self) -> Path: ...
+
+    @property
+    def config_file(self) -> Path: ...
+
+    def kill(self) -> None:
+        """Kills its server at once (a test over its time limit); any thread."""
+        ...
+
+    def destroy(self) -> None:
+        """Stops its server if it runs (killed: nothing of it is kept) and removes its
+        directory."""
+        ...
+
+
+class ScratchServers(Protocol):
+    """Makes scratch servers (``app.scratch_servers``), and removes what one left."""
+
+    def create(self, directory: Path, server_id: int) -> ScratchServer:
+        """A new scratch server in ``directory`` (created), its datadir empty, not
+        started."""
+        ...
+
+    def remove(self, directory: Path) -> None:
+        """Kills the scratch server of ``directory`` if one runs (a daemon killed during
+        a test left it) and removes the directory."""
+        ...
+
+
 # --- the server --------------------------------------------------------------------------
 class Server(Protocol):
     """The configured database server, as the use cases see it."""
@@ -321,6 +387,9 @@ class Server(Protocol):
 
     @property
     def replication(self) -> Replication: ...
+
+    @property
+    def checks(self) -> ServerChecks: ...
 
     def facts(self) -> ServerFacts:
         """What ``binhoard status`` shows and backups and archive passes check first."""

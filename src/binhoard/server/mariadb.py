@@ -25,6 +25,7 @@ from binhoard.domain.server_facts import ServerFacts
 from binhoard.ports.server import CheckpointWait, ServerBinlogs, SettingsJournal
 from binhoard.server import sql
 from binhoard.server.backup_tool import MariaBackup
+from binhoard.server.checks import MariaDBChecks
 from binhoard.server.binlog_reader import read_binlog, summarize_binlog
 from binhoard.server.mycnf import read_server_options
 from binhoard.server.process import ServerProcess
@@ -187,6 +188,7 @@ class MariaDBServer(_Connections):
         self.flushing = MariaDBFlushing(mysql)
         self.process = MariaDBProcess(mysql, start_command)
         self.replication = MariaDBReplication(mysql)
+        self.checks = MariaDBChecks(self.session)
 
     @functools.cached_property
     def backup_tool(self) -> MariaBackup:
