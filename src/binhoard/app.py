@@ -15,8 +15,8 @@ from binhoard.ops.archive import ArchiveConfig
 from binhoard.ops.backup import BackupConfig
 from binhoard.ops.observe import StorageMetrics
 from binhoard.ops.pitr import PitrConfig
-from binhoard.ops.seed import SeedSettings
 from binhoard.ops.restore_test import RestoreTestConfig
+from binhoard.ops.seed import SeedSettings
 from binhoard.ports.server import ReplicaCredentials, ScratchServers, Server
 from binhoard.server.mariadb import MariaDBServer
 from binhoard.server.scratch import MariaDBScratchServers

@@ -104,6 +104,16 @@ RESTORE_BINLOGS_TOTAL = "binhoard.restore.binlogs_total"
 RESTORE_TRANSACTIONS_APPLIED = "binhoard.restore.transactions_applied"
 RESTORE_TRANSACTIONS_PER_SECOND = "binhoard.restore.transactions_per_second"
 
+# --- restore tests (ops/restore_test.py) --------------------------------------------------
+RESTORE_TEST_LAST_TIME = "binhoard.restore_test.last_time"
+RESTORE_TEST_LAST_AGE = "binhoard.restore_test.last_age"
+RESTORE_TEST_COMPLETED = "binhoard.restore_test.completed"
+RESTORE_TEST_PASSED = "binhoard.restore_test.passed"
+RESTORE_TEST_RTO = "binhoard.restore_test.rto"
+RESTORE_TEST_LAST_RTO = "binhoard.restore_test.last_rto"
+RESTORE_TEST_GTID_SEQUENCE = "binhoard.restore_test.gtid_sequence"
+RESTORE_TEST_TABLES_CHECKED = "binhoard.restore_test.tables_checked"
+
 # --- errors (telemetry.report_error) ----------------------------------------------------
 ERRORS = "binhoard.errors"
 
@@ -313,6 +323,57 @@ _DECLARED = (
         "gauge",
         "transactions per second",
         "Recent rate of the binlog apply.",
+    ),
+    MetricSpec(
+        RESTORE_TEST_LAST_TIME,
+        "time",
+        "Unix seconds",
+        "When the last restore test ended, whatever its result.",
+        age=RESTORE_TEST_LAST_AGE,
+    ),
+    MetricSpec(
+        RESTORE_TEST_LAST_AGE,
+        "age",
+        "seconds",
+        "Seconds since the last restore test ended.",
+    ),
+    MetricSpec(
+        RESTORE_TEST_COMPLETED,
+        "counter",
+        "tests",
+        "Restore tests, by result: passed, failed, refused (not started: the disk bounds).",
+        tags=("result",),
+    ),
+    MetricSpec(
+        RESTORE_TEST_PASSED,
+        "gauge",
+        "boolean",
+        "1 when the last restore test passed, 0 when it failed or was refused.",
+    ),
+    MetricSpec(
+        RESTORE_TEST_RTO,
+        "timing",
+        "seconds",
+        "Restore tests' RTO: from the start to the scratch server at its final GTID.",
+    ),
+    MetricSpec(
+        RESTORE_TEST_LAST_RTO,
+        "gauge",
+        "seconds",
+        "RTO of the last restore test that restored its backup.",
+    ),
+    MetricSpec(
+        RESTORE_TEST_GTID_SEQUENCE,
+        "gauge",
+        "sequence number",
+        "GTID the last restore test restored to: its sequence number in each domain.",
+        tags=("domain",),
+    ),
+    MetricSpec(
+        RESTORE_TEST_TABLES_CHECKED,
+        "gauge",
+        "tables",
+        "Tables the last restore test ran CHECK TABLE on.",
     ),
     MetricSpec(
         ERRORS,

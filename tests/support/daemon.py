@@ -24,6 +24,7 @@ from binhoard.daemon.jobs import (
     PurgeDone,
     RestoreDone,
     RestoreStatus,
+    RestoreTestDone,
     RetentionDone,
     SiteView,
     Work,
@@ -49,6 +50,7 @@ from binhoard.ops.catalog import read_site
 from binhoard.ops.expire import prune, retention_policy
 from binhoard.ops.marks import mark_broken, preserve
 from binhoard.ops.promote import promote_stream
+from binhoard.ops.restore_test import choose_backup
 from binhoard.storage.store import MemoryStore
 from tests.support.sites import SERVER_ID, SiteBuilder, binlog_name, position, ref, site_config
 
@@ -121,6 +123,10 @@ class FakeDoers:
     purge_blocked_by: str | None = None
     stale_nodes: tuple[str, ...] = ()
     node_position: GtidPosition | None = None  # the server's @@gtid_current_pos at promote
+    # Restore tests: (site, stream id asked for) of each; the result they give.
+    restore_tests: list[tuple[str, str | None]] = field(default_factory=list)
+    restore_test_result: str = "passed"
+    leftovers_removed: int = 0
 
     def __post_init__(self) -> None:
         self.build = SiteBuilder(self.store, server_id=self.server_id)
@@ -256,6 +262,26 @@ class FakeDoers:
             stale_nodes=self.stale_nodes,
             more=self.purged < self.build.files,
         )
+
+    def restore_test(self, site: str, stream_id: str | None, work: Work) -> RestoreTestDone:
+        self._fail("restore_test")
+        self.restore_tests.append((site, stream_id))
+        backup = choose_backup(read_site(self.store), stream_id)  # the op's choice
+        now = self.clock.now
+        return RestoreTestDone(
+            site=site,
+            stream_id=backup.backup_id,
+            started_at=now,
+            finished_at=now,
+            result=self.restore_test_result,
+            reason=f"fake test: {self.restore_test_result}",
+            rto_seconds=12.5,
+            gtid=backup.snapshot.gtid_position,
+            tables_checked=3,
+        )
+
+    def remove_restore_test_leftovers(self, work: Work) -> None:
+        self.leftovers_removed += 1
 
     def configure(self, settings: Settings) -> None:
         self.configured.append(settings)

@@ -84,6 +84,8 @@ def test_backups_have_myhoard_fields_and_the_restorable_window(api: httpx.Client
         "site",
         "stream_id",
         "restorable_window",
+        "restore_test",  # extension: the stream's last restore test
+        "restore_test_pending",
     }
     assert old["completed_at"] == "2026-11-20T03:05:00Z"
     assert old["closed_at"] == "2026-11-21T03:00:00Z"

@@ -64,7 +64,7 @@ def test_no_request_gets_a_5xx_or_an_error_without_message(
     for result in api_schema.get_all_operations():
         assert isinstance(result, Ok), result
         operations.append(result.ok())
-    assert len(operations) == 11
+    assert len(operations) == 12
     for operation in operations:
         inputs = [*operation.body, *operation.query, *operation.path_parameters]
         if mode == GenerationMode.NEGATIVE and not inputs:

@@ -17,6 +17,7 @@ from binhoard.cli.daemon import daemon_command
 from binhoard.cli.keys import keys_group
 from binhoard.cli.prune import prune_command
 from binhoard.cli.restore import restore_command
+from binhoard.cli.restore_test import restore_test_command
 from binhoard.cli.sandbox import sandbox_group
 from binhoard.cli.status import status_command
 from binhoard.domain.errors import BinhoardError
@@ -39,6 +40,7 @@ cli.add_command(keys_group)
 cli.add_command(status_command)
 cli.add_command(backup_group)
 cli.add_command(restore_command)
+cli.add_command(restore_test_command)
 cli.add_command(binlog_group)
 cli.add_command(prune_command)
 cli.add_command(daemon_command)

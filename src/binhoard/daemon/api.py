@@ -44,6 +44,7 @@ from binhoard.daemon.port import (
     RotateBinlog,
     SetMode,
     SetReplicationState,
+    TestBackup,
     Ticket,
 )
 from binhoard.domain.errors import BinhoardError, NotFoundError, UnavailableError, UsageError
@@ -213,6 +214,11 @@ class _Routes:
             return m.PreserveResult(success=False, preservation_is_still_pending=True)
         return m.PreserveResult(success=True)
 
+    async def test_stream(self, stream_id: StreamId) -> m.Success:
+        self.known_stream(stream_id)
+        await self.decide(TestBackup(stream_id))
+        return m.Success(success=True)
+
     async def set_replication_state(self, body: m.ReplicationState) -> dict[str, dict[str, str]]:
         state = body.as_stored()
         await self.decide(SetReplicationState(state))
@@ -312,6 +318,9 @@ def build_app(
     add("PATCH", "/backup/{stream_id}", routes.update_stream, m.Success, MYHOARD)
     add("PUT", "/backup/{stream_id}/preserve", routes.preserve_stream, m.PreserveResult, MYHOARD,
         response_model_exclude_none=True)  # fmt: skip
+    add("POST", "/backup/{stream_id}/test", routes.test_stream, m.Success, EXTENSION,
+        description="Queues a restore test of the stream's backup and binlogs into a "
+        "scratch server; GET /backup shows its result (restore_test).")  # fmt: skip
     add("PUT", "/replication_state", routes.set_replication_state, dict[str, dict[str, str]],
         MYHOARD)  # fmt: skip
     add("GET", "/status", routes.show_status, m.StatusOut, MYHOARD)

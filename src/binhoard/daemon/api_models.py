@@ -306,6 +306,20 @@ class StreamWindowOut(_Out):
     last_gtid: str
 
 
+class RestoreTestOut(_Out):
+    result: Literal["passed", "failed", "refused"] = Field(
+        description="refused: not started (restore_test.max_disk_bytes, free space)"
+    )
+    reason: str = Field(description="what passed, or the first thing that failed")
+    started_at: datetime
+    finished_at: datetime
+    rto_seconds: float | None = Field(
+        description="the RTO: from the start to the restored server at its final GTID"
+    )
+    gtid: str | None = Field(description="the GTID position the copy was restored to")
+    tables_checked: int = Field(description="tables CHECK TABLE reported on")
+
+
 class BackupOut(_Out):
     basebackup_info: dict[str, Any]
     broken_at: datetime | None
@@ -320,6 +334,14 @@ class BackupOut(_Out):
         validation_alias="window",
         description=EXTENSION + "from the backup's snapshot to the newest archived "
         "transaction of the stream: every point in it can be restored exactly",
+    )
+    restore_test: RestoreTestOut | None = Field(
+        default=None,
+        description=EXTENSION + "the stream's last restore test (POST /backup/{stream_id}/test, "
+        "or restore_test's schedule)",
+    )
+    restore_test_pending: bool = Field(
+        default=False, description=EXTENSION + "a restore test of it is queued or running"
     )
 
 

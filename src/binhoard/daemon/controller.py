@@ -30,6 +30,7 @@ from binhoard.daemon.jobs import (
     BACKUP,
     PURGE,
     RESTORE,
+    RESTORE_TEST,
     SITE,
     ArchiveDone,
     BackupDone,
@@ -43,6 +44,7 @@ from binhoard.daemon.jobs import (
     PurgeDone,
     RestoreDone,
     RestoreStatus,
+    RestoreTestDone,
     RetentionDone,
     SiteView,
     StreamInfo,
@@ -60,12 +62,15 @@ from binhoard.daemon.port import (
     SetMode,
     SetReplicationState,
     Snapshot,
+    TestBackup,
     Ticket,
 )
 from binhoard.daemon.state import (
     BackupRequest,
     BrokenRequest,
     PreservationRequest,
+    RestoreTestRequest,
+    RestoreTestResult,
     RotationRequest,
     StateStore,
 )
@@ -80,6 +85,7 @@ from binhoard.domain.errors import (
     UsageError,
 )
 from binhoard.domain.manifest import BackupManifest, BackupType
+from binhoard.domain.restore_test import restore_test_due
 from binhoard.domain.schedule import (
     backup_due,
     choose_backup_type,
@@ -109,6 +115,8 @@ MAX_IDLE = timedelta(seconds=60)
 PURGE_FOLLOW_UP = timedelta(seconds=5)
 # How often statsd is sent the ages of the metrics' times.
 METRICS_REFRESH = timedelta(seconds=30)
+# The last restore test of this many streams is kept (GET /backup shows them).
+RESTORE_TEST_RESULTS = 50
 
 
 @dataclass(frozen=True)
@@ -179,7 +187,8 @@ class Controller:
         self.reload_refused: str | None = None
         self._next_purge_at: datetime | None = None
         self.purge_view: PurgeView | None = None
-        self._views_of: tuple[SiteView | None, tuple[BackupView, ...] | None] = (None, None)
+        self._views_of: tuple[object, tuple[BackupView, ...] | None] = (None, None)
+        self._leftovers_removed = False  # a killed restore test's scratch server
         self._stopping = threading.Event()
         self._metrics_refreshed: datetime | None = None
         self.crashed: str | None = None  # why run() ended, if not asked to
@@ -293,6 +302,8 @@ class Controller:
             self._restore()
         elif mode == "promote":
             self._promote()
+        else:
+            self._restore_test()
 
     def _update(self, **changes: object) -> None:
         self.state = replace(self.state, **changes)  # type: ignore[arg-type]
@@ -368,6 +379,8 @@ class Controller:
                     replication_reported_at={node: at for node in command.state},
                 )
                 self._update(control=control)
+            elif isinstance(command, TestBackup):
+                self._request_restore_test(command)
             elif isinstance(command, (Preserve, MarkBroken)):
                 self._mark_request(ticket, command)
                 return  # done once recorded on the site (and listed)
@@ -847,12 +860,111 @@ class Controller:
             stale_nodes=result.stale_nodes,
         )
 
+    # --- restore tests (not in restore or promote mode) -------------------------------------
+    def _request_restore_test(self, command: TestBackup) -> None:
+        if self.state.mode in ("restore", "promote"):
+            raise ConflictError(f"restore tests do not run in {self.state.mode} mode")
+        stream = self._find_stream(command.stream_id)
+        if stream.manifest is None or stream.broken_reason is not None:
+            raise ConflictError(f"stream {stream.stream_id} is broken: {stream.broken_reason}")
+        queued = self.state.restore_tests
+        if any(
+            (r.site, r.stream_id) == (stream.site, stream.stream_id) and r.started_at is None
+            for r in queued
+        ):
+            return  # already waiting: that test answers this request too
+        request = RestoreTestRequest(stream.site, stream.stream_id, "requested", self._now)
+        self._update(restore_tests=(*queued, request))
+
+    def _restore_test(self) -> None:
+        """One test at a time on its own worker (``ops/restore_test.py``): what was asked
+        for first, else the scheduled one when due (active mode, ``restore_test``)."""
+        if not self._free(RESTORE_TEST):
+            return
+        if not self._leftovers_removed and self.settings.restore_test.enabled:
+            # What a test killed with the daemon left (its scratch server still running):
+            # removed at the start, not at the next slot. A requested test interrupted
+            # by the restart is still queued: it removes them first itself.
+            self._leftovers_removed = True
+            self._start(RESTORE_TEST, self.doers.remove_restore_test_leftovers, lambda _: None)
+            return
+        queued = self.state.restore_tests
+        if queued and queued[0].started_at is not None:
+            log.info("restore test of %s interrupted by a restart: run again", queued[0].stream_id)
+        if not queued:
+            scheduled = self._scheduled_test()
+            if scheduled is None:
+                return
+            queued = (scheduled,)
+            self._facts(last_restore_test_at=self._now)
+        request = replace(queued[0], started_at=self._now)
+        self._update(restore_tests=(request, *queued[1:]))
+        log.info(
+            "restore test of %s (%s)", request.stream_id or "the newest backup", request.reason
+        )
+        self._start(
+            RESTORE_TEST,
+            lambda work: self.doers.restore_test(request.site, request.stream_id, work),
+            lambda done: self._restore_tested(done, request),
+        )
+
+    def _scheduled_test(self) -> RestoreTestRequest | None:
+        rt = self.settings.restore_test
+        if not rt.enabled or self.state.mode != "active" or self._deposed:
+            return None
+        if not any(s.manifest is not None and not s.broken_reason for s in self._upload_streams()):
+            return None  # nothing to test yet
+        due = restore_test_due(
+            self._now,
+            self.state.facts.last_restore_test_at,
+            rt.hour,
+            rt.minute,
+            rt.interval_minutes,
+        )
+        if not due.due:
+            return None
+        log.info("scheduled restore test due: %s", due.reason)
+        site = self.settings.backup_settings.upload_site
+        return RestoreTestRequest(site, None, "scheduled", self._now)
+
+    def _restore_tested(self, done: JobDone, request: RestoreTestRequest) -> None:
+        rest = tuple(r for r in self.state.restore_tests if r != request)
+        result = done.result
+        if isinstance(result, RestoreTestDone):
+            tested = RestoreTestResult(
+                site=result.site,
+                stream_id=result.stream_id,
+                started_at=result.started_at,
+                finished_at=result.finished_at,
+                result=result.result,
+                reason=result.reason,
+                rto_seconds=result.rto_seconds,
+                gtid=result.gtid,
+                tables_checked=result.tables_checked,
+            )
+            kept = [
+                r
+                for r in self.state.restore_test_results
+                if (r.site, r.stream_id) != (tested.site, tested.stream_id)
+            ]
+            results = (*kept, tested)[-RESTORE_TEST_RESULTS:]
+            self._update(restore_tests=rest, restore_test_results=results)
+            return
+        error = done.error
+        if error is not None and (error.retryable or isinstance(error, CancelledError)):
+            # Tried again (after the slot's retry delay, or at the next start).
+            self._update(restore_tests=(replace(request, started_at=None), *rest))
+        else:
+            self._update(restore_tests=rest)  # the error is GET /status's last_error
+
     # --- publishing -----------------------------------------------------------------------
     def _build_snapshot(self) -> Snapshot:
-        view, backups = self._views_of
-        if view is not self.view or backups is None:
-            backups = backup_views(self.view)
-            self._views_of = (self.view, backups)
+        key = (self.view, self.state.restore_test_results, self.state.restore_tests)
+        cached, backups = self._views_of
+        if cached != key or backups is None:
+            pending = {(r.site, r.stream_id or "") for r in self.state.restore_tests}
+            backups = backup_views(self.view, self.state.restore_test_results, pending)
+            self._views_of = (key, backups)
         return Snapshot(
             taken_at=self._now,
             status=status_view(
@@ -881,6 +993,9 @@ class Controller:
             times.append(
                 next_slot(self._now, bs.backup_hour, bs.backup_minute, bs.backup_interval_minutes)
             )
+            rt = self.settings.restore_test
+            if rt.enabled:
+                times.append(next_slot(self._now, rt.hour, rt.minute, rt.interval_minutes))
         # Only what lies ahead: what was due now and could start has started in this
         # step; what could not waits for a running job, whose end wakes the loop (a time
         # already past would make it spin).

@@ -32,6 +32,8 @@ log = logging.getLogger("binhoard.daemon")
 # Slots: what may run at the same time. Archiving goes on while a backup runs.
 SITE, ARCHIVE, BACKUP, RESTORE = "site", "archive", "backup", "restore"
 PURGE = "purge"  # binlog purge: its PURGE may take a while, nothing else waits for it
+# Restore tests (ops/restore_test.py): a scratch server, long; backups and archiving go on.
+RESTORE_TEST = "restore_test"
 # At most this many progress reports a second per job reach the controller.
 PROGRESS_INTERVAL = 0.5
 
@@ -138,6 +140,22 @@ class PromoteDone:
 
 
 @dataclass(frozen=True)
+class RestoreTestDone:
+    """How a restore test went (``ops/restore_test.RestoreTestReport``): ``result`` is
+    passed, failed or refused (not started: the disk bounds)."""
+
+    site: str
+    stream_id: str
+    started_at: datetime
+    finished_at: datetime
+    result: str
+    reason: str
+    rto_seconds: float | None
+    gtid: str | None
+    tables_checked: int
+
+
+@dataclass(frozen=True)
 class BackupStatus:
     backup_id: str
     phase: str
@@ -179,6 +197,15 @@ class Doers(Protocol):
         work: Work,
     ) -> PurgeDone:
         """One binlog purge pass; ``reported_at``: each node's last report, Unix seconds."""
+        ...
+
+    def restore_test(self, site: str, stream_id: str | None, work: Work) -> RestoreTestDone:
+        """Tests ``stream_id``'s backup (else the newest) of ``site`` in a scratch server;
+        ``NotFoundError`` if there is none."""
+        ...
+
+    def remove_restore_test_leftovers(self, work: Work) -> None:
+        """Removes the scratch server a killed restore test left, if any."""
         ...
 
     def configure(self, settings: Settings) -> None:

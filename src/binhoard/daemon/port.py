@@ -60,6 +60,19 @@ class StreamWindow:
 
 
 @dataclass(frozen=True)
+class RestoreTestView:
+    """binhoard extension: the stream's last restore test (``ops/restore_test.py``)."""
+
+    result: str  # passed, failed, refused
+    reason: str
+    started_at: datetime
+    finished_at: datetime
+    rto_seconds: float | None  # start to the restored server at ``gtid``
+    gtid: str | None
+    tables_checked: int
+
+
+@dataclass(frozen=True)
 class BackupView:
     """One stream (a backup and the binlogs that follow it), as ``GET /backup`` lists it."""
 
@@ -75,6 +88,8 @@ class BackupView:
     recovery_site: bool
     resumable: bool
     window: StreamWindow | None = None  # extension
+    restore_test: RestoreTestView | None = None  # extension
+    restore_test_pending: bool = False  # extension: one is queued or running
 
 
 @dataclass(frozen=True)
@@ -181,6 +196,14 @@ class Preserve:
 
 
 @dataclass(frozen=True)
+class TestBackup:
+    """``POST /backup/{stream_id}/test`` (extension): restore the stream's backup and
+    binlogs into a scratch server and check it; the result shows in ``GET /backup``."""
+
+    stream_id: str
+
+
+@dataclass(frozen=True)
 class SetReplicationState:
     """``PUT /replication_state``: per node name, its reported positions (MariaDB: e.g.
     ``{"gtid_current_pos": "0-1-5", "gtid_slave_pos": ...}``). Stored for binlog purge."""
@@ -216,6 +239,7 @@ Command = (
     | Preserve
     | SetReplicationState
     | SetMode
+    | TestBackup
 )
 
 

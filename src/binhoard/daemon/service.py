@@ -50,6 +50,7 @@ RELOADABLE = frozenset(
         "replication",
         "restore_max_binlog_bytes",
         "restore_parallel_threads",
+        "restore_test",
     }
 )
 

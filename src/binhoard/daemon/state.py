@@ -148,6 +148,38 @@ class BrokenRequest:
 
 
 @dataclass(frozen=True)
+class RestoreTestRequest:
+    """A restore test to run: ``requested`` (``POST /backup/{stream_id}/test``) or
+    ``scheduled`` (``restore_test``); ``stream_id`` None: the newest backup's.
+    ``started_at`` is set before it starts: a test a restart interrupted is run again."""
+
+    TABLE: ClassVar[str] = "restore_test_request"
+
+    site: str
+    stream_id: str | None
+    reason: BackupReason
+    requested_at: datetime
+    started_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class RestoreTestResult:
+    """The last restore test of one stream (``GET /backup`` shows it with the stream)."""
+
+    TABLE: ClassVar[str] = "restore_test_result"
+
+    site: str
+    stream_id: str
+    started_at: datetime
+    finished_at: datetime
+    result: str  # passed, failed, refused
+    reason: str
+    rto_seconds: float | None = None
+    gtid: str | None = None
+    tables_checked: int = 0
+
+
+@dataclass(frozen=True)
 class Facts:
     """Last known facts, for status after a restart (the site stays the truth)."""
 
@@ -161,6 +193,7 @@ class Facts:
     last_error: str | None = None
     last_error_at: datetime | None = None
     last_error_job: str | None = None  # whose: cleared when that job next succeeds
+    last_restore_test_at: datetime | None = None  # the last scheduled one's start
 
 
 @dataclass(frozen=True)
@@ -174,6 +207,9 @@ class DaemonState:
     preservations: tuple[PreservationRequest, ...] = ()
     broken_marks: tuple[BrokenRequest, ...] = ()
     facts: Facts = Facts()
+    restore_tests: tuple[RestoreTestRequest, ...] = ()
+    # The newest result of each stream tested, oldest first (at most RESTORE_TEST_RESULTS).
+    restore_test_results: tuple[RestoreTestResult, ...] = ()
 
     @property
     def mode(self) -> Mode:
@@ -195,6 +231,9 @@ _PARTS: tuple[tuple[str, type[Any], bool], ...] = (
     ("preservations", PreservationRequest, True),
     ("broken_marks", BrokenRequest, True),
     ("facts", Facts, False),
+    # Tables added without a schema version change: an older binhoard ignores them.
+    ("restore_tests", RestoreTestRequest, True),
+    ("restore_test_results", RestoreTestResult, True),
 )
 
 

@@ -3,12 +3,18 @@ views of ``port.py`` (MyHoard's field names and phase names)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 
 from binhoard.daemon.jobs import RestoreStatus, SiteView, StreamInfo
-from binhoard.daemon.port import BackupView, PurgeView, RestoreView, StatusView
-from binhoard.daemon.state import DaemonState, RestoreRecord
+from binhoard.daemon.port import (
+    BackupView,
+    PurgeView,
+    RestoreTestView,
+    RestoreView,
+    StatusView,
+)
+from binhoard.daemon.state import DaemonState, RestoreRecord, RestoreTestResult
 
 # ops/pitr.py's phases as MyHoard names them. ``pending`` is a restore accepted but not
 # started; ``basebackup_restored`` (server started, GTID state set) is the step MyHoard
@@ -19,13 +25,34 @@ _MYHOARD_PHASES: Mapping[str, str] = {
 }
 
 
-def backup_views(view: SiteView | None) -> tuple[BackupView, ...] | None:
+def backup_views(
+    view: SiteView | None,
+    tests: Sequence[RestoreTestResult] = (),
+    pending: Collection[tuple[str, str]] = (),
+) -> tuple[BackupView, ...] | None:
+    """``tests``: the last restore test of each stream; ``pending``: (site, stream id)
+    of those queued or running."""
     if view is None:
         return None
-    return tuple(backup_view(s, view.listed_at) for s in view.streams)
+    by_stream = {(t.site, t.stream_id): t for t in tests}
+    return tuple(
+        backup_view(
+            s,
+            view.listed_at,
+            by_stream.get((s.site, s.stream_id)),
+            pending=(s.site, s.stream_id) in pending,
+        )
+        for s in view.streams
+    )
 
 
-def backup_view(stream: StreamInfo, listed_at: datetime) -> BackupView:
+def backup_view(
+    stream: StreamInfo,
+    listed_at: datetime,
+    test: RestoreTestResult | None = None,
+    *,
+    pending: bool = False,
+) -> BackupView:
     broken = stream.broken_reason is not None
     return BackupView(
         stream_id=stream.stream_id,
@@ -39,6 +66,20 @@ def backup_view(stream: StreamInfo, listed_at: datetime) -> BackupView:
         # MyHoard: whether a restore can continue from a partial download of it.
         resumable=not broken and stream.manifest is not None,
         window=stream.window,
+        restore_test=None if test is None else restore_test_view(test),
+        restore_test_pending=pending,
+    )
+
+
+def restore_test_view(test: RestoreTestResult) -> RestoreTestView:
+    return RestoreTestView(
+        result=test.result,
+        reason=test.reason,
+        started_at=test.started_at,
+        finished_at=test.finished_at,
+        rto_seconds=test.rto_seconds,
+        gtid=test.gtid,
+        tables_checked=test.tables_checked,
     )
 
 

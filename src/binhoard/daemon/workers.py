@@ -13,7 +13,15 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 
 from binhoard.allocator import release_freed_memory
-from binhoard.app import archive_config, backup_config, open_server, open_site, pitr_config
+from binhoard.app import (
+    archive_config,
+    backup_config,
+    open_server,
+    open_site,
+    pitr_config,
+    restore_test_config,
+    scratch_servers,
+)
 from binhoard.config import Settings
 from binhoard.daemon.jobs import (
     ArchiveDone,
@@ -24,6 +32,7 @@ from binhoard.daemon.jobs import (
     PurgeDone,
     RestoreDone,
     RestoreStatus,
+    RestoreTestDone,
     RetentionDone,
     SiteView,
     StreamInfo,
@@ -46,10 +55,12 @@ from binhoard.ops.observe import (
     record_backup,
     record_backup_progress,
     record_restore_progress,
+    record_restore_test,
 )
 from binhoard.ops.pitr import PitrProgress, PitrRequest, PointInTimeRestore, restore_state
 from binhoard.ops.promote import promote_stream
 from binhoard.ops.purge import BinlogPurger
+from binhoard.ops.restore_test import remove_leftovers, run_restore_test
 from binhoard.ops.sitecache import SiteCache, open_cache
 
 log = logging.getLogger("binhoard.daemon")
@@ -255,6 +266,35 @@ class OpsDoers:
             restore.close()
             release_freed_memory()  # the download's buffers, as after a backup
         return RestoreDone(str(restore.state.get("final_gtid_position") or ""))
+
+    # --- restore tests ------------------------------------------------------------------
+    def restore_test(self, site: str, stream_id: str | None, work: Work) -> RestoreTestDone:
+        settings = self.settings
+        try:
+            report = run_restore_test(
+                open_site(settings, site, metrics=self.metrics),
+                restore_test_config(settings, site),
+                scratch_servers(settings),
+                stream_id=stream_id,
+                cancel=work.cancel,
+            )
+        finally:
+            release_freed_memory()  # the download's buffers, as after a restore
+        record_restore_test(self.metrics, report)
+        return RestoreTestDone(
+            site=report.site,
+            stream_id=report.stream_id,
+            started_at=report.started_at,
+            finished_at=report.finished_at,
+            result=report.outcome,
+            reason=report.reason,
+            rto_seconds=report.rto_seconds,
+            gtid=report.gtid,
+            tables_checked=report.tables_checked,
+        )
+
+    def remove_restore_test_leftovers(self, work: Work) -> None:
+        remove_leftovers(restore_test_config(self.settings), scratch_servers(self.settings))
 
     # --- the operator's marks, and retention -------------------------------------------
     def write_mark(self, request: PreservationRequest | BrokenRequest, work: Work) -> None:

@@ -116,7 +116,9 @@ def judge(
     if bad:
         listed = "; ".join(f"{t.table}: {t.message}" for t in bad[:5])
         more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
-        problems.append(f"CHECK TABLE failed for {len(bad)} of {len(tables)} tables: {listed}{more}")
+        problems.append(
+            f"CHECK TABLE failed for {len(bad)} of {len(tables)} tables: {listed}{more}"
+        )
     if marker_skipped is None and not marker_found:
         problems.append(
             f"the marker row of backup {backup_id} is missing from "

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 
 from binhoard.domain.errors import NotFoundError
+from binhoard.domain.gtid import GtidPosition
 from binhoard.domain.manifest import BackupManifest
 from binhoard.domain.pitr import PHASES
 from binhoard.metric_names import (
@@ -27,6 +28,13 @@ from binhoard.metric_names import (
     RESTORE_BINLOGS_RESTORED,
     RESTORE_BINLOGS_TOTAL,
     RESTORE_PHASE,
+    RESTORE_TEST_COMPLETED,
+    RESTORE_TEST_GTID_SEQUENCE,
+    RESTORE_TEST_LAST_RTO,
+    RESTORE_TEST_LAST_TIME,
+    RESTORE_TEST_PASSED,
+    RESTORE_TEST_RTO,
+    RESTORE_TEST_TABLES_CHECKED,
     RESTORE_TRANSACTIONS_APPLIED,
     RESTORE_TRANSACTIONS_PER_SECOND,
     STORAGE_BYTES,
@@ -36,6 +44,7 @@ from binhoard.metric_names import (
 from binhoard.metrics import Metrics
 from binhoard.ops.backup import BackupProgress
 from binhoard.ops.pitr import PitrProgress
+from binhoard.ops.restore_test import RestoreTestReport
 
 # Smaller transfers are dominated by request latency: their rate says nothing of the
 # bandwidth.
@@ -52,6 +61,22 @@ def record_backup(metrics: Metrics, manifest: BackupManifest) -> None:
     metrics.gauge(BACKUP_LAST_STORED_BYTES, stored, tags=kind)
     metrics.gauge(BACKUP_BYTES_READ, 0)
     metrics.gauge(BACKUP_ESTIMATED_BYTES, 0)
+
+
+def record_restore_test(metrics: Metrics, report: RestoreTestReport) -> None:
+    """A restore test this process ran (``ops/restore_test.py``)."""
+    metrics.set_time(RESTORE_TEST_LAST_TIME, report.finished_at)
+    metrics.increment(RESTORE_TEST_COMPLETED, tags={"result": report.outcome})
+    metrics.gauge(RESTORE_TEST_PASSED, 1 if report.outcome == "passed" else 0)
+    metrics.gauge(RESTORE_TEST_TABLES_CHECKED, report.tables_checked)
+    if report.rto_seconds is not None:
+        metrics.timing(RESTORE_TEST_RTO, report.rto_seconds)
+        metrics.gauge(RESTORE_TEST_LAST_RTO, report.rto_seconds)
+    if report.gtid:
+        for gtid in GtidPosition.parse(report.gtid).values():
+            metrics.gauge(
+                RESTORE_TEST_GTID_SEQUENCE, gtid.seq_no, tags={"domain": str(gtid.domain_id)}
+            )
 
 
 def record_backup_progress(metrics: Metrics, progress: BackupProgress) -> None:

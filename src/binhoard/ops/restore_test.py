@@ -22,6 +22,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,6 +41,7 @@ from binhoard.domain.restore_test import (
     marker_missing_reason,
     scratch_server_id,
 )
+from binhoard.localstate import exclusive
 from binhoard.ops.catalog import SiteState, read_site
 from binhoard.ops.pitr import PitrConfig, PitrProgress, PitrRequest, PointInTimeRestore
 from binhoard.ops.restore_backup import backup_chain
@@ -107,7 +109,17 @@ class RestoreTestReport:
 
 def remove_leftovers(config: RestoreTestConfig, servers: ScratchServers) -> bool:
     """Removes a scratch server a killed test left (its process killed); whether one
-    was there."""
+    was there. ``ConflictError`` while another process runs a test."""
+    with _lock(config):
+        return _remove_leftovers(config, servers)
+
+
+def _lock(config: RestoreTestConfig) -> AbstractContextManager[None]:
+    # One test at a time per scratch directory: the daemon's and the command line's.
+    return exclusive(config.scratch_directory / "restore-test.lock", "a restore test")
+
+
+def _remove_leftovers(config: RestoreTestConfig, servers: ScratchServers) -> bool:
     if not config.scratch.exists():
         return False
     log.warning("removing the scratch server a restore test left: %s", config.scratch)
@@ -142,8 +154,21 @@ def run_restore_test(
 ) -> RestoreTestReport:
     """Tests ``stream_id``'s backup (else the newest usable one) of ``store``. Returns
     the report, whatever the outcome; ``CancelledError`` when ``cancel`` is set first
-    (nothing is learnt), ``NotFoundError`` when there is no such backup."""
-    remove_leftovers(config, servers)
+    (nothing is learnt), ``NotFoundError`` when there is no such backup,
+    ``ConflictError`` while another process runs a test."""
+    with _lock(config):
+        _remove_leftovers(config, servers)
+        return _test(store, config, servers, stream_id, cancel, now)
+
+
+def _test(  # noqa: PLR0917 - run_restore_test's body, under its lock
+    store: ObjectStore,
+    config: RestoreTestConfig,
+    servers: ScratchServers,
+    stream_id: str | None,
+    cancel: threading.Event | None,
+    now: Callable[[], datetime],
+) -> RestoreTestReport:
     started_at = now()
     site = read_site(store)
     backup = choose_backup(site, stream_id)
@@ -169,9 +194,7 @@ def run_restore_test(
         )
 
     chain_bytes = sum(m.data.plain_size for m in backup_chain(store, backup))
-    needed = disk_needed(
-        chain_bytes, sum(r.size for r in stream.records), config.max_binlog_bytes
-    )
+    needed = disk_needed(chain_bytes, sum(r.size for r in stream.records), config.max_binlog_bytes)
     config.scratch_directory.mkdir(parents=True, exist_ok=True)
     free = free_bytes(config.scratch_directory)
     why_not = disk_problem(needed, needed if free is None else free, config.max_disk_bytes)
@@ -267,9 +290,7 @@ class _Run:
             cancel=self.stop,
         )
         try:
-            restore.start(
-                PitrRequest(self.config.site_name, {"to_latest": True}, backup.backup_id)
-            )
+            restore.start(PitrRequest(self.config.site_name, {"to_latest": True}, backup.backup_id))
         finally:
             restore.close()
         rto = time.monotonic() - began

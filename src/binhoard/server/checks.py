@@ -48,9 +48,7 @@ class MariaDBChecks:
     def has_marker(self, backup_id: str) -> bool:
         with self.session() as conn:
             try:
-                rows = sql.query(
-                    conn, f"SELECT 1 FROM {TABLE} WHERE backup_id = %s", (backup_id,)
-                )
+                rows = sql.query(conn, f"SELECT 1 FROM {TABLE} WHERE backup_id = %s", (backup_id,))
             except ServerQueryError as exc:
                 if exc.server_errno in _MISSING:
                     return False
@@ -87,7 +85,11 @@ def table_checks(rows: list[tuple[object, ...]]) -> list[TableCheck]:
     for table, messages in by_table.items():
         errors = [text for kind, text in messages if kind == "error"]
         last_kind, last_text = messages[-1]
-        ok = not errors and last_kind == "status" and last_text.lower() in ("ok", "table is already up to date")
+        ok = (
+            not errors
+            and last_kind == "status"
+            and last_text.lower() in ("ok", "table is already up to date")
+        )
         checks.append(TableCheck(table, ok, errors[0] if errors else last_text))
     return checks
 

@@ -25,8 +25,8 @@ from binhoard.domain.server_facts import ServerFacts
 from binhoard.ports.server import CheckpointWait, ServerBinlogs, SettingsJournal
 from binhoard.server import sql
 from binhoard.server.backup_tool import MariaBackup
-from binhoard.server.checks import MariaDBChecks
 from binhoard.server.binlog_reader import read_binlog, summarize_binlog
+from binhoard.server.checks import MariaDBChecks
 from binhoard.server.mycnf import read_server_options
 from binhoard.server.process import ServerProcess
 from binhoard.server.relay_apply import RelayApplier

@@ -28,7 +28,7 @@ class MariaDBScratch:
         self, directory: Path, *, port: int | None, server_id: int, apply_threads: int
     ) -> None:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(directory, 0o700)  # a copy of the data: no one else reads it
+        directory.chmod(0o700)  # a copy of the data: no one else reads it
         init_file = directory / "init.sql"
         password = secrets.token_urlsafe(24)
         account = f"'{USER}'@'localhost'"
