@@ -34,7 +34,8 @@ from __future__ import annotations
 
 import shutil
 import struct
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+import threading
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -283,6 +284,7 @@ class FakeChecks:
         self.tables = ["app.rows", "mysql.user"]
         self.corrupt_tables: dict[str, str] = {}  # name: CHECK TABLE's message
         self.marker_denied = False
+        self.forget_markers = False  # the copy lost them (a DELETE applied from binlogs)
 
     @property
     def _file(self) -> Path:
@@ -305,7 +307,7 @@ class FakeChecks:
 
     def has_marker(self, backup_id: str) -> bool:
         self.server.connect("has_marker")
-        return backup_id in self.markers()
+        return not self.forget_markers and backup_id in self.markers()
 
     def check_tables(self) -> list[TableCheck]:
         self.server.connect("check_tables")
@@ -354,6 +356,10 @@ class FakeProcess:
         self.server = server
         self.up = True
         self.starts = 0
+        # Set: a start hangs until ``killed`` is set (a server that never comes up),
+        # then fails as a killed one does.
+        self.hang: threading.Event | None = None
+        self.killed = threading.Event()
 
     def running(self) -> bool:
         return self.up
@@ -362,6 +368,11 @@ class FakeProcess:
         if self.up:
             return
         self.server.failures.call("start")
+        if self.hang is not None:
+            self.hang.set()  # the test may now expect the hang
+            if not self.killed.wait(timeout=30):
+                raise AssertionError("a hanging fake server was never killed")
+            raise ServerError("the fake server was killed while starting")
         self.up = True
         self.starts += 1
 
@@ -708,6 +719,55 @@ class FakeServer:
             relay_log_prefix=None,
             relay_log_index_file=None,
         )
+
+
+# --- scratch servers for restore tests ------------------------------------------------------
+class FakeScratch:
+    """``ports.server.ScratchServer``: a stopped fake server with an empty datadir."""
+
+    def __init__(self, directory: Path, server_id: int) -> None:
+        directory.mkdir(parents=True)
+        self.directory = directory
+        self.server = FakeServer(directory, server_id=server_id, running=False)
+        self.port = 13306
+        self.destroyed = False
+
+    @property
+    def datadir(self) -> Path:
+        return self.server.datadir
+
+    @property
+    def config_file(self) -> Path:
+        return self.directory / "my.cnf"
+
+    def kill(self) -> None:
+        self.server.process.up = False
+        self.server.process.killed.set()
+
+    def destroy(self) -> None:
+        self.kill()
+        shutil.rmtree(self.directory)
+        self.destroyed = True
+
+
+class FakeScratchServers:
+    """``ports.server.ScratchServers`` of ``FakeScratch``es; ``prepare`` is called with
+    each new one (to make its tables corrupt, its start hang...)."""
+
+    def __init__(self, prepare: Callable[[FakeScratch], None] = lambda _: None) -> None:
+        self.prepare = prepare
+        self.created: list[FakeScratch] = []
+        self.removed: list[Path] = []
+
+    def create(self, directory: Path, server_id: int) -> FakeScratch:
+        scratch = FakeScratch(directory, server_id)
+        self.prepare(scratch)
+        self.created.append(scratch)
+        return scratch
+
+    def remove(self, directory: Path) -> None:
+        self.removed.append(directory)
+        shutil.rmtree(directory)
 
 
 def fake_archiver(
