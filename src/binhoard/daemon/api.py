@@ -42,9 +42,9 @@ from binhoard.daemon.port import (
     Preserve,
     RequestBackup,
     RotateBinlog,
+    RunRestoreTest,
     SetMode,
     SetReplicationState,
-    TestBackup,
     Ticket,
 )
 from binhoard.domain.errors import BinhoardError, NotFoundError, UnavailableError, UsageError
@@ -216,7 +216,7 @@ class _Routes:
 
     async def test_stream(self, stream_id: StreamId) -> m.Success:
         self.known_stream(stream_id)
-        await self.decide(TestBackup(stream_id))
+        await self.decide(RunRestoreTest(stream_id))
         return m.Success(success=True)
 
     async def set_replication_state(self, body: m.ReplicationState) -> dict[str, dict[str, str]]:

@@ -59,10 +59,10 @@ from binhoard.daemon.port import (
     PurgeView,
     RequestBackup,
     RotateBinlog,
+    RunRestoreTest,
     SetMode,
     SetReplicationState,
     Snapshot,
-    TestBackup,
     Ticket,
 )
 from binhoard.daemon.state import (
@@ -379,7 +379,7 @@ class Controller:
                     replication_reported_at={node: at for node in command.state},
                 )
                 self._update(control=control)
-            elif isinstance(command, TestBackup):
+            elif isinstance(command, RunRestoreTest):
                 self._request_restore_test(command)
             elif isinstance(command, (Preserve, MarkBroken)):
                 self._mark_request(ticket, command)
@@ -861,7 +861,7 @@ class Controller:
         )
 
     # --- restore tests (not in restore or promote mode) -------------------------------------
-    def _request_restore_test(self, command: TestBackup) -> None:
+    def _request_restore_test(self, command: RunRestoreTest) -> None:
         if self.state.mode in ("restore", "promote"):
             raise ConflictError(f"restore tests do not run in {self.state.mode} mode")
         stream = self._find_stream(command.stream_id)

@@ -196,7 +196,7 @@ class Preserve:
 
 
 @dataclass(frozen=True)
-class TestBackup:
+class RunRestoreTest:
     """``POST /backup/{stream_id}/test`` (extension): restore the stream's backup and
     binlogs into a scratch server and check it; the result shows in ``GET /backup``."""
 
@@ -239,7 +239,7 @@ Command = (
     | Preserve
     | SetReplicationState
     | SetMode
-    | TestBackup
+    | RunRestoreTest
 )
 
 
