@@ -32,7 +32,12 @@ from typing import Any
 import pymysql
 
 from binhoard.domain.errors import SandboxError, ServerError
-from binhoard.domain.privileges import BACKUP_PRIVILEGES, RESTORE_PRIVILEGES, grant_statement
+from binhoard.domain.privileges import (
+    BACKUP_PRIVILEGES,
+    RESTORE_PRIVILEGES,
+    grant_statement,
+    marker_grant_statement,
+)
 from binhoard.server.process import (
     DEFAULT_START_TIMEOUT,
     DEFAULT_STOP_TIMEOUT,
@@ -58,6 +63,7 @@ SANDBOX_ACCOUNT = f"'{SANDBOX_USER}'@'localhost'"
 SANDBOX_GRANTS = (
     grant_statement(SANDBOX_ACCOUNT, BACKUP_PRIVILEGES),
     grant_statement(SANDBOX_ACCOUNT, RESTORE_PRIVILEGES),
+    marker_grant_statement(SANDBOX_ACCOUNT),
 )
 
 # Starts tried when the port turns out taken (chosen free, bound by someone else before
