@@ -74,8 +74,8 @@ def test_restore_test_fails_naming_a_corrupt_table_and_a_missing_marker(
     create_schema(source)
     write_rows(source, 100, seed=1)
     source.execute_script(
-        "CREATE TABLE app.plain (id INT PRIMARY KEY, v VARCHAR(200)) ENGINE=MyISAM;"
-        "INSERT INTO app.plain SELECT seq, REPEAT('x', 200) FROM seq_1_to_500;"
+        "USE app; CREATE TABLE plain (id INT PRIMARY KEY, v VARCHAR(200)) ENGINE=MyISAM;"
+        "INSERT INTO plain SELECT seq, REPEAT('x', 200) FROM seq_1_to_500;"
         "FLUSH TABLES app.plain;"
     )
     # Its data file cut short on disk: the backup copies it as it is.
