@@ -333,17 +333,17 @@ class CancelledError(BinhoardError):
 
 
 class RestoreTestFailedError(BinhoardError):
-    """A restore test ran and found the backup wanting: it did not restore, a table's
-    ``CHECK TABLE`` reported an error, or the marker row its source wrote before the
-    backup is missing (the message names which)."""
+    """A restore test ran and found the backup wanting: it did not restore (within
+    ``restore_test.time_limit``), a table's ``CHECK TABLE`` reported an error, or the
+    marker row its source wrote before the backup is missing (the message names which)."""
 
     exit_code = 12
 
 
 class RestoreTestRefusedError(BinhoardError):
     """A restore test was not started: the backup does not fit the disk bounds of
-    ``restore_test`` (``max_disk_bytes``, the scratch file system's free space), or it
-    ran over ``time_limit`` and was stopped. Nothing was learnt about the backup."""
+    ``restore_test`` (``max_disk_bytes``, the scratch file system's free space).
+    Nothing was learnt about the backup."""
 
     exit_code = 13
     http_status = 507
