@@ -31,7 +31,13 @@ from binhoard.daemon.jobs import (
     run_job,
 )
 from binhoard.daemon.port import Command, Ticket
-from binhoard.daemon.state import BrokenRequest, PreservationRequest, RestoreRecord, StateStore
+from binhoard.daemon.state import (
+    BrokenRequest,
+    PreservationRequest,
+    RestoreRecord,
+    RestoreTestResult,
+    StateStore,
+)
 from binhoard.daemon.workers import site_streams
 from binhoard.domain.catalog import closed_key, completed_key
 from binhoard.domain.errors import BinhoardError
@@ -269,15 +275,17 @@ class FakeDoers:
         backup = choose_backup(read_site(self.store), stream_id)  # the op's choice
         now = self.clock.now
         return RestoreTestDone(
-            site=site,
-            stream_id=backup.backup_id,
-            started_at=now,
-            finished_at=now,
-            result=self.restore_test_result,
-            reason=f"fake test: {self.restore_test_result}",
-            rto_seconds=12.5,
-            gtid=backup.snapshot.gtid_position,
-            tables_checked=3,
+            RestoreTestResult(
+                result=self.restore_test_result,
+                reason=f"fake test: {self.restore_test_result}",
+                started_at=now,
+                finished_at=now,
+                rto_seconds=12.5,
+                gtid=backup.snapshot.gtid_position,
+                tables_checked=3,
+                site=site,
+                stream_id=backup.backup_id,
+            )
         )
 
     def remove_restore_test_leftovers(self, work: Work) -> None:

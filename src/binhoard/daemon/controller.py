@@ -70,7 +70,6 @@ from binhoard.daemon.state import (
     BrokenRequest,
     PreservationRequest,
     RestoreTestRequest,
-    RestoreTestResult,
     RotationRequest,
     StateStore,
 )
@@ -931,17 +930,7 @@ class Controller:
         rest = tuple(r for r in self.state.restore_tests if r != request)
         result = done.result
         if isinstance(result, RestoreTestDone):
-            tested = RestoreTestResult(
-                site=result.site,
-                stream_id=result.stream_id,
-                started_at=result.started_at,
-                finished_at=result.finished_at,
-                result=result.result,
-                reason=result.reason,
-                rto_seconds=result.rto_seconds,
-                gtid=result.gtid,
-                tables_checked=result.tables_checked,
-            )
+            tested = result.result
             kept = [
                 r
                 for r in self.state.restore_test_results

@@ -23,7 +23,12 @@ from typing import Protocol
 
 from binhoard.config import Settings
 from binhoard.daemon.port import StreamWindow
-from binhoard.daemon.state import BrokenRequest, PreservationRequest, RestoreRecord
+from binhoard.daemon.state import (
+    BrokenRequest,
+    PreservationRequest,
+    RestoreRecord,
+    RestoreTestResult,
+)
 from binhoard.domain.errors import BinhoardError, CancelledError
 from binhoard.domain.manifest import BackupManifest, BackupType
 
@@ -141,18 +146,9 @@ class PromoteDone:
 
 @dataclass(frozen=True)
 class RestoreTestDone:
-    """How a restore test went (``ops/restore_test.RestoreTestReport``): ``result`` is
-    passed, failed or refused (not started: the disk bounds)."""
+    """How a restore test went (``ops/restore_test.py``), as the state keeps it."""
 
-    site: str
-    stream_id: str
-    started_at: datetime
-    finished_at: datetime
-    result: str
-    reason: str
-    rto_seconds: float | None
-    gtid: str | None
-    tables_checked: int
+    result: RestoreTestResult
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
-from binhoard.daemon.port import Mode
+from binhoard.daemon.port import Mode, RestoreTestView
 from binhoard.domain.errors import ConflictError
 
 FILE_NAME = "daemon.sqlite"
@@ -163,20 +163,13 @@ class RestoreTestRequest:
 
 
 @dataclass(frozen=True)
-class RestoreTestResult:
-    """The last restore test of one stream (``GET /backup`` shows it with the stream)."""
+class RestoreTestResult(RestoreTestView):
+    """The last restore test of one stream: what ``GET /backup`` shows with it."""
 
     TABLE: ClassVar[str] = "restore_test_result"
 
     site: str
     stream_id: str
-    started_at: datetime
-    finished_at: datetime
-    result: str  # passed, failed, refused
-    reason: str
-    rto_seconds: float | None = None
-    gtid: str | None = None
-    tables_checked: int = 0
 
 
 @dataclass(frozen=True)

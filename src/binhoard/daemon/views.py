@@ -10,7 +10,6 @@ from binhoard.daemon.jobs import RestoreStatus, SiteView, StreamInfo
 from binhoard.daemon.port import (
     BackupView,
     PurgeView,
-    RestoreTestView,
     RestoreView,
     StatusView,
 )
@@ -66,20 +65,8 @@ def backup_view(
         # MyHoard: whether a restore can continue from a partial download of it.
         resumable=not broken and stream.manifest is not None,
         window=stream.window,
-        restore_test=None if test is None else restore_test_view(test),
+        restore_test=test,
         restore_test_pending=pending,
-    )
-
-
-def restore_test_view(test: RestoreTestResult) -> RestoreTestView:
-    return RestoreTestView(
-        result=test.result,
-        reason=test.reason,
-        started_at=test.started_at,
-        finished_at=test.finished_at,
-        rto_seconds=test.rto_seconds,
-        gtid=test.gtid,
-        tables_checked=test.tables_checked,
     )
 
 

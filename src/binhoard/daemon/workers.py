@@ -39,7 +39,12 @@ from binhoard.daemon.jobs import (
     Work,
 )
 from binhoard.daemon.port import StreamWindow
-from binhoard.daemon.state import BrokenRequest, PreservationRequest, RestoreRecord
+from binhoard.daemon.state import (
+    BrokenRequest,
+    PreservationRequest,
+    RestoreRecord,
+    RestoreTestResult,
+)
 from binhoard.domain.errors import BinhoardError
 from binhoard.domain.gtid import GtidPosition
 from binhoard.domain.manifest import BackupManifest, BackupType
@@ -282,15 +287,17 @@ class OpsDoers:
             release_freed_memory()  # the download's buffers, as after a restore
         record_restore_test(self.metrics, report)
         return RestoreTestDone(
-            site=report.site,
-            stream_id=report.stream_id,
-            started_at=report.started_at,
-            finished_at=report.finished_at,
-            result=report.outcome,
-            reason=report.reason,
-            rto_seconds=report.rto_seconds,
-            gtid=report.gtid,
-            tables_checked=report.tables_checked,
+            RestoreTestResult(
+                result=report.outcome,
+                reason=report.reason,
+                started_at=report.started_at,
+                finished_at=report.finished_at,
+                rto_seconds=report.rto_seconds,
+                gtid=report.gtid,
+                tables_checked=report.tables_checked,
+                site=report.site,
+                stream_id=report.stream_id,
+            )
         )
 
     def remove_restore_test_leftovers(self, work: Work) -> None:
