@@ -23,6 +23,7 @@ from binhoard.daemon.port import (
     RequestBackup,
     RestoreView,
     RotateBinlog,
+    RunRestoreTest,
     SetMode,
     SetReplicationState,
     Snapshot,
@@ -176,7 +177,8 @@ class FakeDaemon:
     def _refusal(
         self, command: Command, mode: str, by_id: dict[str, BackupView]
     ) -> BinhoardError | None:
-        if isinstance(command, MarkBroken | Preserve) and command.stream_id not in by_id:
+        stream_commands = MarkBroken | Preserve | RunRestoreTest
+        if isinstance(command, stream_commands) and command.stream_id not in by_id:
             return NotFoundError(f"no stream {command.stream_id!r}")
         if isinstance(command, RequestBackup) and mode != "active":
             return ConflictError(f"mode is {mode}: backups need active")
@@ -199,6 +201,9 @@ class FakeDaemon:
                 by_id[command.stream_id] = replace(by_id[command.stream_id], broken_at=broken_at)
             case Preserve():
                 view = replace(by_id[command.stream_id], preserve_until=command.until)
+                by_id[command.stream_id] = view
+            case RunRestoreTest():
+                view = replace(by_id[command.stream_id], restore_test_pending=True)
                 by_id[command.stream_id] = view
             case SetReplicationState():
                 return replace(status, replication_state=command.state)

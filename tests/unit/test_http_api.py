@@ -17,7 +17,7 @@ import pytest
 
 from binhoard.daemon.api import HttpServer
 from binhoard.daemon.api_edges import MAX_BODY_BYTES
-from binhoard.daemon.port import MarkBroken, Preserve, RotateBinlog, SetMode
+from binhoard.daemon.port import MarkBroken, Preserve, RotateBinlog, RunRestoreTest, SetMode
 from binhoard.domain.errors import BinhoardError, UsageError
 from tests.support.fake_daemon import FakeDaemon, stream
 from tests.support.http_api import TOKEN, serving
@@ -195,6 +195,15 @@ def test_marking_a_stream_broken_and_back(api: httpx.Client, daemon: FakeDaemon)
     assert unknown == "no stream '20200101T000000Z-00000000': GET /backup lists them"
     assert "broken" in error_of(api.patch(f"/backup/{OLD}", json={"broken": "yes"}), 400)
     assert "broken: required" in error_of(api.patch(f"/backup/{OLD}", json={}), 400)
+
+
+def test_a_restore_test_of_a_stream_is_queued(api: httpx.Client, daemon: FakeDaemon) -> None:
+    assert api.post(f"/backup/{OLD}/test").json() == {"success": True}
+    assert daemon.commands[-1] == RunRestoreTest(OLD)
+    assert listed(api)[OLD]["restore_test_pending"] is True
+    assert listed(api)[OLD]["restore_test"] is None
+    unknown = error_of(api.post("/backup/20200101T000000Z-00000000/test"), 404)
+    assert unknown == "no stream '20200101T000000Z-00000000': GET /backup lists them"
 
 
 def test_preserving_a_stream(api: httpx.Client, daemon: FakeDaemon) -> None:
