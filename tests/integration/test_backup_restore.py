@@ -37,6 +37,10 @@ def restore_into_new_sandbox(
     return target
 
 
+def gtid_current_pos(box: Sandbox) -> str:
+    return str(box.query("SELECT @@gtid_current_pos")[0][0])
+
+
 def test_full_and_incremental_backups_restore_exactly(sandboxes: SandboxFactory) -> None:
     source = sandboxes.new("source")
     create_schema(source)
@@ -44,18 +48,21 @@ def test_full_and_incremental_backups_restore_exactly(sandboxes: SandboxFactory)
     settings = settings_for(source, sandboxes.root / "site")
     store = open_site(settings)
 
-    # Writes are paused while each backup runs: the source's state at the snapshot is known.
-    full_sums, full_gtid = checksums(source), source.query("SELECT @@gtid_current_pos")[0][0]
+    # Writes are paused while each backup runs: the source's state at the snapshot is known,
+    # the backup's own marker row (ops/backup.py) its one write in between.
+    before = gtid_current_pos(source)
     full = ops.backup(settings, store)
-    assert full.snapshot.gtid_position == full_gtid
+    full_sums, full_gtid = checksums(source), gtid_current_pos(source)
+    assert full.snapshot.gtid_position == full_gtid != before
     assert full.backup_type == "full" and full.chain == (full.backup_id,)
 
     write_rows(source, 500, seed=2)
     source.query("CREATE TABLE app.later (id INT PRIMARY KEY, v VARCHAR(10))")
     source.query("INSERT INTO app.later VALUES (1, 'x'), (2, 'y')")
-    inc_sums, inc_gtid = checksums(source), source.query("SELECT @@gtid_current_pos")[0][0]
+    before = gtid_current_pos(source)
     inc = ops.backup(settings, store, backup_type="incremental")
-    assert inc.snapshot.gtid_position == inc_gtid
+    inc_sums, inc_gtid = checksums(source), gtid_current_pos(source)
+    assert inc.snapshot.gtid_position == inc_gtid != before
     assert inc.parent_backup_id == full.backup_id
     assert inc.chain == (full.backup_id, inc.backup_id)
     assert inc.lsn.from_lsn == full.lsn.to_lsn
@@ -68,6 +75,8 @@ def test_full_and_incremental_backups_restore_exactly(sandboxes: SandboxFactory)
         restored = restore_into_new_sandbox(sandboxes, settings, store, backup.backup_id)
         assert checksums(restored) == sums
         assert restored.query("SELECT @@gtid_binlog_pos, @@gtid_slave_pos") == [(gtid, gtid)]
+        markers = restored.query("SELECT backup_id FROM binhoard.backup_marker")
+        assert (backup.backup_id,) in markers
         restored.stop()
 
 
