@@ -13,23 +13,21 @@ from pathlib import Path
 
 import pytest
 
-from binhoard.app import archive_config, backup_config, pitr_config
+from binhoard.app import pitr_config
 from binhoard.config import Settings
 from binhoard.domain.errors import ConflictError, ObjectNotFoundError
 from binhoard.domain.gtid import Gtid, GtidPosition
 from binhoard.domain.promotion import CannotContinue, divergence_in, lacking_records
 from binhoard.ops.archive import BinlogArchiver
-from binhoard.ops.backup import create_backup
 from binhoard.ops.catalog import StreamState, read_streams
 from binhoard.ops.catchup import ArchiveCatchUp, CatchUpProgress
 from binhoard.ops.pitr import PitrRequest, PointInTimeRestore
 from binhoard.ops.promote import CATCH_UP_ROUNDS, PromotionResult, promote_stream
 from binhoard.storage.pipeline import decryption_identities
 from binhoard.storage.store import MemoryStore
-from tests.support.fakeserver import FakeServer, Killed, ScriptedClock, fake_host
+from tests.support.fakeserver import FakeServer, Killed, fake_host
 from tests.support.sites import SiteBuilder, position
-from tests.unit.test_restore_server import START
-from tests.unit.test_seed import IDENTITY, PRIMARY, REPLICATION
+from tests.unit.test_seed import IDENTITY, PRIMARY, REPLICATION, archiving_primary
 
 NOW = datetime(2026, 1, 2, tzinfo=UTC)
 OLD, NEW = 7, 9
@@ -100,14 +98,7 @@ class Failover:
 
 @pytest.fixture
 def failover(tmp_path: Path) -> Failover:
-    primary_settings, primary = fake_host(tmp_path / "primary", IDENTITY)
-    store = MemoryStore()
-    primary.commit(3)
-    create_backup(primary, store, backup_config(primary_settings), now=ScriptedClock(START))
-    primary.commit(4)
-    primary.binlogs.flush()
-    archiver = BinlogArchiver(primary, store, archive_config(primary_settings), use_cache=False)
-    assert archiver.archive_once().problems == []
+    primary, store, archiver = archiving_primary(tmp_path / "primary")
     settings, replica = fake_host(
         tmp_path / "replica", IDENTITY, server_id=NEW, running=False, replication=REPLICATION
     )

@@ -13,7 +13,7 @@ a refusal (a ``BinhoardError`` the API answers with) out. The rules are MyHoard'
 * from ``observe``: ``active`` goes through ``promote``, which checks the node can
   take over and then switches to ``active`` by itself (``promote`` may be asked for
   by name, with the same meaning); ``force`` only there (the node takes over though
-  it has not applied the whole archive; docs/failover.md);
+  it could not apply the whole archive; docs/failover.md);
 * ``active`` (and ``promote`` on its way there) is never left except by stopping.
 
 Asking for the mode the daemon is already in is accepted and changes nothing.
