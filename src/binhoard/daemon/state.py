@@ -53,6 +53,9 @@ class Control:
     replication_state: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     # When each node was last reported (Unix seconds): stale reports are named.
     replication_reported_at: Mapping[str, float] = field(default_factory=dict)
+    # The primary this node replicates from (HOST:PORT): set by a seeding restore and by
+    # a re-point, cleared by a promotion.
+    replicating_from: str | None = None
 
 
 @dataclass(frozen=True)

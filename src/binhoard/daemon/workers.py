@@ -13,7 +13,14 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 
 from binhoard.allocator import release_freed_memory
-from binhoard.app import archive_config, backup_config, open_server, open_site, pitr_config
+from binhoard.app import (
+    archive_config,
+    backup_config,
+    open_server,
+    open_site,
+    pitr_config,
+    seed_settings,
+)
 from binhoard.config import Settings
 from binhoard.daemon.jobs import (
     ArchiveDone,
@@ -23,6 +30,7 @@ from binhoard.daemon.jobs import (
     PromoteDone,
     PromoteStatus,
     PurgeDone,
+    RepointDone,
     RestoreDone,
     RestoreStatus,
     RetentionDone,
@@ -53,6 +61,7 @@ from binhoard.ops.observe import (
 from binhoard.ops.pitr import PitrProgress, PitrRequest, PointInTimeRestore, restore_state
 from binhoard.ops.promote import promote_stream
 from binhoard.ops.purge import BinlogPurger
+from binhoard.ops.seed import check_primary, repoint
 from binhoard.ops.sitecache import SiteCache, open_cache
 from binhoard.storage.pipeline import decryption_identities
 
@@ -259,6 +268,15 @@ class OpsDoers:
             restore.close()
             release_freed_memory()  # the download's buffers, as after a backup
         return RestoreDone(str(restore.state.get("final_gtid_position") or ""))
+
+    def repoint(self, primary: str, work: Work) -> RepointDone:
+        """This replica replicates from ``primary`` from now on (``ops/seed.py``)."""
+        settings = self.settings
+        seed = seed_settings(settings)
+        address = check_primary(primary, seed=seed, allowed=settings.replication.primaries)
+        assert seed is not None  # check_primary refuses without the account
+        done = repoint(open_server(settings), address, seed)
+        return RepointDone(done.primary, done.position.format())
 
     # --- the operator's marks, and retention -------------------------------------------
     def write_mark(self, request: PreservationRequest | BrokenRequest, work: Work) -> None:
