@@ -6,20 +6,30 @@ transactions the new primary never got is refused (409) and left as it was."""
 
 from __future__ import annotations
 
+from binhoard.server.sandbox import Sandbox
 from tests.integration.test_promote import seeded_node
-from tests.integration.test_seed import archived_primary, caught_up
+from tests.integration.test_seed import ArchivedPrimary, archived_primary, caught_up
 from tests.support.daemon_process import DaemonProcess
 from tests.support.sandboxes import SandboxFactory
 from tests.support.workload import checksums, write_rows
 
 
+def three_nodes(
+    sandboxes: SandboxFactory, daemons: list[DaemonProcess]
+) -> tuple[ArchivedPrimary, tuple[Sandbox, DaemonProcess], tuple[Sandbox, DaemonProcess]]:
+    """The primary and two replicas seeded by their daemons from its stream, observing:
+    the one to promote, and the other one."""
+    archived = archived_primary(sandboxes)
+    new, new_daemon, _ = seeded_node(sandboxes, archived, daemons, "new")
+    other, other_daemon, _ = seeded_node(sandboxes, archived, daemons, "other")
+    return archived, (new, new_daemon), (other, other_daemon)
+
+
 def test_the_other_replica_follows_the_promoted_one(
     sandboxes: SandboxFactory, daemons: list[DaemonProcess]
 ) -> None:
-    archived = archived_primary(sandboxes)
+    archived, (new, new_daemon), (other, other_daemon) = three_nodes(sandboxes, daemons)
     primary = archived.box
-    new, new_daemon, _ = seeded_node(sandboxes, archived, daemons, "new")
-    other, other_daemon, _ = seeded_node(sandboxes, archived, daemons, "other")
     assert other_daemon.get("/status")["replicating_from"] == archived.address
     write_rows(primary, 100, seed=3)
     caught_up(new, primary)
@@ -44,10 +54,8 @@ def test_the_other_replica_follows_the_promoted_one(
 def test_a_replica_ahead_of_the_promoted_one_is_refused(
     sandboxes: SandboxFactory, daemons: list[DaemonProcess]
 ) -> None:
-    archived = archived_primary(sandboxes)
+    archived, (new, new_daemon), (other, other_daemon) = three_nodes(sandboxes, daemons)
     primary = archived.box
-    new, new_daemon, _ = seeded_node(sandboxes, archived, daemons, "new")
-    other, other_daemon, _ = seeded_node(sandboxes, archived, daemons, "other")
     new.query("STOP SLAVE IO_THREAD")  # the new primary-to-be gets nothing more
     write_rows(primary, 100, seed=3)  # never archived: only the other replica has them
     caught_up(other, primary)

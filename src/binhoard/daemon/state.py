@@ -35,7 +35,7 @@ from binhoard.daemon.port import Mode
 from binhoard.domain.errors import ConflictError
 
 FILE_NAME = "daemon.sqlite"
-SCHEMA_VERSION = 2  # 2: columns added (restore.replicate_from)
+SCHEMA_VERSION = 3  # 2: restore.replicate_from; 3: control.replicating_from (columns added)
 
 RestoreTargetKind = Literal["latest", "time", "gtid", "position"]
 BackupReason = Literal["requested", "scheduled"]
