@@ -6,7 +6,7 @@ up what cannot be read."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,7 +15,7 @@ import pytest
 
 from binhoard.app import pitr_config
 from binhoard.config import Settings
-from binhoard.domain.errors import ConflictError, ObjectNotFoundError
+from binhoard.domain.errors import ConflictError, ObjectNotFoundError, TransientStorageError
 from binhoard.domain.gtid import Gtid, GtidPosition
 from binhoard.domain.promotion import CannotContinue, divergence_in, lacking_records
 from binhoard.ops.archive import BinlogArchiver
@@ -227,6 +227,30 @@ def test_an_unreadable_archive_fails_unless_forced(failover: Failover) -> None:
     assert result.promotion.gtid_position == GtidPosition.parse("0-7-13")
     assert seqs(failover.replica) == list(range(1, 14))
     assert not failover.replica.applying
+
+
+class TimingOut(MemoryStore):
+    """A copy of a store whose reads of ``key`` time out (object storage is there, but
+    slow): retrying may cure that, so nothing is given up, even with force."""
+
+    def __init__(self, store: MemoryStore, key: str) -> None:
+        super().__init__()
+        self.key = key
+        for info in store.list():
+            self.put(info.key, store.get(info.key))
+
+    def get(self, key: str, *, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
+        if key == self.key:
+            raise TransientStorageError(f"GET {key}: read timed out")
+        return super().get(key, offset=offset, length=length)
+
+
+def test_a_transient_storage_failure_gives_nothing_up_even_forced(failover: Failover) -> None:
+    (stream,) = read_streams(failover.store)
+    failover.store = TimingOut(failover.store, stream.records[-1].object.key)
+    with pytest.raises(TransientStorageError):
+        failover.promote(force=True)
+    assert read_streams(failover.store)[0].promotions == ()
 
 
 def test_the_records_a_node_lacks_and_divergence() -> None:

@@ -325,6 +325,7 @@ class OpsDoers:
         if facts.read_only:
             log.warning("the server is read-only: set read_only=OFF for it to take writes")
         if restore is None:
+            server.replication.remove()
             return PromoteDone(None)
         store = open_site(self.settings, restore.site, metrics=self.metrics)
 
@@ -367,6 +368,9 @@ class OpsDoers:
             force=force,
             catch_up=catching_up,
         )
+        # The node is the primary now: its replication configuration goes, so that
+        # nothing ever reconnects it to the old primary (a START SLAVE, a restart).
+        server.replication.remove()
         return PromoteDone(result.stream_id, result.new_stream_needed)
 
 
