@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 
 from binhoard.app import pitr_config, seed_settings
+from binhoard.daemon.api import HttpServer
+from binhoard.daemon.jobs import RESTORE
+from binhoard.daemon.port import SetMode
 from binhoard.domain.errors import ConflictError, ReplicationError
 from binhoard.domain.gtid import GtidPosition
 from binhoard.domain.replica import PrimaryAddress
@@ -18,7 +21,11 @@ from binhoard.ops.pitr import PitrRequest, PointInTimeRestore
 from binhoard.ops.seed import SeedSettings, repoint
 from binhoard.storage.store import MemoryStore
 from tests.support.cli import run_main
+from tests.support.daemon import Harness
 from tests.support.fakeserver import FakeServer, fake_host
+from tests.support.http_api import TOKEN
+from tests.unit.test_daemon_service import START as DAEMON_START
+from tests.unit.test_daemon_service import write_config as daemon_config
 from tests.unit.test_restore_cli import write_config
 from tests.unit.test_seed import IDENTITY, PRIMARY, REPLICATION, archiving_primary
 
@@ -136,3 +143,34 @@ def test_the_command_checks_the_primary_before_touching_the_server(
     config = write_config(tmp_path)
     code, _, err = run_main(["repoint", "--config", str(config), *options], capsys)
     assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_with_a_daemon_running_status_shows_its_primary_and_repoint_goes_through_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    h = Harness(tmp_path, DAEMON_START, replication=REPLICATION)
+    h.doers.put_backup(server_id=7)
+    h.settle()
+    seed = SetMode(
+        "restore", site="default", stream_id=h.doers.backup_ids()[0], replicate_from=PRIMARY
+    )
+    h.submit(seed)
+    h.run(RESTORE)
+    server = HttpServer(h.controller, address="127.0.0.1", port=0, auth_token=TOKEN)
+    server.start()
+    try:
+        config = daemon_config(
+            tmp_path / "bh.json",
+            http_port=server.port,
+            http_auth_token=TOKEN,
+            replication=REPLICATION,
+        )
+        code, out, err = run_main(["status", "--config", str(config)], capsys)
+        assert code == 0, err
+        assert f"replicates  from {PRIMARY}" in out
+        argv = ["repoint", "--config", str(config), "--replicate-from", NEW_PRIMARY]
+        code, _, err = run_main(argv, capsys)
+        assert code == 4 and "a daemon runs for this configuration" in err
+        assert f'"replicate_from": "{NEW_PRIMARY}"' in err
+    finally:
+        server.stop()
