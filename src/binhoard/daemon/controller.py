@@ -855,7 +855,7 @@ class Controller:
             )
         log.info("promoted: mode active")
         self.promote_progress = None
-        # Its replication was stopped (and removed, if it applied the archive).
+        # Its replication configuration was removed (workers.promote): it replicates from none.
         self._update(control=replace(self.state.control, replicating_from=None))
         self.state = self.state.with_mode("active")
 
