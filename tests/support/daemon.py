@@ -21,7 +21,9 @@ from binhoard.daemon.jobs import (
     JobProgress,
     OpenStream,
     PromoteDone,
+    PromoteStatus,
     PurgeDone,
+    RepointDone,
     RestoreDone,
     RestoreStatus,
     RestoreTestDone,
@@ -52,7 +54,7 @@ from binhoard.domain.manifest import (
 )
 from binhoard.domain.promotion import deposed_by
 from binhoard.ops.archive import DeposedStreamReport
-from binhoard.ops.catalog import read_site
+from binhoard.ops.catalog import StreamState, read_site
 from binhoard.ops.expire import prune, retention_policy
 from binhoard.ops.marks import mark_broken, preserve
 from binhoard.ops.promote import promote_stream
@@ -133,6 +135,11 @@ class FakeDoers:
     restore_tests: list[tuple[str, str | None]] = field(default_factory=list)
     restore_test_result: str = "passed"
     leftovers_removed: int = 0
+    # The promotion's catch-up applies the archive the node lacks (it reaches the end)
+    # unless this is set: then it reports applying_binlogs and raises it, once; forced,
+    # it gives up instead (as an archive that cannot be read).
+    catch_up_error: BinhoardError | None = None
+    repoints: list[str] = field(default_factory=list)  # the primaries re-pointed at
 
     def __post_init__(self) -> None:
         self.build = SiteBuilder(self.store, server_id=self.server_id)
@@ -215,12 +222,26 @@ class FakeDoers:
         return RestoreDone(self.restore_reaches)
 
     def promote(self, restore: RestoreRecord | None, force: bool, work: Work) -> PromoteDone:
+        work.report(PromoteStatus("stopping_replication"), force=True)
         self._fail("promote")
         if restore is None:
             return PromoteDone(None)
         (stream,) = (s for s in read_site(self.store).streams if s.stream_id == restore.stream_id)
         # The node's server: at the archive's end unless a test says otherwise.
         at = self.node_position if self.node_position is not None else stream.end_position
+
+        def catch_up(stream: StreamState, position: GtidPosition) -> GtidPosition:
+            end = stream.end_position.format()
+            work.report(PromoteStatus("applying_binlogs", 2, 0, 0, end), force=True)
+            error, self.catch_up_error = self.catch_up_error, None
+            if error is not None and not force:
+                raise error
+            if error is None:
+                self.node_position = stream.end_position
+            work.report(PromoteStatus("reading_archive", target_gtid=end), force=True)
+            return position if error is not None else stream.end_position
+
+        work.report(PromoteStatus("reading_archive"), force=True)
         result = promote_stream(
             self.store,
             restore.stream_id,
@@ -228,8 +249,14 @@ class FakeDoers:
             position=at,
             now=self.clock.now,
             force=force,
+            catch_up=catch_up,
         )
         return PromoteDone(result.stream_id, result.new_stream_needed)
+
+    def repoint(self, primary: str, work: Work) -> RepointDone:
+        self._fail("repoint")
+        self.repoints.append(primary)
+        return RepointDone(primary, position(42).format())
 
     def write_mark(self, request: PreservationRequest | BrokenRequest, work: Work) -> None:
         self._fail("write_mark")

@@ -136,6 +136,20 @@ class RestoreDone:
 
 
 @dataclass(frozen=True)
+class PromoteStatus:
+    """A promotion's progress (``GET /status`` ``promotion``): ``phase`` is
+    ``stopping_replication``, ``reading_archive``, then while the node applies what the
+    old primary archived and it lacks (``ops/catchup.py``) ``applying_binlogs`` and
+    ``finishing_apply``, and ``reading_archive`` again before the record is written."""
+
+    phase: str
+    binlogs_total: int = 0
+    binlogs_applied: int = 0
+    transactions_applied: int = 0
+    target_gtid: str = ""
+
+
+@dataclass(frozen=True)
 class PromoteDone:
     """How a promotion went: the node took over ``stream_id`` (or owned it already),
     or cannot continue it (``new_stream_needed`` says why: a full backup at once)."""
@@ -149,6 +163,14 @@ class RestoreTestDone:
     """How a restore test went (``ops/restore_test.py``), as the state keeps it."""
 
     result: RestoreTestResult
+
+
+@dataclass(frozen=True)
+class RepointDone:
+    """This replica now replicates from ``primary`` (``HOST:PORT``), from ``position``."""
+
+    primary: str
+    position: str
 
 
 @dataclass(frozen=True)
@@ -175,6 +197,11 @@ class Doers(Protocol):
         """Takes over the stream the node was restored from (``restore``), if any;
         raises ``ConflictError`` when it must not (another node won the race, or it
         has not applied the whole archive and ``force`` is not given)."""
+        ...
+
+    def repoint(self, primary: str, work: Work) -> RepointDone:
+        """Points this replica at ``primary`` (a new primary after a failover); raises
+        ``ConflictError`` when the node has transactions that primary lacks."""
         ...
 
     def write_mark(self, request: PreservationRequest | BrokenRequest, work: Work) -> None:

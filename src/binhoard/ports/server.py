@@ -217,6 +217,11 @@ class RelayApply(Protocol):
         to the server, which deletes them once applied. ``ApplyError`` if it fails."""
         ...
 
+    def unfinished(self) -> bool:
+        """Whether an apply began on the server and was not finished (a killed run's:
+        its settings and replication configuration are still the apply's)."""
+        ...
+
     def finish(
         self, log_slave_updates_was_off: bool | None = None, *, expected: GtidPosition | None = None
     ) -> GtidPosition:
@@ -291,6 +296,11 @@ class Replication(Protocol):
     def start(self) -> None: ...
 
     def stop(self) -> None: ...
+
+    def remove(self) -> None:
+        """``STOP SLAVE; RESET SLAVE ALL``: no primary is configured any more (a promoted
+        node must never reconnect to the old one)."""
+        ...
 
     def status(self) -> ReplicaStatus: ...
 
