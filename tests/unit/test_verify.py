@@ -160,7 +160,16 @@ def test_any_flipped_or_cut_byte_of_any_object_is_found_and_named(
 
 
 @pytest.mark.parametrize(
-    "which", ["full data", "incremental data", "record", "binlog data", "manifest"]
+    "which",
+    [
+        "full data",
+        "incremental data",
+        "record",
+        "binlog data",
+        "manifest",
+        "completed",
+        "full manifest",
+    ],
 )
 def test_a_restore_names_the_corrupt_object_it_needs(site: Site, which: str) -> None:
     records = [
@@ -177,6 +186,8 @@ def test_a_restore_names_the_corrupt_object_it_needs(site: Site, which: str) -> 
         "record": records[-1],
         "binlog data": record.object.key,
         "manifest": manifest_key(site.incremental),
+        "completed": f"streams/{site.incremental}/completed.json",
+        "full manifest": manifest_key(site.full),
     }[which]
     _corrupt(site.path(key), 200, cut=False)
     settings, target = fake_host(site.root.parent / "target", IDENTITY, server_id=9, running=False)
@@ -185,6 +196,18 @@ def test_a_restore_names_the_corrupt_object_it_needs(site: Site, which: str) -> 
     with pytest.raises(BinhoardError) as raised:
         restore.start(request)
     assert key in raised.value.message
+    assert [r.key for r in site.verify().bad] == [key]
+
+
+def test_a_restore_warns_of_a_corrupt_my_cnf_it_does_not_need(
+    site: Site, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = next(k for k in site.object_keys() if k.startswith(f"backups/{site.full}/my.cnf"))
+    _corrupt(site.path(key), 100, cut=True)
+    settings, target = fake_host(site.root.parent / "target", IDENTITY, server_id=9, running=False)
+    restore = PointInTimeRestore(target, site.store, pitr_config(settings), use_cache=False)
+    assert restore.start(PitrRequest("default", {"to_latest": True})).phase == "completed"
+    assert any(key in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
     assert [r.key for r in site.verify().bad] == [key]
 
 

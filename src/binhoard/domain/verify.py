@@ -17,6 +17,7 @@ Every object of a site is covered by something that fails if any of its bytes ch
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from binhoard.domain.catalog import (
     binlog_record_key,
     seq_of_record_key,
 )
-from binhoard.domain.documents import unseal
+from binhoard.domain.documents import FORMAT_VERSION, CorruptDocumentError, unseal
 from binhoard.domain.errors import ArchiveStalledError, BinhoardError, CorruptSiteError
 from binhoard.domain.manifest import BackupManifest, ObjectRef, manifest_key
 from binhoard.domain.marks import BackupMark, parse_mark_key
@@ -43,6 +44,7 @@ DocumentKind = Literal[
     "closed",
     "archive_status",
     "promotion",
+    "site_marker",
     "document",
 ]
 DataKind = Literal["data", "my_cnf", "binlog_data", "unreferenced"]
@@ -53,6 +55,8 @@ BAD: tuple[Status, ...] = ("corrupt", "missing")
 # What a document or an unreferenced age object is checked against (the ``expectation``
 # of the verified record; a data object's is its reference's digest).
 SEALED = "sealed document"
+# Listed in docs/format.md's key layout, without a checksum; this version writes none.
+SITE_MARKER = "binhoard-site.json"
 AGE_ONLY = "age authentication"
 
 _STREAM_DOCUMENTS: dict[str, DocumentKind] = {
@@ -77,7 +81,9 @@ def document_kind(key: str) -> DocumentKind | None:
         return None
     parts = key.split("/")
     kind: DocumentKind = "document"
-    if len(parts) == 3 and parts[0] == "backups" and parts[2] == "manifest.json":
+    if key == SITE_MARKER:
+        kind = "site_marker"
+    elif len(parts) == 3 and parts[0] == "backups" and parts[2] == "manifest.json":
         kind = "manifest"
     elif parse_mark_key(key) is not None:
         kind = "mark"
@@ -94,6 +100,18 @@ def _unseal(raw: bytes, key: str) -> object:
     return unseal(raw, key=key)
 
 
+def _site_marker(raw: bytes, key: str) -> object:
+    """``{"format_version": 1}``: JSON, and a version this binhoard reads (it carries no
+    checksum to check)."""
+    try:
+        document = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorruptDocumentError(key, f"not JSON ({exc})") from None
+    if not isinstance(document, dict) or document.get("format_version") != FORMAT_VERSION:
+        raise CorruptDocumentError(key, f"not a site marker of format {FORMAT_VERSION}")
+    return document
+
+
 # Each document is read by the parser its readers use: the checksum, the stored form,
 # the format version, the fields, and that it names the key it is stored under.
 _PARSERS: dict[ObjectKind, Callable[[bytes, str], object]] = {
@@ -104,6 +122,7 @@ _PARSERS: dict[ObjectKind, Callable[[bytes, str], object]] = {
     "closed": lambda raw, key: StreamMarker.from_bytes(raw, key=key),
     "archive_status": lambda raw, key: ArchiveStatus.from_bytes(raw, key=key),
     "promotion": lambda raw, key: Promotion.from_bytes(raw, key=key),
+    "site_marker": _site_marker,
     "document": _unseal,
 }
 

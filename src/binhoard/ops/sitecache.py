@@ -18,6 +18,9 @@ It is only ever a copy of what the site says:
   on every read, and a repaired one is read afresh;
 * a database that cannot be opened or read (corrupt, another schema) is deleted and
   built again from the site; one that stays unusable is bypassed with a warning.
+
+The same database holds what ``binhoard verify`` proved (table ``verified``,
+``ops/verify.py``): losing it only makes the next verify read everything again.
 """
 
 from __future__ import annotations

@@ -254,6 +254,9 @@ def _check_document(
         run.failed(check, "corrupt", exc.message.removeprefix(f"document {check.key} is corrupt: "))
         return None
     run.passed(check)
+    if run.cache is not None:
+        # What readers (and the next verify's ``read_site``) would fetch again otherwise.
+        run.cache.store(run.listing[check.key], raw)
     return parsed
 
 
