@@ -35,7 +35,6 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,7 +47,7 @@ sys.path.insert(0, str(ROOT))  # tests.support (SiteBuilder) lives beside src/
 
 from tests.support.sites import SiteBuilder  # noqa: E402
 
-from benchlib import MIB, warm_memory  # noqa: E402  (bench/ is on sys.path: run from it)
+from benchlib import MIB, run_in_child, warm_memory  # noqa: E402  (bench/ is on sys.path: run from it)
 from binhoard.allocator import keep_freed_memory  # noqa: E402
 from binhoard.crypto.age import Identity  # noqa: E402
 from binhoard.ops.backup import object_ref  # noqa: E402
@@ -114,7 +113,7 @@ def _peak_rss_kib() -> int:
     return 0
 
 
-def run_child(spec: dict[str, Any]) -> dict[str, Any]:
+def child(spec: dict[str, Any]) -> dict[str, Any]:
     keep_freed_memory()  # as the binhoard command does
     store = LocalStore(spec["site"])
     identity = Identity.parse(os.environ["BENCH_AGE_IDENTITY"])
@@ -148,17 +147,7 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _measure(spec: dict[str, Any], identity: Identity) -> dict[str, Any]:
-    env = {**os.environ, "BENCH_AGE_IDENTITY": identity.secret_text()}
-    done = subprocess.run(
-        [sys.executable, __file__, "--child", json.dumps(spec)],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"child {spec['mode']} failed: {done.stderr}")
-    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+    return run_in_child(__file__, spec, {"BENCH_AGE_IDENTITY": identity.secret_text()})
 
 
 def main() -> None:
@@ -171,7 +160,7 @@ def main() -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(run_child(json.loads(args.child))))
+        print(json.dumps(child(json.loads(args.child))))
         return
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench-verify-"))
     work.mkdir(parents=True, exist_ok=True)

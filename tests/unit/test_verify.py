@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from binhoard.app import archive_config, backup_config, pitr_config
+from binhoard.app import pitr_config
 from binhoard.config import Settings
 from binhoard.crypto.age import Identity
 from binhoard.domain.catalog import BinlogRecord
@@ -28,15 +28,13 @@ from binhoard.domain.errors import BinhoardError, NotFoundError
 from binhoard.domain.manifest import manifest_key
 from binhoard.domain.promotion import Promotion
 from binhoard.domain.verify import ObjectResult, StreamResult, VerifyReport
-from binhoard.ops.archive import BinlogArchiver
-from binhoard.ops.backup import create_backup
 from binhoard.ops.pitr import PitrRequest, PointInTimeRestore
 from binhoard.ops.sitecache import open_cache
 from binhoard.ops.verify import VerifyRequest, verify_site
 from binhoard.storage.backends import LocalStore
 from binhoard.storage.store import MemoryStore, ObjectStore, read_all
 from tests.support.cli import run_main
-from tests.support.fakeserver import ScriptedClock, fake_host
+from tests.support.fakeserver import backed_up_source, fake_host
 from tests.support.sites import SiteBuilder, full_incremental_full, site_config
 
 IDENTITY = Identity.generate()
@@ -65,20 +63,7 @@ class Site:
 def build_site(root: Path) -> Site:
     settings, server = fake_host(root, IDENTITY)
     store = LocalStore(root / "site")
-    clock = ScriptedClock(START)
-    server.commit(3)
-    full = create_backup(server, store, backup_config(settings), now=clock)
-    for count in (4, 2):
-        server.commit(count)
-        server.binlogs.flush()
-    clock.advance(hours=1)
-    incremental = create_backup(
-        server, store, backup_config(settings), backup_type="incremental", now=clock
-    )
-    server.commit(3)
-    server.binlogs.flush()
-    archiver = BinlogArchiver(server, store, archive_config(settings), use_cache=False)
-    assert archiver.archive_once().problems == []
+    full, incremental = backed_up_source(settings, server, store, START)
     return Site(root, settings, store, full.backup_id, incremental.backup_id)
 
 

@@ -48,6 +48,7 @@ from binhoard.ops.restore_backup import digest_of
 from binhoard.ops.sitecache import SiteCache, Verified
 from binhoard.storage.pipeline import decode_unrecorded, download
 from binhoard.storage.store import ObjectInfo, ObjectStore, read_all
+from binhoard.storage.wrappers import ForwardingStore
 
 log = logging.getLogger("binhoard.verify")
 
@@ -73,16 +74,16 @@ class VerifyRequest:
     full: bool = False
 
 
-class _DocumentTap:
+class _DocumentTap(ForwardingStore):
     """The store, keeping the bytes of every whole document read through it: the
     documents ``read_site`` fetches are then checked without a second GET."""
 
-    def __init__(self, store: ObjectStore) -> None:
-        self.store = store
+    def __init__(self, inner: ObjectStore) -> None:
+        super().__init__(inner)
         self.bodies: dict[str, bytes] = {}
 
     def get(self, key: str, *, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
-        chunks = self.store.get(key, offset=offset, length=length)
+        chunks = self.inner.get(key, offset=offset, length=length)
         if offset or length is not None or not key.endswith(".json"):
             return chunks
         return self._keep(key, chunks)
@@ -93,21 +94,6 @@ class _DocumentTap:
             parts.append(bytes(chunk))
             yield chunk
         self.bodies[key] = b"".join(parts)
-
-    def put(self, key: str, data: Iterable[bytes], *, if_absent: bool = False) -> ObjectInfo:
-        return self.store.put(key, data, if_absent=if_absent)
-
-    def stat(self, key: str) -> ObjectInfo:
-        return self.store.stat(key)
-
-    def list(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[ObjectInfo]:
-        return self.store.list(prefix, start_after=start_after)
-
-    def delete(self, key: str) -> None:
-        self.store.delete(key)
-
-    def describe(self) -> str:
-        return self.store.describe()
 
 
 class _Run:
