@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -204,6 +205,28 @@ def test_a_missing_object_is_named_with_what_references_it(site: Site) -> None:
         (data, "missing", (manifest_key(site.full),))
     ]
     assert report.error() is not None and report.error().exit_code == 8  # type: ignore[union-attr]
+
+
+class DeletingStore(LocalStore):
+    """Deletes a backup as retention does (manifest first) when its data is first read."""
+
+    def __init__(self, root: Path, backup_id: str) -> None:
+        super().__init__(root)
+        self.backup_id = backup_id
+
+    def get(self, key: str, *, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
+        if key.startswith(f"backups/{self.backup_id}/data"):
+            self.delete(manifest_key(self.backup_id))
+            self.delete(key)
+        return super().get(key, offset=offset, length=length)
+
+
+def test_a_backup_deleted_while_verify_runs_is_not_missing(site: Site) -> None:
+    store = DeletingStore(site.root / "site", site.incremental)
+    report = verify_site(store, [IDENTITY], VerifyRequest())
+    assert report.bad == [] and report.error() is None
+    data = next(r for r in report.objects if r.key.startswith(f"backups/{site.full}/data"))
+    assert data.status == "ok"
 
 
 def test_one_backup_covers_its_chain_and_its_own_stream_only(site: Site) -> None:
