@@ -25,8 +25,9 @@ from binhoard.app import pitr_config
 from binhoard.config import Settings
 from binhoard.crypto.age import Identity
 from binhoard.domain.catalog import BinlogRecord
+from binhoard.domain.documents import CorruptDocumentError
 from binhoard.domain.errors import BinhoardError, NotFoundError
-from binhoard.domain.manifest import manifest_key
+from binhoard.domain.manifest import BackupManifest, manifest_key
 from binhoard.domain.promotion import Promotion
 from binhoard.domain.verify import ObjectResult, StreamResult, VerifyReport
 from binhoard.ops.pitr import PitrRequest, PointInTimeRestore
@@ -257,6 +258,20 @@ def test_a_verify_record_survives_a_kill_and_a_deleted_cache(site: Site) -> None
     (site.settings.state_directory / "site-cache.sqlite").unlink()
     report = site.verify()
     assert report.counts["skipped"] == 0 and report.bad == []
+
+
+def test_a_document_with_its_content_kept_but_its_layout_changed_is_corrupt() -> None:
+    store = MemoryStore()
+    SiteBuilder(store).backup("A")
+    key = manifest_key("A")
+    raw = read_all(store, key)
+    for changed in (raw.replace(b"\n ", b"\n\t", 1), raw[:-1], raw.replace(b": ", b":", 1)):
+        with pytest.raises(CorruptDocumentError, match="stored form"):
+            BackupManifest.from_bytes(changed, key=key)
+        store.replace_raw(key, changed)
+        assert [(r.key, r.status) for r in memory_verify(store).bad if r.kind == "manifest"] == [
+            (key, "corrupt")
+        ]
 
 
 # --- streams (synthetic sites) ---------------------------------------------------------
