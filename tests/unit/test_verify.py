@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -29,7 +29,15 @@ from binhoard.domain.documents import CorruptDocumentError
 from binhoard.domain.errors import BinhoardError, NotFoundError
 from binhoard.domain.manifest import BackupManifest, manifest_key
 from binhoard.domain.promotion import Promotion
-from binhoard.domain.verify import ObjectResult, StreamResult, VerifyReport
+from binhoard.domain.verify import (
+    ObjectResult,
+    Scope,
+    StreamResult,
+    VerifyReport,
+    document_kind,
+    plan_data,
+    plan_documents,
+)
 from binhoard.ops.pitr import PitrRequest, PointInTimeRestore
 from binhoard.ops.sitecache import open_cache
 from binhoard.ops.verify import VerifyRequest, verify_site
@@ -355,3 +363,45 @@ def test_stream_problems_alone_exit_9_and_bad_objects_8() -> None:
     bad = ObjectResult("backups/A/manifest.json", "manifest", "corrupt", "checksum mismatch")
     error = VerifyReport("memory", None, False, (bad,), (gap,), 0, 0.0).error()
     assert error is not None and error.exit_code == 8 and bad.key in error.message
+
+
+# --- the pure parts ---------------------------------------------------------------------
+def test_every_kind_of_key_is_known() -> None:
+    kinds = {
+        "backups/A/manifest.json": "manifest",
+        "backups/A/preserve/0000000000.json": "mark",
+        "backups/A/broken/0000000003.json": "mark",
+        "streams/A/binlogs/0000000000.json": "binlog_record",
+        "streams/A/completed.json": "completed",
+        "streams/A/closed.json": "closed",
+        "streams/A/archive-status.json": "archive_status",
+        "streams/A/promotions/0000000000.json": "promotion",
+        "binhoard-site.json": "site_marker",
+        "streams/A/other.json": "document",
+        "backups/A/data.xbstream.zst.age": None,
+    }
+    assert {key: document_kind(key) for key in kinds} == kinds
+
+
+def test_a_plan_names_what_is_missing_or_recorded_twice_differently() -> None:
+    store = MemoryStore()
+    build = full_incremental_full(store)
+    manifests = {m.backup_id: m for m in build.backups}
+    records = [r for rs in build.records.values() for r in rs]
+    listed = {i.key for i in store.list("")} | {b.data.key for b in build.backups}
+    listed |= {r.object.key for r in records}
+    listed.discard(manifest_key("A"))
+    other = replace(records[0], object=replace(records[0].object, stored_sha256="1" * 64))
+    plan = plan_data(listed, Scope(), [manifests["B"], manifests["C"]], [*records, other])
+    problems = {(p.key, p.status) for p in plan.problems}
+    assert (manifest_key("A"), "missing") in problems  # B builds on it
+    assert ("backups/B/my.cnf", "missing") in problems
+    assert (records[0].object.key, "corrupt") in problems
+    assert len(plan.problems) == len(problems)
+
+    scope = Scope.of(["B"], manifests)
+    assert scope.covers("backups/A/data.xbstream") and not scope.covers("streams/A/closed.json")
+    assert scope.covers("streams/B/closed.json") and not scope.covers("backups/C/manifest.json")
+    documents = plan_documents({i.key for i in store.list("")}, scope)
+    assert {c.key.split("/")[1] for c in documents.checks} == {"A", "B"}
+    assert not any(c.key.startswith("streams/A/") for c in documents.checks)

@@ -254,9 +254,10 @@ def plan_data(
         add("data", manifest.data, by)
         add("my_cnf", manifest.my_cnf, by)
         for parent in manifest.chain[:-1]:
-            if manifest_key(parent) not in listed:
+            key = manifest_key(parent)
+            if key not in listed and all(p.key != key for p in problems):
                 gone = f"backup {manifest.backup_id} builds on backup {parent}"
-                problems.append(ObjectResult(manifest_key(parent), "manifest", "missing", gone))
+                problems.append(ObjectResult(key, "manifest", "missing", gone))
     for record in records:
         if scope.covers_stream(record.stream_id):
             add("binlog_data", record.object, record.key)
