@@ -21,6 +21,7 @@ from binhoard.cli.restore import restore_command
 from binhoard.cli.restore_test import restore_test_command
 from binhoard.cli.sandbox import sandbox_group
 from binhoard.cli.status import status_command
+from binhoard.cli.verify import verify_command
 from binhoard.domain.errors import BinhoardError
 
 
@@ -46,6 +47,7 @@ cli.add_command(repoint_command)
 cli.add_command(binlog_group)
 cli.add_command(prune_command)
 cli.add_command(daemon_command)
+cli.add_command(verify_command)
 
 
 def main(argv: list[str] | None = None) -> None:

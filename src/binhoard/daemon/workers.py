@@ -21,7 +21,6 @@ from binhoard.app import (
     pitr_config,
     restore_test_config,
     scratch_servers,
-
     seed_settings,
 )
 from binhoard.config import Settings
@@ -72,7 +71,6 @@ from binhoard.ops.pitr import PitrProgress, PitrRequest, PointInTimeRestore, res
 from binhoard.ops.promote import promote_stream
 from binhoard.ops.purge import BinlogPurger
 from binhoard.ops.restore_test import remove_leftovers, run_restore_test
-
 from binhoard.ops.seed import check_primary, repoint
 from binhoard.ops.sitecache import SiteCache, open_cache
 from binhoard.storage.pipeline import decryption_identities
