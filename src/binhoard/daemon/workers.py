@@ -9,7 +9,7 @@ objects built from the old settings are dropped by their own thread at its next 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
 from binhoard.allocator import release_freed_memory
@@ -51,14 +51,23 @@ from binhoard.ops.pitr import PitrProgress, PitrRequest, PointInTimeRestore, res
 from binhoard.ops.promote import promote_stream
 from binhoard.ops.purge import BinlogPurger
 from binhoard.ops.sitecache import SiteCache, open_cache
+from binhoard.storage.store import ObjectStore
 
 log = logging.getLogger("binhoard.daemon")
 
 
+# How the doers open a site: ``app.open_site``. Tests that interleave nodes' jobs pass
+# one that wraps it (tests/support/nodes.py: a hook runs before a chosen write).
+SiteOpener = Callable[..., ObjectStore]
+
+
 class OpsDoers:
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self, settings: Settings, metrics: Metrics, *, open_store: SiteOpener = open_site
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
+        self._open_site = open_store
         self._generation = 0  # bumped by configure(): objects of older settings are rebuilt
         self._archive: tuple[int, ArchiveLoop] | None = None
         self._caches: dict[str, tuple[int, SiteCache]] = {}
@@ -75,7 +84,7 @@ class OpsDoers:
         failures: dict[str, str] = {}
         for name, site in self.settings.backup_sites.items():
             work.check()
-            store = open_site(self.settings, name, metrics=self.metrics)
+            store = self._open_site(self.settings, name, metrics=self.metrics)
             try:
                 state = read_site(store, self._cache(name, store.describe()), incremental=True)
             except BinhoardError as exc:
@@ -109,7 +118,7 @@ class OpsDoers:
         try:
             manifest = create_backup(
                 open_server(self.settings),
-                open_site(self.settings, metrics=self.metrics),
+                self._open_site(self.settings, metrics=self.metrics),
                 backup_config(self.settings),
                 backup_type=backup_type,
                 progress=progress,
@@ -149,7 +158,7 @@ class OpsDoers:
             self._archive[1].archiver.close()
         archiver = BinlogArchiver(
             open_server(self.settings),
-            open_site(self.settings, metrics=self.metrics),
+            self._open_site(self.settings, metrics=self.metrics),
             archive_config(self.settings),
         )
         loop = ArchiveLoop(archiver, self.metrics)
@@ -174,7 +183,7 @@ class OpsDoers:
         work: Work,
     ) -> PurgeDone:
         purger, cache = self._binlog_purger()
-        store = open_site(self.settings, metrics=self.metrics)
+        store = self._open_site(self.settings, metrics=self.metrics)
         site = read_site(store, cache)
         work.check()
         report = purger.run(
@@ -197,7 +206,7 @@ class OpsDoers:
         if self._purger is not None:
             self._purger[2].close()
         settings = self.settings
-        store = open_site(settings, metrics=self.metrics)
+        store = self._open_site(settings, metrics=self.metrics)
         cache = open_cache(settings.state_directory, store.describe())
         purger = BinlogPurger(
             open_server(settings), settings.server_id, settings.binlog_purge_settings, self.metrics
@@ -236,7 +245,7 @@ class OpsDoers:
 
         restore = PointInTimeRestore(
             open_server(self.settings),
-            open_site(self.settings, request.site, metrics=self.metrics),
+            self._open_site(self.settings, request.site, metrics=self.metrics),
             pitr_config(self.settings),
             progress=progress,
             cancel=work.cancel,
@@ -258,7 +267,7 @@ class OpsDoers:
 
     # --- the operator's marks, and retention -------------------------------------------
     def write_mark(self, request: PreservationRequest | BrokenRequest, work: Work) -> None:
-        store = open_site(self.settings, request.site, metrics=self.metrics)
+        store = self._open_site(self.settings, request.site, metrics=self.metrics)
         now = datetime.now(UTC)
         if isinstance(request, PreservationRequest):
             preserve(store, request.stream_id, request.preserve_until, now=now)
@@ -267,7 +276,7 @@ class OpsDoers:
 
     def retention(self, work: Work) -> RetentionDone:
         name = self.settings.backup_settings.upload_site
-        store = open_site(self.settings, name, metrics=self.metrics)
+        store = self._open_site(self.settings, name, metrics=self.metrics)
         report = prune(
             store,
             retention_policy(self.settings.backup_settings),
@@ -296,7 +305,7 @@ class OpsDoers:
             log.warning("the server is read-only: set read_only=OFF for it to take writes")
         if restore is None:
             return PromoteDone(None)
-        store = open_site(self.settings, restore.site, metrics=self.metrics)
+        store = self._open_site(self.settings, restore.site, metrics=self.metrics)
         position = GtidPosition.parse(facts.gtid_current_pos)
         result = promote_stream(
             store,
