@@ -21,6 +21,7 @@ from binhoard.daemon.jobs import (
     JobProgress,
     OpenStream,
     PromoteDone,
+    PromoteStatus,
     PurgeDone,
     RestoreDone,
     RestoreStatus,
@@ -45,7 +46,7 @@ from binhoard.domain.manifest import (
 )
 from binhoard.domain.promotion import deposed_by
 from binhoard.ops.archive import DeposedStreamReport
-from binhoard.ops.catalog import read_site
+from binhoard.ops.catalog import StreamState, read_site
 from binhoard.ops.expire import prune, retention_policy
 from binhoard.ops.marks import mark_broken, preserve
 from binhoard.ops.promote import promote_stream
@@ -121,6 +122,10 @@ class FakeDoers:
     purge_blocked_by: str | None = None
     stale_nodes: tuple[str, ...] = ()
     node_position: GtidPosition | None = None  # the server's @@gtid_current_pos at promote
+    # The promotion's catch-up applies the archive the node lacks (it reaches the end)
+    # unless this is set: then it reports applying_binlogs and raises it, once; forced,
+    # it gives up instead (as an archive that cannot be read).
+    catch_up_error: BinhoardError | None = None
 
     def __post_init__(self) -> None:
         self.build = SiteBuilder(self.store, server_id=self.server_id)
@@ -203,12 +208,26 @@ class FakeDoers:
         return RestoreDone(self.restore_reaches)
 
     def promote(self, restore: RestoreRecord | None, force: bool, work: Work) -> PromoteDone:
+        work.report(PromoteStatus("stopping_replication"), force=True)
         self._fail("promote")
         if restore is None:
             return PromoteDone(None)
         (stream,) = (s for s in read_site(self.store).streams if s.stream_id == restore.stream_id)
         # The node's server: at the archive's end unless a test says otherwise.
         at = self.node_position if self.node_position is not None else stream.end_position
+
+        def catch_up(stream: StreamState, position: GtidPosition) -> GtidPosition:
+            end = stream.end_position.format()
+            work.report(PromoteStatus("applying_binlogs", 2, 0, 0, end), force=True)
+            error, self.catch_up_error = self.catch_up_error, None
+            if error is not None and not force:
+                raise error
+            if error is None:
+                self.node_position = stream.end_position
+            work.report(PromoteStatus("reading_archive", target_gtid=end), force=True)
+            return position if error is not None else stream.end_position
+
+        work.report(PromoteStatus("reading_archive"), force=True)
         result = promote_stream(
             self.store,
             restore.stream_id,
@@ -216,6 +235,7 @@ class FakeDoers:
             position=at,
             now=self.clock.now,
             force=force,
+            catch_up=catch_up,
         )
         return PromoteDone(result.stream_id, result.new_stream_needed)
 

@@ -84,6 +84,8 @@ MAGIC = b"FKXB"  # one record of the fake backup stream: MAGIC, name, data
 ROWS = "rows.txt"
 DELTA = "rows.delta"  # an incremental backup's rows, folded in by prepare
 FLUSH_DEFAULTS = {"innodb_io_capacity": "200", "innodb_adaptive_flushing": "ON"}
+# Where the relay applier points the replication connection (an unused port).
+RELAY_APPLY_SOURCE = PrimaryAddress("127.0.0.1", 9)
 FLUSH_FAST = {"innodb_io_capacity": "2000", "innodb_adaptive_flushing": "OFF"}
 
 
@@ -351,6 +353,8 @@ class FakeRelayApplier:
             return BatchResult(None, position, 0, 0, 0.0)
         if server.server_id in plan.server_ids:
             raise UsageError(f"the server's server_id {server.server_id} is the source's")
+        server.applying = True  # the real applier's state file: until finish()
+        server.replication.take_over_for_apply()
         applied: list[Gtid] = []
         for planned in plan.files:
             table = files[planned.source].transactions
@@ -380,6 +384,10 @@ class FakeRelayApplier:
             )
         return BatchResult(plan, server.slave_position, len(applied), len(plan.files), 0.01)
 
+    def unfinished(self) -> bool:
+        self.server.connect("relay.unfinished")
+        return self.server.applying
+
     def finish(
         self, log_slave_updates_was_off: bool | None = None, *, expected: GtidPosition | None = None
     ) -> GtidPosition:
@@ -396,6 +404,7 @@ class FakeRelayApplier:
             )
         server.read_only = True
         server.replication.reset_all()
+        server.applying = False
         return server.slave_position
 
 
@@ -449,6 +458,11 @@ class FakeReplication:
     def stop(self) -> None:
         self.server.connect("replication.stop")
         self.running = False
+
+    def take_over_for_apply(self) -> None:
+        """The relay applier's ``RESET SLAVE; CHANGE MASTER TO`` an unused loopback port:
+        whatever primary was configured is forgotten."""
+        self.running, self.primary, self.credentials = False, RELAY_APPLY_SOURCE, None
 
     def reset_all(self) -> None:
         """``RESET SLAVE ALL`` (the relay applier's finish)."""
@@ -548,6 +562,7 @@ class FakeServer:
             }
         )
         self.crash_after: int | None = None
+        self.applying = False  # a relay apply began and was not finished
         self.failures = _Failures()
         self.binlogs = FakeBinlogs(self)
         self.backup_tool = FakeBackupTool(self)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from binhoard.daemon.api_models import StatusOut
 from binhoard.daemon.jobs import ARCHIVE, BACKUP, RESTORE, SITE
 from binhoard.daemon.port import (
     MarkBroken,
@@ -28,6 +29,7 @@ from binhoard.domain.errors import (
     ArchiveStalledError,
     BinhoardError,
     ConflictError,
+    IntegrityError,
     NotFoundError,
     ServerError,
     UsageError,
@@ -528,15 +530,37 @@ def test_promote_that_loses_the_race_stays_in_observe_and_says_why(h: Harness) -
     assert h.mode == "observe" and not h.executor.busy(RESTORE)  # not retried
 
 
-def test_promote_behind_the_archive_is_refused_unless_forced(h: Harness) -> None:
+def test_promote_behind_the_archive_catches_up_first_and_shows_its_phase(h: Harness) -> None:
     stream_id = _observing_a_stream_of_another_node(h)
     h.doers.node_position = position(15)  # it lacks 0-x-16..30 of the archive
+    # A first attempt fails mid-apply (the server went away): GET /status shows where.
+    h.doers.catch_up_error = ServerError("lost the connection to the server")
     accepted(h.submit(SetMode("promote")))
     h.run(RESTORE)
-    assert h.mode == "observe"
-    assert "has not applied the whole archive" in str(h.controller.state.facts.last_error)
+    status = StatusOut.model_validate(h.controller.snapshot().status)
+    assert status.mode == "promote" and status.promotion is not None
+    assert (status.promotion.phase, status.promotion.binlogs_total) == ("applying_binlogs", 2)
+    assert status.promotion.target_gtid == position(30).format()
+    h.step(seconds=60)  # retried: the node applies the 2 records it lacks, then takes over
+    h.run(RESTORE)
+    assert h.mode == "active" and h.controller.snapshot().status.promotion is None
+    stream = _stream(h, stream_id)
+    (promotion,) = stream.promotions
+    assert (promotion.takes_over_at, promotion.forced) == (3, False)
+    assert promotion.gtid_position == position(30)
+
+
+def test_promote_with_an_unreadable_archive_is_refused_unless_forced(h: Harness) -> None:
+    stream_id = _observing_a_stream_of_another_node(h)
+    h.doers.node_position = position(15)
+    h.doers.catch_up_error = IntegrityError("streams/x/binlogs/1", "checksum mismatch")
+    accepted(h.submit(SetMode("promote")))
+    h.run(RESTORE)
+    assert h.mode == "observe"  # retrying cannot help: the operator decides
+    assert "checksum mismatch" in str(h.controller.state.facts.last_error)
     assert _stream(h, stream_id).promotions == ()
     # force: it takes over at the first record it lacks; that one and later are fenced.
+    h.doers.catch_up_error = IntegrityError("streams/x/binlogs/1", "checksum mismatch")
     accepted(h.submit(SetMode("promote", force=True)))
     h.run(RESTORE)
     assert h.mode == "active"

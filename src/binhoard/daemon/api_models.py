@@ -341,6 +341,16 @@ class PurgeOut(_Out):
     )
 
 
+class PromotionOut(_Out):
+    phase: str = Field(
+        description="stopping_replication, reading_archive, applying_binlogs, finishing_apply"
+    )
+    binlogs_total: int = Field(description="archived binlogs the node lacks and applies")
+    binlogs_applied: int = Field(description="of those, applied")
+    transactions_applied: int = Field(description="transactions applied so far")
+    target_gtid: str = Field(description="the archive's end it catches up to")
+
+
 class StatusOut(_Out):
     mode: Mode
     backups_paused_until: datetime | None = Field(
@@ -371,6 +381,9 @@ class StatusOut(_Out):
     )
     binlog_purge: PurgeOut | None = Field(
         description=EXTENSION + "binlog purge's last pass; null before the first one"
+    )
+    promotion: PromotionOut | None = Field(
+        description=EXTENSION + "the promotion under way (mode promote); null otherwise"
     )
 
 

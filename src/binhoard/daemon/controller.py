@@ -40,6 +40,7 @@ from binhoard.daemon.jobs import (
     JobDone,
     JobProgress,
     PromoteDone,
+    PromoteStatus,
     PurgeDone,
     RestoreDone,
     RestoreStatus,
@@ -175,6 +176,7 @@ class Controller:
         # any, no backup and no retention: a deposed primary writes nothing that counts.
         self._deposed: tuple[str, ...] = ()
         self.restore_progress: RestoreStatus | None = None
+        self.promote_progress: PromoteStatus | None = None  # of the promotion under way
         # Why the last SIGHUP applied nothing, until one does (GET /status shows it).
         self.reload_refused: str | None = None
         self._next_purge_at: datetime | None = None
@@ -776,15 +778,30 @@ class Controller:
         if self._free(RESTORE):
             restore, force = self.state.restore, self._promote_force
             self._start(
-                RESTORE, lambda work: self.doers.promote(restore, force, work), self._promoted
+                RESTORE,
+                lambda work: self.doers.promote(restore, force, work),
+                self._promoted,
+                self._promote_moved,
             )
 
+    def _promote_moved(self, progress: object) -> None:
+        if isinstance(progress, PromoteStatus) and self.state.mode == "promote":
+            if self.promote_progress is None or progress.phase != self.promote_progress.phase:
+                log.info("promotion phase %s", progress.phase)
+            self.promote_progress = progress
+
     def _promoted(self, done: JobDone) -> None:
-        if isinstance(done.error, ConflictError):
+        error = done.error
+        if isinstance(error, ConflictError) or (
+            error is not None and not error.retryable and not isinstance(error, CancelledError)
+        ):
             # Another node took the stream over first, or this one lacks part of the
-            # archive: it stays a replica (the reason is the last error in GET /status).
-            log.error("not promoted, mode observe: %s", done.error.message)
+            # archive and cannot apply it (retrying would not help): it stays a replica,
+            # the reason the last error in GET /status; the operator may ask again,
+            # with force to give up what it could not apply.
+            log.error("not promoted, mode observe: %s", error.message)
             self._promote_force = False
+            self.promote_progress = None
             self.state = self.state.with_mode("observe")
             return
         result = done.result
@@ -802,6 +819,7 @@ class Controller:
                 backups=(*self.state.backups, BackupRequest(False, "requested", self._now))
             )
         log.info("promoted: mode active")
+        self.promote_progress = None
         self.state = self.state.with_mode("active")
 
     # --- active and observe: binlog purge --------------------------------------------------
@@ -856,7 +874,11 @@ class Controller:
         return Snapshot(
             taken_at=self._now,
             status=status_view(
-                self.state, self._deposed, self.purge_view, reload_refused=self.reload_refused
+                self.state,
+                self._deposed,
+                self.purge_view,
+                reload_refused=self.reload_refused,
+                promotion=self.promote_progress,
             ),
             backups=backups,
             restore=restore_view(self.state.restore, self.restore_progress),

@@ -129,6 +129,20 @@ class RestoreDone:
 
 
 @dataclass(frozen=True)
+class PromoteStatus:
+    """A promotion's progress (``GET /status`` ``promotion``): ``phase`` is
+    ``stopping_replication``, ``reading_archive``, then while the node applies what the
+    old primary archived and it lacks (``ops/catchup.py``) ``applying_binlogs`` and
+    ``finishing_apply``, and ``reading_archive`` again before the record is written."""
+
+    phase: str
+    binlogs_total: int = 0
+    binlogs_applied: int = 0
+    transactions_applied: int = 0
+    target_gtid: str = ""
+
+
+@dataclass(frozen=True)
 class PromoteDone:
     """How a promotion went: the node took over ``stream_id`` (or owned it already),
     or cannot continue it (``new_stream_needed`` says why: a full backup at once)."""

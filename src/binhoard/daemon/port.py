@@ -113,6 +113,18 @@ class PurgeView:
 
 
 @dataclass(frozen=True)
+class PromotionView:
+    """binhoard extension: a promotion under way (mode ``promote``), its phase and, while
+    it applies what the old primary archived and the node lacks, how far it got."""
+
+    phase: str
+    binlogs_total: int
+    binlogs_applied: int
+    transactions_applied: int
+    target_gtid: str  # the archive's end it catches up to ("" before it is read)
+
+
+@dataclass(frozen=True)
 class StatusView:
     """``GET /status``: ``mode`` as MyHoard; the rest are binhoard extensions."""
 
@@ -126,6 +138,7 @@ class StatusView:
     config_reload_error: str | None = None  # why the last SIGHUP applied nothing
     replication_state: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     binlog_purge: PurgeView | None = None
+    promotion: PromotionView | None = None
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 
-from binhoard.daemon.jobs import RestoreStatus, SiteView, StreamInfo
-from binhoard.daemon.port import BackupView, PurgeView, RestoreView, StatusView
+from binhoard.daemon.jobs import PromoteStatus, RestoreStatus, SiteView, StreamInfo
+from binhoard.daemon.port import BackupView, PromotionView, PurgeView, RestoreView, StatusView
 from binhoard.daemon.state import DaemonState, RestoreRecord
 
 # ops/pitr.py's phases as MyHoard names them. ``pending`` is a restore accepted but not
@@ -48,6 +48,7 @@ def status_view(
     purge: PurgeView | None = None,
     *,
     reload_refused: str | None = None,
+    promotion: PromoteStatus | None = None,
 ) -> StatusView:
     facts = state.facts
     return StatusView(
@@ -61,6 +62,14 @@ def status_view(
         replication_state=state.control.replication_state,
         deposed=deposed,
         binlog_purge=purge,
+        promotion=_promotion_view(promotion) if state.mode == "promote" else None,
+    )
+
+
+def _promotion_view(progress: PromoteStatus | None) -> PromotionView:
+    p = progress if progress is not None else PromoteStatus("stopping_replication")
+    return PromotionView(
+        p.phase, p.binlogs_total, p.binlogs_applied, p.transactions_applied, p.target_gtid
     )
 
 

@@ -21,6 +21,7 @@ from binhoard.daemon.jobs import (
     BackupStatus,
     OpenStream,
     PromoteDone,
+    PromoteStatus,
     PurgeDone,
     RestoreDone,
     RestoreStatus,
@@ -34,11 +35,13 @@ from binhoard.daemon.state import BrokenRequest, PreservationRequest, RestoreRec
 from binhoard.domain.errors import BinhoardError
 from binhoard.domain.gtid import GtidPosition
 from binhoard.domain.manifest import BackupManifest, BackupType
+from binhoard.domain.promotion import CannotContinue
 from binhoard.domain.server_facts import check_facts
 from binhoard.metrics import Metrics
 from binhoard.ops.archive import ArchiveLoop, BinlogArchiver
 from binhoard.ops.backup import BackupProgress, create_backup
 from binhoard.ops.catalog import SiteState, StreamState, read_site
+from binhoard.ops.catchup import ArchiveCatchUp, CatchUpProgress
 from binhoard.ops.expire import DeletionJournal, prune, retention_policy
 from binhoard.ops.marks import mark_broken, preserve
 from binhoard.ops.observe import (
@@ -51,6 +54,7 @@ from binhoard.ops.pitr import PitrProgress, PitrRequest, PointInTimeRestore, res
 from binhoard.ops.promote import promote_stream
 from binhoard.ops.purge import BinlogPurger
 from binhoard.ops.sitecache import SiteCache, open_cache
+from binhoard.storage.pipeline import decryption_identities
 from binhoard.storage.store import ObjectStore
 
 log = logging.getLogger("binhoard.daemon")
@@ -291,10 +295,18 @@ class OpsDoers:
 
     def promote(self, restore: RestoreRecord | None, force: bool, work: Work) -> PromoteDone:
         """This node takes over the stream it was restored from (``ops/promote.py``):
-        replication stopped first (nothing more arrives from the old primary), then the
+        replication stopped first (nothing more arrives from the old primary), what the
+        old primary archived and the node lacks applied (``ops/catchup.py``), then the
         promotion record, at the server's ``@@gtid_current_pos``. A node not restored
         from a stream (observe from idle) has none to take over: its first backup, in
         active mode, opens its own."""
+        last_phase = [""]
+
+        def report(status: PromoteStatus) -> None:
+            work.report(status, force=status.phase != last_phase[0])
+            last_phase[0] = status.phase
+
+        report(PromoteStatus("stopping_replication"))
         server = open_server(self.settings)
         if server.replication.status().configured:
             # Stopped even while it only tries to connect: an old primary that comes
@@ -306,14 +318,45 @@ class OpsDoers:
         if restore is None:
             return PromoteDone(None)
         store = self._open_site(self.settings, restore.site, metrics=self.metrics)
-        position = GtidPosition.parse(facts.gtid_current_pos)
+
+        def progress(p: CatchUpProgress) -> None:
+            report(
+                PromoteStatus(
+                    p.phase, p.binlogs_total, p.binlogs_applied, p.transactions_applied, p.target
+                )
+            )
+
+        catch_up = ArchiveCatchUp(
+            server,
+            store,
+            server_id=self.settings.server_id,
+            directory=self.settings.temporary_directory / "promote-binlogs",
+            max_binlog_bytes=self.settings.restore_max_binlog_bytes,
+            identities=decryption_identities(
+                self.settings.backup_sites[restore.site].encryption_keys
+            ),
+            progress=progress,
+            cancel=work.cancel,
+            give_up_unreadable=force,
+        )
+        catch_up.finish_interrupted()  # a killed run's apply: its position is the start
+
+        def catching_up(
+            stream: StreamState, position: GtidPosition
+        ) -> GtidPosition | CannotContinue:
+            reached = catch_up(stream, position)
+            report(PromoteStatus("reading_archive", target_gtid=stream.end_position.format()))
+            return reached
+
+        report(PromoteStatus("reading_archive"))
         result = promote_stream(
             store,
             restore.stream_id,
             server_id=self.settings.server_id,
-            position=position,
+            position=GtidPosition.parse(server.facts().gtid_current_pos),
             now=datetime.now(UTC),
             force=force,
+            catch_up=catching_up,
         )
         return PromoteDone(result.stream_id, result.new_stream_needed)
 

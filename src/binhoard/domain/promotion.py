@@ -23,14 +23,14 @@ is the transaction boundary there, like a stream's first record and its snapshot
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from binhoard.domain.binlog import describe_problem
 from binhoard.domain.catalog import SEQ_DIGITS, BinlogRecord, chain_problems
 from binhoard.domain.documents import CorruptDocumentError, seal, unseal
-from binhoard.domain.gtid import GtidPosition
+from binhoard.domain.gtid import Gtid, GtidPosition
 
 
 def promotions_prefix(stream_id: str) -> str:
@@ -240,6 +240,33 @@ def deposed_by(
         return None
     last_own = max((p.seq for p in promotions if p.server_id == server_id), default=-1)
     return next(p for p in promotions if p.seq > last_own and p.server_id != server_id)
+
+
+def lacking_records(
+    kept: Sequence[BinlogRecord], position: GtidPosition
+) -> tuple[BinlogRecord, ...]:
+    """The kept records a node at ``position`` has not applied whole, in order: from the
+    first whose end it does not cover on. What it has of the first is skipped when
+    applied (the server's position says where, ``relay_plan.applied_prefix``)."""
+    first = next(
+        (i for i, r in enumerate(kept) if not position.covers(r.gtid_position_at_end)),
+        len(kept),
+    )
+    return tuple(kept[first:])
+
+
+def divergence_in(
+    transactions: Iterable[tuple[int, int, int]], position: GtidPosition
+) -> tuple[Gtid, Gtid] | None:
+    """``(mine, theirs)``: the first of ``transactions`` (``(domain, server_id, seq)``,
+    in binlog order) whose sequence number ``position`` holds from another server: the
+    node's history and the archive's are two (a deposed primary's writes next to its
+    successor's), so nothing of the archive may be applied on it."""
+    for domain, server, seq in transactions:
+        mine = position.get(domain)
+        if mine is not None and mine.seq_no == seq and mine.server_id != server:
+            return mine, Gtid(domain, server, seq)
+    return None
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Final, Protocol
 
 from binhoard.domain.errors import ConflictError, PreconditionFailedError, UsageError
 from binhoard.domain.gtid import GtidPosition
@@ -21,6 +22,10 @@ from binhoard.ops.sitecache import SiteCache
 from binhoard.storage.store import ObjectStore
 
 log = logging.getLogger("binhoard.promote")
+
+# How many times a promotion applies what the old owner archived and reads the stream
+# again: a dead owner archives nothing more; one still running is fenced anyway.
+CATCH_UP_ROUNDS: Final = 5
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,15 @@ class PromotionResult:
     new_stream_needed: str | None = None
 
 
+class CatchUp(Protocol):
+    """Applies what ``stream``'s archive holds past the node's ``position`` on the node;
+    its position after, or why it cannot continue the stream (``ops/catchup.py``)."""
+
+    def __call__(
+        self, stream: StreamState, position: GtidPosition
+    ) -> GtidPosition | CannotContinue: ...
+
+
 def promote_stream(
     store: ObjectStore,
     stream_id: str,
@@ -43,31 +57,53 @@ def promote_stream(
     now: datetime,
     force: bool = False,
     cache: SiteCache | None = None,
+    catch_up: CatchUp | None = None,
 ) -> PromotionResult:
     """Makes ``server_id`` (at GTID ``position``) the owner of ``stream_id``.
 
+    A node behind the stream's archive on its history first applies what it lacks with
+    ``catch_up``, then reads the stream again: the old owner may have archived more
+    meanwhile (at most ``CATCH_UP_ROUNDS`` times). The promotion continues from the end
+    of the last read; a record the old owner creates after it is fenced.
+
     Raises ``ConflictError`` if another node's promotion of the stream landed first
-    (between this read and this write) or the node is behind the stream's archive on its
-    history without ``force``, ``UsageError`` for a stream that does not exist.
+    (between this read and this write) or the node is still behind the stream's archive
+    on its history without ``force``, ``UsageError`` for a stream that does not exist.
     """
-    stream = _stream(store, stream_id, cache)
-    if stream.closed is not None:
-        return PromotionResult(
-            stream_id, None, f"stream {stream_id} is closed (a newer stream took over)"
+    for round_number in range(CATCH_UP_ROUNDS + 1):
+        stream = _stream(store, stream_id, cache)
+        if stream.closed is not None:
+            return PromotionResult(
+                stream_id, None, f"stream {stream_id} is closed (a newer stream took over)"
+            )
+        if stream.broken is not None:
+            return PromotionResult(
+                stream_id, None, f"stream {stream_id} is broken: {stream.broken.reason}"
+            )
+        end = stream.end_position
+        if not _behind(stream, position, server_id):
+            break
+        if catch_up is not None and round_number < CATCH_UP_ROUNDS:
+            reached = catch_up(stream, position)
+            if isinstance(reached, CannotContinue):
+                log.warning("cannot continue stream %s: %s", stream_id, reached.reason)
+                return PromotionResult(stream_id, None, reached.reason)
+            if reached != position:
+                position = reached
+                continue  # read again: the old owner may have archived more
+        if force:
+            break
+        # Behind on the stream's history: the node must apply the archive, and a new
+        # stream would leave what it lacks out of every later restore.
+        tried = (
+            f" after {round_number} catch-up rounds (the old owner keeps archiving?)"
+            if catch_up is not None
+            else ""
         )
-    if stream.broken is not None:
-        return PromotionResult(
-            stream_id, None, f"stream {stream_id} is broken: {stream.broken.reason}"
-        )
-    end = stream.end_position
-    if not force and position.covers(stream.snapshot_gtid) and not position.covers(end):
-        # Behind on the stream's history: the node can still apply the archive, and a
-        # new stream would leave what it lacks out of every later restore.
         raise ConflictError(
             f"this node is at {position or '(empty)'}, behind the archive of stream "
-            f"{stream_id} ({end or '(empty)'}): it has not applied the whole archive; "
-            "restore it again to the latest point, or promote with force to give up what "
-            "it lacks"
+            f"{stream_id} ({end or '(empty)'}){tried}: it has not applied the whole "
+            "archive; promote again, or with force to give up what it lacks"
         )
     decision = decide_promotion(
         stream_id=stream_id,
@@ -106,6 +142,18 @@ def promote_stream(
         " (forced: the archive after that point is given up)" if decision.forced else "",
     )
     return PromotionResult(stream_id, decision)
+
+
+def _behind(stream: StreamState, position: GtidPosition, server_id: int) -> bool:
+    """Whether a node at ``position`` is behind the archive of ``stream`` on its history
+    (so that it can apply what it lacks); it does not when it owns the stream."""
+    end = stream.end_position
+    return (
+        stream.owner != server_id
+        and position.covers(stream.snapshot_gtid)
+        and not position.covers(end)
+        and not position.diverges_from(end)
+    )
 
 
 def _stream(store: ObjectStore, stream_id: str, cache: SiteCache | None) -> StreamState:

@@ -215,6 +215,11 @@ class RelayApply(Protocol):
         to the server, which deletes them once applied. ``ApplyError`` if it fails."""
         ...
 
+    def unfinished(self) -> bool:
+        """Whether an apply began on the server and was not finished (a killed run's:
+        its settings and replication configuration are still the apply's)."""
+        ...
+
     def finish(
         self, log_slave_updates_was_off: bool | None = None, *, expected: GtidPosition | None = None
     ) -> GtidPosition:

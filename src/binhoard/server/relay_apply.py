@@ -300,6 +300,11 @@ class RelayApplier:
                 point = dataclasses.replace(point, server_error=error)
             return point
 
+    def unfinished(self) -> bool:
+        """Whether an apply began and :meth:`finish` has not run since: its state file
+        (the server's settings from before, the running batch) is there."""
+        return self.state_file.exists()
+
     def finish(
         self,
         log_slave_updates_was_off: bool | None = None,
