@@ -23,6 +23,7 @@ from binhoard.daemon.jobs import (
     PromoteDone,
     PromoteStatus,
     PurgeDone,
+    RepointDone,
     RestoreDone,
     RestoreStatus,
     RetentionDone,
@@ -126,6 +127,7 @@ class FakeDoers:
     # unless this is set: then it reports applying_binlogs and raises it, once; forced,
     # it gives up instead (as an archive that cannot be read).
     catch_up_error: BinhoardError | None = None
+    repoints: list[str] = field(default_factory=list)  # the primaries re-pointed at
 
     def __post_init__(self) -> None:
         self.build = SiteBuilder(self.store, server_id=self.server_id)
@@ -238,6 +240,11 @@ class FakeDoers:
             catch_up=catch_up,
         )
         return PromoteDone(result.stream_id, result.new_stream_needed)
+
+    def repoint(self, primary: str, work: Work) -> RepointDone:
+        self._fail("repoint")
+        self.repoints.append(primary)
+        return RepointDone(primary, position(42).format())
 
     def write_mark(self, request: PreservationRequest | BrokenRequest, work: Work) -> None:
         self._fail("write_mark")

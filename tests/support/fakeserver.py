@@ -464,6 +464,10 @@ class FakeReplication:
         whatever primary was configured is forgotten."""
         self.running, self.primary, self.credentials = False, RELAY_APPLY_SOURCE, None
 
+    def remove(self) -> None:
+        self.server.connect("replication.remove")
+        self.reset_all()
+
     def reset_all(self) -> None:
         """``RESET SLAVE ALL`` (the relay applier's finish)."""
         self.running, self.primary, self.credentials = False, None, None

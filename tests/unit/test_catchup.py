@@ -6,30 +6,28 @@ up what cannot be read."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from binhoard.app import archive_config, backup_config, pitr_config
+from binhoard.app import pitr_config
 from binhoard.config import Settings
-from binhoard.domain.errors import ConflictError, ObjectNotFoundError
+from binhoard.domain.errors import ConflictError, ObjectNotFoundError, TransientStorageError
 from binhoard.domain.gtid import Gtid, GtidPosition
 from binhoard.domain.promotion import CannotContinue, divergence_in, lacking_records
 from binhoard.ops.archive import BinlogArchiver
-from binhoard.ops.backup import create_backup
 from binhoard.ops.catalog import StreamState, read_streams
 from binhoard.ops.catchup import ArchiveCatchUp, CatchUpProgress
 from binhoard.ops.pitr import PitrRequest, PointInTimeRestore
 from binhoard.ops.promote import CATCH_UP_ROUNDS, PromotionResult, promote_stream
 from binhoard.storage.pipeline import decryption_identities
 from binhoard.storage.store import MemoryStore
-from tests.support.fakeserver import FakeServer, Killed, ScriptedClock, fake_host
+from tests.support.fakeserver import FakeServer, Killed, fake_host
 from tests.support.sites import SiteBuilder, position
-from tests.unit.test_restore_server import START
-from tests.unit.test_seed import IDENTITY, PRIMARY, REPLICATION
+from tests.unit.test_seed import IDENTITY, PRIMARY, REPLICATION, archiving_primary
 
 NOW = datetime(2026, 1, 2, tzinfo=UTC)
 OLD, NEW = 7, 9
@@ -100,14 +98,7 @@ class Failover:
 
 @pytest.fixture
 def failover(tmp_path: Path) -> Failover:
-    primary_settings, primary = fake_host(tmp_path / "primary", IDENTITY)
-    store = MemoryStore()
-    primary.commit(3)
-    create_backup(primary, store, backup_config(primary_settings), now=ScriptedClock(START))
-    primary.commit(4)
-    primary.binlogs.flush()
-    archiver = BinlogArchiver(primary, store, archive_config(primary_settings), use_cache=False)
-    assert archiver.archive_once().problems == []
+    primary, store, archiver = archiving_primary(tmp_path / "primary")
     settings, replica = fake_host(
         tmp_path / "replica", IDENTITY, server_id=NEW, running=False, replication=REPLICATION
     )
@@ -236,6 +227,30 @@ def test_an_unreadable_archive_fails_unless_forced(failover: Failover) -> None:
     assert result.promotion.gtid_position == GtidPosition.parse("0-7-13")
     assert seqs(failover.replica) == list(range(1, 14))
     assert not failover.replica.applying
+
+
+class TimingOut(MemoryStore):
+    """A copy of a store whose reads of ``key`` time out (object storage is there, but
+    slow): retrying may cure that, so nothing is given up, even with force."""
+
+    def __init__(self, store: MemoryStore, key: str) -> None:
+        super().__init__()
+        self.key = key
+        for info in store.list():
+            self.put(info.key, store.get(info.key))
+
+    def get(self, key: str, *, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
+        if key == self.key:
+            raise TransientStorageError(f"GET {key}: read timed out")
+        return super().get(key, offset=offset, length=length)
+
+
+def test_a_transient_storage_failure_gives_nothing_up_even_forced(failover: Failover) -> None:
+    (stream,) = read_streams(failover.store)
+    failover.store = TimingOut(failover.store, stream.records[-1].object.key)
+    with pytest.raises(TransientStorageError):
+        failover.promote(force=True)
+    assert read_streams(failover.store)[0].promotions == ()
 
 
 def test_the_records_a_node_lacks_and_divergence() -> None:

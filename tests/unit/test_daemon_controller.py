@@ -459,6 +459,68 @@ def test_a_seeding_restore_is_checked_then_carries_its_primary(tmp_path: Path) -
     assert h.controller.state.restore.replicate_from == "127.0.0.1:3307"
 
 
+REPLICATION = {"user": "repl", "password": "repl-secret"}
+
+
+def test_a_replica_in_observe_is_re_pointed_at_the_new_primary(tmp_path: Path) -> None:
+    h = Harness(tmp_path, START, replication=REPLICATION)
+    h.doers.put_backup(server_id=7)
+    h.settle()
+    stream_id = h.doers.backup_ids()[0]
+    accepted(
+        h.submit(
+            SetMode("restore", site="default", stream_id=stream_id, replicate_from="127.0.0.1:3307")
+        )
+    )
+    h.run(RESTORE)
+    assert h.controller.snapshot().status.replicating_from == "127.0.0.1:3307"
+
+    repoint = SetMode("observe", replicate_from="127.0.0.1:3308")
+    ticket = h.submit(repoint)
+    assert not ticket.is_decided  # answered once the node is re-pointed
+    again = h.submit(repoint)
+    assert isinstance(refused(again), ConflictError)  # one at a time
+    h.run(RESTORE)
+    assert ticket.is_done and ticket.error is None
+    assert h.doers.repoints == ["127.0.0.1:3308"] and h.mode == "observe"
+    status = StatusOut.model_validate(h.controller.snapshot().status)
+    assert status.replicating_from == "127.0.0.1:3308"
+    h.restart()
+    assert h.controller.snapshot().status.replicating_from == "127.0.0.1:3308"
+
+    # Refused by the node's check: the answer is the refusal, nothing recorded.
+    lacks = ConflictError("this node cannot be re-pointed at 127.0.0.1:3309: ...")
+    h.doers.failures["repoint"] = [lacks]
+    ticket = h.submit(SetMode("observe", replicate_from="127.0.0.1:3309"))
+    h.run(RESTORE)
+    assert refused(ticket) is lacks and lacks.http_status == 409
+    assert h.controller.snapshot().status.replicating_from == "127.0.0.1:3308"
+    assert h.mode == "observe"
+    # A promotion afterwards is not held back by that refusal; active replicates from none.
+    accepted(h.submit(SetMode("promote")))
+    h.run(RESTORE)
+    assert h.mode == "active" and h.controller.snapshot().status.replicating_from is None
+
+
+@pytest.mark.parametrize(
+    ("mode", "replicate_from", "error", "message"),
+    [
+        ("idle", "127.0.0.1:3308", ConflictError, "only a node in observe mode is re-pointed"),
+        ("observe", "10.0.0.9:3306", UsageError, "neither a loopback"),
+    ],
+)
+def test_re_pointing_is_for_a_node_in_observe_at_an_allowed_primary(
+    tmp_path: Path, mode: str, replicate_from: str, error: type, message: str
+) -> None:
+    h = Harness(tmp_path, START, replication=REPLICATION)
+    h.settle()
+    if mode == "observe":
+        accepted(h.submit(SetMode("observe")))
+    found = refused(h.submit(SetMode("observe", replicate_from=replicate_from)))
+    assert isinstance(found, error) and message in found.message
+    assert h.doers.repoints == [] and h.mode == mode
+
+
 def test_a_deposed_primary_stops_backups_and_retention_and_says_so(h: Harness) -> None:
     backup_id = activate(h)
     h.doers.rotate()

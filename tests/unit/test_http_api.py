@@ -253,6 +253,9 @@ def test_mode_switches_as_myhoard() -> None:
             two_of_them = error_of(client.put("/status", json=both), 400)
             assert two_of_them == "site and target_gtid apply only to mode restore"
             assert error_of(client.put("/status", json={"mode": "observe", "force": True}), 400)
+            to_active = {"mode": "active", "replicate_from": "127.0.0.1:3308"}
+            only = error_of(client.put("/status", json=to_active), 400)
+            assert only == "replicate_from applies only to mode restore or observe"
             unknown = error_of(client.put("/status", json={**restore, "stream_id": "nope"}), 404)
             assert unknown == "no stream 'nope'"
 

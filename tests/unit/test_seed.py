@@ -91,11 +91,9 @@ class Cluster:
 SEED = PitrRequest("default", {"to_latest": True}, replicate_from=PRIMARY)
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Cluster:
-    """A primary (server_id 7) with a backup and archived binlogs, which then commits 5
-    transactions that are not archived; a replica host (server_id 9) that can reach it."""
-    settings, primary = fake_host(tmp_path / "primary", IDENTITY)
+def archiving_primary(directory: Path) -> tuple[FakeServer, MemoryStore, BinlogArchiver]:
+    """A primary (server_id 7) with a backup after 3 transactions and 4 more archived."""
+    settings, primary = fake_host(directory, IDENTITY)
     store = MemoryStore()
     primary.commit(3)
     create_backup(primary, store, backup_config(settings), now=ScriptedClock(START))
@@ -103,6 +101,14 @@ def cluster(tmp_path: Path) -> Cluster:
     primary.binlogs.flush()
     archiver = BinlogArchiver(primary, store, archive_config(settings), use_cache=False)
     assert archiver.archive_once().problems == []
+    return primary, store, archiver
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Cluster:
+    """A primary (server_id 7) with a backup and archived binlogs, which then commits 5
+    transactions that are not archived; a replica host (server_id 9) that can reach it."""
+    primary, store, _ = archiving_primary(tmp_path / "primary")
     primary.commit(5)  # only the primary has these: the replica gets them from it
     replica_settings, replica = fake_host(
         tmp_path / "replica", IDENTITY, server_id=9, running=False, replication=REPLICATION

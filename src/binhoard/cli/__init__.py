@@ -16,6 +16,7 @@ from binhoard.cli.config_cmd import config_group
 from binhoard.cli.daemon import daemon_command
 from binhoard.cli.keys import keys_group
 from binhoard.cli.prune import prune_command
+from binhoard.cli.repoint import repoint_command
 from binhoard.cli.restore import restore_command
 from binhoard.cli.sandbox import sandbox_group
 from binhoard.cli.status import status_command
@@ -39,6 +40,7 @@ cli.add_command(keys_group)
 cli.add_command(status_command)
 cli.add_command(backup_group)
 cli.add_command(restore_command)
+cli.add_command(repoint_command)
 cli.add_command(binlog_group)
 cli.add_command(prune_command)
 cli.add_command(daemon_command)

@@ -208,6 +208,15 @@ def _show_daemon(status: dict[str, Any], as_json: bool) -> None:
             )
             if restore.get("error"):
                 click.echo(f"  - {restore['error']}")
+        if status.get("replicating_from"):
+            click.echo(f"replicates  from {status['replicating_from']}")
+        promotion = status.get("promotion")
+        if promotion:
+            click.echo(
+                f"promotion   phase {promotion.get('phase')}; "
+                f"{promotion.get('binlogs_applied')}/{promotion.get('binlogs_total')} binlogs, "
+                f"{promotion.get('transactions_applied')} transactions applied of the archive"
+            )
         if status.get("last_error"):
             click.echo(f"last error  {status['last_error']}")
     if status.get("archive_stalled_reason"):

@@ -235,8 +235,10 @@ class StatusUpdate(_Body):
         max_length=300,
         pattern=r"^\S+:[0-9]{1,5}$",
         description=EXTENSION
-        + "restore only, to the latest transaction: then replicate from this primary "
-        "(HOST:PORT, loopback or listed in replication.primaries) and catch up",
+        + "restore, to the latest transaction: then replicate from this primary "
+        "(HOST:PORT, loopback or listed in replication.primaries) and catch up; observe, "
+        "on a node in observe: re-point it at this primary (a new primary after a "
+        "failover), refused (409) if the node has transactions it lacks",
     )
 
     @model_validator(mode="after")
@@ -248,7 +250,6 @@ class StatusUpdate(_Body):
             "target_time_approximate_ok": self.target_time_approximate_ok,
             "target_gtid": self.target_gtid,
             "target_position": self.target_position,
-            "replicate_from": self.replicate_from,
         }
         if self.mode == "restore":
             for name in ("site", "stream_id"):
@@ -266,6 +267,8 @@ class StatusUpdate(_Body):
             if given:
                 verb = "applies" if len(given) == 1 else "apply"
                 raise ValueError(f"{' and '.join(given)} {verb} only to mode restore")
+        if self.replicate_from is not None and self.mode not in ("restore", "observe"):
+            raise ValueError("replicate_from applies only to mode restore or observe")
         if self.force and self.mode not in ("active", "promote"):
             raise ValueError("force applies only to mode active or promote")
         return self
@@ -384,6 +387,11 @@ class StatusOut(_Out):
     )
     promotion: PromotionOut | None = Field(
         description=EXTENSION + "the promotion under way (mode promote); null otherwise"
+    )
+    replicating_from: str | None = Field(
+        description=EXTENSION
+        + "HOST:PORT of the primary this node replicates from (seeded with replicate_from, "
+        "or re-pointed); null when it replicates from none"
     )
 
 

@@ -42,6 +42,7 @@ from binhoard.daemon.jobs import (
     PromoteDone,
     PromoteStatus,
     PurgeDone,
+    RepointDone,
     RestoreDone,
     RestoreStatus,
     RetentionDone,
@@ -158,6 +159,7 @@ class Controller:
         self._running: dict[str, _Running] = {}
         self._failures: dict[str, int] = {}
         self._promote_force = False  # PUT /status {"mode": "promote", "force": true}
+        self._repointing: Ticket | None = None  # a re-point under way, answered when done
         self._retry_at: dict[str, datetime] = {}
         self._next_list_at: datetime | None = None
         self._next_archive_at: datetime | None = None
@@ -351,7 +353,8 @@ class Controller:
         command = ticket.command
         try:
             if isinstance(command, SetMode):
-                self._set_mode(command)
+                if self._set_mode(command, ticket):
+                    return  # answered once the node is re-pointed
             elif isinstance(command, RequestBackup):
                 self._request_backup(command)
             elif isinstance(command, RotateBinlog):
@@ -378,9 +381,10 @@ class Controller:
             return
         self._after_commit.append(ticket.finish)
 
-    def _set_mode(self, command: SetMode) -> None:
+    def _set_mode(self, command: SetMode, ticket: Ticket) -> bool:
+        """Decides ``command``; True when the ticket is answered later (a re-point)."""
         streams = None if self.view is None else self.view.streams
-        if command.mode == "restore" and command.replicate_from is not None:
+        if command.replicate_from is not None:
             # Refused now, not once the restore has run for an hour.
             check_primary(
                 command.replicate_from,
@@ -396,7 +400,10 @@ class Controller:
             self._now,
         )
         if isinstance(decision, modes.Stay):
-            return
+            return False
+        if isinstance(decision, modes.Repoint):
+            self._repoint(decision.primary, ticket)
+            return True
         log.info("mode %s -> %s", self.state.mode, decision.mode)
         # Not kept across a restart: a promotion resumed after one is not forced, so it
         # refuses rather than give up archived transactions nobody asked to give up.
@@ -409,6 +416,31 @@ class Controller:
             # The operator's new request: not held back by the last one's failure.
             self._retry_at.pop(RESTORE, None)
             self._failures.pop(RESTORE, None)
+        return False
+
+    def _repoint(self, primary: str, ticket: Ticket) -> None:
+        """Re-points this replica at ``primary`` on the restore worker (it talks to both
+        servers); ``ticket`` is answered when that is done, or refused with its reason."""
+        if self._repointing is not None or RESTORE in self._running:
+            raise ConflictError("a re-point of this node is under way: ask again when it is done")
+        self._repointing = ticket
+
+        def done(result: JobDone) -> None:
+            self._repointing = None
+            error = result.error
+            if error is None and isinstance(result.result, RepointDone):
+                log.info("re-pointed: replicating from %s", result.result.primary)
+                control = replace(self.state.control, replicating_from=result.result.primary)
+                self._update(control=control)
+                self._after_commit.append(ticket.finish)
+                return
+            refusal = error or ConflictError(f"re-pointing at {primary} did not complete")
+            log.error("not re-pointed at %s: %s", primary, refusal.message)
+            self._after_commit.append(lambda: ticket.refuse(refusal))
+
+        self._start(
+            RESTORE, lambda work: self.doers.repoint(primary, work), done, logs_failures=True
+        )
 
     def _request_backup(self, command: RequestBackup) -> None:
         if self.state.mode not in ("active", "promote"):
@@ -759,6 +791,9 @@ class Controller:
                 updated_at=self._now,
             )
             self._update(restore=completed)
+            if record.replicate_from is not None:
+                control = replace(self.state.control, replicating_from=record.replicate_from)
+                self._update(control=control)
             self.state = self.state.with_mode("observe")
             return
         error = done.error
@@ -820,6 +855,8 @@ class Controller:
             )
         log.info("promoted: mode active")
         self.promote_progress = None
+        # Its replication configuration was removed (workers.promote): it replicates from none.
+        self._update(control=replace(self.state.control, replicating_from=None))
         self.state = self.state.with_mode("active")
 
     # --- active and observe: binlog purge --------------------------------------------------

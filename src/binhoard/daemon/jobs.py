@@ -152,6 +152,14 @@ class PromoteDone:
 
 
 @dataclass(frozen=True)
+class RepointDone:
+    """This replica now replicates from ``primary`` (``HOST:PORT``), from ``position``."""
+
+    primary: str
+    position: str
+
+
+@dataclass(frozen=True)
 class BackupStatus:
     backup_id: str
     phase: str
@@ -175,6 +183,11 @@ class Doers(Protocol):
         """Takes over the stream the node was restored from (``restore``), if any;
         raises ``ConflictError`` when it must not (another node won the race, or it
         has not applied the whole archive and ``force`` is not given)."""
+        ...
+
+    def repoint(self, primary: str, work: Work) -> RepointDone:
+        """Points this replica at ``primary`` (a new primary after a failover); raises
+        ``ConflictError`` when the node has transactions that primary lacks."""
         ...
 
     def write_mark(self, request: PreservationRequest | BrokenRequest, work: Work) -> None:

@@ -13,8 +13,11 @@ a refusal (a ``BinhoardError`` the API answers with) out. The rules are MyHoard'
 * from ``observe``: ``active`` goes through ``promote``, which checks the node can
   take over and then switches to ``active`` by itself (``promote`` may be asked for
   by name, with the same meaning); ``force`` only there (the node takes over though
-  it has not applied the whole archive; docs/failover.md);
-* ``active`` (and ``promote`` on its way there) is never left except by stopping.
+  it could not apply the whole archive; docs/failover.md);
+* ``active`` (and ``promote`` on its way there) is never left except by stopping;
+* ``observe`` with ``replicate_from`` on a node in ``observe`` (binhoard extension):
+  re-point it at that primary after a failover (``ops/seed.py`` ``repoint``); the mode
+  stays ``observe``.
 
 Asking for the mode the daemon is already in is accepted and changes nothing.
 """
@@ -43,6 +46,13 @@ class Stay:
     """Already in the mode asked for."""
 
 
+@dataclass(frozen=True)
+class Repoint:
+    """Point this replica at ``primary`` (``HOST:PORT``); the mode stays ``observe``."""
+
+    primary: str
+
+
 def decide(  # noqa: PLR0917 - the decision's inputs, each named by its type
     current: Mode,
     restore: RestoreRecord | None,
@@ -50,9 +60,17 @@ def decide(  # noqa: PLR0917 - the decision's inputs, each named by its type
     streams: Sequence[StreamInfo] | None,
     sites: Sequence[str],
     now: datetime,
-) -> Switch | Stay:
+) -> Switch | Stay | Repoint:
     """What ``request`` does in ``current``; raises the refusal."""
     wanted = request.mode
+    if wanted == "observe" and request.replicate_from is not None:
+        if current != "observe":
+            raise ConflictError(
+                f"the mode is {current}: only a node in observe mode is re-pointed at "
+                "another primary (observe with replicate_from); seed a new one with a "
+                "restore with replicate_from"
+            )
+        return Repoint(request.replicate_from)
     if request.force and (wanted not in ("active", "promote") or current != "observe"):
         # MyHoard's force promotes a node that has not applied the whole archive (what
         # it lacks is given up); binhoard never leaves a restore half-applied, so it

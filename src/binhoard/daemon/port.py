@@ -139,6 +139,7 @@ class StatusView:
     replication_state: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     binlog_purge: PurgeView | None = None
     promotion: PromotionView | None = None
+    replicating_from: str | None = None  # HOST:PORT of this replica's primary
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from binhoard.daemon.port import Mode
 from binhoard.domain.errors import ConflictError
 
 FILE_NAME = "daemon.sqlite"
-SCHEMA_VERSION = 2  # 2: columns added (restore.replicate_from)
+SCHEMA_VERSION = 3  # 2: restore.replicate_from; 3: control.replicating_from (columns added)
 
 RestoreTargetKind = Literal["latest", "time", "gtid", "position"]
 BackupReason = Literal["requested", "scheduled"]
@@ -53,6 +53,9 @@ class Control:
     replication_state: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     # When each node was last reported (Unix seconds): stale reports are named.
     replication_reported_at: Mapping[str, float] = field(default_factory=dict)
+    # The primary this node replicates from (HOST:PORT): set by a seeding restore and by
+    # a re-point, cleared by a promotion.
+    replicating_from: str | None = None
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,7 @@ def status_view(
         deposed=deposed,
         binlog_purge=purge,
         promotion=_promotion_view(promotion) if state.mode == "promote" else None,
+        replicating_from=state.control.replicating_from,
     )
 
 

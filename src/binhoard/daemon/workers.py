@@ -13,7 +13,14 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
 from binhoard.allocator import release_freed_memory
-from binhoard.app import archive_config, backup_config, open_server, open_site, pitr_config
+from binhoard.app import (
+    archive_config,
+    backup_config,
+    open_server,
+    open_site,
+    pitr_config,
+    seed_settings,
+)
 from binhoard.config import Settings
 from binhoard.daemon.jobs import (
     ArchiveDone,
@@ -23,6 +30,7 @@ from binhoard.daemon.jobs import (
     PromoteDone,
     PromoteStatus,
     PurgeDone,
+    RepointDone,
     RestoreDone,
     RestoreStatus,
     RetentionDone,
@@ -53,6 +61,7 @@ from binhoard.ops.observe import (
 from binhoard.ops.pitr import PitrProgress, PitrRequest, PointInTimeRestore, restore_state
 from binhoard.ops.promote import promote_stream
 from binhoard.ops.purge import BinlogPurger
+from binhoard.ops.seed import check_primary, repoint
 from binhoard.ops.sitecache import SiteCache, open_cache
 from binhoard.storage.pipeline import decryption_identities
 from binhoard.storage.store import ObjectStore
@@ -269,6 +278,15 @@ class OpsDoers:
             release_freed_memory()  # the download's buffers, as after a backup
         return RestoreDone(str(restore.state.get("final_gtid_position") or ""))
 
+    def repoint(self, primary: str, work: Work) -> RepointDone:
+        """This replica replicates from ``primary`` from now on (``ops/seed.py``)."""
+        settings = self.settings
+        seed = seed_settings(settings)
+        address = check_primary(primary, seed=seed, allowed=settings.replication.primaries)
+        assert seed is not None  # check_primary refuses without the account
+        done = repoint(open_server(settings), address, seed)
+        return RepointDone(done.primary, done.position.format())
+
     # --- the operator's marks, and retention -------------------------------------------
     def write_mark(self, request: PreservationRequest | BrokenRequest, work: Work) -> None:
         store = self._open_site(self.settings, request.site, metrics=self.metrics)
@@ -316,6 +334,7 @@ class OpsDoers:
         if facts.read_only:
             log.warning("the server is read-only: set read_only=OFF for it to take writes")
         if restore is None:
+            server.replication.remove()
             return PromoteDone(None)
         store = self._open_site(self.settings, restore.site, metrics=self.metrics)
 
@@ -358,6 +377,9 @@ class OpsDoers:
             force=force,
             catch_up=catching_up,
         )
+        # The node is the primary now: its replication configuration goes, so that
+        # nothing ever reconnects it to the old primary (a START SLAVE, a restart).
+        server.replication.remove()
         return PromoteDone(result.stream_id, result.new_stream_needed)
 
 

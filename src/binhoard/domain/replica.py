@@ -62,19 +62,20 @@ def parse_binlog_state(text: str) -> tuple[Gtid, ...]:
 def divergence(restored: GtidPosition, primary_state: Iterable[Gtid]) -> str | None:
     """Why a server at ``restored`` cannot replicate from a primary whose binlog state is
     ``primary_state``, or None if the primary's history contains it (as far as the
-    state tells: the primary's GTID connect checks the rest)."""
+    state tells: the primary's GTID connect checks the rest). The same rule decides
+    whether a replica may be re-pointed at a new primary after a failover."""
     state = {(g.domain_id, g.server_id): g for g in primary_state}
     current = GtidPosition.from_binlog_state(state.values())
     for gtid in restored.values():
         last = state.get((gtid.domain_id, gtid.server_id))
         if gtid.domain_id not in current:
             return (
-                f"the primary has no transaction of domain {gtid.domain_id}, the restored "
-                f"server is at {gtid}: not the same history"
+                f"the primary has no transaction of domain {gtid.domain_id}, this server "
+                f"is at {gtid}: not the same history"
             )
         if current[gtid.domain_id].seq_no < gtid.seq_no:
             return (
-                f"the primary is behind the restored server in domain {gtid.domain_id} "
+                f"the primary is behind this server in domain {gtid.domain_id} "
                 f"({current[gtid.domain_id]} < {gtid}): a replica must not be ahead of its "
                 "primary"
             )
@@ -85,7 +86,7 @@ def divergence(restored: GtidPosition, primary_state: Iterable[Gtid]) -> str | N
                 else (f"it has none of server {gtid.server_id}")
             )
             return (
-                f"divergent: the restored server is at {gtid}, which the primary never "
+                f"divergent: this server is at {gtid}, which the primary never "
                 f"logged ({have}, its position is {current[gtid.domain_id]}): the same "
                 "sequence numbers were written by another server"
             )

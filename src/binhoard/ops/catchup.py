@@ -40,7 +40,9 @@ from binhoard.domain.errors import (
     CancelledError,
     ConflictError,
     CorruptBinlogError,
-    StorageError,
+    IntegrityError,
+    ObjectNotFoundError,
+    PermanentStorageError,
     UsageError,
 )
 from binhoard.domain.gtid import GtidPosition
@@ -54,8 +56,9 @@ from binhoard.storage.store import ObjectStore
 
 log = logging.getLogger("binhoard.promote")
 
-# What cannot be read from the archive: with force the promotion gives it up.
-_UNREADABLE = (StorageError, CorruptBinlogError)
+# What cannot be read from the archive, retrying would not help: with force the
+# promotion gives it up. A transient failure (a timeout) never gives anything up.
+_UNREADABLE = (ObjectNotFoundError, IntegrityError, PermanentStorageError, CorruptBinlogError)
 
 
 @dataclass(frozen=True)

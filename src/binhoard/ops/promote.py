@@ -4,7 +4,8 @@
 No coordination service: the record is written create-if-absent at the next promotion
 number, so of two nodes promoting the same stream at once exactly one create wins; the
 other is told so and writes nothing. What a promotion must hold is decided in
-``domain/promotion.py``; this reads the stream and writes the record.
+``domain/promotion.py``; this reads the stream and writes the record, after the node
+applied what it lacks of the archive (``ops/catchup.py``, given as ``catch_up``).
 """
 
 from __future__ import annotations

@@ -15,6 +15,14 @@ server read-only at the GTID position it restored; here:
    (``timeout``) ends the wait.
 
 Every step can run again: a run killed anywhere is resumed by running it again.
+
+After a failover the other replicas of the old primary are *re-pointed* at the new one
+(:func:`repoint`; ``PUT /status {"mode": "observe", "replicate_from": ...}``,
+``binhoard repoint``): the same check against the new primary's binlog state first,
+with this server's ``gtid_current_pos`` (what it holds, its own writes included), then
+``CHANGE MASTER TO ... MASTER_USE_GTID=slave_pos``. A node that has transactions the new
+primary lacks is refused: replicating would lose them, or apply the new primary's
+equal sequence numbers over them.
 """
 
 from __future__ import annotations
@@ -26,7 +34,13 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from binhoard.config import is_loopback_address
-from binhoard.domain.errors import CancelledError, ReplicationError, UsageError
+from binhoard.domain.errors import (
+    BinhoardError,
+    CancelledError,
+    ConflictError,
+    ReplicationError,
+    UsageError,
+)
 from binhoard.domain.gtid import GtidPosition
 from binhoard.domain.replica import PrimaryAddress, divergence, parse_primary_address
 from binhoard.ports.server import ReplicaCredentials, ReplicaStatus, Server
@@ -105,6 +119,58 @@ def replicate(
             )
     log.info("caught up with %s at %s", where, goal)
     return goal
+
+
+@dataclass(frozen=True)
+class Repointed:
+    """``primary`` is now this server's primary; replication continues from ``position``
+    (its ``gtid_current_pos``). ``changed``: False if it replicated from it already."""
+
+    primary: str
+    position: GtidPosition
+    changed: bool
+
+
+def repoint(server: Server, primary: PrimaryAddress, settings: SeedSettings) -> Repointed:
+    """Points this replica at ``primary`` (the new primary after a failover) and starts
+    replication. Refused with ``ConflictError`` when this server has transactions the
+    primary lacks, or holds other ones at the same sequence numbers: it must be
+    re-seeded from the new primary's stream. Replication is then left as it was."""
+    replication = server.replication
+    where = primary.format()
+    before = replication.status()
+    if before.configured and before.primary == where:
+        replication.start()
+        position = GtidPosition.parse(server.facts().gtid_current_pos)
+        return Repointed(where, position, changed=False)
+    running = before.configured and (before.sql_running or before.io_running != "No")
+    replication.stop()  # nothing more arrives from the old primary while this decides
+    try:
+        position = GtidPosition.parse(server.facts().gtid_current_pos)
+        state = replication.primary_state(primary, settings.credentials)
+        why = divergence(position, state)
+        if why is not None:
+            raise ConflictError(
+                f"this node cannot be re-pointed at {where}: {why}. It has transactions "
+                f"{where} lacks (this node is at {position or '(empty)'}, {where} at "
+                f"{GtidPosition.from_binlog_state(state) or '(empty)'}): replicating would "
+                "lose them or apply other transactions over them. Re-seed it from the new "
+                f"primary's stream (an empty datadir, then a restore with replicate_from "
+                f"{where}; docs/failover.md)"
+            )
+    except BinhoardError:
+        if running:
+            replication.start()  # as it was: the operator decides
+        raise
+    replication.change_primary(primary, settings.credentials)
+    replication.start()
+    log.warning(
+        "re-pointed: this server replicates from %s (was %s), from %s",
+        where,
+        before.primary or "none",
+        position or "(empty)",
+    )
+    return Repointed(where, position, changed=True)
 
 
 def _check(status: ReplicaStatus, where: str) -> None:

@@ -295,6 +295,11 @@ class Replication(Protocol):
 
     def stop(self) -> None: ...
 
+    def remove(self) -> None:
+        """``STOP SLAVE; RESET SLAVE ALL``: no primary is configured any more (a promoted
+        node must never reconnect to the old one)."""
+        ...
+
     def status(self) -> ReplicaStatus: ...
 
     def wait_for_gtid(self, position: GtidPosition, timeout: float) -> bool:

@@ -75,6 +75,14 @@ class MariaDBReplication:
     def stop(self) -> None:
         self._run("STOP SLAVE")
 
+    def remove(self) -> None:
+        conn = self._session()
+        try:
+            sql.query(conn, "STOP SLAVE")
+            sql.query(conn, "RESET SLAVE ALL")
+        finally:
+            conn.close()
+
     def _run(self, statement: str) -> None:
         conn = self._session()
         try:
