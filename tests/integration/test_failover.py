@@ -34,7 +34,7 @@ from binhoard.ops.catalog import StreamState, read_site
 from binhoard.ops.pitr import PitrRequest
 from binhoard.server.sandbox import Sandbox
 from binhoard.storage.store import ObjectStore
-from tests.integration.test_seed import new_node, seeded_config
+from tests.integration.test_seed import grant_replication, new_node, seeded_config
 from tests.support import ops
 from tests.support.configs import config_for
 from tests.support.daemon import ScriptedClock
@@ -98,12 +98,7 @@ def test_three_nodes_fail_over_without_a_gap_and_the_deposed_primary_counts_for_
     # --- a primary in active under a write load -------------------------------------
     box = sandboxes.new("primary")
     create_schema(box)
-    box.execute_script(
-        """
-        CREATE USER 'repl'@'127.0.0.1' IDENTIFIED BY 'repl-secret';
-        GRANT REPLICATION SLAVE ON *.* TO 'repl'@'127.0.0.1';
-        """
-    )
+    grant_replication(box)
     write_rows(box, 100, seed=1)
     primary = SteppedNode(box, seeded_config(box, site, identity), clock)
     store = open_site(primary.settings)
@@ -147,27 +142,7 @@ def test_three_nodes_fail_over_without_a_gap_and_the_deposed_primary_counts_for_
     assert tail.gtid != before.gtid
 
     # --- the promotion, and the old primary's late upload --------------------------------
-    promotions = promotions_prefix(stream_id)
-    if late == "before":
-        primary.archive_pass()
-        assert the_stream(store, stream_id).end_position.format() == tail.gtid
-        one.promote()
-    elif late == "between":
-        one.hooks.append(Hook(lambda key: key.startswith(promotions), primary.archive_pass))
-        one.promote()
-        assert one.hooks[0].fired
-    elif late == "in_pass":
-        records = binlog_records_prefix(stream_id)
-        primary.hooks.append(Hook(lambda key: key.startswith(records), one.promote))
-        primary.archive_pass()
-        assert primary.hooks[0].fired
-    else:
-        one.promote()
-        primary.archive_pass()
-        assert primary.controller.snapshot().status.deposed
-        primary.restart()  # a restarted daemon finds out again at its first pass
-        primary.archive_pass(rotate=True)
-        assert primary.controller.snapshot().status.deposed
+    late_upload(late, primary, one, stream_id)
     assert one.mode == "active", one.last_error()
     stream = the_stream(store, stream_id)
     (promotion,) = stream.promotions
@@ -215,6 +190,33 @@ def test_three_nodes_fail_over_without_a_gap_and_the_deposed_primary_counts_for_
     latest = restore(sandboxes, site, identity, stream_id, {"to_latest": True})
     assert checksums(latest) == after.sums
     assert gtid_of(latest) == after.gtid
+
+
+def late_upload(late: str, primary: SteppedNode, promoter: SteppedNode, stream_id: str) -> None:
+    """The old primary's next archive pass (its late upload of its tail) and the
+    promotion, in the order ``late`` names."""
+    if late == "before":
+        primary.archive_pass()
+        tail = gtid_of(primary.box)
+        assert the_stream(open_site(primary.settings), stream_id).end_position.format() == tail
+        promoter.promote()
+    elif late == "between":
+        promotions = promotions_prefix(stream_id)
+        promoter.hooks.append(Hook(lambda key: key.startswith(promotions), primary.archive_pass))
+        promoter.promote()
+        assert promoter.hooks[0].fired
+    elif late == "in_pass":
+        records = binlog_records_prefix(stream_id)
+        primary.hooks.append(Hook(lambda key: key.startswith(records), promoter.promote))
+        primary.archive_pass()
+        assert primary.hooks[0].fired
+    else:
+        promoter.promote()
+        primary.archive_pass()
+        assert primary.controller.snapshot().status.deposed
+        primary.restart()  # a restarted daemon finds out again at its first pass
+        primary.archive_pass(rotate=True)
+        assert primary.controller.snapshot().status.deposed
 
 
 def check_late_upload(stream: StreamState, promotion: Promotion, late: str, old: int) -> None:

@@ -19,18 +19,16 @@ from typing import Any
 import pymysql
 
 from binhoard.app import open_site
-from binhoard.config import Settings, parse_settings
-from binhoard.daemon.controller import ARCHIVE_INTERVAL, Controller
+from binhoard.config import parse_settings
+from binhoard.daemon.controller import ARCHIVE_INTERVAL
 from binhoard.daemon.jobs import ARCHIVE, RESTORE
 from binhoard.daemon.port import Command, RotateBinlog, SetMode, Ticket
-from binhoard.daemon.state import StateStore
 from binhoard.daemon.workers import OpsDoers
-from binhoard.domain.errors import BinhoardError
 from binhoard.metrics import Metrics
 from binhoard.server.sandbox import Sandbox
 from binhoard.storage.store import ObjectInfo, ObjectStore
 from binhoard.storage.wrappers import ForwardingStore
-from tests.support.daemon import ManualExecutor, ScriptedClock
+from tests.support.daemon import ScriptedClock, SteppedController
 from tests.support.workload import write_rows
 
 
@@ -56,65 +54,27 @@ class HookedStore(ForwardingStore):
         return self.inner.put(key, data, if_absent=if_absent)
 
 
-class SteppedNode:
+class SteppedNode(SteppedController):
     """``box`` with its daemon's controller; nothing runs unless the test steps it."""
 
     def __init__(self, box: Sandbox, config: dict[str, Any], clock: ScriptedClock) -> None:
         self.box = box
-        self.clock = clock
-        self.settings: Settings = parse_settings(config, source="test")
         self.hooks: list[Hook] = []
 
         def open_store(*args: Any, **kwargs: Any) -> ObjectStore:
             return HookedStore(open_site(*args, **kwargs), self.hooks)
 
-        self.doers = OpsDoers(self.settings, Metrics(), open_store=open_store)
-        self.controller = self._controller()
-
-    def _controller(self) -> Controller:
-        return Controller(
-            self.settings,
-            StateStore.open(self.settings.state_directory),
-            self.doers,
-            make_executor=ManualExecutor,
-        )
+        settings = parse_settings(config, source="test")
+        super().__init__(settings, OpsDoers(settings, Metrics(), open_store=open_store), clock)
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.box.port}"
 
-    @property
-    def executor(self) -> ManualExecutor:
-        executor = self.controller.executor
-        assert isinstance(executor, ManualExecutor)
-        return executor
-
-    @property
-    def mode(self) -> str:
-        return self.controller.snapshot().status.mode
-
-    def step(self) -> None:
-        self.controller.step(self.clock.now)
-
-    def run(self, slot: str) -> None:
-        """Runs the job waiting in ``slot``, then steps so the controller takes its result."""
-        self.executor.run(slot)
-        self.step()
-
-    def settle(self, *, skip: tuple[str, ...] = (), limit: int = 20) -> None:
-        """Steps and runs jobs (but those of ``skip``'s slots) until none is left."""
-        self.step()
-        for _ in range(limit):
-            ready = [s for s, _ in self.executor.pending if s not in skip]
-            if not ready:
-                return
-            self.run(ready[0])
-        raise AssertionError(f"still running after {limit} jobs: {self.executor.pending}")
-
-    def command(self, command: Command, *, skip: tuple[str, ...] = ()) -> Ticket:
+    def command(self, command: Command) -> Ticket:
         """Submits ``command`` and settles; raises the refusal, if any."""
         ticket = self.controller.submit(command)
-        self.settle(skip=skip)
+        self.settle()
         if ticket.error is not None:
             raise ticket.error
         return ticket
@@ -136,11 +96,6 @@ class SteppedNode:
         self.controller.submit(SetMode("promote", **fields))
         self.step()
         self.run(RESTORE)
-
-    def restart(self) -> None:
-        """As after a daemon restart: a new controller on the same state."""
-        self.controller.store.close()
-        self.controller = self._controller()
 
     def last_error(self) -> str | None:
         return self.controller.snapshot().status.last_error
@@ -194,12 +149,3 @@ def load_on(box: Sandbox, seed: int) -> Iterator[Load]:
         yield load
     finally:
         load.stop()
-
-
-def refused(action: Callable[[], None]) -> BinhoardError | None:
-    """The ``BinhoardError`` ``action`` raised, or ``None``."""
-    try:
-        action()
-    except BinhoardError as exc:
-        return exc
-    return None
