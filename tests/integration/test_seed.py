@@ -56,6 +56,17 @@ def write_load(box: Sandbox) -> Iterator[None]:
     assert not errors, errors
 
 
+def grant_replication(primary: Sandbox) -> None:
+    """The replicas' account on ``primary`` (docs/servers.md: what it must be granted)."""
+    primary.execute_script(
+        f"""
+        CREATE USER '{REPLICATION["user"]}'@'127.0.0.1'
+            IDENTIFIED BY '{REPLICATION["password"]}';
+        GRANT REPLICATION SLAVE ON *.* TO '{REPLICATION["user"]}'@'127.0.0.1';
+        """
+    )
+
+
 def seeded_config(box: Sandbox, site: Path, identity: Identity) -> dict[str, Any]:
     return {**config_for(box, site, identity=identity), "replication": REPLICATION}
 
@@ -91,13 +102,7 @@ def archived_primary(sandboxes: SandboxFactory) -> ArchivedPrimary:
     archived in the site."""
     primary = sandboxes.new("primary")
     create_schema(primary)
-    # The replicas' account on the primary (docs/servers.md: what it must be granted).
-    primary.execute_script(
-        """
-        CREATE USER 'repl'@'127.0.0.1' IDENTIFIED BY 'repl-secret';
-        GRANT REPLICATION SLAVE ON *.* TO 'repl'@'127.0.0.1';
-        """
-    )
+    grant_replication(primary)
     write_rows(primary, 300, seed=1)
     site = sandboxes.root / "site"
     identity = Identity.generate()
@@ -185,12 +190,7 @@ def test_replicas_seeded_by_the_cli_and_the_daemon_catch_up_with_the_primary(
     stranger = sandboxes.new("stranger")
     create_schema(stranger)
     write_rows(stranger, 2000, seed=9)  # more transactions than the site's stream
-    stranger.execute_script(
-        """
-        CREATE USER 'repl'@'127.0.0.1' IDENTIFIED BY 'repl-secret';
-        GRANT REPLICATION SLAVE ON *.* TO 'repl'@'127.0.0.1';
-        """
-    )
+    grant_replication(stranger)
     astray = new_node(sandboxes, "astray")
     astray_config = astray.directory / "binhoard.json"
     astray_config.write_text(json.dumps(seeded_config(astray, site, identity)))

@@ -9,7 +9,7 @@ objects built from the old settings are dropped by their own thread at its next 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
 from binhoard.allocator import release_freed_memory
@@ -74,14 +74,23 @@ from binhoard.ops.restore_test import remove_leftovers, run_restore_test
 from binhoard.ops.seed import check_primary, repoint
 from binhoard.ops.sitecache import SiteCache, open_cache
 from binhoard.storage.pipeline import decryption_identities
+from binhoard.storage.store import ObjectStore
 
 log = logging.getLogger("binhoard.daemon")
 
 
+# How the doers open a site: ``app.open_site``. Tests that interleave nodes' jobs pass
+# one that wraps it (tests/support/nodes.py: a hook runs before a chosen write).
+SiteOpener = Callable[..., ObjectStore]
+
+
 class OpsDoers:
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self, settings: Settings, metrics: Metrics, *, open_store: SiteOpener = open_site
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
+        self._open_site = open_store
         self._generation = 0  # bumped by configure(): objects of older settings are rebuilt
         self._archive: tuple[int, ArchiveLoop] | None = None
         self._caches: dict[str, tuple[int, SiteCache]] = {}
@@ -98,7 +107,7 @@ class OpsDoers:
         failures: dict[str, str] = {}
         for name, site in self.settings.backup_sites.items():
             work.check()
-            store = open_site(self.settings, name, metrics=self.metrics)
+            store = self._open_site(self.settings, name, metrics=self.metrics)
             try:
                 state = read_site(store, self._cache(name, store.describe()), incremental=True)
             except BinhoardError as exc:
@@ -132,7 +141,7 @@ class OpsDoers:
         try:
             manifest = create_backup(
                 open_server(self.settings),
-                open_site(self.settings, metrics=self.metrics),
+                self._open_site(self.settings, metrics=self.metrics),
                 backup_config(self.settings),
                 backup_type=backup_type,
                 progress=progress,
@@ -172,7 +181,7 @@ class OpsDoers:
             self._archive[1].archiver.close()
         archiver = BinlogArchiver(
             open_server(self.settings),
-            open_site(self.settings, metrics=self.metrics),
+            self._open_site(self.settings, metrics=self.metrics),
             archive_config(self.settings),
         )
         loop = ArchiveLoop(archiver, self.metrics)
@@ -197,7 +206,7 @@ class OpsDoers:
         work: Work,
     ) -> PurgeDone:
         purger, cache = self._binlog_purger()
-        store = open_site(self.settings, metrics=self.metrics)
+        store = self._open_site(self.settings, metrics=self.metrics)
         site = read_site(store, cache)
         work.check()
         report = purger.run(
@@ -220,7 +229,7 @@ class OpsDoers:
         if self._purger is not None:
             self._purger[2].close()
         settings = self.settings
-        store = open_site(settings, metrics=self.metrics)
+        store = self._open_site(settings, metrics=self.metrics)
         cache = open_cache(settings.state_directory, store.describe())
         purger = BinlogPurger(
             open_server(settings), settings.server_id, settings.binlog_purge_settings, self.metrics
@@ -259,7 +268,7 @@ class OpsDoers:
 
         restore = PointInTimeRestore(
             open_server(self.settings),
-            open_site(self.settings, request.site, metrics=self.metrics),
+            self._open_site(self.settings, request.site, metrics=self.metrics),
             pitr_config(self.settings),
             progress=progress,
             cancel=work.cancel,
@@ -321,7 +330,7 @@ class OpsDoers:
 
     # --- the operator's marks, and retention -------------------------------------------
     def write_mark(self, request: PreservationRequest | BrokenRequest, work: Work) -> None:
-        store = open_site(self.settings, request.site, metrics=self.metrics)
+        store = self._open_site(self.settings, request.site, metrics=self.metrics)
         now = datetime.now(UTC)
         if isinstance(request, PreservationRequest):
             preserve(store, request.stream_id, request.preserve_until, now=now)
@@ -330,7 +339,7 @@ class OpsDoers:
 
     def retention(self, work: Work) -> RetentionDone:
         name = self.settings.backup_settings.upload_site
-        store = open_site(self.settings, name, metrics=self.metrics)
+        store = self._open_site(self.settings, name, metrics=self.metrics)
         report = prune(
             store,
             retention_policy(self.settings.backup_settings),
@@ -368,7 +377,7 @@ class OpsDoers:
         if restore is None:
             server.replication.remove()
             return PromoteDone(None)
-        store = open_site(self.settings, restore.site, metrics=self.metrics)
+        store = self._open_site(self.settings, restore.site, metrics=self.metrics)
 
         def progress(p: CatchUpProgress) -> None:
             report(
