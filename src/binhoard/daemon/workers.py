@@ -293,7 +293,7 @@ class OpsDoers:
         settings = self.settings
         try:
             report = run_restore_test(
-                open_site(settings, site, metrics=self.metrics),
+                self._open_site(settings, site, metrics=self.metrics),
                 restore_test_config(settings, site),
                 scratch_servers(settings),
                 stream_id=stream_id,
