@@ -50,7 +50,15 @@ from binhoard.ops.expire import prune, retention_policy
 from binhoard.ops.marks import mark_broken, preserve
 from binhoard.ops.promote import promote_stream
 from binhoard.storage.store import MemoryStore
-from tests.support.sites import SERVER_ID, SiteBuilder, binlog_name, position, ref, site_config
+from tests.support.sites import (
+    HISTORY,
+    SERVER_ID,
+    SiteBuilder,
+    binlog_name,
+    position,
+    ref,
+    site_config,
+)
 
 RESTORE_PHASES = (
     "getting_backup_info",
@@ -215,6 +223,7 @@ class FakeDoers:
             server_id=self.server_id,
             position=at,
             now=self.clock.now,
+            history=HISTORY,
             force=force,
         )
         return PromoteDone(result.stream_id, result.new_stream_needed)

@@ -36,7 +36,7 @@ from binhoard.domain.gtid import GtidPosition
 from binhoard.ops.catalog import StreamState, read_site
 from binhoard.ops.promote import promote_stream
 from tests.support.daemon import Harness
-from tests.support.sites import SiteBuilder, position
+from tests.support.sites import HISTORY, SiteBuilder, position
 
 START = datetime(2026, 3, 2, 1, 0, tzinfo=UTC)  # a Monday, 01:00 UTC
 
@@ -464,7 +464,12 @@ def test_a_deposed_primary_stops_backups_and_retention_and_says_so(h: Harness) -
     h.settle()
     (stream,) = read_site(h.doers.store).streams
     taken = promote_stream(
-        h.doers.store, backup_id, server_id=999, position=stream.end_position, now=h.clock.now
+        h.doers.store,
+        backup_id,
+        server_id=999,
+        position=stream.end_position,
+        now=h.clock.now,
+        history=HISTORY,
     )
     assert taken.promotion is not None
     h.doers.rotate()  # the old primary keeps taking writes

@@ -40,6 +40,7 @@ from binhoard.ops.archive import ArchiveLoop, BinlogArchiver
 from binhoard.ops.backup import BackupProgress, create_backup
 from binhoard.ops.catalog import SiteState, StreamState, read_site
 from binhoard.ops.expire import DeletionJournal, prune, retention_policy
+from binhoard.ops.history import local_history
 from binhoard.ops.marks import mark_broken, preserve
 from binhoard.ops.observe import (
     Throttle,
@@ -304,6 +305,7 @@ class OpsDoers:
             server_id=self.settings.server_id,
             position=position,
             now=datetime.now(UTC),
+            history=local_history(self.settings.state_directory),
             force=force,
         )
         return PromoteDone(result.stream_id, result.new_stream_needed)

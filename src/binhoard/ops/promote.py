@@ -10,11 +10,12 @@ other is told so and writes nothing. What a promotion must hold is decided in
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from binhoard.domain.errors import ConflictError, PreconditionFailedError, UsageError
 from binhoard.domain.gtid import GtidPosition
+from binhoard.domain.history import History
 from binhoard.domain.promotion import CannotContinue, Promotion, decide_promotion
 from binhoard.ops.catalog import StreamState, read_site
 from binhoard.ops.sitecache import SiteCache
@@ -41,16 +42,30 @@ def promote_stream(
     server_id: int,
     position: GtidPosition,
     now: datetime,
+    history: History,
     force: bool = False,
     cache: SiteCache | None = None,
 ) -> PromotionResult:
-    """Makes ``server_id`` (at GTID ``position``) the owner of ``stream_id``.
+    """Makes ``server_id`` (at GTID ``position``, of ``history``) the owner of
+    ``stream_id``. A node of another history (restored to an earlier point, then
+    written to: a fork) never takes it over, even with ``force`` or the stream's
+    server_id: it starts a new stream, and the stream stays as it is.
 
     Raises ``ConflictError`` if another node's promotion of the stream landed first
     (between this read and this write) or the node is behind the stream's archive on its
     history without ``force``, ``UsageError`` for a stream that does not exist.
     """
     stream = _stream(store, stream_id, cache)
+    if not history.holds(stream.backup.history_id):
+        reason = (
+            f"this node's history ({history.history_id}: {history.reason}) is not the "
+            f"history of stream {stream_id} "
+            f"({stream.backup.history_id or 'written before history ids'}): its "
+            "transactions would collide with the stream's (the same GTIDs, another "
+            "database); a new stream starts, and the stream stays as it is"
+        )
+        log.warning("cannot continue stream %s: %s", stream_id, reason)
+        return PromotionResult(stream_id, None, reason)
     if stream.closed is not None:
         return PromotionResult(
             stream_id, None, f"stream {stream_id} is closed (a newer stream took over)"
@@ -87,6 +102,7 @@ def promote_stream(
     if isinstance(decision, CannotContinue):
         log.warning("cannot continue stream %s: %s", stream_id, decision.reason)
         return PromotionResult(stream_id, None, decision.reason)
+    decision = replace(decision, history_id=history.history_id)
     try:
         store.put(decision.key, [decision.to_bytes()], if_absent=True)
     except PreconditionFailedError:
