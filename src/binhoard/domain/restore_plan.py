@@ -780,8 +780,11 @@ def plan_restore(
 
 
 def _older_than(backups: Sequence[BackupManifest], backup: BackupManifest) -> list[BackupManifest]:
+    """The backups before ``backup`` of its history: an older backup of the history it
+    was forked from holds another database at the same time or GTID."""
     ids = [b.backup_id for b in backups]
-    return list(backups[: ids.index(backup.backup_id)])
+    older = backups[: ids.index(backup.backup_id)]
+    return [b for b in older if b.history_id == backup.history_id]
 
 
 def _plan_older(

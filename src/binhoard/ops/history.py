@@ -15,8 +15,11 @@ import logging
 from datetime import UTC, datetime
 from pathlib import Path
 
+from binhoard.domain.errors import BinhoardError
 from binhoard.domain.history import History, check_history_id, new_history_id
+from binhoard.domain.restore_plan import Latest, RestorePlan, plan_restore
 from binhoard.localstate import StateFile, exclusive
+from binhoard.ops.catalog import SiteState
 
 log = logging.getLogger("binhoard.history")
 
@@ -85,3 +88,62 @@ def _write(state_directory: Path, history: History) -> None:
             "since": datetime.now(UTC).isoformat(),
         }
     )
+
+
+# --- after a restore ---------------------------------------------------------------------
+def restored_history(
+    state_directory: Path, site: SiteState, plan: RestorePlan, *, replicates: bool
+) -> History:
+    """The history a node has once ``plan`` is restored into it, written down before
+    its datadir is touched. It continues the stream's history when it ends up at the
+    end of an open stream (a restore to the latest transaction), or replicates from the
+    primary (seeding: it catches up on the primary's history); any other restore is a
+    fork, whose writes must start a stream of their own."""
+    stream_id = plan.backup.backup_id
+    stream = next((s for s in site.streams if s.stream_id == stream_id), None)
+    open_end = (
+        isinstance(plan.target, Latest)
+        and stream is not None
+        and stream.closed is None
+        and stream.broken is None
+    )
+    if replicates or open_end:
+        how = "seeded from" if replicates else "restored to the end of"
+        return adopt_history(state_directory, plan.backup.history_id, f"{how} stream {stream_id}")
+    if isinstance(plan.target, Latest):
+        why = "the end of a stream that is closed (a newer stream continues its history)"
+    else:
+        why = "an earlier point than the end of its history"
+    return fork_history(
+        state_directory,
+        f"restored to {plan.target.describe()} of stream {stream_id}, {why}: a fork, "
+        "whose writes start a new stream",
+    )
+
+
+def other_histories(site: SiteState, plan: RestorePlan, approximate_ok: bool) -> list[str]:
+    """The streams of other histories that would also reach ``plan``'s target, as
+    sentences: two histories forked from one another can both hold a time, a GTID (the
+    same sequence numbers) or a binlog position. The plan takes the newest backup that
+    precedes the target, whatever its history; these say which others there are, and
+    how to ask for one (``--backup``, ``stream_id`` over the API)."""
+    chosen = plan.backup.history_id
+    usable = [b for b in site.backups.usable if b.history_id != chosen]
+    catalog = {s.stream_id: s.records for s in site.streams}
+    broken = {b: x.reason for b, x in site.broken_streams.items()}
+    found = []
+    for history_id in dict.fromkeys(b.history_id for b in usable):
+        backups = [b for b in usable if b.history_id == history_id]
+        try:
+            other = plan_restore(
+                backups, catalog, plan.target, approximate_ok=approximate_ok, broken_streams=broken
+            )
+        except (BinhoardError, ValueError):
+            continue  # that history does not reach the target
+        found.append(
+            f"stream {other.backup.backup_id} of another history "
+            f"({history_id or 'written before history ids'}) also reaches "
+            f"{plan.target.describe()}; restore it with --backup {other.backup.backup_id} "
+            f"(stream_id {other.backup.backup_id} over the API)"
+        )
+    return found
