@@ -372,6 +372,12 @@ class StatusOut(_Out):
     binlog_purge: PurgeOut | None = Field(
         description=EXTENSION + "binlog purge's last pass; null before the first one"
     )
+    history: str | None = Field(
+        description=EXTENSION
+        + "this node's history id and where it comes from (a restore to an earlier point "
+        'starts a new one: its writes go to a new stream; docs/format.md, "Histories and '
+        'forks"); null before the first listing of the sites'
+    )
 
 
 class ModeOut(_Out):

@@ -559,11 +559,20 @@ class Controller:
         site = self.settings.backup_settings.upload_site
         return [s for s in (self.view.streams if self.view else ()) if s.site == site]
 
+    def _of_history(self, stream: StreamInfo) -> bool:
+        """Whether ``stream`` is of this node's history: a node restored to an earlier
+        point keeps its server_id, but the streams of the history it was forked from
+        are not its own (domain/history.py)."""
+        history = self.view.history if self.view is not None else None
+        return history is None or history.holds(stream.history_id)
+
     def _own_backups(self) -> list[BackupManifest]:
         return [
             s.manifest
             for s in self._upload_streams()
-            if s.manifest is not None and s.manifest.server_id == self.settings.server_id
+            if s.manifest is not None
+            and s.manifest.server_id == self.settings.server_id
+            and self._of_history(s)
         ]
 
     # --- active: archiving ----------------------------------------------------------------
@@ -668,6 +677,7 @@ class Controller:
             if s.server_id == self.settings.server_id
             and s.closed_at is None
             and s.broken_reason is None
+            and self._of_history(s)
         ]
         bs = self.settings.backup_settings
         due = backup_due(
@@ -675,17 +685,21 @@ class Controller:
         )
         if not own_open or due.due:
             # No open stream of this server: nothing archives its binlogs (first
-            # backup, or a node that took over).
-            why = due.reason if own_open else "no open backup stream of this server"
+            # backup, a node that took over, or one restored to an earlier point).
+            history = self.view.history if self.view is not None else None
+            mine = f" of its history ({history.reason})" if history is not None else ""
+            why = due.reason if own_open else f"no open backup stream of this server{mine}"
             log.info("scheduled backup due: %s", why)
             return BackupRequest(False, "scheduled", self._now)
         return None
 
     def _backup_type(self, request: BackupRequest) -> BackupType:
+        # An incremental builds on a backup of this history only (same server_id, but
+        # LSNs of another database otherwise).
         usable = [
             s.manifest
             for s in self._upload_streams()
-            if s.manifest is not None and s.broken_reason is None
+            if s.manifest is not None and s.broken_reason is None and self._of_history(s)
         ]
         server_id = self.settings.server_id
         if request.reason == "requested":
@@ -856,7 +870,11 @@ class Controller:
         return Snapshot(
             taken_at=self._now,
             status=status_view(
-                self.state, self._deposed, self.purge_view, reload_refused=self.reload_refused
+                self.state,
+                self._deposed,
+                self.purge_view,
+                reload_refused=self.reload_refused,
+                history=self.view.history if self.view is not None else None,
             ),
             backups=backups,
             restore=restore_view(self.state.restore, self.restore_progress),

@@ -25,6 +25,7 @@ from binhoard.config import Settings
 from binhoard.daemon.port import StreamWindow
 from binhoard.daemon.state import BrokenRequest, PreservationRequest, RestoreRecord
 from binhoard.domain.errors import BinhoardError, CancelledError
+from binhoard.domain.history import History
 from binhoard.domain.manifest import BackupManifest, BackupType
 
 log = logging.getLogger("binhoard.daemon")
@@ -58,6 +59,10 @@ class StreamInfo:
     def server_id(self) -> int | None:
         return None if self.manifest is None else self.manifest.server_id
 
+    @property
+    def history_id(self) -> str | None:
+        return None if self.manifest is None else self.manifest.history_id
+
 
 @dataclass(frozen=True)
 class SiteView:
@@ -67,6 +72,9 @@ class SiteView:
     listed_at: datetime
     streams: tuple[StreamInfo, ...]
     failures: Mapping[str, str]
+    # This node's history when the sites were listed (domain/history.py): which of its
+    # server_id's streams and backups are its own. None: not known (all of them are).
+    history: History | None = None
 
 
 @dataclass(frozen=True)

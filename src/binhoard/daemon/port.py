@@ -126,6 +126,7 @@ class StatusView:
     config_reload_error: str | None = None  # why the last SIGHUP applied nothing
     replication_state: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     binlog_purge: PurgeView | None = None
+    history: str | None = None  # this node's history id and why it has it
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from datetime import datetime
 from binhoard.daemon.jobs import RestoreStatus, SiteView, StreamInfo
 from binhoard.daemon.port import BackupView, PurgeView, RestoreView, StatusView
 from binhoard.daemon.state import DaemonState, RestoreRecord
+from binhoard.domain.history import History
 
 # ops/pitr.py's phases as MyHoard names them. ``pending`` is a restore accepted but not
 # started; ``basebackup_restored`` (server started, GTID state set) is the step MyHoard
@@ -48,6 +49,7 @@ def status_view(
     purge: PurgeView | None = None,
     *,
     reload_refused: str | None = None,
+    history: History | None = None,
 ) -> StatusView:
     facts = state.facts
     return StatusView(
@@ -61,6 +63,7 @@ def status_view(
         replication_state=state.control.replication_state,
         deposed=deposed,
         binlog_purge=purge,
+        history=f"{history.history_id}: {history.reason}" if history is not None else None,
     )
 
 

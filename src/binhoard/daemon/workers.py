@@ -83,7 +83,8 @@ class OpsDoers:
                 failures[name] = exc.message
                 continue
             streams += site_streams(name, state, recovery_site=site.recovery_only)
-        return SiteView(listed_at, tuple(streams), failures)
+        history = local_history(self.settings.state_directory)
+        return SiteView(listed_at, tuple(streams), failures, history)
 
     def _cache(self, site: str, location: str) -> SiteCache:
         known = self._caches.get(site)
