@@ -35,6 +35,7 @@ from binhoard.daemon.workers import site_streams
 from binhoard.domain.catalog import closed_key, completed_key
 from binhoard.domain.errors import BinhoardError
 from binhoard.domain.gtid import GtidPosition
+from binhoard.domain.history import History
 from binhoard.domain.manifest import (
     BackupManifest,
     BackupType,
@@ -129,6 +130,8 @@ class FakeDoers:
     purge_blocked_by: str | None = None
     stale_nodes: tuple[str, ...] = ()
     node_position: GtidPosition | None = None  # the server's @@gtid_current_pos at promote
+    retention_runs: int = 0
+    history: History = HISTORY  # the node's (ops/history.py): a test forks it by changing it
 
     def __post_init__(self) -> None:
         self.build = SiteBuilder(self.store, server_id=self.server_id)
@@ -143,7 +146,7 @@ class FakeDoers:
         self._fail("list_sites")
         state = read_site(self.store)
         streams = site_streams("default", state, recovery_site=False)
-        return SiteView(self.clock.now, tuple(streams), {})
+        return SiteView(self.clock.now, tuple(streams), {}, self.history)
 
     def take_backup(self, backup_type: BackupType, work: Work) -> BackupDone:
         self._fail("take_backup")
@@ -160,7 +163,11 @@ class FakeDoers:
             self.rotate()
         open_streams = []
         deposed = self._deposed()
-        streams = [s for s in self.build.backups if s.server_id == self.server_id]
+        streams = [
+            s
+            for s in self.build.backups
+            if s.server_id == self.server_id and self.history.holds(s.history_id)
+        ]
         for backup in streams:
             if backup.backup_id in deposed:
                 continue
@@ -223,7 +230,7 @@ class FakeDoers:
             server_id=self.server_id,
             position=at,
             now=self.clock.now,
-            history=HISTORY,
+            history=self.history,
             force=force,
         )
         return PromoteDone(result.stream_id, result.new_stream_needed)
@@ -237,6 +244,7 @@ class FakeDoers:
 
     def retention(self, work: Work) -> RetentionDone:
         self._fail("retention")
+        self.retention_runs += 1
         policy = retention_policy(self.settings.backup_settings)
         report = prune(self.store, policy, self.clock.now)
         deleted = {d.backup_id for d in report.deleted}
@@ -305,6 +313,7 @@ class FakeDoers:
             lsn=LsnRange(0, 0, 0),
             data=ref(f"backups/{backup_id}/data.xbstream"),
             my_cnf=ref(f"backups/{backup_id}/my.cnf"),
+            history_id=self.history.history_id if server_id is None else None,
         )
         self.store.put(manifest_key(backup_id), [manifest.to_bytes()], if_absent=True)
         self.build.backups.append(manifest)

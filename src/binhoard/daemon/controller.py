@@ -171,9 +171,11 @@ class Controller:
         self._after_listing: list[tuple[int, Callable[[], None]]] = []
         self._next_retention_at: datetime | None = None
         # This server's streams that another node took over, from the last archive pass
-        # (the site is the truth; a restart finds them again at its first pass). While
-        # any, no backup and no retention: a deposed primary writes nothing that counts.
-        self._deposed: tuple[str, ...] = ()
+        # (the site is the truth). While any, no backup, retention or purge: a deposed
+        # primary writes nothing that counts. Kept in the state: until its first pass
+        # finds them again, a restarted daemon goes by what the last one knew.
+        deposed = self.state.facts.deposed
+        self._deposed: tuple[str, ...] = tuple(deposed.splitlines()) if deposed else ()
         self.restore_progress: RestoreStatus | None = None
         # Why the last SIGHUP applied nothing, until one does (GET /status shows it).
         self.reload_refused: str | None = None
@@ -184,6 +186,12 @@ class Controller:
         self._metrics_refreshed: datetime | None = None
         self.crashed: str | None = None  # why run() ended, if not asked to
         log.info("daemon state %s: mode %s", store.path, self.state.mode)
+        if self._deposed:
+            log.error(
+                "DEPOSED at the last archive pass before this start: %s. No backups or "
+                "deletions until a pass says otherwise",
+                "; ".join(self._deposed),
+            )
         self._snapshot = self._build_snapshot()
 
     # --- port.Daemon --------------------------------------------------------------------
@@ -600,7 +608,10 @@ class Controller:
                 "DEPOSED: %s. No more backups or deletions here; stop writes to this server",
                 "; ".join(result.deposed),
             )
+        if not result.deposed and self._deposed:
+            log.warning("no longer deposed: this server owns the streams it archives")
         self._deposed = result.deposed
+        self._facts(deposed="\n".join(result.deposed) or None)
         if result.wrote:
             self._site_changes += 1  # GET /backup shows the new windows and closed streams
         if result.closed_file is not None:

@@ -35,7 +35,7 @@ from binhoard.daemon.port import Mode
 from binhoard.domain.errors import ConflictError
 
 FILE_NAME = "daemon.sqlite"
-SCHEMA_VERSION = 2  # 2: columns added (restore.replicate_from)
+SCHEMA_VERSION = 3  # 2: restore.replicate_from; 3: facts.deposed
 
 RestoreTargetKind = Literal["latest", "time", "gtid", "position"]
 BackupReason = Literal["requested", "scheduled"]
@@ -161,6 +161,10 @@ class Facts:
     last_error: str | None = None
     last_error_at: datetime | None = None
     last_error_job: str | None = None  # whose: cleared when that job next succeeds
+    # The last archive pass's sentences about this server's streams another node took
+    # over, one per line (None: not deposed). Kept so that a restarted daemon takes no
+    # backup and deletes nothing in the seconds before its first pass finds it again.
+    deposed: str | None = None
 
 
 @dataclass(frozen=True)
