@@ -24,7 +24,12 @@ from binhoard.domain.restore_plan import GtidTarget, Latest, plan_restore
 from binhoard.ops.archive import BinlogArchiver
 from binhoard.ops.backup import create_backup
 from binhoard.ops.catalog import StreamState, read_site
-from binhoard.ops.history import fork_history, local_history, other_histories
+from binhoard.ops.history import (
+    fork_history,
+    local_history,
+    other_histories,
+    without_other_histories,
+)
 from binhoard.ops.pitr import PitrRequest, PointInTimeRestore
 from binhoard.ops.promote import promote_stream
 from binhoard.storage.store import MemoryStore, read_all
@@ -158,6 +163,12 @@ def test_a_fork_with_the_same_server_id_never_appends_to_the_old_stream(
     assert old.closed is None and old.broken is None and old.promotions == ()
     assert old.fenced == () and len(old.records) == 2
     assert _stream(store, own.backup_id).completed is not None
+    # Binlog purge asks whether its files are stored: in its own streams only (the old
+    # one has files of the same names and server_id, not its files).
+    ours = without_other_histories(
+        read_site(store), 7, local_history(fork.settings.state_directory)
+    )
+    assert [s.stream_id for s in ours.streams] == [own.backup_id]
 
     # The old primary goes on with its history, untouched by the fork's stream.
     old_primary.server.commit(2)

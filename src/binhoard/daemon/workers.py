@@ -40,7 +40,7 @@ from binhoard.ops.archive import ArchiveLoop, BinlogArchiver
 from binhoard.ops.backup import BackupProgress, create_backup
 from binhoard.ops.catalog import SiteState, StreamState, read_site
 from binhoard.ops.expire import DeletionJournal, prune, retention_policy
-from binhoard.ops.history import local_history
+from binhoard.ops.history import local_history, without_other_histories
 from binhoard.ops.marks import mark_broken, preserve
 from binhoard.ops.observe import (
     Throttle,
@@ -178,6 +178,8 @@ class OpsDoers:
         purger, cache = self._binlog_purger()
         store = open_site(self.settings, metrics=self.metrics)
         site = read_site(store, cache)
+        history = local_history(self.settings.state_directory)
+        site = without_other_histories(site, self.settings.server_id, history)
         work.check()
         report = purger.run(
             site, replication_state, reported_at, observing=observing, now=datetime.now(UTC)

@@ -12,6 +12,7 @@ and it says so in the log.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -88,6 +89,19 @@ def _write(state_directory: Path, history: History) -> None:
             "since": datetime.now(UTC).isoformat(),
         }
     )
+
+
+def without_other_histories(site: SiteState, server_id: int, history: History) -> SiteState:
+    """``site`` without the streams of ``server_id`` that are of another history than
+    ``history``: binlog purge asks whether this node's files are stored, and a stream
+    of the history it was forked from holds files of the same names (and server_id)
+    that are not its files."""
+    streams = tuple(
+        s
+        for s in site.streams
+        if s.backup.server_id != server_id or history.holds(s.backup.history_id)
+    )
+    return replace(site, streams=streams)
 
 
 # --- after a restore ---------------------------------------------------------------------
