@@ -388,6 +388,28 @@ class Harness:
     def mode(self) -> str:
         return self.controller.snapshot().status.mode
 
+    def depose(self, stream_id: str) -> None:
+        """A file more archived into this active node's ``stream_id``, then node 999
+        takes the stream over."""
+        self.doers.rotate()
+        self.step(seconds=6)
+        self.settle()
+        self.take_over(stream_id, 999)
+
+    def take_over(self, stream_id: str, server_id: int) -> None:
+        """Node ``server_id`` promotes itself on ``stream_id`` at the archive's end (of
+        this history): this daemon's server is deposed, or takes it back."""
+        (stream,) = (s for s in read_site(self.doers.store).streams if s.stream_id == stream_id)
+        taken = promote_stream(
+            self.doers.store,
+            stream_id,
+            server_id=server_id,
+            position=stream.end_position,
+            now=self.clock.now,
+            history=HISTORY,
+        )
+        assert taken.promotion is not None
+
 
 def daemon_settings(directory: Path, **overrides: Any) -> Settings:
     """``site_config``'s settings; ``section__key=value`` sets a key of a section."""

@@ -34,9 +34,8 @@ from binhoard.domain.errors import (
 )
 from binhoard.domain.gtid import GtidPosition
 from binhoard.ops.catalog import StreamState, read_site
-from binhoard.ops.promote import promote_stream
 from tests.support.daemon import Harness
-from tests.support.sites import HISTORY, SiteBuilder, position
+from tests.support.sites import SiteBuilder, position
 
 START = datetime(2026, 3, 2, 1, 0, tzinfo=UTC)  # a Monday, 01:00 UTC
 
@@ -459,19 +458,7 @@ def test_a_seeding_restore_is_checked_then_carries_its_primary(tmp_path: Path) -
 
 def test_a_deposed_primary_stops_backups_and_retention_and_says_so(h: Harness) -> None:
     backup_id = activate(h)
-    h.doers.rotate()
-    h.step(seconds=6)
-    h.settle()
-    (stream,) = read_site(h.doers.store).streams
-    taken = promote_stream(
-        h.doers.store,
-        backup_id,
-        server_id=999,
-        position=stream.end_position,
-        now=h.clock.now,
-        history=HISTORY,
-    )
-    assert taken.promotion is not None
+    h.depose(backup_id)
     h.doers.rotate()  # the old primary keeps taking writes
     h.step(seconds=6)
     h.settle()

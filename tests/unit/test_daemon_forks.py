@@ -16,9 +16,7 @@ from binhoard.daemon.jobs import ARCHIVE, BACKUP, RESTORE
 from binhoard.daemon.port import RequestBackup, SetMode
 from binhoard.domain.history import History
 from binhoard.ops.catalog import StreamState, read_site
-from binhoard.ops.promote import promote_stream
 from tests.support.daemon import Harness
-from tests.support.sites import HISTORY
 
 START = datetime(2026, 3, 2, 1, 0, tzinfo=UTC)  # a Monday, 01:00 UTC
 FORK = History("fedcba9876543210", True, "restored to GTID position 0-101-2 of stream S")
@@ -44,19 +42,7 @@ def _stream(h: Harness, stream_id: str) -> StreamState:
 def _deposed(h: Harness) -> str:
     """An active primary (purge enabled) whose stream a node of server_id 999 took over."""
     backup_id = _active(h)
-    h.doers.rotate()
-    h.step(seconds=6)
-    h.settle()
-    stream = _stream(h, backup_id)
-    taken = promote_stream(
-        h.doers.store,
-        backup_id,
-        server_id=999,
-        position=stream.end_position,
-        now=h.clock.now,
-        history=HISTORY,
-    )
-    assert taken.promotion is not None
+    h.depose(backup_id)
     h.step(seconds=6)
     h.settle()
     assert h.controller.snapshot().status.deposed
@@ -97,15 +83,7 @@ def test_the_deposed_fact_survives_a_restart_and_a_pass_that_finds_none_clears_i
     h.restart()
     assert h.controller.snapshot().status.deposed
     # Taken over again (it is promoted back): the next pass says it owns the stream.
-    back = promote_stream(
-        h.doers.store,
-        backup_id,
-        server_id=h.doers.server_id,
-        position=_stream(h, backup_id).end_position,
-        now=h.clock.now,
-        history=HISTORY,
-    )
-    assert back.promotion is not None
+    h.take_over(backup_id, h.doers.server_id)
     h.step(seconds=6)
     h.settle()
     assert h.controller.snapshot().status.deposed == ()

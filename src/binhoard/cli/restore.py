@@ -41,7 +41,11 @@ from binhoard.storage.store import ObjectStore
 @click.option("--to-latest", is_flag=True, help="Apply archived binlogs to the newest one.")
 @click.option("--to-time", help="Stop before the first transaction committed at or after this.")
 @click.option("--to-gtid", help="Stop once this GTID position is reached (0-1-100[,1-2-7]).")
-@click.option("--to-position", help="Stop after the transactions up to FILE:POS of the source.")
+@click.option(
+    "--to-position",
+    help="Stop after the transactions up to FILE:POS of the source (SERVER_ID/FILE:POS in a "
+    "stream another node took over).",
+)
 @click.option(
     "--approximate",
     is_flag=True,
