@@ -67,7 +67,7 @@ def fork_history(state_directory: Path, reason: str) -> History:
     """A new history for a node whose data was restored to an earlier point."""
     history = History(new_history_id(), True, reason)
     _write(state_directory, history)
-    log.warning("new history %s: %s", history.history_id, reason)
+    log.info("new history %s: %s", history.history_id, reason)
     return history
 
 

@@ -395,7 +395,7 @@ class PointInTimeRestore:
             raise
         others = other_histories(site, plan, request.approximate_ok)
         for other in others:
-            log.warning("%s", other)
+            log.info("%s", other)
         # Before the datadir is touched: from here on the node holds neither what it held
         # nor, if this is a fork, anything its old history's streams may continue.
         history = restored_history(
