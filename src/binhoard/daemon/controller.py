@@ -681,7 +681,12 @@ class Controller:
         if paused is not None and self._now < paused:
             return None
         streams = self._upload_streams()
-        usable = [s.manifest for s in streams if s.manifest is not None and not s.broken_reason]
+        # As `binhoard backup create --if-due` counts them: backups of this history.
+        usable = [
+            s.manifest
+            for s in streams
+            if s.manifest is not None and not s.broken_reason and self._of_history(s)
+        ]
         own_open = [
             s
             for s in streams
