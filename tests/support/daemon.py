@@ -45,6 +45,7 @@ from binhoard.daemon.workers import site_streams
 from binhoard.domain.catalog import closed_key, completed_key
 from binhoard.domain.errors import BinhoardError
 from binhoard.domain.gtid import GtidPosition
+from binhoard.domain.history import History
 from binhoard.domain.manifest import (
     BackupManifest,
     BackupType,
@@ -61,7 +62,15 @@ from binhoard.ops.marks import mark_broken, preserve
 from binhoard.ops.promote import promote_stream
 from binhoard.ops.restore_test import choose_backup
 from binhoard.storage.store import MemoryStore
-from tests.support.sites import SERVER_ID, SiteBuilder, binlog_name, position, ref, site_config
+from tests.support.sites import (
+    HISTORY,
+    SERVER_ID,
+    SiteBuilder,
+    binlog_name,
+    position,
+    ref,
+    site_config,
+)
 
 RESTORE_PHASES = (
     "getting_backup_info",
@@ -141,6 +150,8 @@ class FakeDoers:
     # it gives up instead (as an archive that cannot be read).
     catch_up_error: BinhoardError | None = None
     repoints: list[str] = field(default_factory=list)  # the primaries re-pointed at
+    retention_runs: int = 0
+    history: History = HISTORY  # the node's (ops/history.py): a test forks it by changing it
 
     def __post_init__(self) -> None:
         self.build = SiteBuilder(self.store, server_id=self.server_id)
@@ -155,7 +166,7 @@ class FakeDoers:
         self._fail("list_sites")
         state = read_site(self.store)
         streams = site_streams("default", state, recovery_site=False)
-        return SiteView(self.clock.now, tuple(streams), {})
+        return SiteView(self.clock.now, tuple(streams), {}, self.history)
 
     def take_backup(self, backup_type: BackupType, work: Work) -> BackupDone:
         self._fail("take_backup")
@@ -172,7 +183,11 @@ class FakeDoers:
             self.rotate()
         open_streams = []
         deposed = self._deposed()
-        streams = [s for s in self.build.backups if s.server_id == self.server_id]
+        streams = [
+            s
+            for s in self.build.backups
+            if s.server_id == self.server_id and self.history.holds(s.history_id)
+        ]
         for backup in streams:
             if backup.backup_id in deposed:
                 continue
@@ -249,6 +264,7 @@ class FakeDoers:
             server_id=self.server_id,
             position=at,
             now=self.clock.now,
+            history=self.history,
             force=force,
             catch_up=catch_up,
         )
@@ -268,6 +284,7 @@ class FakeDoers:
 
     def retention(self, work: Work) -> RetentionDone:
         self._fail("retention")
+        self.retention_runs += 1
         policy = retention_policy(self.settings.backup_settings)
         report = prune(self.store, policy, self.clock.now)
         deleted = {d.backup_id for d in report.deleted}
@@ -358,6 +375,7 @@ class FakeDoers:
             lsn=LsnRange(0, 0, 0),
             data=ref(f"backups/{backup_id}/data.xbstream"),
             my_cnf=ref(f"backups/{backup_id}/my.cnf"),
+            history_id=self.history.history_id if server_id is None else None,
         )
         self.store.put(manifest_key(backup_id), [manifest.to_bytes()], if_absent=True)
         self.build.backups.append(manifest)
@@ -432,6 +450,28 @@ class SteppedController:
     @property
     def mode(self) -> str:
         return self.controller.snapshot().status.mode
+
+    def depose(self, stream_id: str) -> None:
+        """A file more archived into this active node's ``stream_id``, then node 999
+        takes the stream over."""
+        self.doers.rotate()
+        self.step(seconds=6)
+        self.settle()
+        self.take_over(stream_id, 999)
+
+    def take_over(self, stream_id: str, server_id: int) -> None:
+        """Node ``server_id`` promotes itself on ``stream_id`` at the archive's end (of
+        this history): this daemon's server is deposed, or takes it back."""
+        (stream,) = (s for s in read_site(self.doers.store).streams if s.stream_id == stream_id)
+        taken = promote_stream(
+            self.doers.store,
+            stream_id,
+            server_id=server_id,
+            position=stream.end_position,
+            now=self.clock.now,
+            history=HISTORY,
+        )
+        assert taken.promotion is not None
 
 
 class Harness(SteppedController):

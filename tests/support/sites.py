@@ -19,6 +19,7 @@ from binhoard.domain.catalog import (
     completed_key,
 )
 from binhoard.domain.gtid import Gtid, GtidPosition
+from binhoard.domain.history import History
 from binhoard.domain.manifest import (
     BackupManifest,
     LsnRange,
@@ -30,6 +31,9 @@ from binhoard.storage.store import ObjectStore
 
 EPOCH = datetime(2024, 5, 1, tzinfo=UTC)
 SERVER_ID = 101
+# A node's history that continues what was written before history ids (the sites here
+# write manifests without one) and is not a fork.
+HISTORY = History("0123456789abcdef", False, "the tests' node")
 
 
 def ref(key: str, size: int = 1000) -> ObjectRef:

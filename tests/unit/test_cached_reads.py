@@ -58,16 +58,16 @@ def test_restore_planning_fetches_what_this_host_has_not_read(tmp_path: Path) ->
     settings = parse_settings(site_config(tmp_path), source="test")
     request = PitrRequest("default", {"to_latest": True})
 
-    uncached = restore_of(settings, store, use_cache=False)._plan(request)
+    uncached = restore_of(settings, store, use_cache=False)._plan(request)[0]
     calls = observer.take()
     assert calls["get"] >= RECORDS  # every record, every time
 
-    first = restore_of(settings, store)._plan(request)  # fills this host's cache
+    first = restore_of(settings, store)._plan(request)[0]  # fills this host's cache
     assert observer.take()["get"] == calls["get"]
     # Another restore (or a resume) on this host: listings only, the site decides what
     # exists; and the same plan.
     restore = restore_of(settings, store)
-    again = restore._plan(request)
+    again = restore._plan(request)[0]
     assert observer.take() == {"list": 1 + STREAMS}
     assert again == first == uncached
     assert again.backup.backup_id == _ids()[-1] and len(again.records) == RECORDS - 13 * 357

@@ -21,6 +21,7 @@ from binhoard.domain.promotion import CannotContinue, divergence_in, lacking_rec
 from binhoard.ops.archive import BinlogArchiver
 from binhoard.ops.catalog import StreamState, read_streams
 from binhoard.ops.catchup import ArchiveCatchUp, CatchUpProgress
+from binhoard.ops.history import local_history
 from binhoard.ops.pitr import PitrRequest, PointInTimeRestore
 from binhoard.ops.promote import CATCH_UP_ROUNDS, PromotionResult, promote_stream
 from binhoard.storage.pipeline import decryption_identities
@@ -91,6 +92,7 @@ class Failover:
             server_id=NEW,
             position=GtidPosition.parse(self.replica.facts().gtid_current_pos),
             now=NOW,
+            history=local_history(self.settings.state_directory),
             force=force,
             catch_up=catching_up,
         )

@@ -36,7 +36,6 @@ from binhoard.domain.errors import (
 )
 from binhoard.domain.gtid import GtidPosition
 from binhoard.ops.catalog import StreamState, read_site
-from binhoard.ops.promote import promote_stream
 from tests.support.daemon import Harness
 from tests.support.sites import SiteBuilder, position
 
@@ -523,14 +522,7 @@ def test_re_pointing_is_for_a_node_in_observe_at_an_allowed_primary(
 
 def test_a_deposed_primary_stops_backups_and_retention_and_says_so(h: Harness) -> None:
     backup_id = activate(h)
-    h.doers.rotate()
-    h.step(seconds=6)
-    h.settle()
-    (stream,) = read_site(h.doers.store).streams
-    taken = promote_stream(
-        h.doers.store, backup_id, server_id=999, position=stream.end_position, now=h.clock.now
-    )
-    assert taken.promotion is not None
+    h.depose(backup_id)
     h.doers.rotate()  # the old primary keeps taking writes
     h.step(seconds=6)
     h.settle()

@@ -23,6 +23,7 @@ from binhoard.domain.gtid import Gtid, GtidPosition
 from binhoard.ops.archive import BinlogArchiver
 from binhoard.ops.backup import create_backup
 from binhoard.ops.catalog import read_streams
+from binhoard.ops.history import adopt_history
 from binhoard.ops.pitr import PitrProgress, PitrRequest, PointInTimeRestore
 from binhoard.ops.promote import promote_stream
 from binhoard.ports.server import ServerBinlogs
@@ -72,12 +73,19 @@ def site(tmp_path: Path) -> Site:
         primary.binlogs.flush()
     archiver = BinlogArchiver(primary, store, archive_config(settings), use_cache=False)
     assert archiver.archive_once().problems == []
+    new_settings, new_server = fake_host(tmp_path / "replica", IDENTITY, server_id=NEW)
+    # Seeded from the stream, the replica continues its history.
+    seeded = adopt_history(new_settings.state_directory, full.history_id, "seeded")
     taken = promote_stream(
-        store, full.backup_id, server_id=NEW, position=GtidPosition.parse("0-7-11"), now=START
+        store,
+        full.backup_id,
+        server_id=NEW,
+        position=GtidPosition.parse("0-7-11"),
+        now=START,
+        history=seeded,
     )
     assert taken.promotion is not None
     assert taken.promotion.gtid_position == GtidPosition.parse("0-7-9")
-    new_settings, new_server = fake_host(tmp_path / "replica", IDENTITY, server_id=NEW)
     new_archiver = BinlogArchiver(new_server, store, archive_config(new_settings), use_cache=False)
     report = new_archiver.archive_files(_replica_binlogs(tmp_path / "replica-binlogs"))
     assert report.records_written == 2 and not report.problems

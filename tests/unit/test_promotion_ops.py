@@ -25,7 +25,14 @@ from binhoard.ports.server import ServerBinlogs
 from binhoard.storage.store import MemoryStore, ObjectInfo
 from tests.support.binlogs import BinlogWriter
 from tests.support.fakeserver import fake_archiver
-from tests.support.sites import SERVER_ID, SiteBuilder, position, put_full_backup, site_config
+from tests.support.sites import (
+    HISTORY,
+    SERVER_ID,
+    SiteBuilder,
+    position,
+    put_full_backup,
+    site_config,
+)
 from tests.unit.test_archive_ops import (
     BACKUP_ID,
     IDENTITY,
@@ -59,7 +66,9 @@ def _late(build: SiteBuilder, seq: int) -> BinlogRecord:
 
 def test_a_promotion_is_written_once_and_readers_fence_the_deposed_primary() -> None:
     store, build = _site()
-    result = promote_stream(store, "A", server_id=NEW, position=position(30), now=NOW)
+    result = promote_stream(
+        store, "A", server_id=NEW, position=position(30), now=NOW, history=HISTORY
+    )
     assert result.promotion is not None and result.new_stream_needed is None
     assert (result.promotion.takes_over_at, result.promotion.gtid_position) == (3, position(30))
     late = _late(build, 3)  # the old primary's pass that read the site before it
@@ -69,7 +78,9 @@ def test_a_promotion_is_written_once_and_readers_fence_the_deposed_primary() -> 
     assert (stream.owner, stream.seq_after) == (NEW, 4)
     assert stream.end_position == position(30)
     # Promoting again is nothing new: it owns the stream.
-    again = promote_stream(store, "A", server_id=NEW, position=position(30), now=NOW)
+    again = promote_stream(
+        store, "A", server_id=NEW, position=position(30), now=NOW, history=HISTORY
+    )
     assert again.promotion is None and again.new_stream_needed is None
 
 
@@ -95,11 +106,13 @@ def test_two_nodes_promoting_at_once_exactly_one_wins() -> None:
     won = {}
 
     def other_node() -> None:
-        won["other"] = promote_stream(store, "A", server_id=303, position=position(20), now=NOW)
+        won["other"] = promote_stream(
+            store, "A", server_id=303, position=position(20), now=NOW, history=HISTORY
+        )
 
     store.before_promotion = other_node
     with pytest.raises(ConflictError, match="another node promoted itself"):
-        promote_stream(store, "A", server_id=NEW, position=position(20), now=NOW)
+        promote_stream(store, "A", server_id=NEW, position=position(20), now=NOW, history=HISTORY)
     (stream,) = read_streams(store)
     assert [p.server_id for p in stream.promotions] == [303]
     assert stream.owner == 303 and won["other"].promotion == stream.promotions[0]
@@ -107,9 +120,9 @@ def test_two_nodes_promoting_at_once_exactly_one_wins() -> None:
 
 def test_a_node_promoted_twice_in_one_stream_gets_two_records() -> None:
     store, _ = _site()
-    promote_stream(store, "A", server_id=NEW, position=position(30), now=NOW)
-    promote_stream(store, "A", server_id=SERVER_ID, position=position(30), now=NOW)
-    promote_stream(store, "A", server_id=NEW, position=position(30), now=NOW)
+    promote_stream(store, "A", server_id=NEW, position=position(30), now=NOW, history=HISTORY)
+    promote_stream(store, "A", server_id=SERVER_ID, position=position(30), now=NOW, history=HISTORY)
+    promote_stream(store, "A", server_id=NEW, position=position(30), now=NOW, history=HISTORY)
     (stream,) = read_streams(store)
     assert [p.server_id for p in stream.promotions] == [NEW, SERVER_ID, NEW]
     assert [p.key for p in stream.promotions] == [promotion_key("A", n) for n in range(3)]
@@ -128,11 +141,15 @@ def test_a_node_behind_the_archive_applies_it_first_or_forces(
     store, _ = _site()
     if reason is not None:
         with pytest.raises(ConflictError, match=reason):
-            promote_stream(store, "A", server_id=NEW, position=position(at), now=NOW)
+            promote_stream(
+                store, "A", server_id=NEW, position=position(at), now=NOW, history=HISTORY
+            )
         (stream,) = read_streams(store)
         assert stream.promotions == ()
         return
-    result = promote_stream(store, "A", server_id=NEW, position=position(at), now=NOW, force=force)
+    result = promote_stream(
+        store, "A", server_id=NEW, position=position(at), now=NOW, history=HISTORY, force=force
+    )
     assert result.promotion is not None and result.promotion.forced
     assert result.promotion.takes_over_at == taken_at
     (stream,) = read_streams(store)
@@ -142,7 +159,7 @@ def test_a_node_behind_the_archive_applies_it_first_or_forces(
 def test_a_node_on_another_history_starts_a_new_stream() -> None:
     store, _ = _site()
     other = GtidPosition.parse(f"0-{NEW}-30")  # same seq_no, another server: divergence
-    result = promote_stream(store, "A", server_id=NEW, position=other, now=NOW)
+    result = promote_stream(store, "A", server_id=NEW, position=other, now=NOW, history=HISTORY)
     assert result.promotion is None
     assert (
         result.new_stream_needed is not None
@@ -152,7 +169,7 @@ def test_a_node_on_another_history_starts_a_new_stream() -> None:
 
 def test_an_unreadable_promotion_stops_the_stream_where_ownership_is_known() -> None:
     store, _ = _site()
-    promote_stream(store, "A", server_id=NEW, position=position(30), now=NOW)
+    promote_stream(store, "A", server_id=NEW, position=position(30), now=NOW, history=HISTORY)
     store.put(promotion_key("A", 1), [b"not json"])
     (stream,) = read_site(store).streams
     assert stream.broken is not None and stream.broken.key == promotion_key("A", 1)
@@ -168,7 +185,9 @@ def test_the_deposed_archiver_stops_and_says_so(tmp_path: Path) -> None:
     archiver = fake_archiver(settings_for(tmp_path / "host"), store)
     assert archiver.archive_files(server.binlogs()).records_written == 1
     (stream,) = read_streams(store)
-    result = promote_stream(store, BACKUP_ID, server_id=NEW, position=stream.end_position, now=NOW)
+    result = promote_stream(
+        store, BACKUP_ID, server_id=NEW, position=stream.end_position, now=NOW, history=HISTORY
+    )
     assert result.promotion is not None
     server.write_file(5)  # the deposed primary keeps taking writes
     report = archiver.archive_files(server.binlogs())
@@ -184,7 +203,7 @@ def test_a_cached_reader_sees_a_promotion_that_lands_later(tmp_path: Path) -> No
     store, build = _site()
     cache = open_cache(tmp_path / "state", store.describe())
     read_site(store, cache, incremental=True)
-    promote_stream(store, "A", server_id=NEW, position=position(30), now=NOW)
+    promote_stream(store, "A", server_id=NEW, position=position(30), now=NOW, history=HISTORY)
     late = _late(build, 3)
     (stream,) = read_site(store, cache, incremental=True).streams
     assert stream.owner == NEW and stream.fenced == (late,)
@@ -201,14 +220,21 @@ def test_a_server_given_the_stream_back_continues_from_its_own_binlog_at_the_pos
     archiver = fake_archiver(settings_for(tmp_path / "host"), store)
     archiver.archive_files(server.binlogs())
     (stream,) = read_streams(store)
-    promote_stream(store, BACKUP_ID, server_id=NEW, position=stream.end_position, now=NOW)
+    promote_stream(
+        store, BACKUP_ID, server_id=NEW, position=stream.end_position, now=NOW, history=HISTORY
+    )
     (mine,) = stream.records
     # The new owner's record holds no transaction (it was promoted, then demoted): the
     # stream ends where this server's second file starts.
     theirs = replace(mine, seq=1, server_id=NEW)
     store.put(theirs.key, [theirs.to_bytes()], if_absent=True)
     back = promote_stream(
-        store, BACKUP_ID, server_id=7, position=theirs.gtid_position_at_end, now=NOW
+        store,
+        BACKUP_ID,
+        server_id=7,
+        position=theirs.gtid_position_at_end,
+        now=NOW,
+        history=HISTORY,
     )
     assert back.promotion is not None and back.promotion.takes_over_at == 2
     server.write_file(5)
@@ -265,7 +291,9 @@ def test_the_new_owner_archives_from_inside_its_binlog_at_the_promotion_position
     # The replica replicated 0-7-1..8 (6..8 never archived: the primary died), was
     # promoted at 0-7-8, and wrote 0-202-9..10 in the same binlog.
     _replica_binlog(replica / "binlog.000001", range(1, 9), range(9, 11))
-    taken = promote_stream(store, BACKUP_ID, server_id=NEW, position=P("0-7-8"), now=NOW)
+    taken = promote_stream(
+        store, BACKUP_ID, server_id=NEW, position=P("0-7-8"), now=NOW, history=HISTORY
+    )
     assert taken.promotion is not None
     assert (taken.promotion.takes_over_at, taken.promotion.gtid_position) == (1, P("0-7-5"))
     report = archiver.archive_files(_index(replica, 1))
@@ -283,7 +311,7 @@ def test_a_taken_over_stream_is_closed_once_the_new_owners_own_stream_covers_it(
 ) -> None:
     store, replica, archiver = _primary_died(tmp_path)
     _replica_binlog(replica / "binlog.000001", range(1, 9), range(9, 11))
-    promote_stream(store, BACKUP_ID, server_id=NEW, position=P("0-7-8"), now=NOW)
+    promote_stream(store, BACKUP_ID, server_id=NEW, position=P("0-7-8"), now=NOW, history=HISTORY)
     # The new owner's first full backup, its snapshot inside its next file.
     writer = BinlogWriter(NEW, T0 + 200, (Gtid(0, NEW, 10),))
     writer.transaction(Gtid(0, NEW, 11), T0 + 11, [bytes(50)])
@@ -306,7 +334,7 @@ def test_a_new_owner_whose_binlogs_start_after_the_position_is_told_so(tmp_path:
     writer = BinlogWriter(NEW, T0 + 100, (Gtid(0, OLD, 7),))
     writer.transaction(Gtid(0, NEW, 8), T0 + 8, [bytes(50)])
     writer.close(replica / "binlog.000001")
-    promote_stream(store, BACKUP_ID, server_id=NEW, position=P("0-7-7"), now=NOW)
+    promote_stream(store, BACKUP_ID, server_id=NEW, position=P("0-7-7"), now=NOW, history=HISTORY)
     report = archiver.archive_files(_index(replica, 1))
     assert report.records_written == 0
     (stalled,) = report.streams
@@ -326,7 +354,9 @@ def test_a_deposed_primary_archives_into_none_of_its_streams(tmp_path: Path) -> 
     archiver = fake_archiver(settings_for(tmp_path / "host"), store)
     # Taken over before this server archived anything (a new owner restored from the
     # backup alone; it replicated 0-7-1..5 and continues from the snapshot).
-    taken = promote_stream(store, BACKUP_ID, server_id=NEW, position=P("0-7-5"), now=NOW)
+    taken = promote_stream(
+        store, BACKUP_ID, server_id=NEW, position=P("0-7-5"), now=NOW, history=HISTORY
+    )
     assert taken.promotion is not None and taken.promotion.takes_over_at == 0
     server.write_file(5)
     report = archiver.archive_files(server.binlogs())

@@ -22,6 +22,7 @@ from binhoard.domain.errors import PlanError, UsageError
 from binhoard.domain.gtid import Gtid, GtidPosition
 from binhoard.domain.manifest import BackupManifest, LsnRange, ObjectRef, SnapshotPosition
 from binhoard.domain.restore_plan import (
+    AmbiguousPositionError,
     ArchiveGapError,
     ArchiveInconsistentError,
     BrokenBackupError,
@@ -975,3 +976,57 @@ def test_any_takeover_inside_a_file_replays_exactly_the_history_prefix(
         assert [e.gtid.format() for e in applied(resolved, tables)] == history[:n]
     _, resolved = run(Latest(), backups=[before.backup], catalog=catalog, tables=tables)
     assert [e.gtid.format() for e in applied(resolved, tables)] == history
+
+
+# --- a binlog position across a takeover: file names of two servers -------------------------
+def _end_of_file(tables: dict[tuple[str, int], TransactionTable], seq: int) -> int:
+    return tables["X", seq].end_offsets[-1]
+
+
+def test_a_position_in_a_file_name_two_servers_have_must_name_its_server() -> None:
+    kept, tables = _across_a_promotion()  # binlog.000001..2 of server 1, then of server 2
+    backup = build_stream("X", [[("0-1-1", 100)]], completed=90).backup
+    end = _end_of_file(tables, 3)
+    with pytest.raises(AmbiguousPositionError) as caught:
+        run(pos(f"binlog.000001:{end}"), backups=[backup], catalog={"X": kept}, tables=tables)
+    message = str(caught.value)
+    assert "server 1's (record 0) and server 2's (record 3)" in message
+    assert f"give 1/binlog.000001:{end} or 2/binlog.000001:{end}" in message
+    _, resolved = run(
+        pos(f"2/binlog.000001:{end}"), backups=[backup], catalog={"X": kept}, tables=tables
+    )
+    assert [e.gtid.format() for e in applied(resolved, tables)] == [
+        "0-1-1",
+        "0-1-2",
+        "0-1-3",
+        "0-2-4",
+        "0-2-5",
+    ]
+    _, resolved = run(
+        pos(f"1/binlog.000002:{_end_of_file(tables, 1)}"),
+        backups=[backup],
+        catalog={"X": kept},
+        tables=tables,
+    )
+    assert [e.gtid.format() for e in applied(resolved, tables)] == ["0-1-1", "0-1-2", "0-1-3"]
+
+
+def test_a_position_in_a_file_only_the_new_owner_has_needs_no_server() -> None:
+    kept, tables = _across_a_promotion()
+    # The new owner's files are binlog.000003..4 here: no name is in the stream twice.
+    kept = [replace(r, name=f"binlog.{r.seq:06d}") if r.server_id == 2 else r for r in kept]
+    backup = build_stream("X", [[("0-1-1", 100)]], completed=90).backup
+    plan = plan_restore([backup], {"X": kept}, pos(f"binlog.000004:{_end_of_file(tables, 4)}"))
+    assert plan.records[-1].seq == 4
+    # A name neither server has in the stream is ambiguous: whose would it be?
+    with pytest.raises(AmbiguousPositionError, match=r"give 1/binlog.000009:4 or 2/binlog"):
+        plan_restore([backup], {"X": kept}, pos("binlog.000009:4"))
+
+
+def test_a_position_names_its_server_on_the_command_line_and_the_api() -> None:
+    assert pos("7/binlog.000042:1234") == FilePosTarget("binlog.000042", 1234, 7)
+    assert pos("7/binlog.000042:1234").describe() == "binlog position 7/binlog.000042:1234"
+    assert pos("binlog.000042:1234").server_id is None
+    for bad in ("x/binlog.000042:1234", "7/binlog.000042", "/binlog.000042:5"):
+        with pytest.raises(TargetSyntaxError):
+            pos(bad)

@@ -37,6 +37,7 @@ from binhoard.ops.archive import (
     read_archive_status,
 )
 from binhoard.ops.catalog import StreamState, read_site
+from binhoard.ops.history import local_history, without_other_histories
 from binhoard.ops.purge import BinlogPurger
 from binhoard.ops.site import BackupEntry
 from binhoard.ops.sitecache import open_cache
@@ -329,6 +330,8 @@ def purge_command(
     store = open_site(settings, metrics=metrics)
     with open_cache(settings.state_directory, store.describe()) as cache:
         site = read_site(store, cache)
+    history = local_history(settings.state_directory)
+    site = without_other_histories(site, settings.server_id, history)
     purger = BinlogPurger(
         open_server(settings), settings.server_id, settings.binlog_purge_settings, metrics
     )

@@ -14,6 +14,7 @@ from binhoard.config import Settings, load_settings
 from binhoard.domain.errors import BinhoardError, UsageError
 from binhoard.domain.restore_plan import parse_target
 from binhoard.ops.archive import archive_end_notes
+from binhoard.ops.history import fork_history
 from binhoard.ops.observe import Throttle, record_restore_progress
 from binhoard.ops.pitr import PitrProgress, PitrRequest, PointInTimeRestore
 from binhoard.ops.restore_backup import RestoreProgress, restore_backup, start_restored_server
@@ -40,7 +41,11 @@ from binhoard.storage.store import ObjectStore
 @click.option("--to-latest", is_flag=True, help="Apply archived binlogs to the newest one.")
 @click.option("--to-time", help="Stop before the first transaction committed at or after this.")
 @click.option("--to-gtid", help="Stop once this GTID position is reached (0-1-100[,1-2-7]).")
-@click.option("--to-position", help="Stop after the transactions up to FILE:POS of the source.")
+@click.option(
+    "--to-position",
+    help="Stop after the transactions up to FILE:POS of the source (SERVER_ID/FILE:POS in a "
+    "stream another node took over).",
+)
 @click.option(
     "--approximate",
     is_flag=True,
@@ -122,6 +127,15 @@ def restore_command(  # noqa: PLR0917 - click passes one parameter per option
             temporary_directory=settings.temporary_directory,
             progress=show,
         )
+    if target == settings.mysql.data_directory.resolve():
+        # The configured server now holds the snapshot, an earlier point than its
+        # history's end as a rule: what it commits from here is a fork (docs/format.md).
+        history = fork_history(
+            settings.state_directory,
+            f"backup {manifest.backup_id} restored to its snapshot: a fork, whose writes "
+            "start a new stream",
+        )
+        click.echo(f"this server's history is now {history.history_id}: {history.reason}")
     if start:
         if target != settings.mysql.data_directory.resolve():
             raise UsageError("--start needs the restore to go to mysql.data_directory")
@@ -198,10 +212,15 @@ def _point_in_time(
         if warning is not None:
             click.echo(f"WARNING: {warning}", err=True)
     click.echo(
-        f"restored backup {result.backup_id} and {result.binlogs_restored} binlog files "
-        f"({result.transactions_applied} transactions) to {result.target}; the server is "
-        f"running read-only at GTID {restore.state.get('final_gtid_position') or '(empty)'}"
+        f"restored backup {result.backup_id} (stream {result.backup_id}) and "
+        f"{result.binlogs_restored} binlog files ({result.transactions_applied} "
+        f"transactions) to {result.target}; the server is running read-only at GTID "
+        f"{restore.state.get('final_gtid_position') or '(empty)'}"
     )
+    if restore.state.get("history"):
+        click.echo(f"this server's history: {restore.state['history']}")
+    for other in restore.state.get("other_histories") or ():
+        click.echo(f"NOTE: {other}", err=True)
     primary = restore.state.get("replicate_from")
     if primary:
         click.echo(

@@ -27,7 +27,7 @@ from pydantic import (
 
 from binhoard.daemon.port import RESTORE_PHASES, Mode
 from binhoard.domain.gtid import GtidPosition
-from binhoard.domain.restore_plan import FilePosTarget, GtidTarget
+from binhoard.domain.restore_plan import GtidTarget, TargetSyntaxError, parse_position_target
 
 EXTENSION = "binhoard extension: "
 # Longest a request may ask to wait for its work (wait_for_upload and the like): long
@@ -86,14 +86,10 @@ def _gtid_position(value: str) -> str:
 
 
 def _binlog_position(value: str) -> str:
-    file, _, offset = value.strip().rpartition(":")
-    if not file or not offset.isdigit():
-        raise ValueError("is not FILE:POS (such as binlog.000042:1234)")
     try:
-        target = FilePosTarget(file, int(offset))
-    except ValueError as exc:
-        raise ValueError(str(exc)) from None
-    return f"{target.file}:{target.pos}"
+        return parse_position_target(value).text
+    except TargetSyntaxError as exc:
+        raise ValueError(exc.message.removeprefix("--to-position: ")) from None
 
 
 def _known_gtid_position(value: str) -> str:
@@ -414,6 +410,12 @@ class StatusOut(_Out):
         description=EXTENSION
         + "HOST:PORT of the primary this node replicates from (seeded with replicate_from, "
         "or re-pointed); null when it replicates from none"
+    )
+    history: str | None = Field(
+        description=EXTENSION
+        + "this node's history id and where it comes from (a restore to an earlier point "
+        'starts a new one: its writes go to a new stream; docs/format.md, "Histories and '
+        'forks"); null before the first listing of the sites'
     )
 
 

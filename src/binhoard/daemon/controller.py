@@ -181,9 +181,11 @@ class Controller:
         self._after_listing: list[tuple[int, Callable[[], None]]] = []
         self._next_retention_at: datetime | None = None
         # This server's streams that another node took over, from the last archive pass
-        # (the site is the truth; a restart finds them again at its first pass). While
-        # any, no backup and no retention: a deposed primary writes nothing that counts.
-        self._deposed: tuple[str, ...] = ()
+        # (the site is the truth). While any, no backup, retention or purge: a deposed
+        # primary writes nothing that counts. Kept in the state: until its first pass
+        # finds them again, a restarted daemon goes by what the last one knew.
+        deposed = self.state.facts.deposed
+        self._deposed: tuple[str, ...] = tuple(deposed.splitlines()) if deposed else ()
         self.restore_progress: RestoreStatus | None = None
         self.promote_progress: PromoteStatus | None = None  # of the promotion under way
         # Why the last SIGHUP applied nothing, until one does (GET /status shows it).
@@ -196,6 +198,12 @@ class Controller:
         self._metrics_refreshed: datetime | None = None
         self.crashed: str | None = None  # why run() ended, if not asked to
         log.info("daemon state %s: mode %s", store.path, self.state.mode)
+        if self._deposed:
+            log.error(
+                "DEPOSED at the last archive pass before this start: %s. No backups or "
+                "deletions until a pass says otherwise",
+                "; ".join(self._deposed),
+            )
         self._snapshot = self._build_snapshot()
 
     # --- port.Daemon --------------------------------------------------------------------
@@ -605,11 +613,20 @@ class Controller:
         site = self.settings.backup_settings.upload_site
         return [s for s in (self.view.streams if self.view else ()) if s.site == site]
 
+    def _of_history(self, stream: StreamInfo) -> bool:
+        """Whether ``stream`` is of this node's history: a node restored to an earlier
+        point keeps its server_id, but the streams of the history it was forked from
+        are not its own (domain/history.py)."""
+        history = self.view.history if self.view is not None else None
+        return history is None or history.holds(stream.history_id)
+
     def _own_backups(self) -> list[BackupManifest]:
         return [
             s.manifest
             for s in self._upload_streams()
-            if s.manifest is not None and s.manifest.server_id == self.settings.server_id
+            if s.manifest is not None
+            and s.manifest.server_id == self.settings.server_id
+            and self._of_history(s)
         ]
 
     # --- active: archiving ----------------------------------------------------------------
@@ -637,7 +654,10 @@ class Controller:
                 "DEPOSED: %s. No more backups or deletions here; stop writes to this server",
                 "; ".join(result.deposed),
             )
+        if not result.deposed and self._deposed:
+            log.warning("no longer deposed: this server owns the streams it archives")
         self._deposed = result.deposed
+        self._facts(deposed="\n".join(result.deposed) or None)
         if result.wrote:
             self._site_changes += 1  # GET /backup shows the new windows and closed streams
         if result.closed_file is not None:
@@ -707,13 +727,19 @@ class Controller:
         if paused is not None and self._now < paused:
             return None
         streams = self._upload_streams()
-        usable = [s.manifest for s in streams if s.manifest is not None and not s.broken_reason]
+        # As `binhoard backup create --if-due` counts them: backups of this history.
+        usable = [
+            s.manifest
+            for s in streams
+            if s.manifest is not None and not s.broken_reason and self._of_history(s)
+        ]
         own_open = [
             s
             for s in streams
             if s.server_id == self.settings.server_id
             and s.closed_at is None
             and s.broken_reason is None
+            and self._of_history(s)
         ]
         bs = self.settings.backup_settings
         due = backup_due(
@@ -721,17 +747,21 @@ class Controller:
         )
         if not own_open or due.due:
             # No open stream of this server: nothing archives its binlogs (first
-            # backup, or a node that took over).
-            why = due.reason if own_open else "no open backup stream of this server"
+            # backup, a node that took over, or one restored to an earlier point).
+            history = self.view.history if self.view is not None else None
+            mine = f" of its history ({history.reason})" if history is not None else ""
+            why = due.reason if own_open else f"no open backup stream of this server{mine}"
             log.info("scheduled backup due: %s", why)
             return BackupRequest(False, "scheduled", self._now)
         return None
 
     def _backup_type(self, request: BackupRequest) -> BackupType:
+        # An incremental builds on a backup of this history only (same server_id, but
+        # LSNs of another database otherwise).
         usable = [
             s.manifest
             for s in self._upload_streams()
-            if s.manifest is not None and s.broken_reason is None
+            if s.manifest is not None and s.broken_reason is None and self._of_history(s)
         ]
         server_id = self.settings.server_id
         if request.reason == "requested":
@@ -1017,6 +1047,7 @@ class Controller:
                 self.purge_view,
                 reload_refused=self.reload_refused,
                 promotion=self.promote_progress,
+                history=self.view.history if self.view is not None else None,
             ),
             backups=backups,
             restore=restore_view(self.state.restore, self.restore_progress),

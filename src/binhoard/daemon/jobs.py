@@ -30,6 +30,7 @@ from binhoard.daemon.state import (
     RestoreTestResult,
 )
 from binhoard.domain.errors import BinhoardError, CancelledError
+from binhoard.domain.history import History
 from binhoard.domain.manifest import BackupManifest, BackupType
 
 log = logging.getLogger("binhoard.daemon")
@@ -65,6 +66,10 @@ class StreamInfo:
     def server_id(self) -> int | None:
         return None if self.manifest is None else self.manifest.server_id
 
+    @property
+    def history_id(self) -> str | None:
+        return None if self.manifest is None else self.manifest.history_id
+
 
 @dataclass(frozen=True)
 class SiteView:
@@ -74,6 +79,9 @@ class SiteView:
     listed_at: datetime
     streams: tuple[StreamInfo, ...]
     failures: Mapping[str, str]
+    # This node's history when the sites were listed (domain/history.py): which of its
+    # server_id's streams and backups are its own. None: not known (all of them are).
+    history: History | None = None
 
 
 @dataclass(frozen=True)

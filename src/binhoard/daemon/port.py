@@ -155,6 +155,7 @@ class StatusView:
     binlog_purge: PurgeView | None = None
     promotion: PromotionView | None = None
     replicating_from: str | None = None  # HOST:PORT of this replica's primary
+    history: str | None = None  # this node's history id and why it has it
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,10 @@ from binhoard.daemon.port import Mode, RestoreTestView
 from binhoard.domain.errors import ConflictError
 
 FILE_NAME = "daemon.sqlite"
-SCHEMA_VERSION = 3  # 2: restore.replicate_from; 3: control.replicating_from (columns added)
+# Each version only adds columns or tables (_migrate); the number tells an older binhoard
+# that the file is newer than it. 2: restore.replicate_from; 3: control.replicating_from;
+# 4: facts.deposed, facts.last_restore_test_at and the restore tests' results.
+SCHEMA_VERSION = 4
 
 RestoreTargetKind = Literal["latest", "time", "gtid", "position"]
 BackupReason = Literal["requested", "scheduled"]
@@ -190,6 +193,10 @@ class Facts:
     last_error_at: datetime | None = None
     last_error_job: str | None = None  # whose: cleared when that job next succeeds
     last_restore_test_at: datetime | None = None  # the last scheduled one's start
+    # The last archive pass's sentences about this server's streams another node took
+    # over, one per line (None: not deposed). Kept so that a restarted daemon takes no
+    # backup and deletes nothing in the seconds before its first pass finds it again.
+    deposed: str | None = None
 
 
 @dataclass(frozen=True)

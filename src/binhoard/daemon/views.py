@@ -9,6 +9,7 @@ from datetime import datetime
 from binhoard.daemon.jobs import PromoteStatus, RestoreStatus, SiteView, StreamInfo
 from binhoard.daemon.port import BackupView, PromotionView, PurgeView, RestoreView, StatusView
 from binhoard.daemon.state import DaemonState, RestoreRecord, RestoreTestResult
+from binhoard.domain.history import History
 
 # ops/pitr.py's phases as MyHoard names them. ``pending`` is a restore accepted but not
 # started; ``basebackup_restored`` (server started, GTID state set) is the step MyHoard
@@ -72,6 +73,7 @@ def status_view(
     *,
     reload_refused: str | None = None,
     promotion: PromoteStatus | None = None,
+    history: History | None = None,
 ) -> StatusView:
     facts = state.facts
     return StatusView(
@@ -87,6 +89,7 @@ def status_view(
         binlog_purge=purge,
         promotion=_promotion_view(promotion) if state.mode == "promote" else None,
         replicating_from=state.control.replicating_from,
+        history=f"{history.history_id}: {history.reason}" if history is not None else None,
     )
 
 

@@ -59,6 +59,7 @@ from binhoard.ops.backup import BackupProgress, create_backup
 from binhoard.ops.catalog import SiteState, StreamState, read_site
 from binhoard.ops.catchup import ArchiveCatchUp, CatchUpProgress
 from binhoard.ops.expire import DeletionJournal, prune, retention_policy
+from binhoard.ops.history import local_history, without_other_histories
 from binhoard.ops.marks import mark_broken, preserve
 from binhoard.ops.observe import (
     Throttle,
@@ -114,7 +115,8 @@ class OpsDoers:
                 failures[name] = exc.message
                 continue
             streams += site_streams(name, state, recovery_site=site.recovery_only)
-        return SiteView(listed_at, tuple(streams), failures)
+        history = local_history(self.settings.state_directory)
+        return SiteView(listed_at, tuple(streams), failures, history)
 
     def _cache(self, site: str, location: str) -> SiteCache:
         known = self._caches.get(site)
@@ -208,6 +210,8 @@ class OpsDoers:
         purger, cache = self._binlog_purger()
         store = self._open_site(self.settings, metrics=self.metrics)
         site = read_site(store, cache)
+        history = local_history(self.settings.state_directory)
+        site = without_other_histories(site, self.settings.server_id, history)
         work.check()
         report = purger.run(
             site, replication_state, reported_at, observing=observing, now=datetime.now(UTC)
@@ -415,6 +419,7 @@ class OpsDoers:
             server_id=self.settings.server_id,
             position=GtidPosition.parse(server.facts().gtid_current_pos),
             now=datetime.now(UTC),
+            history=local_history(self.settings.state_directory),
             force=force,
             catch_up=catching_up,
         )

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from binhoard.domain.documents import CorruptDocumentError, seal, unseal
+from binhoard.domain.history import check_history_id
 
 BackupType = Literal["full", "incremental"]
 
@@ -98,14 +99,20 @@ class BackupManifest:
     data: ObjectRef
     my_cnf: ObjectRef
     extra: dict[str, Any] = field(default_factory=dict)
+    # The history of the server it was taken of (domain/history.py); None in manifests
+    # written before history ids existed.
+    history_id: str | None = None
 
     @property
     def duration_seconds(self) -> float:
         return (self.completed_at - self.started_at).total_seconds()
 
     def to_bytes(self) -> bytes:
+        # Written only when known: a manifest without one reads back exactly as it was.
+        history = {} if self.history_id is None else {"history_id": self.history_id}
         return seal(
             {
+                **history,
                 "backup_id": self.backup_id,
                 "backup_type": self.backup_type,
                 "parent_backup_id": self.parent_backup_id,
@@ -147,6 +154,7 @@ class BackupManifest:
                 data=ObjectRef.from_dict(doc["objects"]["data"]),
                 my_cnf=ObjectRef.from_dict(doc["objects"]["my_cnf"]),
                 extra=dict(doc.get("extra", {})),
+                history_id=check_history_id(doc.get("history_id")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CorruptDocumentError(key, f"missing or invalid field: {exc}") from None

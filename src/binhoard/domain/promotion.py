@@ -31,6 +31,7 @@ from binhoard.domain.binlog import describe_problem
 from binhoard.domain.catalog import SEQ_DIGITS, BinlogRecord, chain_problems
 from binhoard.domain.documents import CorruptDocumentError, seal, unseal
 from binhoard.domain.gtid import Gtid, GtidPosition
+from binhoard.domain.history import check_history_id
 
 
 def promotions_prefix(stream_id: str) -> str:
@@ -67,14 +68,19 @@ class Promotion:
     gtid_position: GtidPosition
     at: datetime
     forced: bool = False
+    # The new owner's history (domain/history.py): always the stream's, which a node of
+    # another history cannot take over. None in records written before history ids.
+    history_id: str | None = None
 
     @property
     def key(self) -> str:
         return promotion_key(self.stream_id, self.seq)
 
     def to_bytes(self) -> bytes:
+        history = {} if self.history_id is None else {"history_id": self.history_id}
         return seal(
             {
+                **history,
                 "stream_id": self.stream_id,
                 "seq": self.seq,
                 "server_id": self.server_id,
@@ -102,6 +108,7 @@ class Promotion:
                 gtid_position=GtidPosition.parse(str(doc["gtid_position"])),
                 at=datetime.fromisoformat(str(doc["at"])),
                 forced=forced,
+                history_id=check_history_id(doc.get("history_id")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CorruptDocumentError(key, f"missing or invalid field: {exc}") from None

@@ -97,7 +97,7 @@ _UNIX_RE = re.compile(r"@([0-9]+)")
 _LAST_SECOND = (datetime.max.replace(tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(
     seconds=1
 )
-_POS_RE = re.compile(r"(.+):([0-9]+)")
+_POS_RE = re.compile(r"(?:([0-9]+)/)?([^/]+):([0-9]+)")
 
 
 # --- errors ------------------------------------------------------------------------------
@@ -135,6 +135,10 @@ class ArchiveGapError(PlanError):
     def __init__(self, message: str, problems: Sequence[SegmentProblem]) -> None:
         self.problems = tuple(problems)
         super().__init__(message)
+
+
+class AmbiguousPositionError(PlanError):
+    """A ``FILE:POS`` target in a stream that holds files of that name of two servers."""
 
 
 class TargetUnreachableError(PlanError):
@@ -224,18 +228,29 @@ class GtidTarget:
 @dataclass(frozen=True, slots=True)
 class FilePosTarget:
     """Every transaction of the binlog files before ``file``, and those of ``file`` that
-    end at or before byte ``pos`` (coordinates as ``SHOW MASTER STATUS`` gives them)."""
+    end at or before byte ``pos`` (coordinates as ``SHOW MASTER STATUS`` gives them), of
+    the server ``server_id``. A stream taken over by another node holds the binlogs of
+    two servers, whose names both start at ``binlog.000001``: there the position must
+    name its server (``SERVER_ID/FILE:POS``); ``None`` where one server's files are all
+    the stream has of that name."""
 
     file: str
     pos: int
+    server_id: int | None = None
 
     def __post_init__(self) -> None:
         binlog_sort_key(self.file)  # raises ValueError for a name without a number
         if type(self.pos) is not int or self.pos < 4:
             raise ValueError(f"a binlog position is a byte offset >= 4, not {self.pos!r}")
 
+    @property
+    def text(self) -> str:
+        """As ``--to-position`` takes it."""
+        server = "" if self.server_id is None else f"{self.server_id}/"
+        return f"{server}{self.file}:{self.pos}"
+
     def describe(self) -> str:
-        return f"binlog position {self.file}:{self.pos}"
+        return f"binlog position {self.text}"
 
 
 Target = Latest | TimeTarget | GtidTarget | FilePosTarget
@@ -271,12 +286,20 @@ def parse_gtid_target(text: str) -> GtidTarget:
 
 
 def parse_position_target(text: str) -> FilePosTarget:
-    """``--to-position``: ``FILE:POS``, such as ``binlog.000042:1234``."""
+    """``--to-position``: ``FILE:POS``, such as ``binlog.000042:1234``, or
+    ``SERVER_ID/FILE:POS`` (``7/binlog.000042:1234``) in a stream that holds the
+    binlogs of two servers (after a takeover)."""
     match = _POS_RE.fullmatch(text.strip())
     if match is None:
-        raise TargetSyntaxError(f"--to-position: {text!r} is not FILE:POS (binlog.000042:1234)")
+        raise TargetSyntaxError(
+            f"--to-position: {text!r} is not FILE:POS (binlog.000042:1234) or "
+            "SERVER_ID/FILE:POS (7/binlog.000042:1234)"
+        )
+    server = match.group(1)
     try:
-        return FilePosTarget(match.group(1), int(match.group(2)))
+        return FilePosTarget(
+            match.group(2), int(match.group(3)), int(server) if server is not None else None
+        )
     except ValueError as exc:
         raise TargetSyntaxError(f"--to-position: {exc}") from None
 
@@ -430,9 +453,24 @@ def _precedes(backup: BackupManifest, target: Target) -> bool:
     if isinstance(target, GtidTarget):
         snapshot = _snapshot_gtid(backup)
         return target.position.covers(snapshot) and not _same_history(target.position, snapshot)
+    if target.server_id is not None and target.server_id != backup.server_id:
+        return False  # another server's file: only the stream's records can say
     here = _coordinates(backup.snapshot.binlog_file, backup.snapshot.binlog_pos)
     there = _coordinates(target.file, target.pos)
     return here is not None and there is not None and here[0][0] == there[0][0] and here <= there
+
+
+def _holds_taken_over_file(
+    backup: BackupManifest, records: Sequence[BinlogRecord], target: FilePosTarget
+) -> bool:
+    """Whether the stream holds the target's file as written by a server that took it
+    over (its snapshot, in the backup's server's files, says nothing about those)."""
+    return any(
+        r.name == target.file
+        and r.server_id != backup.server_id
+        and target.server_id in (None, r.server_id)
+        for r in records
+    )
 
 
 def _where(backup: BackupManifest) -> str:
@@ -446,24 +484,37 @@ def _where(backup: BackupManifest) -> str:
 
 
 def choose_backup(
-    backups: Sequence[BackupManifest], target: Target, *, backup_id: str | None = None
+    backups: Sequence[BackupManifest],
+    target: Target,
+    *,
+    backup_id: str | None = None,
+    catalog: Mapping[str, Sequence[BinlogRecord]] | None = None,
 ) -> BackupManifest:
     """The newest backup (``backups`` are oldest first) whose snapshot is known to be at
-    or before ``target``; with ``backup_id``, that backup, if it is."""
+    or before ``target``; with ``backup_id``, that backup, if it is. For a binlog
+    position, also one whose stream (in ``catalog``) holds the file as written by a
+    server that took the stream over."""
+
+    def precedes(backup: BackupManifest) -> bool:
+        if _precedes(backup, target):
+            return True
+        records = (catalog or {}).get(backup.backup_id, ())
+        return isinstance(target, FilePosTarget) and _holds_taken_over_file(backup, records, target)
+
     if not backups:
         raise NoBackupError("there is no backup to restore from")
     if backup_id is not None:
         chosen = [b for b in backups if b.backup_id == backup_id]
         if not chosen:
             raise UnknownBackupError(f"there is no backup {backup_id}")
-        if not _precedes(chosen[0], target):
+        if not precedes(chosen[0]):
             raise TargetBeforeSnapshotError(
                 f"{target.describe()} is not known to be after the snapshot of backup "
                 f"{_where(chosen[0])}"
             )
         return chosen[0]
     for backup in reversed(backups):
-        if _precedes(backup, target):
+        if precedes(backup):
             return backup
     if isinstance(target, GtidTarget):
         _refuse_missing_domains(backups, target)
@@ -656,11 +707,21 @@ def _plan_position(
     target: FilePosTarget,
 ) -> _Planned:
     snap = backup.snapshot
-    if (target.file, target.pos) == (snap.binlog_file, snap.binlog_pos):
+    server = _position_server(backup, records, target)
+    at_snapshot = (server, target.file, target.pos)
+    if at_snapshot == (backup.server_id, snap.binlog_file, snap.binlog_pos):
         return (), _end_of(())
     key = binlog_sort_key(target.file)
     try:
-        last = next((i for i, r in enumerate(records) if binlog_sort_key(r.name) >= key), None)
+        # File names increase within one server's records (a new owner's start again).
+        last = next(
+            (
+                i
+                for i, r in enumerate(records)
+                if r.server_id == server and binlog_sort_key(r.name) >= key
+            ),
+            None,
+        )
     except ValueError as exc:
         raise ArchiveInconsistentError(f"backup {backup.backup_id}: {exc}") from None
     if last is None:
@@ -686,6 +747,44 @@ def _plan_position(
     return records[: last + 1], StopSpec(
         "exact", f"after the last transaction ending at or before {target.file}:{target.pos}"
     )
+
+
+def _position_server(
+    backup: BackupManifest, records: Sequence[BinlogRecord], target: FilePosTarget
+) -> int:
+    """The server whose file ``target`` names: its own ``server_id``, else the one server
+    of the stream whose records have that file name. After a takeover a stream holds
+    the files of two servers, each from ``binlog.000001``: a name two of them have, or a
+    name none of them has, must say which server's it is."""
+    if target.server_id is not None:
+        return target.server_id
+    holders: dict[int, BinlogRecord] = {}
+    for record in records:
+        if record.name == target.file:
+            holders.setdefault(record.server_id, record)
+    servers = sorted({backup.server_id, *(r.server_id for r in records)})
+    if len(holders) == 1:
+        return next(iter(holders))
+    if len(holders) > 1:
+        found = " and ".join(
+            f"server {sid}'s (record {r.seq})" for sid, r in sorted(holders.items())
+        )
+        asks = " or ".join(
+            FilePosTarget(target.file, target.pos, sid).text for sid in sorted(holders)
+        )
+        raise AmbiguousPositionError(
+            f"--to-position {target.text} is ambiguous: the archive of backup "
+            f"{backup.backup_id} holds {target.file} of two servers, {found} (the stream "
+            f"was taken over); give {asks}"
+        )
+    if len(servers) > 1:
+        asks = " or ".join(FilePosTarget(target.file, target.pos, sid).text for sid in servers)
+        raise AmbiguousPositionError(
+            f"--to-position {target.text} is ambiguous: {target.file} is not in the archive "
+            f"of backup {backup.backup_id}, which holds the binlogs of servers "
+            f"{', '.join(str(s) for s in servers)} (the stream was taken over); give {asks}"
+        )
+    return backup.server_id
 
 
 def _check_domains(
@@ -743,7 +842,7 @@ def plan_restore(
     stream_broken = broken_streams or {}
     if backups and isinstance(target, GtidTarget):
         _check_domains(backups, catalog, target)
-    backup = choose_backup(backups, target, backup_id=backup_id)
+    backup = choose_backup(backups, target, backup_id=backup_id, catalog=catalog)
     snapshot = _snapshot_gtid(backup)
     records = tuple(catalog.get(backup.backup_id, ()))
     approximate = approximate_ok and isinstance(target, TimeTarget)
@@ -780,8 +879,11 @@ def plan_restore(
 
 
 def _older_than(backups: Sequence[BackupManifest], backup: BackupManifest) -> list[BackupManifest]:
+    """The backups before ``backup`` of its history: an older backup of the history it
+    was forked from holds another database at the same time or GTID."""
     ids = [b.backup_id for b in backups]
-    return list(backups[: ids.index(backup.backup_id)])
+    older = backups[: ids.index(backup.backup_id)]
+    return [b for b in older if b.history_id == backup.history_id]
 
 
 def _plan_older(

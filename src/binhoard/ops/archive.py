@@ -80,6 +80,7 @@ from binhoard.domain.errors import (
     UsageError,
 )
 from binhoard.domain.gtid import GtidOrderError, GtidPosition
+from binhoard.domain.history import History
 from binhoard.domain.manifest import ObjectRef
 from binhoard.domain.promotion import deposed_by
 from binhoard.domain.server_facts import check_facts
@@ -99,6 +100,7 @@ from binhoard.metric_names import (
 from binhoard.metrics import Metrics
 from binhoard.ops.backup import object_ref
 from binhoard.ops.catalog import StreamState, read_records, read_site, read_streams
+from binhoard.ops.history import local_history
 from binhoard.ops.site import BackupEntry
 from binhoard.ops.sitecache import SiteCache, open_cache
 from binhoard.ports.server import Server, ServerBinlogs
@@ -189,6 +191,12 @@ class ArchiveReport:
     failure: str | None = None
     broken: list[BrokenStreamReport] = field(default_factory=list)
     deposed: list[DeposedStreamReport] = field(default_factory=list)
+    # This node's history (domain/history.py), and why it has it: only streams of it
+    # are archived into.
+    history: str | None = None
+    # Open streams of this server_id of another history (the one a restore forked this
+    # node from): left alone, as sentences.
+    other_histories: list[str] = field(default_factory=list)
     # Closed server files an open stream still needs, and their size (None: unknown).
     pending_files: int | None = None
     pending_bytes: int | None = None
@@ -208,7 +216,11 @@ class ArchiveReport:
             # Not "take a backup": a deposed primary must not start a stream of its own.
             return [d.sentence for d in self.deposed]
         if not any(not s.closed for s in self.streams):
-            return ["no open backup stream of this server: take a backup (binhoard backup create)"]
+            mine = f" of this server's history ({self.history})" if self.history else ""
+            return [
+                f"no open backup stream{mine} of this server: take a backup "
+                "(binhoard backup create)"
+            ]
         found = list(self.problems)
         found += [f"stream {s.stream_id}: {s.error}" for s in self.streams if s.error]
         return found
@@ -399,22 +411,30 @@ class BinlogArchiver:
                 self._cache.commit()
 
     def _archive_files(self, binlogs: ServerBinlogs) -> ArchiveReport:
-        report = ArchiveReport(at=self.now().isoformat())
+        history = local_history(self.config.state_directory)
+        report = ArchiveReport(
+            at=self.now().isoformat(), history=f"{history.history_id}: {history.reason}"
+        )
         site = read_site(self.store, self.cache, incremental=True)
         all_streams = site.streams
         # Intact records of broken streams count too: their objects must not be replaced.
         # So do fenced ones: a deposed primary's late files are kept for the operator.
         named = {r.object.key for s in all_streams for r in (*s.records, *s.fenced)}
         self._remove_leftovers(named)
-        refs = _stored_uploads(all_streams)
+        # Only this history's streams: a node restored to an earlier point keeps its
+        # server_id, and its binlogs continue GTIDs and file names of the history it was
+        # forked from (0-1-51.. twice); that history's streams are not its own.
+        ours = [s for s in all_streams if history.holds(s.backup.history_id)]
+        report.other_histories = _other_histories(all_streams, history, self.config.server_id)
+        refs = _stored_uploads(ours)
         # Its own streams, and those it took over (a promotion names it).
         streams = [
             _Stream(s, self.config.server_id)
-            for s in all_streams
+            for s in ours
             if s.owner == self.config.server_id and s.closed is None and s.broken is None
         ]
-        report.broken = _broken_streams(site.streams, site.backups.entries, self.config.server_id)
-        report.deposed = _deposed_streams(site.streams, self.config.server_id)
+        report.broken = _broken_streams(ours, site.backups.entries, self.config.server_id)
+        report.deposed = _deposed_streams(ours, self.config.server_id)
         if report.deposed:
             # Deposed on one stream is deposed: what this server commits from here on is
             # another history than the new owner's, so no stream of it gets more.
@@ -861,6 +881,21 @@ def _broken_streams(
     return found
 
 
+def _other_histories(streams: Sequence[StreamState], history: History, server_id: int) -> list[str]:
+    """Open streams this server would own but for their history: never written to,
+    closed or fenced by it (they stay restorable as they are)."""
+    found = [
+        f"stream {s.stream_id} (history {s.backup.history_id or 'of before history ids'}) "
+        f"is of another history than this server's ({history.history_id}: "
+        f"{history.reason}): not archived into"
+        for s in streams
+        if s.owner == server_id and s.closed is None and not history.holds(s.backup.history_id)
+    ]
+    for sentence in found:
+        log.debug("%s", sentence)
+    return found
+
+
 def _deposed_streams(streams: Sequence[StreamState], server_id: int) -> list[DeposedStreamReport]:
     """This server's open streams that a promotion gave to another node: reported on
     every pass, loudly, since the server still writing means two primaries."""
@@ -902,7 +937,7 @@ def flush_and_wait(
             report = archiver.archive_once()
         except ConflictError:
             report = None  # another archiver runs: watch the site instead
-        if _stored(archiver.store, server_id, before, archiver.cache):
+        if _stored(archiver.store, archiver.config, before, archiver.cache):
             return before, report
         if report is not None and not report.streams:
             raise UsageError(
@@ -919,9 +954,14 @@ def flush_and_wait(
         time.sleep(poll)
 
 
-def _stored(store: ObjectStore, server_id: int, name: str, cache: SiteCache | None) -> bool:
+def _stored(store: ObjectStore, config: ArchiveConfig, name: str, cache: SiteCache | None) -> bool:
+    history = local_history(config.state_directory)
     for stream in read_streams(store, cache, incremental=True):
-        if stream.backup.server_id != server_id or stream.closed is not None:
+        if (
+            stream.backup.server_id != config.server_id
+            or stream.closed is not None
+            or not history.holds(stream.backup.history_id)
+        ):
             continue
         if stream.records and binlog_sort_key(stream.records[-1].name) >= binlog_sort_key(name):
             return True

@@ -32,6 +32,7 @@ from binhoard.domain.errors import (
     ServerQueryError,
     UsageError,
 )
+from binhoard.domain.history import History
 from binhoard.domain.manifest import (
     BackupManifest,
     BackupType,
@@ -47,6 +48,7 @@ from binhoard.domain.versions import incremental_base_problem
 from binhoard.localstate import StateFile, exclusive
 from binhoard.ops.catalog import read_site
 from binhoard.ops.expire import DeletionJournal, binlog_references, finish_leftovers
+from binhoard.ops.history import local_history
 from binhoard.ops.site import LEFTOVER_GRACE, find_leftovers, list_backups, removable_leftovers
 from binhoard.ports.server import CheckpointWait, InnoDBFlushing, Server
 from binhoard.storage.pipeline import Codec, ObjectDigest, suffix, upload
@@ -164,7 +166,7 @@ def take_backup(
                 raise
             _report(on_decision, BackupDecision(None, "another backup is running on this host"))
             return None
-        backups = list_backups(store)
+        backups = own_history(list_backups(store), local_history(config.state_directory))
         decision = decide_backup(
             config.schedule,
             config.server_id,
@@ -200,7 +202,8 @@ def create_backup(
     """Takes a backup of exactly ``backup_type`` into ``store`` and returns its manifest.
     Once ``cancel`` is set it stops (``CancelledError``) and removes what it stored."""
     with _backup_lock(config):
-        backups = list_backups(store) if backup_type == "incremental" else []
+        history = local_history(config.state_directory)
+        backups = own_history(list_backups(store), history) if backup_type == "incremental" else []
         return _take_locked(
             server,
             store,
@@ -211,6 +214,13 @@ def create_backup(
             now=now,
             cancel=cancel,
         )
+
+
+def own_history(backups: Sequence[BackupManifest], history: History) -> list[BackupManifest]:
+    """The backups of this node's history (``domain/history.py``): the only ones the
+    schedule counts and an incremental builds on. A backup of the history this node was
+    forked from has the same server_id, but LSNs and GTIDs of another database."""
+    return [b for b in backups if history.holds(b.history_id)]
 
 
 def _report(on_decision: DecisionCallback | None, decision: BackupDecision) -> None:
@@ -230,8 +240,8 @@ def _take_locked(
     now: Callable[[], datetime],
     cancel: threading.Event | None = None,
 ) -> BackupManifest:
-    """The backup itself; the caller holds the backup lock. ``backups``: the site's, from
-    which an incremental's parent is chosen."""
+    """The backup itself; the caller holds the backup lock. ``backups``: the site's of
+    this node's history, from which an incremental's parent is chosen."""
     if config.site.recovery_only:
         raise UsageError(f"site {config.site_name} is recovery_only")
     # Before anything touches the site: a backup of a server other than the configured one
@@ -434,6 +444,9 @@ class _BackupRun:
             data=object_ref(data_key, codec, data_digest),
             my_cnf=object_ref(cnf_key, codec, cnf_digest),
             extra={MARKER_EXTRA: marker},
+            # Which history the snapshot is of: GTIDs and server_id alone cannot tell
+            # (domain/history.py).
+            history_id=local_history(self.config.state_directory).history_id,
         )
         store.put(manifest_key(backup_id), [manifest.to_bytes()], if_absent=True)
         self.report("done")

@@ -73,7 +73,8 @@ from binhoard.domain.restore_plan import (
 )
 from binhoard.domain.restore_target import target_problems
 from binhoard.localstate import StateFile, exclusive
-from binhoard.ops.catalog import read_site
+from binhoard.ops.catalog import SiteState, read_site
+from binhoard.ops.history import other_histories, restored_history
 from binhoard.ops.restore_backup import (
     RestoreProgress,
     backup_chain,
@@ -294,10 +295,11 @@ class BinlogPrefetcher:
 # --- the phase machine ------------------------------------------------------------------
 def plan_from_site(
     store: ObjectStore, cache: SiteCache | None, request: PitrRequest
-) -> RestorePlan:
-    """The restore plan for ``request`` from what the site holds now. Reading the site
-    lists every backup and stream (the site decides what exists); with ``cache`` only
-    documents it does not hold, as listed, are fetched, and each is verified again."""
+) -> tuple[RestorePlan, SiteState]:
+    """The restore plan for ``request`` from what the site holds now, and the site as
+    read. Reading the site lists every backup and stream (the site decides what exists);
+    with ``cache`` only documents it does not hold, as listed, are fetched, and each is
+    verified again."""
     site = read_site(store, cache)
     return plan_restore(
         site.backups.usable,
@@ -307,7 +309,7 @@ def plan_from_site(
         backup_id=request.backup_id,
         broken_backups={b: x.reason for b, x in site.backups.broken.items()},
         broken_streams={b: x.reason for b, x in site.broken_streams.items()},
-    )
+    ), site
 
 
 class PointInTimeRestore:
@@ -380,7 +382,7 @@ class PointInTimeRestore:
         self._report()
         try:
             request.primary(self.config)
-            plan = self._plan(request)
+            plan, site = self._plan(request)
             # Every precondition at once, before any data is downloaded.
             check_restore_target(self.server, _source_server_ids(plan))
             # Refused here, not only by restore_backup, so that this restore ends "failed"
@@ -391,11 +393,21 @@ class PointInTimeRestore:
             self.state["error"] = exc.message
             self._set_phase("failed")
             raise
+        others = other_histories(site, plan, request.approximate_ok)
+        for other in others:
+            log.info("%s", other)
+        # Before the datadir is touched: from here on the node holds neither what it held
+        # nor, if this is a fork, anything its old history's streams may continue.
+        history = restored_history(
+            self.config.state_directory, site, plan, replicates=request.replicate_from is not None
+        )
         self.state.update(
             backup_id=plan.backup.backup_id,
             records=len(plan.records),
             stop=plan.stop.detail,
             applied_records=0,
+            history=f"{history.history_id}: {history.reason}",
+            other_histories=others,
         )
         self._set_phase("restoring_basebackup")
         return self._run(plan)
@@ -417,16 +429,17 @@ class PointInTimeRestore:
             self._cache = open_cache(self.config.state_directory, self.store.describe())
         return self._cache
 
-    def _plan(self, request: PitrRequest) -> RestorePlan:
-        plan = plan_from_site(self.store, self.cache, request)
+    def _plan(self, request: PitrRequest) -> tuple[RestorePlan, SiteState]:
+        plan, site = plan_from_site(self.store, self.cache, request)
         log.info(
-            "plan: backup %s, %d binlog files (%d bytes), stop: %s",
+            "plan: stream %s (history %s), %d binlog files (%d bytes), stop: %s",
             plan.backup.backup_id,
+            plan.backup.history_id or "written before history ids",
             len(plan.records),
             plan.total_bytes,
             plan.stop.detail,
         )
-        return plan
+        return plan, site
 
     def resume(self) -> PitrProgress:
         """Continues the restore recorded in the state file."""
@@ -454,7 +467,7 @@ class PointInTimeRestore:
                 # The restore itself is done: only the replica is left to set up.
                 log.info("resuming the restore at phase replicating")
                 return self._replicate(request)
-            plan = self._plan(request)
+            plan, _ = self._plan(request)
             if len(plan.records) < int(state["records"]):
                 raise ConflictError(
                     f"the plan changed since the restore began ({state['records']} binlog files "

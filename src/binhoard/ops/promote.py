@@ -11,12 +11,13 @@ applied what it lacks of the archive (``ops/catchup.py``, given as ``catch_up``)
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Final, Protocol
 
 from binhoard.domain.errors import ConflictError, PreconditionFailedError, UsageError
 from binhoard.domain.gtid import GtidPosition
+from binhoard.domain.history import History
 from binhoard.domain.promotion import CannotContinue, Promotion, decide_promotion
 from binhoard.ops.catalog import StreamState, read_site
 from binhoard.ops.sitecache import SiteCache
@@ -56,11 +57,15 @@ def promote_stream(
     server_id: int,
     position: GtidPosition,
     now: datetime,
+    history: History,
     force: bool = False,
     cache: SiteCache | None = None,
     catch_up: CatchUp | None = None,
 ) -> PromotionResult:
-    """Makes ``server_id`` (at GTID ``position``) the owner of ``stream_id``.
+    """Makes ``server_id`` (at GTID ``position``, of ``history``) the owner of
+    ``stream_id``. A node of another history (restored to an earlier point, then
+    written to: a fork) never takes it over, even with ``force`` or the stream's
+    server_id: it starts a new stream, and the stream stays as it is.
 
     A node behind the stream's archive on its history first applies what it lacks with
     ``catch_up``, then reads the stream again: the old owner may have archived more
@@ -73,14 +78,10 @@ def promote_stream(
     """
     for round_number in range(CATCH_UP_ROUNDS + 1):
         stream = _stream(store, stream_id, cache)
-        if stream.closed is not None:
-            return PromotionResult(
-                stream_id, None, f"stream {stream_id} is closed (a newer stream took over)"
-            )
-        if stream.broken is not None:
-            return PromotionResult(
-                stream_id, None, f"stream {stream_id} is broken: {stream.broken.reason}"
-            )
+        refused = _cannot_take_over(stream, history)
+        if refused is not None:
+            log.warning("cannot continue stream %s: %s", stream_id, refused)
+            return PromotionResult(stream_id, None, refused)
         end = stream.end_position
         if not _behind(stream, position, server_id):
             break
@@ -124,6 +125,7 @@ def promote_stream(
     if isinstance(decision, CannotContinue):
         log.warning("cannot continue stream %s: %s", stream_id, decision.reason)
         return PromotionResult(stream_id, None, decision.reason)
+    decision = replace(decision, history_id=history.history_id)
     try:
         store.put(decision.key, [decision.to_bytes()], if_absent=True)
     except PreconditionFailedError:
@@ -143,6 +145,23 @@ def promote_stream(
         " (forced: the archive after that point is given up)" if decision.forced else "",
     )
     return PromotionResult(stream_id, decision)
+
+
+def _cannot_take_over(stream: StreamState, history: History) -> str | None:
+    """Why no node of ``history`` may take ``stream`` over, whatever its position."""
+    if not history.holds(stream.backup.history_id):
+        return (
+            f"this node's history ({history.history_id}: {history.reason}) is not the "
+            f"history of stream {stream.stream_id} "
+            f"({stream.backup.history_id or 'written before history ids'}): its "
+            "transactions would collide with the stream's (the same GTIDs, another "
+            "database); a new stream starts, and the stream stays as it is"
+        )
+    if stream.closed is not None:
+        return f"stream {stream.stream_id} is closed (a newer stream took over)"
+    if stream.broken is not None:
+        return f"stream {stream.stream_id} is broken: {stream.broken.reason}"
+    return None
 
 
 def _behind(stream: StreamState, position: GtidPosition, server_id: int) -> bool:
