@@ -572,7 +572,10 @@ def test_promote_takes_over_the_restored_stream_then_active(h: Harness) -> None:
     assert (promotion.takes_over_at, promotion.forced) == (3, False)
 
 
-def test_promote_that_loses_the_race_stays_in_observe_and_says_why(h: Harness) -> None:
+def test_promote_that_loses_the_race_stays_in_observe_and_says_why(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="binhoard.daemon")
     _observing_a_stream_of_another_node(h)
     lost = ConflictError("another node promoted itself on stream ... at the same time")
     h.doers.failures["promote"] = [lost]
@@ -580,6 +583,9 @@ def test_promote_that_loses_the_race_stays_in_observe_and_says_why(h: Harness) -
     h.run(RESTORE)
     assert h.mode == "observe"
     assert h.controller.state.facts.last_error == lost.message
+    # Said as a promotion's refusal, not as a failed restore (it runs in that slot).
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [f"not promoted, mode observe: {lost.message}"]
     h.settle()
     assert h.mode == "observe" and not h.executor.busy(RESTORE)  # not retried
 

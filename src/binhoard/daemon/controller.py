@@ -859,6 +859,7 @@ class Controller:
                 lambda work: self.doers.promote(restore, force, work),
                 self._promoted,
                 self._promote_moved,
+                logs_failures=True,  # as a promotion's, not the restore slot's (_promoted)
             )
 
     def _promote_moved(self, progress: object) -> None:
@@ -882,6 +883,9 @@ class Controller:
             self.state = self.state.with_mode("observe")
             return
         result = done.result
+        if error is not None and not isinstance(error, CancelledError):
+            delay = (self._retry_at[RESTORE] - self._now).total_seconds()
+            log.error("promotion failed, tried again in %g s: %s", delay, error.message)
         if done.error is not None or not isinstance(result, PromoteDone):
             return  # retried
         self._promote_force = False
