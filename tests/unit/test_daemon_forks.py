@@ -129,3 +129,21 @@ def test_a_node_restored_to_an_earlier_point_starts_a_new_stream_when_promoted(
     assert stream.closed is None and stream.broken is None
     fork = _stream(h, new[0])
     assert fork.backup.history_id == FORK.history_id and fork.records
+
+
+def test_the_history_a_restore_sets_is_shown_once_it_completes(h: Harness) -> None:
+    """Not a minute later, at the next periodic listing: the operator checks GET /status
+    right after the restore (docs/failover.md)."""
+    h.settle()
+    old = h.doers.put_backup()
+    h.doers.rotate()
+    h.doers.build.archive(old.backup_id, 2)
+    h.step(minutes=2)
+    h.settle()
+    h.submit(SetMode("restore", site="default", stream_id=old.backup_id, target_gtid="0-101-1"))
+    h.doers.history = FORK  # written by the restore before it touches the datadir
+    h.run(RESTORE)
+    assert h.mode == "observe"
+    h.settle()  # no time passes
+    status = StatusOut.model_validate(h.controller.snapshot().status)
+    assert status.history is not None and status.history.startswith(FORK.history_id)

@@ -833,6 +833,9 @@ class Controller:
                 updated_at=self._now,
             )
             self._update(restore=completed)
+            # The restore set this node's history (ops/history.py): list again now, so
+            # that GET /status and what counts as its own streams follow at once.
+            self._site_changes += 1
             if record.replicate_from is not None:
                 control = replace(self.state.control, replicating_from=record.replicate_from)
                 self._update(control=control)
