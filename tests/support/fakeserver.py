@@ -76,6 +76,7 @@ from binhoard.ops.archive import BinlogArchiver
 from binhoard.ops.backup import create_backup
 from binhoard.ports.server import (
     CheckpointWait,
+    PrimaryState,
     ReplicaCredentials,
     ReplicaStatus,
     ServerBinlogs,
@@ -499,9 +500,10 @@ class FakeReplication:
 
     def primary_state(
         self, primary: PrimaryAddress, credentials: ReplicaCredentials
-    ) -> tuple[Gtid, ...]:
+    ) -> PrimaryState:
         self.server.connect("replication.primary_state")
-        return self._reach(primary, credentials).binlog_state()
+        other = self._reach(primary, credentials)
+        return PrimaryState(other.server_id, other.binlog_state())
 
     def change_primary(self, primary: PrimaryAddress, credentials: ReplicaCredentials) -> None:
         self.server.connect("replication.change_primary")

@@ -14,7 +14,7 @@ from binhoard.app import pitr_config, seed_settings
 from binhoard.daemon.api import HttpServer
 from binhoard.daemon.jobs import RESTORE
 from binhoard.daemon.port import SetMode
-from binhoard.domain.errors import ConflictError, ReplicationError
+from binhoard.domain.errors import ConflictError, ReplicationError, UsageError
 from binhoard.domain.gtid import GtidPosition
 from binhoard.domain.replica import PrimaryAddress
 from binhoard.ops.pitr import PitrRequest, PointInTimeRestore
@@ -118,6 +118,20 @@ def test_a_replica_with_writes_of_its_own_is_refused(cluster: Cluster) -> None:
     with pytest.raises(ConflictError, match="divergent: this server is at 0-11-10"):
         repoint(cluster.other, NEW, cluster.seed)
     assert not cluster.other.replication.running
+
+
+def test_a_replica_pointed_at_itself_is_refused_and_nothing_changes(cluster: Cluster) -> None:
+    """Its own address (a typo, a copied command): MariaDB would refuse the equal
+    server_id only later, in the IO thread, after replication was re-pointed."""
+    cluster.promote_new()
+    own = "127.0.0.1:3311"
+    cluster.other.replication.network[own] = cluster.other
+    cluster.other.replication_accounts = dict(cluster.new.replication_accounts)
+    with pytest.raises(UsageError, match=f"replicate_from {own} has this server's server_id 11"):
+        repoint(cluster.other, PrimaryAddress("127.0.0.1", 3311), cluster.seed)
+    replication = cluster.other.replication
+    assert replication.primary is not None and replication.primary.format() == PRIMARY
+    assert replication.running
 
 
 def test_an_unreachable_new_primary_is_named_and_nothing_changes(cluster: Cluster) -> None:

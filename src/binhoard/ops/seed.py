@@ -41,9 +41,9 @@ from binhoard.domain.errors import (
     ReplicationError,
     UsageError,
 )
-from binhoard.domain.gtid import GtidPosition
+from binhoard.domain.gtid import Gtid, GtidPosition
 from binhoard.domain.replica import PrimaryAddress, divergence, parse_primary_address
-from binhoard.ports.server import ReplicaCredentials, ReplicaStatus, Server
+from binhoard.ports.server import PrimaryState, ReplicaCredentials, ReplicaStatus, Server
 
 log = logging.getLogger("binhoard.seed")
 
@@ -94,7 +94,7 @@ def replicate(
     where = primary.format()
     status = replication.status()
     local = GtidPosition.parse(status.gtid_slave_pos)
-    state = replication.primary_state(primary, settings.credentials)
+    state = _primary_state(server, primary, settings)
     why = divergence(local, state)
     if why is not None:
         replication.stop()  # a resumed run may have started it already
@@ -147,7 +147,7 @@ def repoint(server: Server, primary: PrimaryAddress, settings: SeedSettings) -> 
     replication.stop()  # nothing more arrives from the old primary while this decides
     try:
         position = GtidPosition.parse(server.facts().gtid_current_pos)
-        state = replication.primary_state(primary, settings.credentials)
+        state = _primary_state(server, primary, settings)
         why = divergence(position, state)
         if why is not None:
             raise ConflictError(
@@ -171,6 +171,22 @@ def repoint(server: Server, primary: PrimaryAddress, settings: SeedSettings) -> 
         position or "(empty)",
     )
     return Repointed(where, position, changed=True)
+
+
+def _primary_state(
+    server: Server, primary: PrimaryAddress, settings: SeedSettings
+) -> tuple[Gtid, ...]:
+    """The primary's ``@@gtid_binlog_state``; ``UsageError`` if it has this server's
+    ``server_id``: this server itself (its own address), or one MariaDB would refuse to
+    replicate from (its IO thread stops on equal server ids)."""
+    state: PrimaryState = server.replication.primary_state(primary, settings.credentials)
+    own = server.facts().server_id
+    if state.server_id == own:
+        raise UsageError(
+            f"replicate_from {primary.format()} has this server's server_id {own}: it is "
+            "this server itself (or another with its server_id); name the primary"
+        )
+    return state.binlog_state
 
 
 def _check(status: ReplicaStatus, where: str) -> None:

@@ -260,6 +260,14 @@ class ReplicaCredentials:
 
 
 @dataclass(frozen=True)
+class PrimaryState:
+    """What a replica reads of its primary before replicating from it."""
+
+    server_id: int  # @@server_id: the node's own means it would replicate from itself
+    binlog_state: tuple[Gtid, ...]  # @@gtid_binlog_state
+
+
+@dataclass(frozen=True)
 class ReplicaStatus:
     """``SHOW SLAVE STATUS`` of the default connection, as seeding reads it."""
 
@@ -283,8 +291,9 @@ class Replication(Protocol):
 
     def primary_state(
         self, primary: PrimaryAddress, credentials: ReplicaCredentials
-    ) -> tuple[Gtid, ...]:
-        """The primary's ``@@gtid_binlog_state``, read with the replication account;
+    ) -> PrimaryState:
+        """The primary's ``@@server_id`` and ``@@gtid_binlog_state``, read with the
+        replication account;
         ``ReplicationError`` (``unreachable``) if it does not answer or refuses it."""
         ...
 

@@ -16,9 +16,9 @@ from pydantic import SecretStr
 
 from binhoard.config import ClientParams, MySQLSettings
 from binhoard.domain.errors import ReplicationError, ServerError
-from binhoard.domain.gtid import Gtid, GtidPosition
+from binhoard.domain.gtid import GtidPosition
 from binhoard.domain.replica import PrimaryAddress, parse_binlog_state
-from binhoard.ports.server import ReplicaCredentials, ReplicaStatus
+from binhoard.ports.server import PrimaryState, ReplicaCredentials, ReplicaStatus
 from binhoard.server import sql
 
 # Seconds between the IO thread's attempts to reach the primary again.
@@ -34,7 +34,7 @@ class MariaDBReplication:
 
     def primary_state(
         self, primary: PrimaryAddress, credentials: ReplicaCredentials
-    ) -> tuple[Gtid, ...]:
+    ) -> PrimaryState:
         params = ClientParams(
             host=primary.host,
             port=primary.port,
@@ -49,10 +49,12 @@ class MariaDBReplication:
                 kind="unreachable",
             ) from None
         try:
-            text = str(sql.query(conn, "SELECT @@global.gtid_binlog_state")[0][0] or "")
+            server_id, text = sql.query(
+                conn, "SELECT @@global.server_id, @@global.gtid_binlog_state"
+            )[0]
         finally:
             conn.close()
-        return parse_binlog_state(text)
+        return PrimaryState(int(server_id), parse_binlog_state(str(text or "")))
 
     def change_primary(self, primary: PrimaryAddress, credentials: ReplicaCredentials) -> None:
         conn = self._session()
