@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from binhoard.config import parse_settings
-from binhoard.domain.catalog import BinlogRecord
+from binhoard.domain.catalog import BinlogRecord, StreamMarker, closed_key
 from binhoard.domain.errors import ConflictError
 from binhoard.domain.gtid import Gtid, GtidPosition
 from binhoard.domain.manifest import SnapshotPosition
@@ -197,6 +197,33 @@ def test_the_deposed_archiver_stops_and_says_so(tmp_path: Path) -> None:
     assert any("deposed" in p for p in report.problems)
     (stream,) = read_streams(store)
     assert len(stream.records) == 1 and stream.fenced == ()
+
+
+def test_the_deposed_archiver_stays_deposed_once_the_new_owner_closes_the_stream(
+    tmp_path: Path,
+) -> None:
+    """The new owner's first backup covers the stream seconds after the promotion and
+    closes it: the old primary, still taking writes, must not then find "no open
+    stream" and start one of its own (docs/failover.md, "The old primary")."""
+    server = Server(tmp_path / "binlogs")
+    store = MemoryStore()
+    server.write_file(5)
+    put_backup(store, SnapshotPosition("binlog.000001", BinlogWriter(7, T0).offset, ""))
+    archiver = fake_archiver(settings_for(tmp_path / "host"), store)
+    archiver.archive_files(server.binlogs())
+    (stream,) = read_streams(store)
+    promote_stream(
+        store, BACKUP_ID, server_id=NEW, position=stream.end_position, now=NOW, history=HISTORY
+    )
+    newer = "20260102T010000Z-0000ef02"  # the new owner's first backup, which closes it
+    put_full_backup(store, newer, SnapshotPosition("binlog.000001", 4, "0-7-5"), server_id=NEW)
+    closed = StreamMarker(BACKUP_ID, NOW, 0, successor=newer)
+    store.put(closed_key(BACKUP_ID), [closed.to_bytes()], if_absent=True)
+    server.write_file(5)
+    report = archiver.archive_files(server.binlogs())
+    assert [d.stream_id for d in report.deposed] == [BACKUP_ID]
+    assert report.records_written == 0
+    assert not any("take a backup" in p for p in report.problems)
 
 
 def test_a_cached_reader_sees_a_promotion_that_lands_later(tmp_path: Path) -> None:

@@ -902,7 +902,11 @@ def _deposed_streams(streams: Sequence[StreamState], server_id: int) -> list[Dep
     found = []
     for s in streams:
         promotion = deposed_by(server_id, s.backup.server_id, s.promotions)
-        if promotion is not None and s.closed is None:
+        # Closed too: the new owner closes the stream as soon as its own first backup
+        # covers it, seconds after the promotion. Only a stream this server owns that
+        # began (or that it took over) after that promotion ends it: it was re-seeded
+        # from the new owner's stream and promoted again.
+        if promotion is not None and not _owns_since(streams, server_id, promotion.at):
             found.append(
                 DeposedStreamReport(
                     s.stream_id, promotion.key, promotion.server_id, promotion.at.isoformat()
@@ -910,6 +914,17 @@ def _deposed_streams(streams: Sequence[StreamState], server_id: int) -> list[Dep
             )
             log.error("%s", found[-1].sentence)
     return found
+
+
+def _owns_since(streams: Sequence[StreamState], server_id: int, at: datetime) -> bool:
+    """Whether ``server_id`` owns a stream it opened or took over after ``at``."""
+    for s in streams:
+        if s.owner != server_id:
+            continue
+        mine = [p.at for p in s.promotions if p.server_id == server_id]
+        if max([s.backup.started_at, *mine]) > at:
+            return True
+    return False
 
 
 def flush_and_wait(
