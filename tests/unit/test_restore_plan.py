@@ -568,7 +568,8 @@ def test_parse_gtid_and_position() -> None:
     for bad in ("", "0-1-x", "0-1-1,0-1-2"):
         with pytest.raises(TargetSyntaxError, match="--to-gtid"):
             parse_gtid_target(bad)
-    for bad in ("binlog.000001", "binlog.000001:3", "binlog:100", "binlog.000001:-4"):
+    bad_positions = ("binlog.000001", "binlog.000001:3", "binlog:100", "binlog.000001:-4")
+    for bad in (*bad_positions, "0/binlog.000001:4", "4294967296/binlog.000001:4"):
         with pytest.raises(TargetSyntaxError, match="--to-position"):
             parse_position_target(bad)
 

@@ -242,6 +242,10 @@ class FilePosTarget:
         binlog_sort_key(self.file)  # raises ValueError for a name without a number
         if type(self.pos) is not int or self.pos < 4:
             raise ValueError(f"a binlog position is a byte offset >= 4, not {self.pos!r}")
+        if self.server_id is not None and not 1 <= self.server_id < 2**32:
+            # No server logs as 0 (binhoard's server_id is 1..2^32-1): a typo, named
+            # here rather than as a position "not after the snapshot".
+            raise ValueError(f"a server_id is 1..4294967295, not {self.server_id}")
 
     @property
     def text(self) -> str:
