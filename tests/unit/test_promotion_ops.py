@@ -16,7 +16,7 @@ from binhoard.domain.catalog import BinlogRecord, StreamMarker, closed_key
 from binhoard.domain.errors import ConflictError
 from binhoard.domain.gtid import Gtid, GtidPosition
 from binhoard.domain.manifest import SnapshotPosition
-from binhoard.domain.promotion import promotion_key
+from binhoard.domain.promotion import Promotion, promotion_key
 from binhoard.ops.archive import BinlogArchiver
 from binhoard.ops.catalog import read_site, read_streams
 from binhoard.ops.promote import promote_stream
@@ -176,12 +176,12 @@ def test_an_unreadable_promotion_stops_the_stream_where_ownership_is_known() -> 
     assert [r.seq for r in stream.records] == [0, 1, 2]
 
 
-def test_the_deposed_archiver_stops_and_says_so(tmp_path: Path) -> None:
+def _taken_over(tmp_path: Path) -> tuple[Server, MemoryStore, BinlogArchiver, Promotion]:
+    """This server (OLD) archived one file into its stream, which NEW then took over."""
     server = Server(tmp_path / "binlogs")
     store = MemoryStore()
-    snapshot_at = BinlogWriter(7, T0).offset
     server.write_file(5)
-    put_backup(store, SnapshotPosition("binlog.000001", snapshot_at, ""))
+    put_backup(store, SnapshotPosition("binlog.000001", BinlogWriter(7, T0).offset, ""))
     archiver = fake_archiver(settings_for(tmp_path / "host"), store)
     assert archiver.archive_files(server.binlogs()).records_written == 1
     (stream,) = read_streams(store)
@@ -189,11 +189,16 @@ def test_the_deposed_archiver_stops_and_says_so(tmp_path: Path) -> None:
         store, BACKUP_ID, server_id=NEW, position=stream.end_position, now=NOW, history=HISTORY
     )
     assert result.promotion is not None
+    return server, store, archiver, result.promotion
+
+
+def test_the_deposed_archiver_stops_and_says_so(tmp_path: Path) -> None:
+    server, store, archiver, promotion = _taken_over(tmp_path)
     server.write_file(5)  # the deposed primary keeps taking writes
     report = archiver.archive_files(server.binlogs())
     assert report.records_written == 0 and report.streams == []
     (deposed,) = report.deposed
-    assert deposed.new_owner_server_id == NEW and deposed.promotion_key == result.promotion.key
+    assert deposed.new_owner_server_id == NEW and deposed.promotion_key == promotion.key
     assert any("deposed" in p for p in report.problems)
     (stream,) = read_streams(store)
     assert len(stream.records) == 1 and stream.fenced == ()
@@ -205,16 +210,7 @@ def test_the_deposed_archiver_stays_deposed_once_the_new_owner_closes_the_stream
     """The new owner's first backup covers the stream seconds after the promotion and
     closes it: the old primary, still taking writes, must not then find "no open
     stream" and start one of its own (docs/failover.md, "The old primary")."""
-    server = Server(tmp_path / "binlogs")
-    store = MemoryStore()
-    server.write_file(5)
-    put_backup(store, SnapshotPosition("binlog.000001", BinlogWriter(7, T0).offset, ""))
-    archiver = fake_archiver(settings_for(tmp_path / "host"), store)
-    archiver.archive_files(server.binlogs())
-    (stream,) = read_streams(store)
-    promote_stream(
-        store, BACKUP_ID, server_id=NEW, position=stream.end_position, now=NOW, history=HISTORY
-    )
+    server, store, archiver, _ = _taken_over(tmp_path)
     newer = "20260102T010000Z-0000ef02"  # the new owner's first backup, which closes it
     put_full_backup(store, newer, SnapshotPosition("binlog.000001", 4, "0-7-5"), server_id=NEW)
     closed = StreamMarker(BACKUP_ID, NOW, 0, successor=newer)
