@@ -1024,6 +1024,13 @@ def test_a_position_in_a_file_only_the_new_owner_has_needs_no_server() -> None:
         plan_restore([backup], {"X": kept}, pos("binlog.000009:4"))
 
 
+def test_a_position_of_a_server_that_wrote_nothing_of_the_stream_says_so() -> None:
+    kept, _ = _across_a_promotion()  # servers 1 and 2
+    backup = build_stream("X", [[("0-1-1", 100)]], completed=90).backup
+    with pytest.raises(TargetBeforeSnapshotError, match=r"holds no binlog of server_id 99 "):
+        plan_restore([backup], {"X": kept}, pos("99/binlog.000001:4"), backup_id="X")
+
+
 def test_a_position_names_its_server_on_the_command_line_and_the_api() -> None:
     assert pos("7/binlog.000042:1234") == FilePosTarget("binlog.000042", 1234, 7)
     assert pos("7/binlog.000042:1234").describe() == "binlog position 7/binlog.000042:1234"

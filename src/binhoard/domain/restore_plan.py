@@ -477,6 +477,21 @@ def _holds_taken_over_file(
     )
 
 
+def _refuse_unknown_server(
+    backup: BackupManifest, records: Sequence[BinlogRecord], target: Target
+) -> None:
+    """A ``SERVER_ID/FILE:POS`` whose server wrote nothing of the stream: named as such,
+    not as a position before the snapshot."""
+    if not isinstance(target, FilePosTarget) or target.server_id is None:
+        return
+    servers = {backup.server_id} | {r.server_id for r in records}
+    if target.server_id not in servers:
+        raise TargetBeforeSnapshotError(
+            f"{target.describe()}: stream {backup.backup_id} holds no binlog of server_id "
+            f"{target.server_id} (its servers: {', '.join(map(str, sorted(servers)))})"
+        )
+
+
 def _where(backup: BackupManifest) -> str:
     snap = backup.snapshot
     completed = (_aware(backup.completed_at) - _EPOCH) // _SECOND
@@ -512,6 +527,7 @@ def choose_backup(
         if not chosen:
             raise UnknownBackupError(f"there is no backup {backup_id}")
         if not precedes(chosen[0]):
+            _refuse_unknown_server(chosen[0], (catalog or {}).get(backup_id, ()), target)
             raise TargetBeforeSnapshotError(
                 f"{target.describe()} is not known to be after the snapshot of backup "
                 f"{_where(chosen[0])}"
