@@ -81,7 +81,7 @@ def stop(name: str, root: Path) -> None:
 def status(name: str, root: Path, as_json: bool) -> None:
     """Show whether sandbox NAME runs, and where. Exits 1 when it does not run."""
     box = _sandbox(root, name)
-    if not box.exists:
+    if not box.created:  # created --empty, for a restore, is a sandbox too (not running)
         raise SandboxError(f"no sandbox {name} in {root}")
     info = box.status()
     if as_json:
