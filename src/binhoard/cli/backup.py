@@ -15,18 +15,22 @@ from rich.table import Table
 from binhoard.app import backup_config, open_server, open_site, site_name
 from binhoard.cli.common import config_option, json_option, site_option, start_telemetry
 from binhoard.cli.progress import ByteProgress
-from binhoard.config import load_settings
+from binhoard.config import Settings, load_settings
 from binhoard.domain.backup_decision import BackupDecision
-from binhoard.domain.errors import DeletionRefusedError, UsageError
+from binhoard.domain.errors import ConflictError, DeletionRefusedError, UsageError
 from binhoard.domain.manifest import BackupManifest, BackupType
 from binhoard.domain.restore_plan import parse_time_target
 from binhoard.domain.schedule import format_utc
+from binhoard.ops.archive import deposed_streams
 from binhoard.ops.backup import BackupProgress, take_backup
+from binhoard.ops.catalog import read_site
 from binhoard.ops.expire import Deletion, DeletionJournal, delete_backup
+from binhoard.ops.history import local_history
 from binhoard.ops.marks import mark_broken, preserve
 from binhoard.ops.observe import Throttle, record_backup, record_backup_progress
 from binhoard.ops.site import BackupEntry, read_backups, read_manifest
 from binhoard.ops.sitecache import open_cache
+from binhoard.storage.store import ObjectStore
 
 
 @click.group("backup")
@@ -64,6 +68,7 @@ def create(config_file: Path, full: bool, incremental: bool, if_due: bool) -> No
     settings = load_settings(config_file)
     metrics = start_telemetry(settings, "backup create")
     store = open_site(settings, metrics=metrics)
+    _refuse_if_deposed(settings, store)
     throttle = Throttle()
     with ExitStack() as stack:
         bars: list[ByteProgress] = []
@@ -97,6 +102,19 @@ def create(config_file: Path, full: bool, incremental: bool, if_due: bool) -> No
         f"{_mb(manifest.data.plain_size)} read, {_mb(manifest.data.stored_size)} stored, "
         f"{manifest.duration_seconds:.1f} s, snapshot GTID {manifest.snapshot.gtid_position}"
     )
+
+
+def _refuse_if_deposed(settings: Settings, store: ObjectStore) -> None:
+    """A deposed primary takes no backup, as its daemon takes none (docs/failover.md,
+    "The old primary"): its stream would hold what it commits after the takeover, a second
+    history next to the new owner's, and would end its being deposed."""
+    history = local_history(settings.state_directory)
+    ours = [s for s in read_site(store).streams if history.holds(s.backup.history_id)]
+    deposed = deposed_streams(ours, settings.server_id)
+    if deposed:
+        raise ConflictError(
+            f'no backup taken: {deposed[0].sentence} (docs/failover.md, "The old primary")'
+        )
 
 
 def _print_decision(decision: BackupDecision) -> None:

@@ -434,7 +434,7 @@ class BinlogArchiver:
             if s.owner == self.config.server_id and s.closed is None and s.broken is None
         ]
         report.broken = _broken_streams(ours, site.backups.entries, self.config.server_id)
-        report.deposed = _deposed_streams(ours, self.config.server_id)
+        report.deposed = deposed_streams(ours, self.config.server_id)
         if report.deposed:
             # Deposed on one stream is deposed: what this server commits from here on is
             # another history than the new owner's, so no stream of it gets more.
@@ -896,7 +896,7 @@ def _other_histories(streams: Sequence[StreamState], history: History, server_id
     return found
 
 
-def _deposed_streams(streams: Sequence[StreamState], server_id: int) -> list[DeposedStreamReport]:
+def deposed_streams(streams: Sequence[StreamState], server_id: int) -> list[DeposedStreamReport]:
     """This server's open streams that a promotion gave to another node: reported on
     every pass, loudly, since the server still writing means two primaries."""
     found = []
