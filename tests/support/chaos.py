@@ -67,7 +67,7 @@ class Scale:
     corruptions: int
 
 
-CI = Scale(active_rounds=12, restore_kills=4, promote_kills=2, corruptions=4)
+CI = Scale(active_rounds=16, restore_kills=5, promote_kills=2, corruptions=6)
 
 
 @dataclass
@@ -84,9 +84,11 @@ class Tally:
     corruptions: Counter[str] = field(default_factory=Counter)  # "flip", "truncate"
     corruptions_found_by_restore: int = 0
     corruptions_found_by_verify: int = 0
+    corruptions_no_restore_reads: int = 0  # my.cnf copies: verify's alone
     verify: str = "not available"
     restores_checked: int = 0
     rpo_checks: int = 0
+    rpo_markers_checked: int = 0  # markers found stored once older than the bound
     rpo_seen: list[float] = field(default_factory=list)  # now - newest stored commit
     rto: list[float] = field(default_factory=list)  # a daemon's restore to latest, kills included
     rto_disk_full: list[float] = field(default_factory=list)  # failed on a full disk, resumed
@@ -115,10 +117,12 @@ class Tally:
             "corruptions": dict(self.corruptions),
             "corruptions_found_by_restore": self.corruptions_found_by_restore,
             "corruptions_found_by_verify": self.corruptions_found_by_verify,
+            "corruptions_no_restore_reads": self.corruptions_no_restore_reads,
             "verify": self.verify,
             "restores_checked": self.restores_checked,
             "rpo_bound_s": RPO_BOUND,
             "rpo_checks": self.rpo_checks,
+            "rpo_markers_checked": self.rpo_markers_checked,
             "rpo_seen_s": spread(self.rpo_seen),
             "rto_s": spread(self.rto),
             "rto_disk_full_s": spread(self.rto_disk_full),
@@ -136,13 +140,13 @@ class Writer(threading.Thread):
         self.box = box
         self.seed = seed
         self.markers: list[Marker] = []
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._error: BaseException | None = None
 
     def run(self) -> None:
         batch = 0
         try:
-            while not self._stop.is_set():
+            while not self._halt.is_set():
                 write_rows(self.box, 50, seed=self.seed + batch)
                 batch += 1
                 if batch % 4 == 0:
@@ -150,9 +154,12 @@ class Writer(threading.Thread):
         except BaseException as exc:  # noqa: BLE001 - raised again by stop()
             self._error = exc
 
-    def stop(self) -> list[Marker]:
-        self._stop.set()
+    def halt(self) -> None:
+        self._halt.set()
         self.join(timeout=120)
+
+    def stop(self) -> list[Marker]:
+        self.halt()
         if self._error is not None:
             raise AssertionError(f"the writer failed: {self._error}") from self._error
         return list(self.markers)
@@ -165,6 +172,29 @@ def covers(stream: StreamState, gtid: str) -> bool:
         and position.covers(stream.snapshot_gtid)
         and stream.end_position.covers(position)
     )
+
+
+def kill_and_restart(daemon: DaemonProcess, rng: random.Random, most: float) -> None:
+    """Lets the daemon work for a random while (the point: the kill lands anywhere in
+    what it does), then ``kill -9`` and a restart."""
+    time.sleep(rng.uniform(0.0, most))
+    daemon.kill()
+    daemon.start()
+
+
+def assert_site_whole(store: ObjectStore, streams_expected: int) -> None:
+    """Whole streams, no file archived twice, nothing unnamed left behind."""
+    streams = read_streams(store)
+    assert len(streams) == streams_expected, [s.stream_id for s in streams]
+    named = set()
+    for stream in streams:
+        assert stream.broken is None and stream.problems() == [], stream.stream_id
+        names = [r.name for r in stream.records]
+        assert len(names) == len(set(names)), f"a file archived twice in {stream.stream_id}"
+        named |= {r.object.key for r in stream.records}
+    assert find_leftovers(store) == []
+    stored = {i.key for i in store.list("binlogs/")}
+    assert stored == named, "binlog uploads that no record names"
 
 
 class Round:
@@ -207,12 +237,8 @@ class Round:
 
     # --- kill -9 ---------------------------------------------------------------------
     def kill_and_restart(self, daemon: DaemonProcess, mode: str, most: float) -> None:
-        """Lets the daemon work for a random while (the kill lands anywhere in what it
-        does), then ``kill -9`` and a restart."""
-        time.sleep(self.rng.uniform(0.0, most))
-        daemon.kill()
+        kill_and_restart(daemon, self.rng, most)
         self.tally.kills[mode] += 1
-        daemon.start()
         self.last_start = time.time()
 
     def daemon(self, box: Sandbox) -> DaemonProcess:
@@ -272,8 +298,15 @@ class Round:
                 )
                 assert len(primary.backups()) == expected, primary.tail()
                 self.check_rpo(source, writer.markers)
-        finally:
-            markers = writer.stop()
+            # Then no kill for a whole bound: every marker older than it must be stored
+            # by the archiver's own rotations (no flush asked for).
+            quiet_until = self.last_start + RPO_BOUND + 1
+            wait_for("a quiet RPO bound", lambda: time.time() >= quiet_until, timeout=RPO_BOUND + 5)
+            self.check_rpo(source, writer.markers)
+        except BaseException:
+            writer.halt()  # the round's own failure is the one to report
+            raise
+        markers = writer.stop()
         final = mark(source)
         answer = primary.send("POST", "/backup", {"backup_type": "binlog", "wait_for_upload": 120})
         assert answer == {"success": True}, primary.tail()
@@ -296,26 +329,16 @@ class Round:
         missing = [m.gtid for m in due if not any(covers(s, m.gtid) for s in streams)]
         if all_due:
             return not missing
+        self.tally.rpo_markers_checked += len(due)
         assert not missing, f"older than the RPO bound ({RPO_BOUND} s) and not stored: {missing}"
         newest = max((s.newest_commit_time or 0 for s in streams), default=0)
-        if newest and now - self.last_start > RPO_BOUND:
+        if newest:  # the writer commits all the time: the lag of the archive, kills and all
             self.tally.rpo_seen.append(now - newest)
         self.tally.rpo_checks += 1
         return True
 
     def check_site(self, source: Sandbox, expected: int) -> None:
-        """Whole streams, no record twice, no upload that nothing names."""
-        store = self.store(source)
-        streams = read_streams(store)
-        assert len(streams) == expected, [s.stream_id for s in streams]
-        named = set()
-        for stream in streams:
-            assert stream.broken is None and stream.problems() == [], stream.stream_id
-            names = [r.name for r in stream.records]
-            assert len(names) == len(set(names)), f"a file archived twice in {stream.stream_id}"
-            named |= {r.object.key for r in stream.records}
-        assert find_leftovers(store) == []
-        assert {i.key for i in store.list("binlogs/")} == named, "uploads no record names"
+        assert_site_whole(self.store(source), expected)
 
     def replica_restores_and_promotes(self, final: Marker) -> None:
         """A fresh node restores to the newest transaction through its daemon, killed
@@ -400,7 +423,10 @@ class Round:
             self.tally.corruptions[how] += 1
             try:
                 self.found_by_verify(config_file, key)
-                self.found_by_restore(box, config_file, key, restore_args)
+                if restore_args:
+                    self.found_by_restore(config_file, key, restore_args)
+                else:
+                    self.tally.corruptions_no_restore_reads += 1
             finally:
                 store.put(key, [original])
                 box.stop()
@@ -408,21 +434,22 @@ class Round:
     def pick_object(
         self, store: ObjectStore, streams: list[StreamState]
     ) -> tuple[str, tuple[str, ...]]:
-        """A random object a restore reads, and the restore that reads it."""
+        """A random object of a backup or a stream, and the restore that reads it (none
+        for the one object no restore reads)."""
         candidates: list[tuple[str, tuple[str, ...]]] = []
         for stream in streams:
             backup = stream.stream_id
             for info in store.list(f"backups/{backup}/"):
-                candidates.append((info.key, ("--backup", backup)))
+                # No restore reads the my.cnf copy (it is for the operator): only verify.
+                reads = () if "/my.cnf" in info.key else ("--backup", backup)
+                candidates.append((info.key, reads))
             for record in stream.records:
                 target = ("--backup", backup, "--to-gtid", str(record.gtid_position_at_end))
                 candidates.append((record.key, target))
                 candidates.append((record.object.key, target))
         return self.rng.choice(candidates)
 
-    def found_by_restore(
-        self, box: Sandbox, config_file: Path, key: str, restore_args: tuple[str, ...]
-    ) -> None:
+    def found_by_restore(self, config_file: Path, key: str, restore_args: tuple[str, ...]) -> None:
         failed = run_binhoard("restore", "--config", str(config_file), *restore_args)
         assert failed.returncode != 0, f"a restore reading the damaged {key} succeeded"
         assert key in failed.stderr, f"the restore did not name {key}:\n{failed.stderr[-3000:]}"
