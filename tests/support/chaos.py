@@ -62,12 +62,13 @@ class Scale:
     """How much one round does."""
 
     active_rounds: int  # kill -9 while active, under writes
+    crash_loop_kills: int  # then kill -9 every 0-4 s, faster than the rotation timer
     restore_kills: int
     promote_kills: int
     corruptions: int
 
 
-CI = Scale(active_rounds=16, restore_kills=5, promote_kills=2, corruptions=6)
+CI = Scale(active_rounds=12, crash_loop_kills=8, restore_kills=5, promote_kills=2, corruptions=6)
 
 
 @dataclass
@@ -174,12 +175,14 @@ def covers(stream: StreamState, gtid: str) -> bool:
     )
 
 
-def kill_and_restart(daemon: DaemonProcess, rng: random.Random, most: float) -> None:
+def kill_and_restart(daemon: DaemonProcess, rng: random.Random, most: float) -> float:
     """Lets the daemon work for a random while (the point: the kill lands anywhere in
-    what it does), then ``kill -9`` and a restart."""
+    what it does), then ``kill -9`` and a restart; when it was killed (Unix time)."""
     time.sleep(rng.uniform(0.0, most))
+    killed = time.time()
     daemon.kill()
     daemon.start()
+    return killed
 
 
 def assert_site_whole(store: ObjectStore, streams_expected: int) -> None:
@@ -217,6 +220,7 @@ class Round:
         self.proxied_storage = {**storage, "endpoint_url": self.proxy.url}
         self.daemons: list[DaemonProcess] = []
         self.last_start = 0.0
+        self.down: list[tuple[float, float]] = []  # the primary's: killed, answering again
 
     # --- configuration -------------------------------------------------------------
     def config(self, box: Sandbox, *, proxied: bool = True) -> dict[str, Any]:
@@ -237,9 +241,10 @@ class Round:
 
     # --- kill -9 ---------------------------------------------------------------------
     def kill_and_restart(self, daemon: DaemonProcess, mode: str, most: float) -> None:
-        kill_and_restart(daemon, self.rng, most)
+        killed = kill_and_restart(daemon, self.rng, most)
         self.tally.kills[mode] += 1
         self.last_start = time.time()
+        self.down.append((killed, self.last_start))
 
     def daemon(self, box: Sandbox) -> DaemonProcess:
         daemon = DaemonProcess(box.directory / "daemon", self.config(box))
@@ -298,6 +303,10 @@ class Round:
                 )
                 assert len(primary.backups()) == expected, primary.tail()
                 self.check_rpo(source, writer.markers)
+            # A crash loop: killed more often than the rotation timer fires.
+            for _ in range(self.scale.crash_loop_kills):
+                self.kill_and_restart(primary, "active", 4.0)
+                self.check_rpo(source, writer.markers)
             # Then no kill for a whole bound: every marker older than it must be stored
             # by the archiver's own rotations (no flush asked for).
             quiet_until = self.last_start + RPO_BOUND + 1
@@ -320,12 +329,12 @@ class Round:
         return source, final, markers, expected
 
     def check_rpo(self, source: Sandbox, markers: list[Marker], *, all_due: bool = False) -> bool:
-        """Every marker older than the bound (counted from the daemon's last start, if
-        later) is in an unbroken stream; records the RPO seen (now minus the newest
-        stored commit)."""
+        """Every marker older than the bound (plus the time the daemon was down since
+        it committed) is in an unbroken stream; records the RPO seen (now minus the
+        newest stored commit)."""
         now = time.time()
         streams = read_streams(self.store(source))
-        due = [m for m in markers if all_due or max(m.time, self.last_start) + RPO_BOUND <= now]
+        due = [m for m in markers if all_due or self.stored_by(m.time) <= now]
         missing = [m.gtid for m in due if not any(covers(s, m.gtid) for s in streams)]
         if all_due:
             return not missing
@@ -336,6 +345,14 @@ class Round:
             self.tally.rpo_seen.append(now - newest)
         self.tally.rpo_checks += 1
         return True
+
+    def stored_by(self, committed: float) -> float:
+        """When a transaction committed then must be in storage: the bound, extended by
+        the longest time the daemon was down since (a killed daemon archives nothing).
+        Not by the sum of them: a started daemon rotates at its first pass, so restarts
+        do not add up."""
+        outages = [up - max(killed, committed) for killed, up in self.down if up > committed]
+        return committed + RPO_BOUND + max(outages, default=0.0)
 
     def check_site(self, source: Sandbox, expected: int) -> None:
         assert_site_whole(self.store(source), expected)
