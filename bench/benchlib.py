@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 MIB = 1024 * 1024
 
@@ -23,3 +28,20 @@ def warm_memory(directory: Path, size: int) -> None:
         for _ in range(size // MIB):
             out.write(block)
     path.unlink()
+
+
+def run_in_child(script: str, spec: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
+    """Runs ``script --child SPEC`` in a fresh process (``env`` added to the
+    environment), so that what it measures (peak RSS above all) is its own; returns the
+    JSON object it prints last."""
+    done = subprocess.run(
+        [sys.executable, script, "--child", json.dumps(spec)],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{script} {spec.get('mode')} failed:\n{done.stderr}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result

@@ -67,7 +67,7 @@ from binhoard.crypto.age import Identity
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.support (the S3 server) lives beside src/
 
-from benchlib import warm_memory  # noqa: E402  (bench/ is on sys.path: scripts run from it)
+from benchlib import run_in_child, warm_memory  # noqa: E402  (bench/ is on sys.path: scripts run from it)
 from binhoard.storage import pipeline  # noqa: E402
 from binhoard.storage.backends import LocalStore, open_store  # noqa: E402
 from binhoard.storage.pipeline import Codec, ObjectDigest, download, upload  # noqa: E402
@@ -344,18 +344,7 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def measure(spec: dict[str, Any], identity: str) -> dict[str, Any]:
-    env = dict(os.environ, BENCH_AGE_IDENTITY=identity)
-    done = subprocess.run(
-        [sys.executable, __file__, "--child", json.dumps(spec)],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"{spec['mode']} {spec['direction']} failed:\n{done.stderr}")
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
+    return run_in_child(__file__, spec, {"BENCH_AGE_IDENTITY": identity})
 
 
 # --- the run -----------------------------------------------------------------------------

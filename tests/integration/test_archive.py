@@ -251,17 +251,7 @@ def test_forced_rotation_brings_a_waiting_transaction_to_storage(
 
 
 def _s3_site(s3_server: S3Server, prefix: str) -> dict[str, Any]:
-    return {
-        "storage_type": "s3",
-        "bucket": s3_server.bucket,
-        "prefix": prefix,
-        "region": s3_server.region,
-        "endpoint_url": s3_server.endpoint_url,
-        "aws_access_key_id": s3_server.access_key,
-        "aws_secret_access_key": s3_server.secret_key,
-        "virtual_hosted_style_request": False,
-        "allow_http": True,
-    }
+    return s3_server.storage_section(prefix)
 
 
 def _one_large_transaction(box: Sandbox, rows: int, row_bytes: int, *, seed: int) -> None:

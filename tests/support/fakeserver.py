@@ -38,7 +38,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from binhoard.app import archive_config
+from binhoard.app import archive_config, backup_config
 from binhoard.config import Settings, parse_settings
 from binhoard.crypto.age import Identity
 from binhoard.domain.binlog_file import BinlogIndex, BinlogSummary
@@ -50,7 +50,7 @@ from binhoard.domain.errors import (
     UsageError,
 )
 from binhoard.domain.gtid import Gtid, GtidPosition
-from binhoard.domain.manifest import LsnRange, SnapshotPosition
+from binhoard.domain.manifest import BackupManifest, LsnRange, SnapshotPosition
 from binhoard.domain.privileges import BACKUP_PRIVILEGES, RESTORE_PRIVILEGES, Grants, parse_grants
 from binhoard.domain.relay_plan import (
     FIRST_EVENT_OFFSET,
@@ -67,6 +67,7 @@ from binhoard.domain.replica import PrimaryAddress
 from binhoard.domain.restore_target import TargetDescription
 from binhoard.domain.server_facts import ServerFacts
 from binhoard.ops.archive import BinlogArchiver
+from binhoard.ops.backup import create_backup
 from binhoard.ports.server import (
     CheckpointWait,
     ReplicaCredentials,
@@ -712,3 +713,26 @@ class ScriptedClock:
     def advance(self, **delta: float) -> datetime:
         self.at += timedelta(**delta)
         return self.at
+
+
+def backed_up_source(
+    settings: Settings, server: FakeServer, store: ObjectStore, start: datetime
+) -> tuple[BackupManifest, BackupManifest]:
+    """The restore tests' source site: a full backup after 3 transactions, 4 and 2 more
+    in two binlog files, an incremental an hour later, 3 more in a third file, and all
+    three files archived. Returns the full backup and the incremental."""
+    clock = ScriptedClock(start)
+    server.commit(3)
+    full = create_backup(server, store, backup_config(settings), now=clock)
+    for count in (4, 2):
+        server.commit(count)
+        server.binlogs.flush()
+    clock.advance(hours=1)
+    incremental = create_backup(
+        server, store, backup_config(settings), backup_type="incremental", now=clock
+    )
+    server.commit(3)
+    server.binlogs.flush()
+    archiver = BinlogArchiver(server, store, archive_config(settings), use_cache=False)
+    assert archiver.archive_once().problems == []
+    return full, incremental

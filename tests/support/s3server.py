@@ -28,6 +28,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import botocore.session
 import obstore.exceptions
@@ -81,21 +82,24 @@ class S3Server:
     ports: dict[str, int] = field(default_factory=dict, repr=False)
     _cleanup_dirs: list[Path] = field(default_factory=list, repr=False)
 
+    def storage_section(self, prefix: str = "", *, secret_key: str | None = None) -> dict[str, Any]:
+        """The ``object_storage`` section that reaches this server, as configuration data
+        (secrets included: for a configuration file)."""
+        return {
+            "storage_type": "s3",
+            "bucket": self.bucket,
+            "prefix": prefix,
+            "region": self.region,
+            "endpoint_url": self.endpoint_url,
+            "aws_access_key_id": self.access_key,
+            "aws_secret_access_key": secret_key if secret_key is not None else self.secret_key,
+            "virtual_hosted_style_request": False,
+            "allow_http": True,
+        }
+
     def storage_config(self, prefix: str = "", *, secret_key: str | None = None) -> S3Storage:
         """The binhoard configuration section that reaches this server."""
-        return S3Storage.model_validate(
-            {
-                "storage_type": "s3",
-                "bucket": self.bucket,
-                "prefix": prefix,
-                "region": self.region,
-                "endpoint_url": self.endpoint_url,
-                "aws_access_key_id": self.access_key,
-                "aws_secret_access_key": secret_key if secret_key is not None else self.secret_key,
-                "virtual_hosted_style_request": False,
-                "allow_http": True,
-            }
-        )
+        return S3Storage.model_validate(self.storage_section(prefix, secret_key=secret_key))
 
     def multipart_uploads(self, prefix: str) -> list[str]:
         """Keys of the incomplete multipart uploads under ``prefix`` (full bucket keys),

@@ -80,7 +80,8 @@ def test_restore_planning_fetches_what_this_host_has_not_read(tmp_path: Path) ->
 
 
 def _rewrite_keeping_size_and_mtime(path: Path) -> None:
-    """Changes the bytes but not what a listing shows: only a GET can see it."""
+    """Changes the bytes but not the size or mtime: only the ctime (which cannot be set
+    back) and a GET can see it."""
     st = path.stat()
     path.write_bytes(path.read_bytes().replace(b'"', b"'", 1))
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
@@ -95,7 +96,7 @@ def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     return code, capsys.readouterr().out
 
 
-def test_backup_list_and_binlog_list_read_each_document_once(
+def test_listings_trust_the_cache_only_for_files_unchanged_since(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     store = LocalStore(tmp_path / "site")
@@ -109,17 +110,12 @@ def test_backup_list_and_binlog_list_read_each_document_once(
     code, out = run(["binlog", "list", "--config", str(config), "--json"], capsys)
     assert code == 0 and sum(len(s["binlogs"]) for s in json.loads(out)) == 60
 
-    # Changed under the same size and mtime: a listing cannot tell, so a second
-    # listing that fetched them again would now report them broken.
+    # Changed by hand, its size and mtime set back: the cached copies are not used,
+    # since a local file's ctime (which cannot be set back) changed with it.
     _rewrite_keeping_size_and_mtime(tmp_path / "site" / manifest_key(first_id))
     _rewrite_keeping_size_and_mtime(tmp_path / "site" / build.record_key(first_id, 0))
     code, out = run(["backup", "list", "--config", str(config), "--json"], capsys)
-    assert code == 0 and all(e["broken_at"] is None for e in json.loads(out))
-    code, out = run(["binlog", "list", "--config", str(config), "--json"], capsys)
-    assert code == 0 and all(s["broken_object"] is None for s in json.loads(out))
-
-    # Without the cache the site is read afresh (and the change is seen).
-    (tmp_path / "state" / "site-cache.sqlite").unlink()
-    code, out = run(["backup", "list", "--config", str(config), "--json"], capsys)
     assert json.loads(out)[0]["broken_object"] == manifest_key(first_id)
+    code, out = run(["binlog", "list", "--config", str(config), "--json"], capsys)
+    assert manifest_key(first_id) in {s["broken_object"] for s in json.loads(out)}
     assert read_all(store, manifest_key(first_id)).count(b"'") >= 1

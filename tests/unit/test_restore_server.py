@@ -18,17 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from binhoard.app import archive_config, backup_config, pitr_config
+from binhoard.app import pitr_config
 from binhoard.config import Settings
 from binhoard.crypto.age import Identity
 from binhoard.domain.errors import ConflictError, ServerError, UsageError
 from binhoard.domain.manifest import BackupManifest
-from binhoard.ops.archive import BinlogArchiver
-from binhoard.ops.backup import create_backup
 from binhoard.ops.pitr import PitrRequest, PointInTimeRestore
 from binhoard.ops.restore_backup import RestoreProgress, restore_backup, start_restored_server
 from binhoard.storage.store import MemoryStore
-from tests.support.fakeserver import FakeServer, Killed, ScriptedClock, fake_host
+from tests.support.fakeserver import FakeServer, Killed, backed_up_source, fake_host
 
 IDENTITY = Identity.generate()
 LATEST = PitrRequest("default", {"to_latest": True})
@@ -47,20 +45,7 @@ class Source:
 def source(tmp_path: Path) -> Source:
     settings, server = fake_host(tmp_path / "source", IDENTITY)
     store = MemoryStore()
-    clock = ScriptedClock(START)
-    server.commit(3)
-    full = create_backup(server, store, backup_config(settings), now=clock)
-    for count in (4, 2):
-        server.commit(count)
-        server.binlogs.flush()
-    clock.advance(hours=1)
-    incremental = create_backup(
-        server, store, backup_config(settings), backup_type="incremental", now=clock
-    )
-    server.commit(3)
-    server.binlogs.flush()
-    archiver = BinlogArchiver(server, store, archive_config(settings), use_cache=False)
-    assert archiver.archive_once().problems == []
+    full, incremental = backed_up_source(settings, server, store, START)
     return Source(server, store, full, incremental)
 
 

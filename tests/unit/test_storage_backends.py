@@ -497,3 +497,21 @@ def test_conditional_put_recognises_its_own_write_after_a_retry(
     else:
         with pytest.raises(PreconditionFailedError):
             store.put("owner", [b"me"], if_absent=True)
+
+
+def test_a_local_objects_change_id_changes_with_any_write_even_with_its_mtime_set_back(
+    tmp_path: Path,
+) -> None:
+    store = LocalStore(tmp_path)
+    written = store.put("a/b.json", [b"one"], if_absent=True)
+    (listed,) = store.list("a/")
+    assert written.change_id is not None and written.change_id == listed.change_id
+    assert store.stat("a/b.json").change_id == written.change_id
+
+    path = tmp_path / "a" / "b.json"
+    st = path.stat()
+    path.write_bytes(b"two")  # same size
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    (changed,) = store.list("a/")
+    assert (changed.size, changed.last_modified) == (listed.size, listed.last_modified)
+    assert changed.change_id != listed.change_id

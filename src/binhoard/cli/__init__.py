@@ -19,6 +19,7 @@ from binhoard.cli.prune import prune_command
 from binhoard.cli.restore import restore_command
 from binhoard.cli.sandbox import sandbox_group
 from binhoard.cli.status import status_command
+from binhoard.cli.verify import verify_command
 from binhoard.domain.errors import BinhoardError
 
 
@@ -42,6 +43,7 @@ cli.add_command(restore_command)
 cli.add_command(binlog_group)
 cli.add_command(prune_command)
 cli.add_command(daemon_command)
+cli.add_command(verify_command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -34,12 +34,17 @@ def _checksum(body: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json(body)).hexdigest()
 
 
+def _stored_form(document: dict[str, Any]) -> bytes:
+    # The one encoding a sealed document is stored in (docs/format.md, "JSON documents").
+    return json.dumps(document, sort_keys=True, indent=1, ensure_ascii=False).encode() + b"\n"
+
+
 def seal(body: dict[str, Any]) -> bytes:
     """Adds ``format_version`` and ``checksum``; returns the bytes to store."""
     document = {**body, "format_version": FORMAT_VERSION}
     document.pop("checksum", None)
     document["checksum"] = _checksum(document)
-    return json.dumps(document, sort_keys=True, indent=1, ensure_ascii=False).encode() + b"\n"
+    return _stored_form(document)
 
 
 def unseal(raw: bytes, *, key: str) -> dict[str, Any]:
@@ -53,6 +58,11 @@ def unseal(raw: bytes, *, key: str) -> dict[str, Any]:
     claimed = document.pop("checksum", None)
     if claimed != _checksum(document):
         raise CorruptDocumentError(key, "checksum mismatch")
+    # The checksum covers the content, not the layout: a changed space, newline or
+    # number spelling keeps it. Every document binhoard ever wrote is in the one stored
+    # form, so other bytes are a changed object, and any changed byte is found.
+    if raw != _stored_form({**document, "checksum": claimed}):
+        raise CorruptDocumentError(key, "its bytes are not the document's stored form")
     version = document.get("format_version")
     if version != FORMAT_VERSION:
         raise CorruptDocumentError(

@@ -208,6 +208,13 @@ class IntegrityError(StorageError):
         super().__init__(f"object {key} failed verification: {detail}")
 
 
+class CorruptSiteError(BinhoardError):
+    """``binhoard verify`` found objects of a site corrupt or missing; its report names
+    each one and what is wrong with it."""
+
+    exit_code = 8
+
+
 class CorruptBinlogError(BinhoardError):
     """A binlog file is corrupt, truncated or not a binlog this reader understands.
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from binhoard.config import BackupSite
 from binhoard.crypto.age import Identity
 from binhoard.disk import disk_full, is_no_space
-from binhoard.domain.errors import DiskFullError, UsageError
+from binhoard.domain.errors import DiskFullError, IntegrityError, ObjectNotFoundError, UsageError
 from binhoard.domain.manifest import BackupManifest, ObjectRef
 from binhoard.domain.restore_plan import BrokenBackupError
 from binhoard.domain.versions import check_chain_preparable
@@ -149,6 +149,7 @@ def restore_backup(
     state.backup_id = target.backup_id
     state.basebackup_compressed_bytes_total = sum(m.data.stored_size for m in chain)
     identities = decryption_identities(site.encryption_keys)
+    _check_option_files(store, chain, identities)
     work = temporary_directory / f"restore-{target.backup_id}"
     # The extracted backup is about as large as the plaintext stream(s).
     extracted = sum(m.data.plain_size for m in chain)
@@ -174,6 +175,21 @@ def restore_backup(
     report("basebackup_restored")
     log.info("backup %s restored into %s", target.backup_id, datadir)
     return target
+
+
+def _check_option_files(
+    store: ObjectStore, chain: list[BackupManifest], identities: list[Identity]
+) -> None:
+    """Reads each backup's ``my.cnf`` (a few KiB) and warns, naming it, if it is corrupt
+    or missing: the restore does not need it (the host's own configuration is used),
+    so it does not fail, but an operator comparing configurations would."""
+    for manifest in chain:
+        ref = manifest.my_cnf
+        try:
+            for _ in download(store, ref.key, expected=digest_of(ref), identities=identities):
+                pass
+        except (IntegrityError, ObjectNotFoundError) as exc:
+            log.warning("%s (the restore goes on: it does not use it)", exc.message)
 
 
 def _restore_chain(  # noqa: PLR0917 - the steps of restore_backup, split for its error handling

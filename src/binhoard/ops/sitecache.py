@@ -18,6 +18,9 @@ It is only ever a copy of what the site says:
   on every read, and a repaired one is read afresh;
 * a database that cannot be opened or read (corrupt, another schema) is deleted and
   built again from the site; one that stays unusable is bypassed with a warning.
+
+The same database holds what ``binhoard verify`` proved (table ``verified``,
+``ops/verify.py``): losing it only makes the next verify read everything again.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import sqlite3
 import threading
 from collections.abc import Iterable
 from pathlib import Path
+from typing import NamedTuple
 
 from binhoard.storage.store import ObjectInfo
 
@@ -47,6 +51,28 @@ CREATE TABLE IF NOT EXISTS documents (
     PRIMARY KEY (site, key)
 ) WITHOUT ROWID
 """
+
+# What ``binhoard verify`` proved of an object (docs/verify.md): read whole and found to
+# match ``expectation`` while the site described it by ``size`` and ``identity``.
+_VERIFIED_SCHEMA = """
+CREATE TABLE IF NOT EXISTS verified (
+    site TEXT NOT NULL,
+    key TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    identity TEXT NOT NULL,
+    expectation TEXT NOT NULL,
+    PRIMARY KEY (site, key)
+) WITHOUT ROWID
+"""
+
+
+class Verified(NamedTuple):
+    """A row of the ``verified`` table: how the site described the object when it was
+    verified, and what it was verified against."""
+
+    size: int
+    identity: str
+    expectation: str
 
 
 class CachedDocument:
@@ -68,9 +94,12 @@ class CachedDocument:
 
 def version_of(info: ObjectInfo) -> str | None:
     """What changes when an object is written again: its etag where the backend gives
-    one (S3, GCS, Azure), else its modification time (a local directory)."""
+    one (S3, GCS, Azure), else its ``change_id`` (a local directory: mtime, ctime and
+    inode, so that a file changed by hand and its mtime set back is read again)."""
     if info.etag is not None:
         return info.etag
+    if info.change_id is not None:
+        return info.change_id
     return None if info.last_modified is None else info.last_modified.isoformat()
 
 
@@ -84,6 +113,7 @@ class SiteCache:
         self.site = site
         self._db: sqlite3.Connection | None = None
         self._pending: dict[str, tuple[int, str | None, bytes] | None] = {}
+        self._verified_pending: dict[str, Verified | None] = {}
         self._lock = threading.RLock()
         # Documents parsed (and verified) by this process, by key, with the bytes they
         # came from: a long-running archiver does not re-verify thousands of unchanged
@@ -130,6 +160,7 @@ class SiteCache:
             if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
                 raise sqlite3.DatabaseError("quick_check failed")
             db.execute(_SCHEMA)
+            db.execute(_VERIFIED_SCHEMA)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except BaseException:
             db.close()
@@ -153,6 +184,7 @@ class SiteCache:
         log.warning("site cache %s failed (%s): discarded", self.path, exc)
         self._close()
         self._pending.clear()
+        self._verified_pending.clear()
         self._delete_files()
 
     def close(self) -> None:
@@ -193,6 +225,32 @@ class SiteCache:
                 else:
                     found[key] = CachedDocument(*pending)
         return found
+
+    def verified(self) -> dict[str, Verified]:
+        """Every object of the site ``binhoard verify`` has proved, by key."""
+        with self._lock:
+            found: dict[str, Verified] = {}
+            if self._db is not None:
+                try:
+                    rows = self._db.execute(
+                        "SELECT key, size, identity, expectation FROM verified WHERE site = ?",
+                        (self.site,),
+                    ).fetchall()
+                except sqlite3.Error as exc:
+                    self._failed(exc)
+                    rows = []
+                found = {str(k): Verified(int(n), str(i), str(e)) for k, n, i, e in rows}
+            for key, pending in self._verified_pending.items():
+                if pending is None:
+                    found.pop(key, None)
+                else:
+                    found[key] = pending
+            return found
+
+    def mark_verified(self, key: str, row: Verified | None) -> None:
+        """Records (``None``: forgets) that ``key`` was verified, at the next commit."""
+        with self._lock:
+            self._verified_pending[key] = row
 
     def parsed(self, key: str, body: bytes) -> object | None:
         """The document this process parsed from exactly ``body``, if any."""
@@ -235,8 +293,9 @@ class SiteCache:
             self._commit()
 
     def _commit(self) -> None:
-        if self._db is None or not self._pending:
+        if self._db is None or not (self._pending or self._verified_pending):
             self._pending.clear()
+            self._verified_pending.clear()
             return
         try:
             self._db.execute("BEGIN IMMEDIATE")
@@ -252,6 +311,17 @@ class SiteCache:
                         "VALUES (?, ?, ?, ?, ?)",
                         (self.site, key, size, etag, body),
                     )
+            for key, row in self._verified_pending.items():
+                if row is None:
+                    self._db.execute(
+                        "DELETE FROM verified WHERE site = ? AND key = ?", (self.site, key)
+                    )
+                else:
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO verified "
+                        "(site, key, size, identity, expectation) VALUES (?, ?, ?, ?, ?)",
+                        (self.site, key, *row),
+                    )
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
@@ -259,6 +329,7 @@ class SiteCache:
             self._failed(exc)
             return
         self._pending.clear()
+        self._verified_pending.clear()
 
 
 def open_cache(state_directory: Path, site: str) -> SiteCache:

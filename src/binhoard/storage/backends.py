@@ -250,8 +250,13 @@ class LocalStore:
             _fsync_dir(path.parent)
 
     def _info(self, key: str, st: os.stat_result) -> ObjectInfo:
+        # mtime can be set back by hand (touch -d), ctime cannot, and a file replaced
+        # by another gets another inode: together they change with every write.
         return ObjectInfo(
-            key=key, size=st.st_size, last_modified=datetime.fromtimestamp(st.st_mtime, UTC)
+            key=key,
+            size=st.st_size,
+            last_modified=datetime.fromtimestamp(st.st_mtime, UTC),
+            change_id=f"{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}",
         )
 
     # -- the port
@@ -277,6 +282,9 @@ class LocalStore:
                 except OSError as exc:
                     raise _local_error(exc, "put", key) from None
             self._publish(temp, final, key, if_absent=if_absent)
+            # Before the stat: unlinking the temp name of a linked file changes its
+            # ctime, which would make the change_id returned here stale at once.
+            temp.unlink(missing_ok=True)
             try:
                 return self._info(key, final.stat())
             except OSError as exc:

@@ -47,6 +47,7 @@ import hashlib
 import lzma
 import os
 import queue
+import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -946,6 +947,25 @@ def download(
         )
     source = iter(store.get(key))
     return _download(key, source, expected, ids, algorithm, verify_plaintext=verify_plaintext)
+
+
+def decode_unrecorded(
+    store: ObjectStore, key: str, *, identities: Sequence[Identity]
+) -> Iterator[bytes]:
+    """The plaintext of an object no record describes (a leftover), checked by what the
+    object carries itself: age's authentication of every chunk and of the end, and the
+    compression format's own check. Raises ``IntegrityError`` naming ``key``."""
+    ids = list(identities)
+    if not ids:
+        raise UsageError(
+            f"cannot decrypt {key}: no private key is configured (encryption_keys.private)"
+        )
+    unbounded = ObjectDigest(0, "", sys.maxsize, "")
+    stages = _DownloadStages(key, iter(store.get(key)), unbounded, ids, algorithm_for_key(key))
+    try:
+        yield from stages.start()
+    finally:
+        stages.stop()
 
 
 class _DownloadStages:

@@ -31,10 +31,18 @@ DEFAULT_CHUNK = 1024 * 1024
 
 @dataclass(frozen=True)
 class ObjectInfo:
+    """An object as a listing, ``stat`` or ``put`` describes it.
+
+    ``change_id``: for a backend without an etag, what changes whenever the object is
+    written or replaced, even by hand: a local file's mtime, ctime (which nobody can set
+    back) and inode; None where the etag and ``last_modified`` are what the store gives.
+    """
+
     key: str
     size: int
     last_modified: datetime | None = None
     etag: str | None = None
+    change_id: str | None = None
 
 
 @runtime_checkable
@@ -100,8 +108,9 @@ class MemoryStore:
     """An in-process backend with the same semantics as the real ones, for unit tests."""
 
     def __init__(self) -> None:
-        self._objects: dict[str, tuple[bytes, datetime]] = {}
+        self._objects: dict[str, tuple[bytes, datetime, int]] = {}
         self._lock = threading.Lock()
+        self._writes = 0  # each write's number is the object's change_id
 
     def put(self, key: str, data: Iterable[bytes], *, if_absent: bool = False) -> ObjectInfo:
         validate_key(key)
@@ -110,8 +119,10 @@ class MemoryStore:
         with self._lock:
             if if_absent and key in self._objects:
                 raise PreconditionFailedError(key)
-            self._objects[key] = (body, now)
-        return ObjectInfo(key=key, size=len(body), last_modified=now)
+            self._writes += 1
+            write = self._writes
+            self._objects[key] = (body, now, write)
+        return ObjectInfo(key, len(body), now, change_id=str(write))
 
     def get(self, key: str, *, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
         validate_key(key)
@@ -129,7 +140,7 @@ class MemoryStore:
             entry = self._objects.get(key)
         if entry is None:
             raise ObjectNotFoundError(key)
-        return ObjectInfo(key=key, size=len(entry[0]), last_modified=entry[1])
+        return ObjectInfo(key, len(entry[0]), entry[1], change_id=str(entry[2]))
 
     def list(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[ObjectInfo]:
         with self._lock:
@@ -138,8 +149,8 @@ class MemoryStore:
                 for k, v in self._objects.items()
                 if k.startswith(prefix) and (start_after is None or k > start_after)
             )
-        for key, (body, modified) in items:
-            yield ObjectInfo(key=key, size=len(body), last_modified=modified)
+        for key, (body, modified, write) in items:
+            yield ObjectInfo(key, len(body), modified, change_id=str(write))
 
     def delete(self, key: str) -> None:
         validate_key(key)
@@ -152,7 +163,8 @@ class MemoryStore:
     # For tests that corrupt stored objects on purpose.
     def replace_raw(self, key: str, body: bytes) -> None:
         with self._lock:
-            self._objects[key] = (body, datetime.now(UTC))
+            self._writes += 1
+            self._objects[key] = (body, datetime.now(UTC), self._writes)
 
 
 def _chunks(body: bytes, start: int, end: int) -> Iterator[bytes]:
