@@ -85,8 +85,8 @@ class Tally:
     corruptions: Counter[str] = field(default_factory=Counter)  # "flip", "truncate"
     corruptions_found_by_restore: int = 0
     corruptions_found_by_verify: int = 0
-    corruptions_no_restore_reads: int = 0  # my.cnf copies: verify's alone
-    verify: str = "not available"
+    corruptions_no_restore_reads: int = 0  # my.cnf copies, stream markers: verify's alone
+    verify_sound: int = 0  # verify runs that found the whole site sound
     restores_checked: int = 0
     rpo_checks: int = 0
     rpo_markers_checked: int = 0  # markers found stored once older than the bound
@@ -119,7 +119,7 @@ class Tally:
             "corruptions_found_by_restore": self.corruptions_found_by_restore,
             "corruptions_found_by_verify": self.corruptions_found_by_verify,
             "corruptions_no_restore_reads": self.corruptions_no_restore_reads,
-            "verify": self.verify,
+            "verify_sound": self.verify_sound,
             "restores_checked": self.restores_checked,
             "rpo_bound_s": RPO_BOUND,
             "rpo_checks": self.rpo_checks,
@@ -419,15 +419,16 @@ class Round:
     # --- corruption ----------------------------------------------------------------------
     def corruptions(self) -> None:
         """Flips a byte of, or cuts short, random stored objects one at a time; each must
-        be found, naming it, by a restore that reads it and by ``binhoard verify``."""
-        store = self.store(self.sandboxes.created[0])
+        be found, naming it, by ``binhoard verify`` (which first finds the whole site
+        sound, and again at the end) and by a restore that reads it."""
+        verifier = self.sandboxes.new("verifier", start=False)
+        verifier.create(initialize=False)
+        verifier_config = verifier.directory / "binhoard.json"
+        verifier_config.write_text(json.dumps(self.config(verifier, proxied=False)))
+        self.verify_sound(verifier_config)
+        store = self.store(verifier)
         streams = read_streams(store)
         for _ in range(self.scale.corruptions):
-            # A fresh node for each: a failed restore leaves its datadir and state behind.
-            box = self.sandboxes.new("checker", start=False)
-            box.create(initialize=False)
-            config_file = box.directory / "binhoard.json"
-            config_file.write_text(json.dumps(self.config(box, proxied=False)))
             key, restore_args = self.pick_object(store, streams)
             original = read_all(store, key)
             how = self.rng.choice(("flip", "truncate")) if original else "truncate"
@@ -439,20 +440,26 @@ class Round:
             store.put(key, [bytes(damaged)])
             self.tally.corruptions[how] += 1
             try:
-                self.found_by_verify(config_file, key)
+                # Not --full: what verify proved before is skipped, the changed object not.
+                self.found_by_verify(verifier_config, key)
                 if restore_args:
-                    self.found_by_restore(config_file, key, restore_args)
+                    self.found_by_restore(key, restore_args)
                 else:
                     self.tally.corruptions_no_restore_reads += 1
             finally:
                 store.put(key, [original])
-                box.stop()
+        self.verify_sound(verifier_config)
+
+    def verify_sound(self, config_file: Path) -> None:
+        result = run_binhoard("verify", "--config", str(config_file), "--all", "--json")
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        self.tally.verify_sound += 1
 
     def pick_object(
         self, store: ObjectStore, streams: list[StreamState]
     ) -> tuple[str, tuple[str, ...]]:
-        """A random object of a backup or a stream, and the restore that reads it (none
-        for the one object no restore reads)."""
+        """A random object of a backup or a stream, and a restore that reads it (none:
+        verify alone checks it)."""
         candidates: list[tuple[str, tuple[str, ...]]] = []
         for stream in streams:
             backup = stream.stream_id
@@ -464,21 +471,29 @@ class Round:
                 target = ("--backup", backup, "--to-gtid", str(record.gtid_position_at_end))
                 candidates.append((record.key, target))
                 candidates.append((record.object.key, target))
+            # Markers and promotions: what a restore makes of them depends on the
+            # target (a closed stream's marker does not stop one inside it); verify's.
+            for info in store.list(f"streams/{backup}/"):
+                if "/binlogs/" not in info.key:
+                    candidates.append((info.key, ()))
         return self.rng.choice(candidates)
 
-    def found_by_restore(self, config_file: Path, key: str, restore_args: tuple[str, ...]) -> None:
+    def found_by_restore(self, key: str, restore_args: tuple[str, ...]) -> None:
+        # A fresh node for each: a failed restore leaves its datadir and state behind.
+        box = self.sandboxes.new("checker", start=False)
+        box.create(initialize=False)
+        config_file = box.directory / "binhoard.json"
+        config_file.write_text(json.dumps(self.config(box, proxied=False)))
         failed = run_binhoard("restore", "--config", str(config_file), *restore_args)
+        box.stop()
         assert failed.returncode != 0, f"a restore reading the damaged {key} succeeded"
         assert key in failed.stderr, f"the restore did not name {key}:\n{failed.stderr[-3000:]}"
         assert "Traceback" not in failed.stderr, failed.stderr[-3000:]
         self.tally.corruptions_found_by_restore += 1
 
     def found_by_verify(self, config_file: Path, key: str) -> None:
-        probe = run_binhoard("verify", "--help")
-        if probe.returncode != 0:
-            return  # not built yet in this checkout
-        self.tally.verify = "used"
-        found = run_binhoard("verify", "--config", str(config_file), "--all", "--full", "--json")
+        found = run_binhoard("verify", "--config", str(config_file), "--all", "--json")
         assert found.returncode == 8, f"verify missed {key}: {found.stdout[-3000:]}"
-        assert key in found.stdout, f"verify did not name {key}: {found.stdout[-3000:]}"
+        bad = {o["key"] for o in json.loads(found.stdout)["objects"] if o["status"] != "ok"}
+        assert key in bad, f"verify did not name {key} but {sorted(bad)}"
         self.tally.corruptions_found_by_verify += 1
