@@ -467,10 +467,15 @@ class Round:
                 # No restore reads the my.cnf copy (it is for the operator): only verify.
                 reads = () if "/my.cnf" in info.key else ("--backup", backup)
                 candidates.append((info.key, reads))
+            reached = stream.snapshot_gtid
             for record in stream.records:
-                target = ("--backup", backup, "--to-gtid", str(record.gtid_position_at_end))
+                end = record.gtid_position_at_end
+                # A record that adds no transaction (a file rotated with nothing new, as
+                # a promoted node's first ones) is needed by no target: verify's alone.
+                target = () if reached.covers(end) else ("--backup", backup, "--to-gtid", str(end))
                 candidates.append((record.key, target))
                 candidates.append((record.object.key, target))
+                reached = end
             # Markers and promotions: what a restore makes of them depends on the
             # target (a closed stream's marker does not stop one inside it); verify's.
             for info in store.list(f"streams/{backup}/"):
