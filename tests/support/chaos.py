@@ -464,7 +464,7 @@ class Round:
         for stream in streams:
             backup = stream.stream_id
             for info in store.list(f"backups/{backup}/"):
-                # No restore reads the my.cnf copy (it is for the operator): only verify.
+                # A restore only warns about a bad my.cnf copy (it uses the host's): verify's.
                 reads = () if "/my.cnf" in info.key else ("--backup", backup)
                 candidates.append((info.key, reads))
             reached = stream.snapshot_gtid
