@@ -13,8 +13,7 @@ import time
 from binhoard.app import open_site
 from binhoard.config import parse_settings
 from binhoard.crypto.age import Identity
-from binhoard.ops.catalog import read_streams
-from binhoard.ops.site import find_leftovers
+from tests.support.chaos import assert_site_whole, kill_and_restart
 from tests.support.configs import config_for
 from tests.support.daemon_process import DaemonProcess
 from tests.support.sandboxes import SandboxFactory
@@ -22,14 +21,6 @@ from tests.support.waiting import wait_for
 from tests.support.workload import checksums, create_schema, mark, write_rows
 
 ROUNDS = 12
-
-
-def kill_and_restart(daemon: DaemonProcess, rng: random.Random, most: float) -> None:
-    """Lets the daemon work for a random while (the point: the kill lands anywhere in
-    what it does), then ``kill -9`` and a restart."""
-    time.sleep(rng.uniform(0.0, most))
-    daemon.kill()
-    daemon.start()
 
 
 def test_kill_9_at_random_moments_in_every_mode(
@@ -79,19 +70,7 @@ def test_kill_9_at_random_moments_in_every_mode(
     assert primary.terminate() == 0
 
     # The site: whole streams, no duplicate records, nothing unnamed left behind.
-    settings = parse_settings(config, source="test")
-    store = open_site(settings)
-    streams = read_streams(store)
-    assert len(streams) == expected
-    named = set()
-    for stream in streams:
-        assert stream.broken is None and stream.problems() == [], stream.stream_id
-        names = [r.name for r in stream.records]
-        assert len(names) == len(set(names)), f"a file archived twice in {stream.stream_id}"
-        named |= {r.object.key for r in stream.records}
-    assert find_leftovers(store) == []
-    stored = {i.key for i in store.list("binlogs/")}
-    assert stored == named, "binlog uploads that no record names"
+    assert_site_whole(open_site(parse_settings(config, source="test")), expected)
 
     # A second node restores to the marker, killed during the restore and after it.
     box = sandboxes.new("restored", start=False)

@@ -96,7 +96,7 @@ def test_offset_of_state_is_the_first_boundary_with_exactly_that_state() -> None
 
 def test_rotation_timer_fires_interval_after_transactions_start_waiting() -> None:
     timer = RotationTimer(10)
-    assert not timer.due(waiting=False, now=0)
+    assert not timer.due(waiting=False, now=0)  # the first check: nothing waits
     assert not timer.due(waiting=True, now=5)  # the clock starts here
     assert not timer.due(waiting=True, now=14)
     assert timer.due(waiting=True, now=15)
@@ -105,6 +105,17 @@ def test_rotation_timer_fires_interval_after_transactions_start_waiting() -> Non
     assert not timer.due(waiting=False, now=30)  # caught up: reset
     assert not timer.due(waiting=True, now=31)
     assert timer.due(waiting=True, now=41)
+
+
+def test_a_new_rotation_timer_finding_transactions_waiting_fires_at_once() -> None:
+    """A daemon killed every few seconds (each start a new timer) still rotates: how long
+    the transactions waited before the start is unknown, so they are taken as due."""
+    for _restart in range(3):
+        timer = RotationTimer(300)
+        assert timer.due(waiting=True, now=0)
+        timer.rotated()
+        assert not timer.due(waiting=True, now=1)  # then the interval counts again
+        assert timer.due(waiting=True, now=301)
 
 
 def _record(seq: int, name: str, start: str, end: str, stream: str = "S") -> BinlogRecord:

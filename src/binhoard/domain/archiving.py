@@ -176,17 +176,27 @@ class RotationTimer:
     Transactions wait in the server's active binlog until it is closed. The timer
     starts when waiting transactions are first seen and fires ``interval`` seconds
     later; it is reset when nothing waits (the archive caught up with the server).
+
+    A new timer (a process just started) fires at its first check that finds
+    transactions waiting: how long they have waited is unknown (the process before may
+    have been killed a moment before its own timer fired), and starting the count
+    afresh let a daemon restarted more often than ``interval`` never rotate, leaving
+    its transactions out of storage for good.
     """
 
     def __init__(self, interval: float) -> None:
         self.interval = interval
         self.waiting_since: float | None = None
+        self._checked = False
 
     def due(self, *, waiting: bool, now: float) -> bool:
         """Whether to rotate now; call once per check with whether transactions wait."""
+        first, self._checked = not self._checked, True
         if not waiting:
             self.waiting_since = None
             return False
+        if first:
+            return True
         if self.waiting_since is None:
             self.waiting_since = now
         return now - self.waiting_since >= self.interval
