@@ -72,6 +72,7 @@ from binhoard.daemon.state import (
     BrokenRequest,
     PreservationRequest,
     RestoreTestRequest,
+    RestoreTestResult,
     RotationRequest,
     StateStore,
 )
@@ -86,6 +87,7 @@ from binhoard.domain.errors import (
     UsageError,
 )
 from binhoard.domain.manifest import BackupManifest, BackupType
+from binhoard.domain.restore_plan import BrokenBackupError
 from binhoard.domain.restore_test import restore_test_due
 from binhoard.domain.schedule import (
     backup_due,
@@ -958,6 +960,8 @@ class Controller:
         stream = self._find_stream(command.stream_id)
         if stream.manifest is None or stream.broken_reason is not None:
             raise ConflictError(f"stream {stream.stream_id} is broken: {stream.broken_reason}")
+        if any(b.stream_id == stream.stream_id and b.broken for b in self.state.broken_marks):
+            raise ConflictError(f"stream {stream.stream_id} is being marked broken")
         queued = self.state.restore_tests
         if any(
             (r.site, r.stream_id) == (stream.site, stream.stream_id) and r.started_at is None
@@ -1032,6 +1036,30 @@ class Controller:
             self._update(restore_tests=rest, restore_test_results=results)
             return
         error = done.error
+        if isinstance(error, BrokenBackupError) and request.stream_id is not None:
+            # Marked broken (by another node, or the command line) after the last
+            # listing: the request was taken, so its answer is the stream's result, as
+            # a test refused for its bounds; and the listing is read again at once.
+            refusal = RestoreTestResult(
+                result="refused",
+                reason=f"not started: {error.message}",
+                started_at=request.started_at or self._now,
+                finished_at=self._now,
+                rto_seconds=None,
+                gtid=None,
+                tables_checked=0,
+                site=request.site,
+                stream_id=request.stream_id,
+            )
+            kept = [
+                r
+                for r in self.state.restore_test_results
+                if (r.site, r.stream_id) != (request.site, request.stream_id)
+            ]
+            results = (*kept, refusal)[-RESTORE_TEST_RESULTS:]
+            self._update(restore_tests=rest, restore_test_results=results)
+            self._site_changes += 1
+            return
         if error is not None and (error.retryable or isinstance(error, CancelledError)):
             # Tried again (after the slot's retry delay, or at the next start).
             self._update(restore_tests=(replace(request, started_at=None), *rest))
