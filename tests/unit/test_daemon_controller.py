@@ -443,6 +443,8 @@ def test_a_seeding_restore_is_checked_then_carries_its_primary(tmp_path: Path) -
     seed = replace(seed, stream_id=h.doers.backup_ids()[0])
     for bad, message in [
         (replace(seed, replicate_from="10.0.0.9:3306"), "neither a loopback"),
+        # mysql.client_params: this node's own server, refused before the restore.
+        (replace(seed, replicate_from="localhost:3306"), "this node's own server"),
         (replace(seed, target_gtid="0-7-1"), "needs the latest target"),
     ]:
         error = refused(h.submit(bad))

@@ -42,7 +42,12 @@ from binhoard.domain.errors import (
     UsageError,
 )
 from binhoard.domain.gtid import Gtid, GtidPosition
-from binhoard.domain.replica import PrimaryAddress, divergence, parse_primary_address
+from binhoard.domain.replica import (
+    PrimaryAddress,
+    divergence,
+    parse_primary_address,
+    same_address,
+)
 from binhoard.ports.server import PrimaryState, ReplicaCredentials, ReplicaStatus, Server
 
 log = logging.getLogger("binhoard.seed")
@@ -64,6 +69,10 @@ class SeedSettings:
 
     credentials: ReplicaCredentials
     catch_up_timeout: float
+    # This node's own server: its TCP address (``mysql.client_params``; None through a
+    # socket) and ``server_id``, so that a primary naming it is refused up front.
+    own_address: PrimaryAddress | None = None
+    own_server_id: int | None = None
 
 
 def check_primary(
@@ -75,9 +84,28 @@ def check_primary(
     if seed is None:
         raise UsageError("replicate_from needs replication.user in the configuration")
     try:
-        return parse_primary_address(text, allowed=allowed, is_loopback=is_loopback_address)
+        primary = parse_primary_address(text, allowed=allowed, is_loopback=is_loopback_address)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    if seed.own_address is not None and same_address(primary, seed.own_address):
+        raise UsageError(
+            f"replicate_from {primary.format()} is this node's own server "
+            f"(mysql.client_params {seed.own_address.format()}); name the primary"
+        )
+    return primary
+
+
+def refuse_itself(server: Server, primary: PrimaryAddress, settings: SeedSettings) -> None:
+    """Before a seeding restore touches anything: ``UsageError`` if ``primary`` answers
+    with this node's ``server_id`` (its own server under another address). A primary
+    that cannot be reached now is left to the ``replicating`` phase, which names it and
+    can be resumed."""
+    if settings.own_server_id is None:
+        return
+    try:
+        _primary_state(server, primary, settings, own=settings.own_server_id)
+    except ReplicationError as exc:
+        log.warning("not checked before the restore: %s", exc.message)
 
 
 def replicate(
@@ -174,13 +202,15 @@ def repoint(server: Server, primary: PrimaryAddress, settings: SeedSettings) -> 
 
 
 def _primary_state(
-    server: Server, primary: PrimaryAddress, settings: SeedSettings
+    server: Server, primary: PrimaryAddress, settings: SeedSettings, *, own: int | None = None
 ) -> tuple[Gtid, ...]:
     """The primary's ``@@gtid_binlog_state``; ``UsageError`` if it has this server's
-    ``server_id``: this server itself (its own address), or one MariaDB would refuse to
-    replicate from (its IO thread stops on equal server ids)."""
+    ``server_id`` (``own``, else the running server's): this server itself (its own
+    address), or one MariaDB would refuse to replicate from (its IO thread stops on
+    equal server ids)."""
     state: PrimaryState = server.replication.primary_state(primary, settings.credentials)
-    own = server.facts().server_id
+    if own is None:
+        own = server.facts().server_id
     if state.server_id == own:
         raise UsageError(
             f"replicate_from {primary.format()} has this server's server_id {own}: it is "
