@@ -159,11 +159,14 @@ class Repointed:
     changed: bool
 
 
-def repoint(server: Server, primary: PrimaryAddress, settings: SeedSettings) -> Repointed:
+def repoint(
+    server: Server, primary: PrimaryAddress, settings: SeedSettings, *, resumed: bool = False
+) -> Repointed:
     """Points this replica at ``primary`` (the new primary after a failover) and starts
     replication. Refused with ``ConflictError`` when this server has transactions the
     primary lacks, or holds other ones at the same sequence numbers: it must be
-    re-seeded from the new primary's stream. Replication is then left as it was."""
+    re-seeded from the new primary's stream. Replication is then left as it was
+    (``resumed``: a re-point a crash interrupted, which had stopped it: started again)."""
     replication = server.replication
     where = primary.format()
     before = replication.status()
@@ -171,7 +174,7 @@ def repoint(server: Server, primary: PrimaryAddress, settings: SeedSettings) -> 
         replication.start()
         position = GtidPosition.parse(server.facts().gtid_current_pos)
         return Repointed(where, position, changed=False)
-    running = before.configured and (before.sql_running or before.io_running != "No")
+    running = before.configured and (resumed or before.sql_running or before.io_running != "No")
     replication.stop()  # nothing more arrives from the old primary while this decides
     try:
         position = GtidPosition.parse(server.facts().gtid_current_pos)
@@ -199,6 +202,57 @@ def repoint(server: Server, primary: PrimaryAddress, settings: SeedSettings) -> 
         position or "(empty)",
     )
     return Repointed(where, position, changed=True)
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    """This node's replication as found at the daemon's start: ``primary``, what it
+    replicates from (None: not a replica); ``problem``, what is not as the daemon's
+    state says, in a sentence (None: as expected)."""
+
+    primary: str | None
+    problem: str | None
+
+
+def reconcile(
+    server: Server,
+    expected: str | None,
+    interrupted: PrimaryAddress | None,
+    settings: SeedSettings | None,
+) -> Reconciled:
+    """At the daemon's start: a re-point at ``interrupted`` that a crash cut short is
+    finished (:func:`repoint` again, ``resumed``) or, refused, rolled back (replication
+    from the primary still configured started again); else replication is compared with
+    ``expected`` (the primary the state names), and what differs is said."""
+    if interrupted is not None and settings is not None:
+        try:
+            done = repoint(server, interrupted, settings, resumed=True)
+        except BinhoardError as exc:
+            status = server.replication.status()
+            back = status.primary if status.configured else None
+            return Reconciled(
+                back,
+                f"the re-point at {interrupted.format()}, interrupted by a restart, was "
+                f"not finished: {exc.message}; replication "
+                + (f"from {back} started again" if back else "is not configured"),
+            )
+        log.warning("the re-point at %s, interrupted by a restart, is finished", done.primary)
+        return Reconciled(done.primary, None)
+    if expected is None:
+        return Reconciled(None, None)
+    status = server.replication.status()
+    if not status.configured:
+        why = f"this node should replicate from {expected}, but no replication is configured"
+    elif status.primary != expected:
+        why = f"this node should replicate from {expected}, but replicates from {status.primary}"
+    elif not status.sql_running or status.io_running == "No":
+        why = (
+            f"replication from {expected} is stopped (IO thread {status.io_running}, SQL "
+            f"thread {'Yes' if status.sql_running else 'No'}): START SLAVE"
+        )
+    else:
+        return Reconciled(expected, None)
+    return Reconciled(status.primary or None, why)
 
 
 def _primary_state(
