@@ -10,6 +10,7 @@ from __future__ import annotations
 from binhoard.config import Settings
 from binhoard.domain.backup_decision import BackupSchedule
 from binhoard.domain.errors import UsageError
+from binhoard.domain.replica import PrimaryAddress
 from binhoard.metrics import Metrics
 from binhoard.ops.archive import ArchiveConfig
 from binhoard.ops.backup import BackupConfig
@@ -142,7 +143,10 @@ def seed_settings(settings: Settings) -> SeedSettings | None:
     replication = settings.replication
     if replication.user is None:
         return None
+    client = settings.mysql.client_params
     return SeedSettings(
         ReplicaCredentials(replication.user, replication.password.get_secret_value()),
         catch_up_timeout=replication.catch_up_timeout,
+        own_address=None if client.unix_socket else PrimaryAddress(client.host, client.port),
+        own_server_id=settings.server_id,
     )

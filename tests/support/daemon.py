@@ -24,6 +24,7 @@ from binhoard.daemon.jobs import (
     PromoteDone,
     PromoteStatus,
     PurgeDone,
+    ReconcileDone,
     RepointDone,
     RestoreDone,
     RestoreStatus,
@@ -150,6 +151,9 @@ class FakeDoers:
     # it gives up instead (as an archive that cannot be read).
     catch_up_error: BinhoardError | None = None
     repoints: list[str] = field(default_factory=list)  # the primaries re-pointed at
+    # reconcile_replication's calls, and the problem it finds when nothing was interrupted.
+    reconciled: list[tuple[str | None, str | None]] = field(default_factory=list)
+    replication_problem: str | None = None
     retention_runs: int = 0
     history: History = HISTORY  # the node's (ops/history.py): a test forks it by changing it
 
@@ -274,6 +278,16 @@ class FakeDoers:
         self._fail("repoint")
         self.repoints.append(primary)
         return RepointDone(primary, position(42).format())
+
+    def reconcile_replication(
+        self, expected: str | None, interrupted: str | None, work: Work
+    ) -> ReconcileDone:
+        self._fail("reconcile")
+        self.reconciled.append((expected, interrupted))
+        if interrupted is not None:
+            self.repoints.append(interrupted)  # finished: the same re-point again
+            return ReconcileDone(interrupted, None)
+        return ReconcileDone(expected, self.replication_problem)
 
     def write_mark(self, request: PreservationRequest | BrokenRequest, work: Work) -> None:
         self._fail("write_mark")

@@ -102,9 +102,13 @@ class _Failures:
     def __init__(self) -> None:
         self.pending: dict[str, BaseException] = {}  # Killed too: binhoard dies there
         self.calls: list[str] = []
+        self.passes: dict[str, int] = {}  # calls of an operation let through first
 
     def call(self, operation: str) -> None:
         self.calls.append(operation)
+        if self.passes.get(operation, 0) > 0:
+            self.passes[operation] -= 1
+            return
         error = self.pending.pop(operation, None)
         if error is not None:
             raise error
@@ -501,7 +505,9 @@ class FakeReplication:
     def primary_state(
         self, primary: PrimaryAddress, credentials: ReplicaCredentials
     ) -> PrimaryState:
-        self.server.connect("replication.primary_state")
+        # A connection to the primary alone, as the real one: this server may be down
+        # (a seeding restore checks the primary before its datadir is restored).
+        self.server.failures.call("replication.primary_state")
         other = self._reach(primary, credentials)
         return PrimaryState(other.server_id, other.binlog_state())
 
@@ -647,8 +653,10 @@ class FakeServer:
     def calls(self) -> list[str]:
         return self.failures.calls
 
-    def fail(self, operation: str, error: BaseException) -> None:
+    def fail(self, operation: str, error: BaseException, *, after: int = 0) -> None:
+        """``operation`` raises ``error`` once, after ``after`` calls that pass."""
         self.failures.pending[operation] = error
+        self.failures.passes[operation] = after
 
     def connect(self, operation: str) -> None:
         """What every SQL call does first: a stopped server refuses the connection."""

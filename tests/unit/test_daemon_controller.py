@@ -443,6 +443,8 @@ def test_a_seeding_restore_is_checked_then_carries_its_primary(tmp_path: Path) -
     seed = replace(seed, stream_id=h.doers.backup_ids()[0])
     for bad, message in [
         (replace(seed, replicate_from="10.0.0.9:3306"), "neither a loopback"),
+        # mysql.client_params: this node's own server, refused before the restore.
+        (replace(seed, replicate_from="localhost:3306"), "this node's own server"),
         (replace(seed, target_gtid="0-7-1"), "needs the latest target"),
     ]:
         error = refused(h.submit(bad))
@@ -499,6 +501,57 @@ def test_a_replica_in_observe_is_re_pointed_at_the_new_primary(tmp_path: Path) -
     accepted(h.submit(SetMode("promote")))
     h.run(RESTORE)
     assert h.mode == "active" and h.controller.snapshot().status.replicating_from is None
+
+
+def seeded_replica(tmp_path: Path) -> Harness:
+    """A node in observe mode that a seeding restore made a replica of 127.0.0.1:3307."""
+    h = Harness(tmp_path, START, replication=REPLICATION)
+    h.doers.put_backup(server_id=7)
+    h.settle()
+    stream_id = h.doers.backup_ids()[0]
+    seed = SetMode("restore", site="default", stream_id=stream_id, replicate_from="127.0.0.1:3307")
+    accepted(h.submit(seed))
+    h.run(RESTORE)
+    assert h.controller.snapshot().status.replicating_from == "127.0.0.1:3307"
+    return h
+
+
+def test_a_re_point_cut_short_by_a_crash_is_finished_at_the_start(tmp_path: Path) -> None:
+    h = seeded_replica(tmp_path)
+    h.submit(SetMode("observe", replicate_from="127.0.0.1:3308"))
+    assert h.executor.busy(RESTORE)
+    # Recorded before the job (which stops replication) starts.
+    assert h.controller.store.load().control.repointing_to == "127.0.0.1:3308"
+    h.restart()  # kill -9: the job is lost
+    h.step()
+    h.run(RESTORE)
+    assert h.doers.reconciled == [("127.0.0.1:3307", "127.0.0.1:3308")]
+    assert h.doers.repoints == ["127.0.0.1:3308"]
+    control = h.controller.state.control
+    assert (control.replicating_from, control.repointing_to) == ("127.0.0.1:3308", None)
+    assert h.controller.snapshot().status.last_error is None
+    h.restart()  # once: the next start only compares
+    h.step()
+    h.run(RESTORE)
+    assert h.doers.reconciled[-1] == ("127.0.0.1:3308", None)
+
+
+def test_replication_not_as_the_state_says_is_the_last_error_after_a_start(
+    tmp_path: Path,
+) -> None:
+    h = seeded_replica(tmp_path)
+    h.step()
+    assert not h.executor.busy(RESTORE)  # not compared until a start
+    h.restart()
+    problem = "replication from 127.0.0.1:3307 is stopped (IO thread No, SQL thread No)"
+    h.doers.replication_problem = problem
+    h.step()
+    h.run(RESTORE)
+    status = h.controller.snapshot().status
+    assert status.last_error == problem and status.replicating_from == "127.0.0.1:3307"
+    # Compared once after a start, not again.
+    h.step(minutes=5)
+    assert not h.executor.busy(RESTORE)
 
 
 @pytest.mark.parametrize(

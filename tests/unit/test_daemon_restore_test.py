@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 
 from binhoard.daemon.jobs import ARCHIVE, BACKUP, RESTORE_TEST, SITE
-from binhoard.daemon.port import BackupView, RequestBackup, RunRestoreTest, SetMode, Ticket
+from binhoard.daemon.port import (
+    BackupView,
+    MarkBroken,
+    RequestBackup,
+    RunRestoreTest,
+    SetMode,
+    Ticket,
+)
 from binhoard.domain.errors import (
     BinhoardError,
     ConflictError,
@@ -19,6 +26,7 @@ from binhoard.domain.errors import (
     StorageError,
     TransientStorageError,
 )
+from binhoard.ops.marks import mark_broken
 from tests.support.daemon import Harness
 
 START = datetime(2026, 3, 2, 1, 0, tzinfo=UTC)  # a Monday, 01:00 UTC
@@ -159,3 +167,27 @@ def test_a_test_interrupted_by_a_restart_runs_again_and_results_survive(h: Harne
     test = view_of(h, backup_id).restore_test
     assert test is not None and test.result == "passed"
     assert not h.executor.busy(SITE)
+
+
+def test_a_stream_marked_broken_since_the_last_listing_gets_a_refused_result(
+    h: Harness,
+) -> None:
+    backup_id = activate(h)
+    # Marked broken elsewhere (another node, the command line): the listing, read every
+    # minute, does not show it yet, so the request is taken.
+    mark_broken(h.doers.store, backup_id, broken=True, now=h.clock.now)
+    accepted(h.submit(RunRestoreTest(backup_id)))
+    h.run(RESTORE_TEST)
+    assert h.controller.state.restore_tests == ()
+    test = view_of(h, backup_id).restore_test
+    assert test is not None and test.result == "refused"
+    assert "cannot be tested" in test.reason
+    h.step()  # listed again at once, not a minute later
+    assert h.executor.busy(SITE)
+
+
+def test_a_stream_being_marked_broken_is_not_tested(h: Harness) -> None:
+    backup_id = activate(h)
+    accepted(h.submit(MarkBroken(backup_id, broken=True)))
+    error = refused(h.submit(RunRestoreTest(backup_id)))
+    assert isinstance(error, ConflictError) and "being marked broken" in error.message

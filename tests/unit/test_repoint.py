@@ -18,7 +18,7 @@ from binhoard.domain.errors import ConflictError, ReplicationError, UsageError
 from binhoard.domain.gtid import GtidPosition
 from binhoard.domain.replica import PrimaryAddress
 from binhoard.ops.pitr import PitrRequest, PointInTimeRestore
-from binhoard.ops.seed import SeedSettings, repoint
+from binhoard.ops.seed import Reconciled, SeedSettings, reconcile, repoint
 from binhoard.storage.store import MemoryStore
 from tests.support.cli import run_main
 from tests.support.daemon import Harness
@@ -109,6 +109,47 @@ def test_a_replica_ahead_of_the_new_primary_is_refused(cluster: Cluster) -> None
     assert replication.primary is not None and replication.primary.format() == PRIMARY
     assert replication.running
     assert cluster.other.slave_position == GtidPosition.parse("0-7-11")
+
+
+def test_a_re_point_a_crash_cut_short_is_finished_or_rolled_back(cluster: Cluster) -> None:
+    # Killed after the re-point stopped replication: started with the daemon again, it
+    # is finished.
+    cluster.promote_new()
+    cluster.other.replication.stop()
+    found = reconcile(cluster.other, PRIMARY, NEW, cluster.seed)
+    assert found == Reconciled(NEW_PRIMARY, None)
+    replication = cluster.other.replication
+    assert replication.running and replication.primary == NEW
+
+
+def test_a_re_point_a_crash_cut_short_and_now_refused_is_rolled_back(cluster: Cluster) -> None:
+    cluster.new.replication.stop()
+    cluster.old.commit(2)
+    assert cluster.other.replication.wait_for_gtid(cluster.old.binlog_position, 1)
+    cluster.promote_new()  # the other replica is ahead of it: refused
+    cluster.other.replication.stop()  # where the killed re-point left it
+    found = reconcile(cluster.other, PRIMARY, NEW, cluster.seed)
+    assert found.primary == PRIMARY and found.problem is not None
+    assert found.problem.startswith(f"the re-point at {NEW_PRIMARY}, interrupted by a restart")
+    assert found.problem.endswith(f"replication from {PRIMARY} started again")
+    replication = cluster.other.replication
+    assert replication.running and replication.primary is not None
+    assert replication.primary.format() == PRIMARY
+
+
+def test_replication_not_as_expected_is_said(cluster: Cluster) -> None:
+    assert reconcile(cluster.other, PRIMARY, None, cluster.seed) == Reconciled(PRIMARY, None)
+    cluster.other.replication.stop()
+    found = reconcile(cluster.other, PRIMARY, None, cluster.seed)
+    assert found.problem is not None and f"replication from {PRIMARY} is stopped" in found.problem
+    assert not cluster.other.replication.running  # said, not changed
+    found = reconcile(cluster.other, NEW_PRIMARY, None, cluster.seed)
+    assert found.problem == (
+        f"this node should replicate from {NEW_PRIMARY}, but replicates from {PRIMARY}"
+    )
+    cluster.other.replication.reset_all()
+    found = reconcile(cluster.other, PRIMARY, None, cluster.seed)
+    assert found.problem is not None and "no replication is configured" in found.problem
 
 
 def test_a_replica_with_writes_of_its_own_is_refused(cluster: Cluster) -> None:

@@ -211,17 +211,26 @@ def test_a_missing_marker_fails_the_test(source: Source) -> None:
 def test_a_backup_of_a_read_only_server_has_no_marker_and_passes_saying_so(
     tmp_path: Path,
 ) -> None:
-    config, server = fake_host(tmp_path / "replica", IDENTITY)
+    # A replica, or a primary just promoted (read-only until the operator sets
+    # read_only=OFF, its first backup taken at once): the message names neither.
+    config, server = fake_host(tmp_path / "read-only", IDENTITY)
     server.read_only = True
     server.commit(2)
     store = MemoryStore()
     backup = create_backup(server, store, backup_config(config), now=ScriptedClock(START))
-    assert "write_marker" not in server.calls  # a replica is never written to
-    assert backup.extra == {"marker": "the server is read-only (a replica): no marker written"}
+    assert "write_marker" not in server.calls  # a read-only server is never written to
+    written = "the server was read-only when the backup was taken: no marker written"
+    assert backup.extra == {"marker": written}
     report = run(Source(config, server, store, backup), FakeScratchServers())
     assert report.outcome == "passed"
-    assert report.reason.endswith(
-        "no marker: the server is read-only (a replica): no marker written"
+    assert report.reason.endswith(f"no marker: {written}")
+    assert "replica" not in report.reason
+
+
+def test_an_older_backup_naming_every_read_only_server_a_replica_is_told_truly() -> None:
+    before = {"marker": "the server is read-only (a replica): no marker written"}
+    assert marker_missing_reason(before) == (
+        "the server was read-only when the backup was taken: no marker written"
     )
 
 

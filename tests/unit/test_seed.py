@@ -16,10 +16,12 @@ from binhoard.config import Settings, is_loopback_address
 from binhoard.crypto.age import Identity
 from binhoard.domain.errors import ReplicationError, ServerError, UsageError
 from binhoard.domain.gtid import Gtid, GtidPosition
-from binhoard.domain.replica import divergence, parse_primary_address
+from binhoard.domain.replica import PrimaryAddress, divergence, parse_primary_address
 from binhoard.ops.archive import BinlogArchiver
 from binhoard.ops.backup import create_backup
 from binhoard.ops.pitr import PitrRequest, PointInTimeRestore
+from binhoard.ops.seed import SeedSettings, check_primary
+from binhoard.ports.server import ReplicaCredentials
 from binhoard.storage.store import MemoryStore
 from tests.support.fakeserver import FakeServer, Killed, ScriptedClock, fake_host
 from tests.unit.test_restore_server import START
@@ -148,7 +150,9 @@ STEPS = [
 
 @pytest.mark.parametrize("step", STEPS)
 def test_a_seed_killed_at_any_step_resumes_to_the_same_end(cluster: Cluster, step: str) -> None:
-    cluster.replica.fail(step, Killed(f"killed at {step}"))
+    # The primary's state is read once before the restore too (is it this server?).
+    after = 1 if step == "replication.primary_state" else 0
+    cluster.replica.fail(step, Killed(f"killed at {step}"), after=after)
     with pytest.raises(Killed):
         cluster.restore().start(SEED)
     assert recorded(cluster.settings)["phase"] == "replicating"
@@ -170,6 +174,35 @@ def test_an_unreachable_primary_is_named_and_resume_continues(cluster: Cluster) 
     cluster.primary.process.up = True
     assert cluster.restore().resume().phase == "completed"
     assert "error" not in recorded(cluster.settings)
+
+
+def test_a_seed_from_this_node_s_own_server_is_refused_before_anything_changes(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    # HOST:PORT answers with this node's server_id (9): its own server, under an
+    # address other than mysql.client_params'.
+    _, itself = fake_host(tmp_path / "itself", IDENTITY, server_id=9)
+    cluster.replica.replication.network[PRIMARY] = itself
+    with pytest.raises(UsageError, match="has this server's server_id 9"):
+        cluster.restore().start(SEED)
+    assert recorded(cluster.settings)["phase"] == "failed"
+    assert cluster.replica.calls == ["replication.primary_state"]  # nothing restored
+    assert cluster.replica.rows() == []
+
+
+def test_the_own_address_is_refused_without_a_connection() -> None:
+    seed = SeedSettings(
+        ReplicaCredentials("repl", "secret"),
+        catch_up_timeout=1,
+        own_address=PrimaryAddress("127.0.0.1", 3306),
+    )
+    for text in ("127.0.0.1:3306", "localhost:3306"):
+        with pytest.raises(UsageError, match="this node's own server"):
+            check_primary(text, seed=seed, allowed=())
+    # Another port, or another loopback address (maybe another server): the connection
+    # before the restore decides.
+    for text in ("127.0.0.1:3307", "127.0.0.2:3306"):
+        assert check_primary(text, seed=seed, allowed=()).format() == text
 
 
 def test_refused_replication_credentials_are_named(cluster: Cluster) -> None:

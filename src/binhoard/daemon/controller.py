@@ -43,6 +43,7 @@ from binhoard.daemon.jobs import (
     PromoteDone,
     PromoteStatus,
     PurgeDone,
+    ReconcileDone,
     RepointDone,
     RestoreDone,
     RestoreStatus,
@@ -72,6 +73,7 @@ from binhoard.daemon.state import (
     BrokenRequest,
     PreservationRequest,
     RestoreTestRequest,
+    RestoreTestResult,
     RotationRequest,
     StateStore,
 )
@@ -86,6 +88,7 @@ from binhoard.domain.errors import (
     UsageError,
 )
 from binhoard.domain.manifest import BackupManifest, BackupType
+from binhoard.domain.restore_plan import BrokenBackupError
 from binhoard.domain.restore_test import restore_test_due
 from binhoard.domain.schedule import (
     backup_due,
@@ -167,6 +170,10 @@ class Controller:
         self._failures: dict[str, int] = {}
         self._promote_force = False  # PUT /status {"mode": "promote", "force": true}
         self._repointing: Ticket | None = None  # a re-point under way, answered when done
+        # Replication compared with the state once after the start (observe mode): as
+        # the state was then, before this daemon changed anything.
+        control = self.state.control
+        self._reconciled = not (control.replicating_from or control.repointing_to)
         self._retry_at: dict[str, datetime] = {}
         self._next_list_at: datetime | None = None
         self._next_archive_at: datetime | None = None
@@ -309,6 +316,8 @@ class Controller:
             self._site_work()
         if mode in ("active", "observe"):
             self._purge()
+        if mode == "observe":
+            self._reconcile()
         if mode == "restore":
             self._restore()
         elif mode == "promote":
@@ -444,9 +453,12 @@ class Controller:
         if self._repointing is not None or RESTORE in self._running:
             raise ConflictError("a re-point of this node is under way: ask again when it is done")
         self._repointing = ticket
+        # Saved before the job stops replication: a crash meanwhile is reconciled.
+        self._update(control=replace(self.state.control, repointing_to=primary))
 
         def done(result: JobDone) -> None:
             self._repointing = None
+            self._update(control=replace(self.state.control, repointing_to=None))
             error = result.error
             if error is None and isinstance(result.result, RepointDone):
                 log.info("re-pointed: replicating from %s", result.result.primary)
@@ -460,6 +472,43 @@ class Controller:
 
         self._start(
             RESTORE, lambda work: self.doers.repoint(primary, work), done, logs_failures=True
+        )
+
+    def _reconcile(self) -> None:
+        """Once after the start, on the restore worker: a re-point a crash cut short
+        (``repointing_to``) is finished or rolled back; else replication is compared with
+        ``replicating_from``. What differs is the last error of ``GET /status``."""
+        control = self.state.control
+        if self._reconciled or not self._free(RESTORE) or self._repointing is not None:
+            return
+        self._reconciled = True
+        expected, interrupted = control.replicating_from, control.repointing_to
+
+        def done(result: JobDone) -> None:
+            found = result.result
+            if result.error is not None and result.error.retryable:
+                self._reconciled = False  # again after the slot's retry delay
+                return
+            if result.error is not None:
+                # Said as the restore worker's last error; the next start compares
+                # replication with replicating_from.
+                self._update(control=replace(self.state.control, repointing_to=None))
+                return
+            assert isinstance(found, ReconcileDone)
+            control = replace(self.state.control, repointing_to=None)
+            if interrupted is not None and found.problem is None:
+                control = replace(control, replicating_from=found.primary)
+            self._update(control=control)
+            if found.problem is not None:
+                log.error("%s", found.problem)
+                self._facts(
+                    last_error=found.problem, last_error_at=self._now, last_error_job=RESTORE
+                )
+
+        self._start(
+            RESTORE,
+            lambda work: self.doers.reconcile_replication(expected, interrupted, work),
+            done,
         )
 
     def _request_backup(self, command: RequestBackup) -> None:
@@ -958,6 +1007,8 @@ class Controller:
         stream = self._find_stream(command.stream_id)
         if stream.manifest is None or stream.broken_reason is not None:
             raise ConflictError(f"stream {stream.stream_id} is broken: {stream.broken_reason}")
+        if any(b.stream_id == stream.stream_id and b.broken for b in self.state.broken_marks):
+            raise ConflictError(f"stream {stream.stream_id} is being marked broken")
         queued = self.state.restore_tests
         if any(
             (r.site, r.stream_id) == (stream.site, stream.stream_id) and r.started_at is None
@@ -1032,6 +1083,30 @@ class Controller:
             self._update(restore_tests=rest, restore_test_results=results)
             return
         error = done.error
+        if isinstance(error, BrokenBackupError) and request.stream_id is not None:
+            # Marked broken (by another node, or the command line) after the last
+            # listing: the request was taken, so its answer is the stream's result, as
+            # a test refused for its bounds; and the listing is read again at once.
+            refusal = RestoreTestResult(
+                result="refused",
+                reason=f"not started: {error.message}",
+                started_at=request.started_at or self._now,
+                finished_at=self._now,
+                rto_seconds=None,
+                gtid=None,
+                tables_checked=0,
+                site=request.site,
+                stream_id=request.stream_id,
+            )
+            kept = [
+                r
+                for r in self.state.restore_test_results
+                if (r.site, r.stream_id) != (request.site, request.stream_id)
+            ]
+            results = (*kept, refusal)[-RESTORE_TEST_RESULTS:]
+            self._update(restore_tests=rest, restore_test_results=results)
+            self._site_changes += 1
+            return
         if error is not None and (error.retryable or isinstance(error, CancelledError)):
             # Tried again (after the slot's retry delay, or at the next start).
             self._update(restore_tests=(replace(request, started_at=None), *rest))

@@ -182,6 +182,16 @@ class RepointDone:
 
 
 @dataclass(frozen=True)
+class ReconcileDone:
+    """Replication as found at the daemon's start (``ops/seed.py`` ``reconcile``):
+    ``primary``, what the node replicates from; ``problem``, what differs from the
+    state, else None."""
+
+    primary: str | None
+    problem: str | None
+
+
+@dataclass(frozen=True)
 class BackupStatus:
     backup_id: str
     phase: str
@@ -210,6 +220,13 @@ class Doers(Protocol):
     def repoint(self, primary: str, work: Work) -> RepointDone:
         """Points this replica at ``primary`` (a new primary after a failover); raises
         ``ConflictError`` when the node has transactions that primary lacks."""
+        ...
+
+    def reconcile_replication(
+        self, expected: str | None, interrupted: str | None, work: Work
+    ) -> ReconcileDone:
+        """At the start: finishes (or rolls back) the re-point at ``interrupted`` a crash
+        cut short, else compares replication with ``expected``."""
         ...
 
     def write_mark(self, request: PreservationRequest | BrokenRequest, work: Work) -> None:

@@ -37,8 +37,9 @@ from binhoard.domain.errors import ConflictError
 FILE_NAME = "daemon.sqlite"
 # Each version only adds columns or tables (_migrate); the number tells an older binhoard
 # that the file is newer than it. 2: restore.replicate_from; 3: control.replicating_from;
-# 4: facts.deposed, facts.last_restore_test_at and the restore tests' results.
-SCHEMA_VERSION = 4
+# 4: facts.deposed, facts.last_restore_test_at and the restore tests' results;
+# 5: control.repointing_to.
+SCHEMA_VERSION = 5
 
 RestoreTargetKind = Literal["latest", "time", "gtid", "position"]
 BackupReason = Literal["requested", "scheduled"]
@@ -59,6 +60,10 @@ class Control:
     # The primary this node replicates from (HOST:PORT): set by a seeding restore and by
     # a re-point, cleared by a promotion.
     replicating_from: str | None = None
+    # The primary a re-point is under way to: saved before the re-point stops
+    # replication, cleared when it ends. Found at a start: a crash cut it short, and the
+    # daemon finishes it or rolls it back (``ops/seed.py`` ``reconcile``).
+    repointing_to: str | None = None
 
 
 @dataclass(frozen=True)

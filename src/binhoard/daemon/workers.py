@@ -32,6 +32,7 @@ from binhoard.daemon.jobs import (
     PromoteDone,
     PromoteStatus,
     PurgeDone,
+    ReconcileDone,
     RepointDone,
     RestoreDone,
     RestoreStatus,
@@ -72,7 +73,7 @@ from binhoard.ops.pitr import PitrProgress, PitrRequest, PointInTimeRestore, res
 from binhoard.ops.promote import promote_stream
 from binhoard.ops.purge import BinlogPurger
 from binhoard.ops.restore_test import remove_leftovers, run_restore_test
-from binhoard.ops.seed import check_primary, repoint
+from binhoard.ops.seed import check_primary, reconcile, repoint
 from binhoard.ops.sitecache import SiteCache, open_cache
 from binhoard.storage.pipeline import decryption_identities
 from binhoard.storage.store import ObjectStore
@@ -331,6 +332,17 @@ class OpsDoers:
         assert seed is not None  # check_primary refuses without the account
         done = repoint(open_server(settings), address, seed)
         return RepointDone(done.primary, done.position.format())
+
+    def reconcile_replication(
+        self, expected: str | None, interrupted: str | None, work: Work
+    ) -> ReconcileDone:
+        settings = self.settings
+        seed = seed_settings(settings)
+        address = None
+        if interrupted is not None:
+            address = check_primary(interrupted, seed=seed, allowed=settings.replication.primaries)
+        found = reconcile(open_server(settings), expected, address, seed)
+        return ReconcileDone(found.primary, found.problem)
 
     # --- the operator's marks, and retention -------------------------------------------
     def write_mark(self, request: PreservationRequest | BrokenRequest, work: Work) -> None:

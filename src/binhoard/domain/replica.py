@@ -54,6 +54,16 @@ def parse_primary_address(
     return address
 
 
+def same_address(a: PrimaryAddress, b: PrimaryAddress) -> bool:
+    """Whether two addresses surely name one server: the same port on the same host
+    (``localhost`` is 127.0.0.1). Other loopback addresses may be other servers."""
+
+    def host(address: PrimaryAddress) -> str:
+        return "127.0.0.1" if address.host == "localhost" else address.host
+
+    return a.port == b.port and host(a) == host(b)
+
+
 def parse_binlog_state(text: str) -> tuple[Gtid, ...]:
     """``@@gtid_binlog_state`` (``0-1-100,0-2-150``): several GTIDs per domain."""
     return tuple(Gtid.parse(item.strip()) for item in text.split(",") if item.strip())

@@ -18,6 +18,11 @@ from binhoard.domain.schedule import Due, format_utc, latest_slot, next_slot
 # or why none was (a read-only server, a missing privilege, ``write_marker`` off).
 MARKER_EXTRA = "marker"
 MARKER_WRITTEN = "written"
+# Not only a replica's: a promoted primary is read-only until the operator sets
+# read_only=OFF, and its first backup is taken at once (docs/failover.md).
+READ_ONLY_NO_MARKER = "the server was read-only when the backup was taken: no marker written"
+# What backups recorded for it before, which named every read-only server a replica.
+_READ_ONLY_BEFORE = "the server is read-only (a replica): no marker written"
 
 # The largest server_id MariaDB takes; scratch servers count down from it.
 MAX_SERVER_ID = 2**32 - 1
@@ -83,6 +88,8 @@ def marker_missing_reason(extra: Mapping[str, object]) -> str | None:
         return None
     if recorded is None:
         return "the backup records no marker (taken without one)"
+    if recorded == _READ_ONLY_BEFORE:
+        return READ_ONLY_NO_MARKER
     return str(recorded)
 
 

@@ -42,7 +42,7 @@ from binhoard.domain.manifest import (
     new_backup_id,
 )
 from binhoard.domain.privileges import MARKER_PRIVILEGES, MARKER_SCHEMA
-from binhoard.domain.restore_test import MARKER_EXTRA, MARKER_WRITTEN
+from binhoard.domain.restore_test import MARKER_EXTRA, MARKER_WRITTEN, READ_ONLY_NO_MARKER
 from binhoard.domain.server_facts import check_facts
 from binhoard.domain.versions import incremental_base_problem
 from binhoard.localstate import StateFile, exclusive
@@ -279,7 +279,7 @@ def write_marker(server: Server, backup_id: str, *, read_only: bool, enabled: bo
     if not enabled:
         return "restore_test.write_marker is off"
     if read_only:
-        return "the server is read-only (a replica): no marker written"
+        return READ_ONLY_NO_MARKER
     try:
         server.checks.write_marker(backup_id)
     except ServerAccessDeniedError:

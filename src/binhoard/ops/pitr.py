@@ -84,7 +84,7 @@ from binhoard.ops.restore_backup import (
     empty_directory,
     restore_backup,
 )
-from binhoard.ops.seed import SeedSettings, check_primary, replicate
+from binhoard.ops.seed import SeedSettings, check_primary, refuse_itself, replicate
 from binhoard.ops.sitecache import SiteCache, open_cache
 from binhoard.ports.server import RelayApply, Server
 from binhoard.storage.pipeline import decryption_identities, download_to_file
@@ -381,7 +381,9 @@ class PointInTimeRestore:
         self._save()
         self._report()
         try:
-            request.primary(self.config)
+            primary = request.primary(self.config)
+            if primary is not None and self.config.seed is not None:
+                refuse_itself(self.server, primary, self.config.seed)
             plan, site = self._plan(request)
             # Every precondition at once, before any data is downloaded.
             check_restore_target(self.server, _source_server_ids(plan))

@@ -42,7 +42,12 @@ from binhoard.domain.errors import (
     UsageError,
 )
 from binhoard.domain.gtid import Gtid, GtidPosition
-from binhoard.domain.replica import PrimaryAddress, divergence, parse_primary_address
+from binhoard.domain.replica import (
+    PrimaryAddress,
+    divergence,
+    parse_primary_address,
+    same_address,
+)
 from binhoard.ports.server import PrimaryState, ReplicaCredentials, ReplicaStatus, Server
 
 log = logging.getLogger("binhoard.seed")
@@ -64,6 +69,10 @@ class SeedSettings:
 
     credentials: ReplicaCredentials
     catch_up_timeout: float
+    # This node's own server: its TCP address (``mysql.client_params``; None through a
+    # socket) and ``server_id``, so that a primary naming it is refused up front.
+    own_address: PrimaryAddress | None = None
+    own_server_id: int | None = None
 
 
 def check_primary(
@@ -75,9 +84,28 @@ def check_primary(
     if seed is None:
         raise UsageError("replicate_from needs replication.user in the configuration")
     try:
-        return parse_primary_address(text, allowed=allowed, is_loopback=is_loopback_address)
+        primary = parse_primary_address(text, allowed=allowed, is_loopback=is_loopback_address)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    if seed.own_address is not None and same_address(primary, seed.own_address):
+        raise UsageError(
+            f"replicate_from {primary.format()} is this node's own server "
+            f"(mysql.client_params {seed.own_address.format()}); name the primary"
+        )
+    return primary
+
+
+def refuse_itself(server: Server, primary: PrimaryAddress, settings: SeedSettings) -> None:
+    """Before a seeding restore touches anything: ``UsageError`` if ``primary`` answers
+    with this node's ``server_id`` (its own server under another address). A primary
+    that cannot be reached now is left to the ``replicating`` phase, which names it and
+    can be resumed."""
+    if settings.own_server_id is None:
+        return
+    try:
+        _primary_state(server, primary, settings, own=settings.own_server_id)
+    except ReplicationError as exc:
+        log.warning("not checked before the restore: %s", exc.message)
 
 
 def replicate(
@@ -131,11 +159,14 @@ class Repointed:
     changed: bool
 
 
-def repoint(server: Server, primary: PrimaryAddress, settings: SeedSettings) -> Repointed:
+def repoint(
+    server: Server, primary: PrimaryAddress, settings: SeedSettings, *, resumed: bool = False
+) -> Repointed:
     """Points this replica at ``primary`` (the new primary after a failover) and starts
     replication. Refused with ``ConflictError`` when this server has transactions the
     primary lacks, or holds other ones at the same sequence numbers: it must be
-    re-seeded from the new primary's stream. Replication is then left as it was."""
+    re-seeded from the new primary's stream. Replication is then left as it was
+    (``resumed``: a re-point a crash interrupted, which had stopped it: started again)."""
     replication = server.replication
     where = primary.format()
     before = replication.status()
@@ -143,7 +174,7 @@ def repoint(server: Server, primary: PrimaryAddress, settings: SeedSettings) -> 
         replication.start()
         position = GtidPosition.parse(server.facts().gtid_current_pos)
         return Repointed(where, position, changed=False)
-    running = before.configured and (before.sql_running or before.io_running != "No")
+    running = before.configured and (resumed or before.sql_running or before.io_running != "No")
     replication.stop()  # nothing more arrives from the old primary while this decides
     try:
         position = GtidPosition.parse(server.facts().gtid_current_pos)
@@ -173,14 +204,67 @@ def repoint(server: Server, primary: PrimaryAddress, settings: SeedSettings) -> 
     return Repointed(where, position, changed=True)
 
 
+@dataclass(frozen=True)
+class Reconciled:
+    """This node's replication as found at the daemon's start: ``primary``, what it
+    replicates from (None: not a replica); ``problem``, what is not as the daemon's
+    state says, in a sentence (None: as expected)."""
+
+    primary: str | None
+    problem: str | None
+
+
+def reconcile(
+    server: Server,
+    expected: str | None,
+    interrupted: PrimaryAddress | None,
+    settings: SeedSettings | None,
+) -> Reconciled:
+    """At the daemon's start: a re-point at ``interrupted`` that a crash cut short is
+    finished (:func:`repoint` again, ``resumed``) or, refused, rolled back (replication
+    from the primary still configured started again); else replication is compared with
+    ``expected`` (the primary the state names), and what differs is said."""
+    if interrupted is not None and settings is not None:
+        try:
+            done = repoint(server, interrupted, settings, resumed=True)
+        except BinhoardError as exc:
+            status = server.replication.status()
+            back = status.primary if status.configured else None
+            return Reconciled(
+                back,
+                f"the re-point at {interrupted.format()}, interrupted by a restart, was "
+                f"not finished: {exc.message}; replication "
+                + (f"from {back} started again" if back else "is not configured"),
+            )
+        log.warning("the re-point at %s, interrupted by a restart, is finished", done.primary)
+        return Reconciled(done.primary, None)
+    if expected is None:
+        return Reconciled(None, None)
+    status = server.replication.status()
+    if not status.configured:
+        why = f"this node should replicate from {expected}, but no replication is configured"
+    elif status.primary != expected:
+        why = f"this node should replicate from {expected}, but replicates from {status.primary}"
+    elif not status.sql_running or status.io_running == "No":
+        why = (
+            f"replication from {expected} is stopped (IO thread {status.io_running}, SQL "
+            f"thread {'Yes' if status.sql_running else 'No'}): START SLAVE"
+        )
+    else:
+        return Reconciled(expected, None)
+    return Reconciled(status.primary or None, why)
+
+
 def _primary_state(
-    server: Server, primary: PrimaryAddress, settings: SeedSettings
+    server: Server, primary: PrimaryAddress, settings: SeedSettings, *, own: int | None = None
 ) -> tuple[Gtid, ...]:
     """The primary's ``@@gtid_binlog_state``; ``UsageError`` if it has this server's
-    ``server_id``: this server itself (its own address), or one MariaDB would refuse to
-    replicate from (its IO thread stops on equal server ids)."""
+    ``server_id`` (``own``, else the running server's): this server itself (its own
+    address), or one MariaDB would refuse to replicate from (its IO thread stops on
+    equal server ids)."""
     state: PrimaryState = server.replication.primary_state(primary, settings.credentials)
-    own = server.facts().server_id
+    if own is None:
+        own = server.facts().server_id
     if state.server_id == own:
         raise UsageError(
             f"replicate_from {primary.format()} has this server's server_id {own}: it is "
