@@ -166,7 +166,8 @@ def take_backup(
                 raise
             _report(on_decision, BackupDecision(None, "another backup is running on this host"))
             return None
-        backups = own_history(list_backups(store), local_history(config.state_directory))
+        history = local_history(config.state_directory)
+        backups = own_history(list_backups(store), history)
         decision = decide_backup(
             config.schedule,
             config.server_id,
@@ -184,6 +185,7 @@ def take_backup(
             config,
             backup_type=decision.backup_type,
             backups=backups,
+            history=history,
             progress=progress,
             now=now,
         )
@@ -210,6 +212,7 @@ def create_backup(
             config,
             backup_type=backup_type,
             backups=backups,
+            history=history,
             progress=progress,
             now=now,
             cancel=cancel,
@@ -236,12 +239,14 @@ def _take_locked(
     *,
     backup_type: BackupType,
     backups: Sequence[BackupManifest],
+    history: History,
     progress: ProgressCallback | None,
     now: Callable[[], datetime],
     cancel: threading.Event | None = None,
 ) -> BackupManifest:
     """The backup itself; the caller holds the backup lock. ``backups``: the site's of
-    this node's history, from which an incremental's parent is chosen."""
+    this node's ``history`` (read once, under the lock), from which an incremental's
+    parent is chosen."""
     if config.site.recovery_only:
         raise UsageError(f"site {config.site_name} is recovery_only")
     # Before anything touches the site: a backup of a server other than the configured one
@@ -261,7 +266,9 @@ def _take_locked(
     marker = write_marker(server, backup_id, read_only=facts.read_only, enabled=config.write_marker)
     run = _BackupRun(server, store, config, state=state, progress=progress, cancel=cancel)
     try:
-        manifest = run.execute(backup_id, backup_type, parent, started, now, marker=marker)
+        manifest = run.execute(
+            backup_id, backup_type, parent, started, now, marker=marker, history=history
+        )
     except Exception:
         # Best effort now; if this fails too, the next run deletes the leftovers.
         cleanup_leftovers(config, store, now())
@@ -404,6 +411,7 @@ class _BackupRun:
         now: Callable[[], datetime],
         *,
         marker: str,
+        history: History,
     ) -> BackupManifest:
         server, codec, store = self.server, self.codec, self.store
         facts = server.facts()
@@ -446,7 +454,7 @@ class _BackupRun:
             extra={MARKER_EXTRA: marker},
             # Which history the snapshot is of: GTIDs and server_id alone cannot tell
             # (domain/history.py).
-            history_id=local_history(self.config.state_directory).history_id,
+            history_id=history.history_id,
         )
         store.put(manifest_key(backup_id), [manifest.to_bytes()], if_absent=True)
         self.report("done")
