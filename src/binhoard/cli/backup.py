@@ -25,7 +25,7 @@ from binhoard.ops.archive import deposed_streams
 from binhoard.ops.backup import BackupProgress, take_backup
 from binhoard.ops.catalog import read_site
 from binhoard.ops.expire import Deletion, DeletionJournal, delete_backup
-from binhoard.ops.history import local_history
+from binhoard.ops.history import local_history, own_streams
 from binhoard.ops.marks import mark_broken, preserve
 from binhoard.ops.observe import Throttle, record_backup, record_backup_progress
 from binhoard.ops.site import BackupEntry, read_backups, read_manifest
@@ -109,7 +109,7 @@ def _refuse_if_deposed(settings: Settings, store: ObjectStore) -> None:
     "The old primary"): its stream would hold what it commits after the takeover, a second
     history next to the new owner's, and would end its being deposed."""
     history = local_history(settings.state_directory)
-    ours = [s for s in read_site(store).streams if history.holds(s.backup.history_id)]
+    ours = own_streams(read_site(store).streams, history)
     deposed = deposed_streams(ours, settings.server_id)
     if deposed:
         raise ConflictError(

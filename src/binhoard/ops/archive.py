@@ -100,7 +100,7 @@ from binhoard.metric_names import (
 from binhoard.metrics import Metrics
 from binhoard.ops.backup import object_ref
 from binhoard.ops.catalog import StreamState, read_records, read_site, read_streams
-from binhoard.ops.history import local_history
+from binhoard.ops.history import local_history, own_streams
 from binhoard.ops.site import BackupEntry
 from binhoard.ops.sitecache import SiteCache, open_cache
 from binhoard.ports.server import Server, ServerBinlogs
@@ -421,10 +421,7 @@ class BinlogArchiver:
         # So do fenced ones: a deposed primary's late files are kept for the operator.
         named = {r.object.key for s in all_streams for r in (*s.records, *s.fenced)}
         self._remove_leftovers(named)
-        # Only this history's streams: a node restored to an earlier point keeps its
-        # server_id, and its binlogs continue GTIDs and file names of the history it was
-        # forked from (0-1-51.. twice); that history's streams are not its own.
-        ours = [s for s in all_streams if history.holds(s.backup.history_id)]
+        ours = own_streams(all_streams, history)
         report.other_histories = _other_histories(all_streams, history, self.config.server_id)
         refs = _stored_uploads(ours)
         # Its own streams, and those it took over (a promotion names it).

@@ -12,6 +12,7 @@ and it says so in the log.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +21,7 @@ from binhoard.domain.errors import BinhoardError
 from binhoard.domain.history import History, check_history_id, new_history_id
 from binhoard.domain.restore_plan import Latest, RestorePlan, plan_restore
 from binhoard.localstate import StateFile, exclusive
-from binhoard.ops.catalog import SiteState
+from binhoard.ops.catalog import SiteState, StreamState
 
 log = logging.getLogger("binhoard.history")
 
@@ -89,6 +90,13 @@ def _write(state_directory: Path, history: History) -> None:
             "since": datetime.now(UTC).isoformat(),
         }
     )
+
+
+def own_streams(streams: Sequence[StreamState], history: History) -> list[StreamState]:
+    """The streams of ``history``: a node restored to an earlier point keeps its
+    server_id, and its binlogs continue the GTIDs and file names of the history it was
+    forked from (0-1-51.. twice), so that history's streams are not its own."""
+    return [s for s in streams if history.holds(s.backup.history_id)]
 
 
 def without_other_histories(site: SiteState, server_id: int, history: History) -> SiteState:
